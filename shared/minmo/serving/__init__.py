@@ -1,0 +1,1 @@
+"""What every MinMo gRPC service shares: settings from the environment, the server host, limits."""

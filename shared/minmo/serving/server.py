@@ -1,0 +1,101 @@
+"""The gRPC server host every service runs in: message limits, health, reflection, graceful stop.
+
+Order of life (grpc's graceful-shutdown example): start serving with health NOT_SERVING, load and
+warm the model, flip to SERVING; on SIGTERM/SIGINT flip to NOT_SERVING (so load balancers stop
+sending new sessions), give in-flight streams `grace_s` to finish, then close clients and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from minmo.serving.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceHost:
+    """One grpc.aio server with health and reflection for the services registered on it."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        limit = settings.max_message_bytes
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.port = 0
+
+    def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
+        """Register a servicer, e.g. `add(add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")`."""
+        register(servicer, self.server)
+        self._service_names.append(full_name)
+
+    async def start(self) -> int:
+        """Bind and start serving (health says NOT_SERVING until `set_serving`); returns the bound port."""
+        reflection.enable_server_reflection(self._service_names, self.server)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
+        for name in ["", *self._service_names[2:]]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        return self.port
+
+    async def set_serving(self) -> None:
+        for name in ["", *self._service_names[2:]]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_s)
+
+    async def serve_until_signal(self) -> None:
+        """Block until SIGTERM/SIGINT, then stop gracefully."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("shutting down: draining for up to %.1f s", self.settings.grace_s)
+        await self.stop()
+
+
+class SessionLimiter:
+    """Bounds concurrent sessions of one servicer; past the bound a new stream gets RESOURCE_EXHAUSTED.
+
+    A bounded count, not a lock: admitted sessions run concurrently, and a refused one costs the
+    admitted ones nothing.
+    """
+
+    def __init__(self, limit: int, what: str = "sessions") -> None:
+        self.limit = limit
+        self.what = what
+        self.active = 0
+
+    @contextlib.asynccontextmanager
+    async def admit(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        if self.active >= self.limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this replica is serving its maximum of {self.limit} {self.what}; retry on another replica or later",
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1

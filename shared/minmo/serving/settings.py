@@ -1,0 +1,60 @@
+"""Typed settings read from environment variables — the only place services read `os.environ`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what it expects."""
+
+
+def env_str(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    value = (os.environ if environ is None else environ).get(name, default)
+    if value is None:
+        raise SettingsError(f"{name} is required but not set")
+    return value
+
+
+def env_int(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    raw = env_str(name, str(default), environ)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+
+
+def env_float(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    raw = env_str(name, str(default), environ)
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
+    MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID."""
+
+    port: int
+    host: str = "127.0.0.1"
+    max_sessions: int = 64
+    max_message_bytes: int = 4 * 1024 * 1024
+    grace_s: float = 5.0
+    model_config: str = "tiny"
+    replica_id: str = ""
+
+    @classmethod
+    def from_env(cls, default_port: int, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        return cls(
+            port=env_int("MINMO_PORT", default_port, environ),
+            host=env_str("MINMO_HOST", "127.0.0.1", environ),
+            max_sessions=env_int("MINMO_MAX_SESSIONS", 64, environ),
+            max_message_bytes=env_int("MINMO_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, environ),
+            grace_s=env_float("MINMO_GRACE_S", 5.0, environ),
+            model_config=env_str("MINMO_CONFIG", "tiny", environ),
+            replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
+        )
