@@ -101,3 +101,59 @@ class CausalConv1d(nn.Module):
         padded = torch.cat([cache, x], dim=2)
         new_cache = padded[:, :, padded.shape[2] - self.context :]
         return self.conv(padded), new_cache
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Repeat the last frame of x (B, T, C) until T is a multiple of `multiple`.
+
+    Frame-stacking downsamplers use it for the final partial group at the end of a stream: repeating
+    the last real frame keeps the padding in the feature's own range, unlike zeros.
+    """
+    missing = -x.shape[1] % multiple
+    if missing == 0:
+        return x
+    return torch.cat([x, x[:, -1:].expand(-1, missing, -1)], dim=1)
+
+
+def trim_kv_cache(
+    keys: torch.Tensor, values: torch.Tensor, chunk_size: int, left_chunks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the last `left_chunks` chunks of keys/values (B, H, S, Dh): all a later chunk may attend to.
+
+    Valid when S ends on a chunk boundary; `left_chunks == -1` (unlimited context) keeps everything.
+    """
+    if left_chunks < 0:
+        return keys, values
+    start = max(keys.shape[2] - left_chunks * chunk_size, 0)
+    return keys[:, :, start:], values[:, :, start:]
+
+
+class CacheCursor:
+    """Threads a flat list of per-block streaming caches through one forward pass, in call order.
+
+    Deep streaming stacks (a vocoder, an ODE solver that runs its estimator once per step) have many
+    caches; a module reads its cache with `take()` and hands the new one to `put()`, and the caller
+    keeps `new` as the next chunk's list. An empty list means start of stream: every `take()` is None.
+    """
+
+    def __init__(self, caches: list[torch.Tensor]) -> None:
+        self._caches = caches
+        self._index = 0
+        self.new: list[torch.Tensor] = []
+
+    def take(self) -> torch.Tensor | None:
+        if not self._caches:
+            return None
+        assert self._index < len(self._caches), f"cache list has only {len(self._caches)} entries"
+        cache = self._caches[self._index]
+        self._index += 1
+        return cache
+
+    def put(self, cache: torch.Tensor) -> None:
+        self.new.append(cache)
+
+    def conv(self, conv: CausalConv1d, x: torch.Tensor) -> torch.Tensor:
+        """Run a causal conv on x (B, C, T) with the next cache, keeping its new cache."""
+        y, cache = conv(x, self.take())
+        self.put(cache)
+        return y

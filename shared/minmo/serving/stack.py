@@ -1,0 +1,105 @@
+"""`minmo up`: the whole stack on one machine — Redis (embedded unless REDIS_URL is set) and the five
+services, each its own process, wired to each other by environment variables.
+
+Services start in dependency order (model services first, duplex last) and the stack waits for each
+one's health check to say SERVING. Stopping sends SIGTERM in reverse order, so duplex drains its
+sessions before the model services go away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+MODEL_SERVICES = ("encoder", "llm", "voicelm", "vocoder")
+SERVICES = (*MODEL_SERVICES, "duplex")
+PEER_VARIABLES = {
+    "encoder": "MINMO_ENCODER_ADDR",
+    "llm": "MINMO_LLM_ADDR",
+    "voicelm": "MINMO_VOICELM_ADDR",
+    "vocoder": "MINMO_VOCODER_ADDR",
+}
+
+
+@dataclass
+class StackProcess:
+    name: str
+    address: str
+    process: subprocess.Popen
+
+
+@dataclass
+class Stack:
+    """Running processes of one stack; `addresses[name]` is where each service listens."""
+
+    processes: list[StackProcess] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {item.name: item.address for item in self.processes}
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for item in reversed(self.processes):
+            if item.process.poll() is None:
+                item.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                item.process.wait(timeout_s)
+            if item.process.poll() is None:
+                item.process.kill()
+                item.process.wait()
+
+
+def service_ports(duplex_port: int) -> dict[str, int]:
+    """duplex on the given port, the model services on the four ports after it."""
+    return {"duplex": duplex_port} | {name: duplex_port + 1 + index for index, name in enumerate(MODEL_SERVICES)}
+
+
+def start_service(name: str, port: int, env: dict[str, str], host: str = "127.0.0.1") -> StackProcess:
+    child_env = os.environ | env | {"MINMO_PORT": str(port), "MINMO_HOST": host}
+    process = subprocess.Popen([sys.executable, "-m", f"minmo.services.{name}.main"], env=child_env)
+    return StackProcess(name, f"{host}:{port}", process)
+
+
+def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    """Poll grpc.health.v1 until SERVING; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service at {address} exited with code {process.returncode} while starting")
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"the service at {address} was not SERVING after {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def run_stack(
+    config: str, duplex_port: int, redis_url: str, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """Start the five services against `redis_url`; yield the running stack; stop it on exit."""
+    ports = service_ports(duplex_port)
+    env = {"MINMO_CONFIG": config, "REDIS_URL": redis_url} | (extra_env or {})
+    env |= {PEER_VARIABLES[name]: f"127.0.0.1:{ports[name]}" for name in MODEL_SERVICES}
+    stack = Stack()
+    try:
+        for group in (MODEL_SERVICES, ("duplex",)):  # model services load in parallel, then the front door
+            started = [start_service(name, ports[name], env) for name in group]
+            stack.processes.extend(started)
+            for item in started:
+                wait_until_serving(item.address, item.process)
+        yield stack
+    finally:
+        stack.stop()
