@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,7 +38,12 @@ class ServiceHost:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.port = 0
+
+    def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close` after the server stopped (clients and runtimes close after the last stream ends)."""
+        self._closers.append(close)
 
     def add(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
         """Register a servicer, e.g. `add(add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")`."""
@@ -63,6 +68,8 @@ class ServiceHost:
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_s)
+        for close in reversed(self._closers):
+            await close()
 
     async def serve_until_signal(self) -> None:
         """Block until SIGTERM/SIGINT, then stop gracefully."""

@@ -1,0 +1,64 @@
+"""Entry point of the encoder service: `minmo serve encoder` or `python -m minmo.services.encoder.main`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from minmo.model.config import load_config
+from minmo.runtime.factory import build_local_runtime
+from minmo.services.encoder.servicer import ENCODER_SAMPLE_RATE, AudioEncoderServicer
+from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.v1 import encoder_pb2_grpc
+
+DEFAULT_PORT = 50052
+log = logging.getLogger("minmo.encoder")
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """MINMO_MAX_CHUNK_MS: largest audio chunk accepted; MINMO_CHECKPOINT: trained weights directory."""
+
+    server: ServerSettings
+    max_chunk_ms: int
+    checkpoint: str | None
+
+    @classmethod
+    def from_env(cls) -> EncoderSettings:
+        return cls(
+            server=ServerSettings.from_env(DEFAULT_PORT),
+            max_chunk_ms=env_int("MINMO_MAX_CHUNK_MS", 2000),
+            checkpoint=env_str("MINMO_CHECKPOINT", "") or None,
+        )
+
+
+async def start(settings: EncoderSettings) -> ServiceHost:
+    """Load the model, start serving, warm up, then report SERVING; returns the running host."""
+    host = ServiceHost(settings.server)
+    runtime = build_local_runtime(load_config(settings.server.model_config), ["encoder"], settings.checkpoint)
+    host.on_stop(runtime.close)
+    servicer = AudioEncoderServicer(runtime, SessionLimiter(settings.server.max_sessions), settings.max_chunk_ms)
+    host.add(encoder_pb2_grpc.add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")
+    port = await host.start()
+    await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE), "flush": torch.tensor([True])})
+    await host.set_serving()
+    log.info("encoder serving on %s:%d", settings.server.host, port)
+    return host
+
+
+async def serve(settings: EncoderSettings) -> None:
+    host = await start(settings)
+    await host.serve_until_signal()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(serve(EncoderSettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Build the model's components from a config — the same weights in every process.
+
+Services run in separate processes and each builds only its own part of the model. With no
+checkpoint, a component's random weights come from a seed derived from its name, so the encoder
+service and the in-process pipeline hold identical `tiny` encoders. With a checkpoint directory,
+`<dir>/<component>.safetensors` (written by training) overrides the random weights.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from minmo.model.config import MinMoConfig
+from minmo.model.duplex_predictor import DuplexPredictor
+from minmo.model.speech_encoder import SpeechEncoder
+
+BUILDERS: dict[str, Callable[[MinMoConfig], nn.Module]] = {
+    "speech_encoder": SpeechEncoder,
+    "duplex_predictor": lambda cfg: DuplexPredictor(cfg.duplex_predictor),
+}
+
+
+def build_component(
+    cfg: MinMoConfig, name: str, checkpoint: str | Path | None = None, device: str = "cpu"
+) -> nn.Module:
+    """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them."""
+    if name not in BUILDERS:
+        raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
+    with torch.device(device), _seeded(name):
+        module = BUILDERS[name](cfg)
+    if checkpoint is not None and device != "meta":
+        load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
+    return module.eval()
+
+
+def load_checkpoint(module: nn.Module, path: Path) -> bool:
+    """Load `path` into `module` if it exists (strict: a mismatch is an error); returns whether it did."""
+    if not path.is_file():
+        return False
+    module.load_state_dict(load_file(str(path)), strict=True)
+    return True
+
+
+class _seeded:
+    """Fork the global RNG with a seed derived from the component's name."""
+
+    def __init__(self, name: str) -> None:
+        self.seed = zlib.crc32(name.encode())
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=[])
+        self._fork.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        self._fork.__exit__(*exc)
