@@ -117,6 +117,7 @@ class FlowMatchingConfig:
     encoder_heads: int = 8
     encoder_ffn_dim: int = 2048
     chunk_tokens: int = 25
+    left_chunks: int = -1  # attention left context in chunks (encoder and estimator); -1 = unlimited
     lookahead_tokens: int = 3
     token_mel_ratio: int = 2
     mel_bins: int = 80

@@ -1,0 +1,81 @@
+"""Token2wav (CosyVoice 2): speech tokens (25 Hz) -> flow matching -> mel (50 Hz) -> HiFT -> 24 kHz PCM.
+
+Streaming composes the two stages: tokens go into the flow model, which emits the mel frames that
+became final (whole chunks once their lookahead has arrived); those go straight through HiFT, which
+has no delay. In MinMo the voice-token LM delivers 15 tokens at a time; `step` takes any count. With
+the paper's chunk of 25 tokens and 3 lookahead tokens, the first audio (1 s) comes once 28 tokens are
+in; every further 25 tokens give 1 s more; `flush` gives the rest. Each token is 960 samples in all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from minmo.model.config import FlowMatchingConfig, HiFTConfig, MinMoConfig
+from minmo.model.flow_matching import FlowMatching, FlowMatchingState
+from minmo.model.hift import HiFT, HiFTState
+from minmo.model.state import StreamState
+
+
+@dataclass
+class Token2WavState(StreamState):
+    """The flow-matching and vocoder states of one stream."""
+
+    flow: FlowMatchingState
+    hift: HiFTState
+
+
+class Token2Wav(nn.Module):
+    """Speech tokens -> PCM, offline (`forward`) or streaming (`init_state` / `step` / `flush`)."""
+
+    def __init__(self, flow_cfg: FlowMatchingConfig, hift_cfg: HiFTConfig) -> None:
+        super().__init__()
+        assert flow_cfg.mel_bins == hift_cfg.mel_bins, (
+            f"flow emits {flow_cfg.mel_bins} mel bins, HiFT takes {hift_cfg.mel_bins}"
+        )
+        self.flow = FlowMatching(flow_cfg)
+        self.hift = HiFT(hift_cfg)
+        self.sample_rate = hift_cfg.sample_rate
+        self.samples_per_token = hift_cfg.samples_per_frame * flow_cfg.token_mel_ratio
+
+    @classmethod
+    def from_config(cls, cfg: MinMoConfig) -> Token2Wav:
+        return cls(cfg.flow, cfg.hift)
+
+    def init_state(
+        self,
+        batch: int = 1,
+        speaker: torch.Tensor | None = None,
+        prompt_tokens: torch.Tensor | None = None,
+        prompt_mel: torch.Tensor | None = None,
+    ) -> Token2WavState:
+        """A fresh stream; speaker and voice prompt as in `FlowMatching.init_state`."""
+        return Token2WavState(
+            self.flow.init_state(batch, speaker, prompt_tokens, prompt_mel), self.hift.init_state(batch)
+        )
+
+    def step(self, tokens: torch.Tensor, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
+        """tokens: (B, n), any n >= 0 -> the PCM (B, S) that became final (S a multiple of 960), new state."""
+        mel, flow_state = self.flow.step(tokens, state.flow)
+        pcm, hift_state = self.hift.step(mel, state.hift)
+        return pcm, Token2WavState(flow_state, hift_state)
+
+    def flush(self, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
+        """End of stream: the rest of the PCM."""
+        mel, flow_state = self.flow.flush(state.flow)
+        pcm, hift_state = self.hift.step(mel, state.hift)
+        tail, hift_state = self.hift.flush(hift_state)
+        return torch.cat([pcm, tail], dim=1), Token2WavState(flow_state, hift_state)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        speaker: torch.Tensor | None = None,
+        prompt_tokens: torch.Tensor | None = None,
+        prompt_mel: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Offline: tokens (B, N) -> pcm (B, N·960)."""
+        return self.hift(self.flow(tokens, speaker, prompt_tokens, prompt_mel))

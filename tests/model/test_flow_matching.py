@@ -1,0 +1,132 @@
+"""Flow matching: chunked == offline for any chunking (also with a voice prompt and bounded left context),
+frames emitted exactly when final, state serialisation, training loss, and the paper-size parameter count.
+
+Tolerance: float32, atol = rtol = 1e-5 (observed ~1e-6). Streaming does the same arithmetic as the
+offline pass, but matrix products and convolutions over different lengths sum in different orders, and
+ten Euler steps carry those last-bit differences along.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from minmo.model.config import FlowMatchingConfig, load_config
+from minmo.model.flow_matching import FlowMatching, FlowMatchingState
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+TOKENS = 75  # 3 s
+
+
+def _model(cfg: FlowMatchingConfig) -> FlowMatching:
+    torch.manual_seed(0)
+    return FlowMatching(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def cfg() -> FlowMatchingConfig:
+    return load_config("tiny").flow
+
+
+@pytest.fixture(scope="module")
+def model(cfg: FlowMatchingConfig) -> FlowMatching:
+    return _model(cfg)
+
+
+def _tokens(cfg: FlowMatchingConfig, length: int = TOKENS, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, cfg.speech_vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _stream(model: FlowMatching, tokens: torch.Tensor, sizes: list[int], state: FlowMatchingState) -> torch.Tensor:
+    outputs, start = [], 0
+    for size in sizes:
+        mel, state = model.step(tokens[:, start : start + size], state)
+        outputs.append(mel)
+        start += size
+    assert start == tokens.shape[1]
+    mel, _ = model.flush(state)
+    return torch.cat([*outputs, mel], dim=2)
+
+
+@pytest.mark.parametrize("sizes", [[15] * 5, [1] * TOKENS, [7, 30, 2, 36], [TOKENS]], ids=["15", "1", "uneven", "all"])
+def test_chunked_equals_offline(model: FlowMatching, cfg: FlowMatchingConfig, sizes: list[int]) -> None:
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        offline = model(tokens)
+    assert offline.shape == (2, cfg.mel_bins, TOKENS * cfg.token_mel_ratio)
+    assert torch.isfinite(offline).all()
+    torch.testing.assert_close(_stream(model, tokens, sizes, model.init_state(2)), offline, **TOLERANCE)
+
+
+@torch.no_grad()
+def test_frames_are_emitted_once_chunk_and_lookahead_arrived(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
+    tokens = _tokens(cfg, batch=1)
+    first = cfg.chunk_tokens + cfg.lookahead_tokens
+    mel, state = model.step(tokens[:, : first - 1], model.init_state())
+    assert mel.shape[2] == 0
+    mel, state = model.step(tokens[:, first - 1 : first], state)
+    assert mel.shape[2] == cfg.chunk_tokens * cfg.token_mel_ratio
+    mel, state = model.step(tokens[:, first:TOKENS], state)
+    assert mel.shape[2] == cfg.chunk_tokens * cfg.token_mel_ratio  # 75 tokens: two chunks final, the third waits
+    mel, _ = model.flush(state)
+    assert mel.shape[2] == cfg.chunk_tokens * cfg.token_mel_ratio
+
+
+@torch.no_grad()
+def test_bounded_left_context_streams_exactly(cfg: FlowMatchingConfig) -> None:
+    bounded = dataclasses.replace(cfg, chunk_tokens=10, left_chunks=1)
+    model = _model(bounded)
+    tokens = _tokens(bounded)
+    offline = model(tokens)
+    state = model.init_state(2)
+    _, state = model.step(tokens[:, :60], state)
+    chunk_frames = bounded.chunk_tokens * bounded.token_mel_ratio
+    assert max(cache.shape[2] for cache in state.caches if cache.dim() == 4) == chunk_frames  # keys stay bounded
+    torch.testing.assert_close(_stream(model, tokens, [13] * 5 + [10], model.init_state(2)), offline, **TOLERANCE)
+
+
+@torch.no_grad()
+def test_prompt_and_speaker_condition_the_stream(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
+    tokens = _tokens(cfg)
+    prompt_tokens = _tokens(cfg, length=10, seed=2)
+    prompt_mel = torch.randn(2, cfg.mel_bins, 10 * cfg.token_mel_ratio, generator=torch.Generator().manual_seed(3))
+    speaker = torch.randn(2, cfg.spk_embed_dim, generator=torch.Generator().manual_seed(4))
+    offline = model(tokens, speaker, prompt_tokens, prompt_mel)
+    assert offline.shape[2] == TOKENS * cfg.token_mel_ratio  # prompt frames are not emitted
+    assert not torch.allclose(offline, model(tokens), atol=1e-3)
+    state = model.init_state(2, speaker, prompt_tokens, prompt_mel)
+    torch.testing.assert_close(_stream(model, tokens, [15] * 5, state), offline, **TOLERANCE)
+
+
+@torch.no_grad()
+def test_state_round_trip_gives_identical_next_step(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
+    tokens = _tokens(cfg)
+    _, state = model.step(tokens[:, :40], model.init_state(2))
+    restored = FlowMatchingState.from_bytes(state.to_bytes())
+    expected, _ = model.step(tokens[:, 40:], state)
+    actual, _ = model.step(tokens[:, 40:], restored)
+    assert expected.shape[2] > 0
+    assert torch.equal(actual, expected)
+
+
+def test_training_loss_is_finite_with_gradients(cfg: FlowMatchingConfig) -> None:
+    model = _model(cfg).train()
+    tokens = _tokens(cfg, length=30)
+    mel = torch.randn(2, cfg.mel_bins, 30 * cfg.token_mel_ratio)
+    loss = model.training_loss(tokens, mel, mel_mask=torch.ones(2, mel.shape[2]))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for parameter in (model.encoder.embed.weight, model.estimator.output.weight, model.speaker_affine.weight):
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
+    assert model.estimator.output.weight.grad.abs().sum() > 0
+
+
+def test_paper_size_parameter_count() -> None:
+    with torch.device("meta"):
+        model = FlowMatching(load_config("minmo-8b").flow)
+    count = sum(parameter.numel() for parameter in model.parameters())
+    print(f"minmo-8b flow matching: {count / 1e6:.1f}M parameters")
+    assert 20e6 < count < 200e6  # CosyVoice 2's flow model is ~100M

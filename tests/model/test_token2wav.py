@@ -1,0 +1,71 @@
+"""Token2wav: chunked == offline for the voice LM's 15-token blocks and any other chunking, 960 samples
+per token, audio as soon as a chunk and its lookahead are in, nested state serialisation, speed.
+
+Tolerance: float32, atol = 1e-5 (observed ~1e-7): the flow model's ~1e-6 rounding differences (see
+test_flow_matching) pass through the vocoder, whose output is clamped to [-0.99, 0.99].
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minmo.model.config import MinMoConfig, load_config
+from minmo.model.token2wav import Token2Wav, Token2WavState
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+TOKENS = 75  # 3 s
+
+
+@pytest.fixture(scope="module")
+def cfg() -> MinMoConfig:
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def model(cfg: MinMoConfig) -> Token2Wav:
+    torch.manual_seed(0)
+    return Token2Wav.from_config(cfg).eval()
+
+
+def _tokens(cfg: MinMoConfig, batch: int = 1) -> torch.Tensor:
+    return torch.randint(0, cfg.flow.speech_vocab, (batch, TOKENS), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def _stream(model: Token2Wav, tokens: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    state, outputs, start = model.init_state(tokens.shape[0]), [], 0
+    for size in sizes:
+        pcm, state = model.step(tokens[:, start : start + size], state)
+        outputs.append(pcm)
+        start += size
+    pcm, _ = model.flush(state)
+    return [*outputs, pcm]
+
+
+@pytest.mark.parametrize("sizes", [[15] * 5, [1] * TOKENS, [4, 29, 0, 42]], ids=["15", "1", "uneven"])
+def test_chunked_equals_offline(model: Token2Wav, cfg: MinMoConfig, sizes: list[int]) -> None:
+    tokens = _tokens(cfg, batch=2)
+    with torch.no_grad():
+        offline = model(tokens)
+    assert offline.shape == (2, TOKENS * model.samples_per_token)
+    assert offline.dtype == torch.float32 and torch.isfinite(offline).all()
+    torch.testing.assert_close(torch.cat(_stream(model, tokens, sizes), dim=1), offline, **TOLERANCE)
+
+
+def test_audio_arrives_per_chunk(model: Token2Wav, cfg: MinMoConfig) -> None:
+    lengths = [pcm.shape[1] for pcm in _stream(model, _tokens(cfg), [15] * 5)]
+    second = cfg.hift.sample_rate
+    assert model.sample_rate == second and model.samples_per_token == 960
+    assert lengths == [0, second, 0, second, 0, second]  # 25-token chunks, final after 3 more tokens
+
+
+@torch.no_grad()
+def test_state_round_trip_gives_identical_next_step(model: Token2Wav, cfg: MinMoConfig) -> None:
+    tokens = _tokens(cfg)
+    _, state = model.step(tokens[:, :45], model.init_state())
+    restored = Token2WavState.from_bytes(state.to_bytes())
+    expected, _ = model.step(tokens[:, 45:], state)
+    actual, _ = model.step(tokens[:, 45:], restored)
+    assert expected.shape[1] > 0
+    assert torch.equal(actual, expected)
