@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -18,6 +20,25 @@ def model_params(config: str = typer.Option("minmo-8b", help="preset (minmo-8b, 
     from minmo.model.pipeline import count_parameters
 
     typer.echo(json.dumps(count_parameters(load_config(config)), indent=2))
+
+
+@app.command("chat")
+def chat(
+    server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")],
+    wav: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="spoken input (WAV)")] = None,
+    out: Annotated[Path | None, typer.Option(dir_okay=False, help="save the assistant's speech (16-bit WAV)")] = None,
+    realtime: Annotated[bool, typer.Option(help="stream the file at real-time pace, like a microphone")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print only a JSON result at the end")] = False,
+    system_prompt: Annotated[str, typer.Option(help="system prompt for the assistant")] = "",
+    voice_instruction: Annotated[str, typer.Option(help='how to speak, e.g. "Speak with a tone of sadness"')] = "",
+    text: Annotated[str | None, typer.Option(help="a typed user message, instead of --wav")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the session to start and for the reply")] = 30.0,
+) -> None:
+    """Talk to a running MinMo server: send a WAV file (or typed text), show the reply, save its speech."""
+    from minmo.client.command import ChatOptions, chat_command
+
+    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout)
+    raise typer.Exit(chat_command(options))
 
 
 if __name__ == "__main__":

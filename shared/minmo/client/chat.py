@@ -1,0 +1,376 @@
+"""Client for the public Conversation API: send one input (spoken audio or a typed turn), collect the reply.
+
+The server decides turns from the audio itself (VAD or the duplex predictor), so a file-based client has
+to behave like a microphone: PCM16 chunks of 100 ms at real-time pace, then silence so that endpointing
+sees the speech end. The reply is complete when every response the server started has both its final
+TurnEvent and its LatencyReport. Tests and benchmarks reuse `run_chat` for that bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import grpc
+
+from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
+from minmo.client.wav import MS_PER_S, InputAudio
+from minmo.v1 import common_pb2, conversation_pb2, conversation_pb2_grpc
+
+CHUNK_MS = 100
+TRAILING_SILENCE_MS = 1500
+OUTPUT_SAMPLE_RATE_HZ = 24000
+TEXT_SESSION_INPUT_RATE_HZ = 16000  # SessionConfig needs an input rate even when only text is sent
+DEFAULT_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 5.0  # how long the server may take to close the stream after EndSession
+TYPED_USER_TURN = "typed"  # key of the user turn that a TextInput stands for
+JSON_LATENCY_FIELDS = ("encoder", "llm_first_token", "voicelm_first_tokens", "vocoder_first_chunk", "first_audio")
+
+TurnType = conversation_pb2.TurnEvent.Type
+_END_SESSION = conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession())
+EventCallback = Callable[[conversation_pb2.ServerEvent], None]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One conversation to run: exactly one of `audio` (spoken input) or `text` (a typed turn)."""
+
+    audio: InputAudio | None = None
+    text: str | None = None
+    system_prompt: str = ""
+    voice_instruction: str = ""
+    realtime: bool = True  # pace audio like a microphone; False sends it as fast as the stream takes it
+    trailing_silence_ms: int = TRAILING_SILENCE_MS
+    timeout_s: float = DEFAULT_TIMEOUT_S  # for SessionStarted, and for the reply once the input is sent
+    output_sample_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ
+
+    def __post_init__(self) -> None:
+        if (self.audio is None) == (self.text is None):
+            raise ValueError("a chat needs exactly one input: audio or text")
+
+    @property
+    def input_sample_rate_hz(self) -> int:
+        return self.audio.sample_rate if self.audio is not None else TEXT_SESSION_INPUT_RATE_HZ
+
+
+@dataclass(frozen=True)
+class LatencyMs:
+    """A LatencyReport in milliseconds; None where the turn never reached that hop."""
+
+    trace_id: str = ""
+    duplex_decision: float | None = None
+    encoder: float | None = None
+    llm_first_token: float | None = None
+    llm_five_tokens: float | None = None
+    voicelm_first_tokens: float | None = None
+    vocoder_first_chunk: float | None = None
+    first_audio: float | None = None
+    network: float | None = None
+    queue: float | None = None
+
+    @classmethod
+    def from_proto(cls, report: conversation_pb2.LatencyReport) -> LatencyMs:
+        names = [f.name for f in fields(cls) if f.name != "trace_id"]
+        values = {name: getattr(report, f"{name}_ms") if report.HasField(f"{name}_ms") else None for name in names}
+        return cls(trace_id=report.trace_id, **values)
+
+    def measured(self) -> dict[str, float]:
+        """The hops the turn reached, in field order."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trace_id"}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass
+class TurnResult:
+    """One assistant response, the user turn it answers, and its speech."""
+
+    turn_id: str
+    user_turn_id: str | None
+    user_text: str = ""
+    assistant_text: str = ""
+    audio: bytearray = field(default_factory=bytearray)  # PCM16LE mono at sample_rate_hz
+    sample_rate_hz: int = 0
+    interrupted: bool = False
+    heard_ms: int | None = None  # only for an interrupted response
+    heard_text: str | None = None  # only for an interrupted response
+    ended: bool = False  # RESPONSE_DONE or RESPONSE_INTERRUPTED arrived
+    latency: LatencyMs | None = None
+
+    @property
+    def audio_ms(self) -> float:
+        if not self.sample_rate_hz:
+            return 0.0
+        return len(self.audio) / PCM16_BYTES * MS_PER_S / self.sample_rate_hz
+
+    @property
+    def finished(self) -> bool:
+        return self.ended and self.latency is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user_text": self.user_text,
+            "assistant_text": self.assistant_text,
+            "audio_ms": round(self.audio_ms, 1),
+            "interrupted": self.interrupted,
+            "latency_ms": {name: getattr(self.latency, name, None) for name in JSON_LATENCY_FIELDS},
+        }
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """An Error event the server sent (the stream may have gone on)."""
+
+    code: str
+    message: str
+    retryable: bool
+    turn_id: str
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    """The Converse call ended with a non-OK gRPC status."""
+
+    code: str  # grpc.StatusCode name, e.g. "INVALID_ARGUMENT"
+    details: str
+
+
+@dataclass
+class ChatResult:
+    """Everything one conversation produced; `problems()` is empty when it went as it should."""
+
+    session_id: str = ""
+    turns: list[TurnResult] = field(default_factory=list)
+    errors: list[ServerError] = field(default_factory=list)
+    rpc_failure: RpcFailure | None = None
+    timed_out: bool = False
+    send_s: float = 0.0  # wall time spent sending the input; ≈ the audio's length when paced in real time
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.turns) and all(turn.finished for turn in self.turns)
+
+    def problems(self) -> list[str]:
+        """Why the conversation failed, one line each."""
+        lines = [f"server error {e.code}: {e.message}" for e in self.errors]
+        if self.rpc_failure is not None:
+            lines.append(f"RPC failed with {self.rpc_failure.code}: {self.rpc_failure.details}")
+        elif self.timed_out:
+            lines.append("timed out before the reply was complete")
+        elif not self.complete:
+            lines.append("the server closed the stream before the reply was complete")
+        return lines
+
+    def assistant_audio(self) -> tuple[bytes, int]:
+        """All responses' speech back to back as PCM16LE, and its sample rate (0 when there is none)."""
+        rate = next((turn.sample_rate_hz for turn in self.turns if turn.sample_rate_hz), 0)
+        return b"".join(bytes(turn.audio) for turn in self.turns), rate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "turns": [turn.to_json() for turn in self.turns]}
+
+
+class _Collector:
+    """Folds ServerEvents into a ChatResult and signals when the session starts and the reply completes."""
+
+    def __init__(self, typed_text: str | None) -> None:
+        self.result = ChatResult()
+        self.session_started = asyncio.Event()
+        self.reply_complete = asyncio.Event()
+        self._turns: dict[str, TurnResult] = {}
+        self._user_texts: dict[str, str] = {}
+        self._user_turn: str | None = None
+        self._backchannels: set[str] = set()
+        if typed_text is not None:
+            self._user_turn = TYPED_USER_TURN
+            self._user_texts[TYPED_USER_TURN] = typed_text
+
+    def apply(self, event: conversation_pb2.ServerEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "session_started":
+            self.result.session_id = event.session_started.session_id
+            self.session_started.set()
+        elif kind == "turn_event":
+            self._on_turn_event(event.turn_event)
+        elif kind == "transcript":
+            self._on_transcript(event.transcript)
+        elif kind == "audio_output":
+            self._on_audio(event.audio_output)
+        elif kind == "latency_report" and (turn := self._turn(event.latency_report.turn_id)) is not None:
+            turn.latency = LatencyMs.from_proto(event.latency_report)
+        elif kind == "error":
+            error = event.error
+            self.result.errors.append(ServerError(error.code, error.message, error.retryable, error.turn_id))
+        if self.result.complete:
+            self.reply_complete.set()
+        else:
+            self.reply_complete.clear()
+
+    def finish(self) -> ChatResult:
+        for turn in self.result.turns:
+            turn.user_text = self._user_texts.get(turn.user_turn_id or "", "")
+        return self.result
+
+    def _turn(self, turn_id: str) -> TurnResult | None:
+        """The response `turn_id`, created on its first event; None for a backchannel."""
+        if turn_id in self._backchannels:
+            return None
+        if turn_id not in self._turns:
+            self._turns[turn_id] = TurnResult(turn_id=turn_id, user_turn_id=self._user_turn)
+            self.result.turns.append(self._turns[turn_id])
+        return self._turns[turn_id]
+
+    def _on_turn_event(self, event: conversation_pb2.TurnEvent) -> None:
+        if event.type in (TurnType.USER_SPEECH_STARTED, TurnType.USER_SPEECH_STOPPED):
+            self._user_turn = event.turn_id
+        elif event.type == TurnType.BACKCHANNEL:
+            self._backchannels.add(event.turn_id)
+            if (turn := self._turns.pop(event.turn_id, None)) is not None:
+                self.result.turns.remove(turn)
+        elif event.type in (TurnType.RESPONSE_STARTED, TurnType.RESPONSE_DONE, TurnType.RESPONSE_INTERRUPTED):
+            self._on_response_event(event)
+
+    def _on_response_event(self, event: conversation_pb2.TurnEvent) -> None:
+        turn = self._turn(event.turn_id)
+        if turn is None or event.type == TurnType.RESPONSE_STARTED:
+            return
+        turn.ended = True
+        if event.type == TurnType.RESPONSE_INTERRUPTED:
+            turn.interrupted, turn.heard_ms, turn.heard_text = True, event.heard_ms, event.heard_text
+
+    def _on_transcript(self, transcript: conversation_pb2.Transcript) -> None:
+        if transcript.role == common_pb2.ROLE_USER:
+            if self._user_turn in (None, TYPED_USER_TURN):  # speech events, when there are any, name the turn
+                self._user_turn = transcript.turn_id
+            previous = "" if transcript.is_final else self._user_texts.get(transcript.turn_id, "")
+            self._user_texts[transcript.turn_id] = previous + transcript.text
+        elif (turn := self._turn(transcript.turn_id)) is not None:
+            turn.assistant_text = transcript.text if transcript.is_final else turn.assistant_text + transcript.text
+
+    def _on_audio(self, audio: conversation_pb2.AudioOutput) -> None:
+        if (turn := self._turn(audio.turn_id)) is not None:
+            turn.audio += audio.audio
+            turn.sample_rate_hz = audio.sample_rate_hz
+
+
+class ConversationClient:
+    """A channel to the Conversation service: one `chat` per session, any number of sessions per client.
+
+    Create it inside the event loop that will use it (gRPC aio channels are bound to their loop).
+    """
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
+
+    async def __aenter__(self) -> ConversationClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def chat(self, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+        """Run one session: config, input, wait for the reply, EndSession. `on_event` sees every ServerEvent.
+
+        A failed RPC is reported in the result, not raised; cancelling the task cancels the call.
+        """
+        collector = _Collector(request.text)
+        call = self._stub.Converse()
+        reader = asyncio.create_task(_read_events(call, collector, on_event))
+        try:
+            await _converse(call, request, collector, reader)
+        except grpc.aio.AioRpcError as error:
+            collector.result.rpc_failure = RpcFailure(error.code().name, error.details() or "")
+        finally:
+            reader.cancel()
+            call.cancel()
+        return collector.finish()
+
+
+async def run_chat(target: str, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+    """One conversation with the server at `target` ("host:port") over a channel of its own."""
+    async with ConversationClient(target) as client:
+        return await client.chat(request, on_event)
+
+
+async def _converse(
+    call: grpc.aio.StreamStreamCall, request: ChatRequest, collector: _Collector, reader: asyncio.Task[None]
+) -> None:
+    """Drive the client half of the stream; raises AioRpcError when the server ends it with an error."""
+    result = collector.result
+    if await _write(call, _session_config(request)):
+        if await _wait_while_open(collector.session_started, reader, request.timeout_s):
+            start = time.monotonic()
+            await _send_input(call, request)
+            result.send_s = time.monotonic() - start
+            await _wait_while_open(collector.reply_complete, reader, request.timeout_s)
+        result.timed_out = not reader.done() and not collector.reply_complete.is_set()
+    if not reader.done() and await _write(call, _END_SESSION):
+        await call.done_writing()
+    await asyncio.wait({reader}, timeout=CLOSE_TIMEOUT_S)
+    if reader.done():
+        reader.result()
+
+
+async def _read_events(call: grpc.aio.StreamStreamCall, collector: _Collector, on_event: EventCallback | None) -> None:
+    async for event in call:
+        collector.apply(event)
+        if on_event is not None:
+            on_event(event)
+
+
+async def _wait_while_open(event: asyncio.Event, reader: asyncio.Task[None], timeout_s: float) -> bool:
+    """Wait for `event` unless the stream ends or `timeout_s` passes first; True when the event is set."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, reader}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
+async def _write(call: grpc.aio.StreamStreamCall, event: conversation_pb2.ClientEvent) -> bool:
+    """Send one event; False when the stream has already ended (the reader reports the status)."""
+    try:
+        await call.write(event)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        return False
+    return True
+
+
+def _session_config(request: ChatRequest) -> conversation_pb2.ClientEvent:
+    config = conversation_pb2.SessionConfig(
+        input_sample_rate_hz=request.input_sample_rate_hz,
+        output_sample_rate_hz=request.output_sample_rate_hz,
+        system_prompt=request.system_prompt,
+        voice_instruction=request.voice_instruction,
+    )
+    return conversation_pb2.ClientEvent(session_config=config)
+
+
+async def _send_input(call: grpc.aio.StreamStreamCall, request: ChatRequest) -> None:
+    if request.text is not None:
+        await _write(call, conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=request.text)))
+        return
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for index, chunk in enumerate(_audio_chunks(request)):
+        if request.realtime:
+            await asyncio.sleep(max(0.0, start + index * CHUNK_MS / MS_PER_S - loop.time()))
+        if not await _write(call, conversation_pb2.ClientEvent(audio_chunk=conversation_pb2.AudioChunk(audio=chunk))):
+            return
+
+
+def _audio_chunks(request: ChatRequest) -> list[bytes]:
+    """The input audio and its trailing silence as PCM16LE chunks of CHUNK_MS (the last one may be shorter)."""
+    audio = request.audio
+    assert audio is not None, "audio chunks need an audio request"
+    silence = bytes(PCM16_BYTES * (audio.sample_rate * request.trailing_silence_ms // MS_PER_S))
+    pcm = float_to_pcm16(audio.samples) + silence
+    step = PCM16_BYTES * audio.sample_rate * CHUNK_MS // MS_PER_S
+    return [pcm[start : start + step] for start in range(0, len(pcm), step)]

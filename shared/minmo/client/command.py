@@ -1,0 +1,82 @@
+"""`minmo chat`: build the request from the command line, run it, and print, save and grade the result.
+
+Kept out of `minmo.cli` so the command there stays a list of options. Exit codes: 0 when the reply is
+complete and the server reported no error, 1 otherwise, 130 when interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from minmo.audio.pcm import PCM16_BYTES
+from minmo.client.chat import ChatRequest, ChatResult, run_chat
+from minmo.client.console import ConsoleRenderer
+from minmo.client.wav import MS_PER_S, load_wav, write_wav
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """The command line of `minmo chat`."""
+
+    server: str
+    wav: Path | None
+    text: str | None
+    out: Path | None
+    realtime: bool
+    as_json: bool
+    system_prompt: str
+    voice_instruction: str
+    timeout_s: float
+
+
+def chat_command(options: ChatOptions) -> int:
+    """Run one conversation and return the process exit code."""
+    if (options.wav is None) == (options.text is None):
+        raise typer.BadParameter("give exactly one of --wav or --text")
+    stdout, stderr = Console(), Console(stderr=True)
+    request = _request(options)
+    on_event = None if options.as_json else ConsoleRenderer(stdout)
+    try:
+        result = asyncio.run(run_chat(options.server, request, on_event))
+    except KeyboardInterrupt:
+        stderr.print("interrupted: the call was cancelled", style="yellow")
+        return EXIT_INTERRUPTED
+    if options.out is not None:
+        _save_audio(options.out, result, stderr if options.as_json else stdout)
+    if options.as_json:
+        typer.echo(json.dumps(result.to_json()))
+    problems = result.problems()
+    for problem in problems:
+        stderr.print(problem, style="bold red", markup=False)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _request(options: ChatOptions) -> ChatRequest:
+    return ChatRequest(
+        audio=load_wav(options.wav) if options.wav is not None else None,
+        text=options.text,
+        system_prompt=options.system_prompt,
+        voice_instruction=options.voice_instruction,
+        realtime=options.realtime,
+        timeout_s=options.timeout_s,
+    )
+
+
+def _save_audio(path: Path, result: ChatResult, console: Console) -> None:
+    """Write the assistant's speech of every turn, back to back, at the rate the server sent it."""
+    pcm, rate = result.assistant_audio()
+    if not pcm:
+        console.print(f"no assistant audio received; {path} not written", markup=False)
+        return
+    write_wav(path, pcm, rate)
+    console.print(f"wrote {path} ({len(pcm) // PCM16_BYTES * MS_PER_S // rate} ms at {rate} Hz)", markup=False)
