@@ -1,0 +1,276 @@
+"""The 5:15 text-speech interleave (paper §3.3): when the voice-token LM speaks, and which text it has spoken.
+
+Semantic vectors (output-projector outputs, one per LLM text position) arrive while the LLM is still
+writing. The voice-token LM reads them as they come; after every 5 it writes exactly 15 speech tokens
+(25 Hz, so 0.6 s of audio per block). When the LLM's text ends, the leftover (< 5) vectors and
+TURN_OF_SPEECH follow, and the LM writes tokens until END_OF_SPEECH or a safety bound proportional to
+the text length. END_OF_SPEECH is masked out before the text is finished, so a block is never cut short.
+
+One input stream, in order: SOS, v0..v4, s0..s14, v5..v9, s15..s29, ..., v_rest, TURN_OF_SPEECH, s..., where
+each speech token is predicted at the position before it and fed back on the next step. The driver
+(`synthesize_step`) feeds vectors as soon as they arrive, so the prefill work is spread over the LLM's
+decoding; `teacher_forcing_inputs` builds the same stream offline (for training and for tests).
+
+The schedule also maps text positions to speech-token spans, which barge-in needs: the user heard
+`speech_tokens_played / 25` seconds of audio, so `text_positions_heard` says how much of the text was spoken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from minmo.model.config import VoiceTokenLMConfig
+from minmo.model.state import StreamState
+from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
+
+SPEECH_TOKEN_RATE_HZ = 25
+MAX_TOKENS_PER_TEXT_POSITION = 20  # safety bound on the speech length, as CosyVoice 2's max_token_text_ratio
+RECENT_WINDOW = 10  # speech tokens remembered for repetition-aware sampling
+IGNORE_INDEX = -100  # target at positions that predict nothing (torch cross_entropy's default ignore_index)
+NO_TOKEN = -1
+
+
+def speech_tokens_at(seconds: float) -> int:
+    """Speech tokens that cover `seconds` of audio (whole tokens only)."""
+    return math.floor(seconds * SPEECH_TOKEN_RATE_HZ)
+
+
+def seconds_of(speech_tokens: int) -> float:
+    return speech_tokens / SPEECH_TOKEN_RATE_HZ
+
+
+@dataclass(frozen=True)
+class VoiceSchedule:
+    """Block sizes of the interleave and the text-position -> speech-token mapping they imply."""
+
+    text_block: int = 5
+    speech_block: int = 15
+    max_tokens_per_position: int = MAX_TOKENS_PER_TEXT_POSITION
+
+    @classmethod
+    def from_config(cls, cfg: VoiceTokenLMConfig) -> VoiceSchedule:
+        return cls(text_block=cfg.text_block, speech_block=cfg.speech_block)
+
+    def full_blocks(self, text_length: int) -> int:
+        """Blocks of `text_block` vectors that each get exactly `speech_block` tokens."""
+        return text_length // self.text_block
+
+    def max_speech_tokens(self, text_length: int) -> int:
+        """Safety bound on the speech tokens of a whole turn, for a model that never says END_OF_SPEECH."""
+        return max(self.speech_block, self.max_tokens_per_position * text_length)
+
+    def speech_span(self, text_position: int, text_length: int, total_speech_tokens: int | None = None) -> range:
+        """Speech-token indices that speak `text_position`.
+
+        A full block's tokens are shared evenly among its 5 positions (3 each); the tail after
+        TURN_OF_SPEECH is shared evenly among the leftover positions. Until the turn's total is known
+        the tail is assumed to run at the blocks' rate.
+        """
+        assert 0 <= text_position < text_length, f"text position {text_position} outside 0..{text_length - 1}"
+        block_start = self.full_blocks(text_length) * self.text_block
+        if text_position < block_start:
+            block, offset = divmod(text_position, self.text_block)
+            return self._share(block * self.speech_block, self.speech_block, offset, self.text_block)
+        leftover = text_length - block_start
+        tail_start = self.full_blocks(text_length) * self.speech_block
+        if total_speech_tokens is None:
+            tail = leftover * self.speech_block // self.text_block
+        else:
+            tail = max(total_speech_tokens - tail_start, 0)
+        return self._share(tail_start, tail, text_position - block_start, leftover)
+
+    def text_positions_heard(
+        self, speech_tokens_played: int, text_length: int, total_speech_tokens: int | None = None
+    ) -> int:
+        """How many leading text positions were fully spoken once `speech_tokens_played` tokens were played.
+
+        Spans are consecutive, so the positions whose span ends by then are a prefix of the text.
+        """
+        spans = (self.speech_span(position, text_length, total_speech_tokens) for position in range(text_length))
+        return sum(span.stop <= speech_tokens_played for span in spans)
+
+    @staticmethod
+    def _share(start: int, tokens: int, index: int, parts: int) -> range:
+        """The `index`-th of `parts` near-equal consecutive slices of `tokens` tokens starting at `start`."""
+        return range(start + index * tokens // parts, start + (index + 1) * tokens // parts)
+
+
+@dataclass
+class ScheduleState(StreamState):
+    """Where one synthesis stream stands in the schedule, with the voice LM's cache."""
+
+    voice: VoiceLMState
+    pending_token: int  # sampled (or SOS) but not yet fed to the voice LM; NO_TOKEN if none
+    fed_in_block: int  # semantic vectors fed since the last speech block
+    text_positions: int  # semantic vectors received in total
+    speech_tokens: int  # speech tokens emitted in total
+    recent_tokens: list[int]  # the last RECENT_WINDOW speech tokens, for repetition-aware sampling
+    finished: bool  # END_OF_SPEECH was sampled, or the safety bound was reached
+
+
+def init_schedule_state(voice_lm: VoiceTokenLM) -> ScheduleState:
+    """A new turn: nothing fed yet; SOS goes in with the first semantic vectors."""
+    return ScheduleState(
+        voice=voice_lm.init_state(batch=1),
+        pending_token=voice_lm.sos_id,
+        fed_in_block=0,
+        text_positions=0,
+        speech_tokens=0,
+        recent_tokens=[],
+        finished=False,
+    )
+
+
+class Sampler(Protocol):
+    """Picks a speech token from logits (V,) given the recently emitted tokens."""
+
+    def __call__(self, logits: torch.Tensor, recent: Sequence[int]) -> int: ...
+
+
+def greedy_sampler(logits: torch.Tensor, recent: Sequence[int]) -> int:
+    """Deterministic argmax (tests, golden outputs)."""
+    return int(logits.argmax())
+
+
+@dataclass
+class RasSampler:
+    """CosyVoice 2's repetition-aware sampling: nucleus + top-k, but a token that already fills a `tau_r`
+    share of the recent window is replaced by a draw from the full distribution, which breaks the loops
+    that autoregressive speech LMs fall into."""
+
+    top_p: float = 0.8
+    top_k: int = 25  # 0: no top-k limit
+    tau_r: float = 0.1
+    generator: torch.Generator | None = None
+
+    def __call__(self, logits: torch.Tensor, recent: Sequence[int]) -> int:
+        probs = logits.float().softmax(dim=-1)
+        token = self._nucleus(probs)
+        if list(recent[-RECENT_WINDOW:]).count(token) >= RECENT_WINDOW * self.tau_r:
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token
+
+    def _nucleus(self, probs: torch.Tensor) -> int:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p  # always keeps the top token
+        if self.top_k > 0:
+            keep[self.top_k :] = False
+        choice = torch.multinomial(sorted_probs * keep, 1, generator=self.generator)
+        return int(order[choice])
+
+
+@torch.no_grad()
+def synthesize_step(
+    voice_lm: VoiceTokenLM,
+    semantic: torch.Tensor,
+    text_finished: bool,
+    state: ScheduleState,
+    sampler: Sampler = greedy_sampler,
+) -> tuple[list[int], ScheduleState]:
+    """Feed newly arrived semantic vectors (1, N, dim) and emit the speech tokens the schedule allows.
+
+    Every completed block of 5 vectors yields exactly 15 tokens; with `text_finished`, the leftover vectors
+    and TURN_OF_SPEECH are fed and tokens follow until END_OF_SPEECH or the safety bound. The result does
+    not depend on how the vectors are chunked across calls.
+    """
+    assert not state.finished, "this turn's speech is already finished"
+    assert semantic.shape[0] == 1 and semantic.shape[-1] == voice_lm.cfg.dim, f"semantic {tuple(semantic.shape)}"
+    schedule = VoiceSchedule.from_config(voice_lm.cfg)
+    tokens: list[int] = []
+    offset = 0
+    while offset < semantic.shape[1]:
+        take = min(semantic.shape[1] - offset, schedule.text_block - state.fed_in_block)
+        logits, state = _feed(voice_lm, semantic[:, offset : offset + take], state)
+        offset += take
+        state = dataclasses.replace(
+            state, fed_in_block=state.fed_in_block + take, text_positions=state.text_positions + take
+        )
+        if state.fed_in_block == schedule.text_block:
+            block, state = _generate(voice_lm, logits, state, sampler, schedule.speech_block, allow_eos=False)
+            tokens += block
+            state = dataclasses.replace(state, fed_in_block=0)
+    if text_finished:
+        turn_of_speech = voice_lm.embed_speech(_ids(voice_lm, [voice_lm.turn_of_speech_id]))
+        logits, state = _feed(voice_lm, turn_of_speech, state)
+        budget = schedule.max_speech_tokens(state.text_positions) - state.speech_tokens
+        tail, state = _generate(voice_lm, logits, state, sampler, budget, allow_eos=True)
+        tokens += tail
+        state = dataclasses.replace(state, finished=True)
+    return tokens, state
+
+
+def teacher_forcing_inputs(
+    voice_lm: VoiceTokenLM, semantic: torch.Tensor, speech_tokens: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole interleaved stream of one finished turn, offline: inputs (1, L, dim) and targets (1, L).
+
+    `speech_tokens` is the turn's speech without END_OF_SPEECH (at least 15 per full block). targets[i] is the
+    token to predict at position i (END_OF_SPEECH after the last one), IGNORE_INDEX where nothing is predicted.
+    """
+    schedule = VoiceSchedule.from_config(voice_lm.cfg)
+    text_length = semantic.shape[1]
+    blocks = schedule.full_blocks(text_length)
+    block_tokens = blocks * schedule.speech_block
+    assert len(speech_tokens) >= block_tokens, f"{len(speech_tokens)} speech tokens, the blocks need {block_tokens}"
+    pieces = [voice_lm.embed_speech(_ids(voice_lm, [voice_lm.sos_id]))]
+    targets = [IGNORE_INDEX]
+    for block in range(blocks):
+        chunk = list(speech_tokens[block * schedule.speech_block : (block + 1) * schedule.speech_block])
+        pieces += [semantic[:, block * schedule.text_block : (block + 1) * schedule.text_block]]
+        pieces += [voice_lm.embed_speech(_ids(voice_lm, chunk))]
+        targets += [IGNORE_INDEX] * (schedule.text_block - 1) + chunk + [IGNORE_INDEX]
+    tail = list(speech_tokens[block_tokens:])
+    pieces += [semantic[:, blocks * schedule.text_block :]]
+    pieces += [voice_lm.embed_speech(_ids(voice_lm, [voice_lm.turn_of_speech_id, *tail]))]
+    targets += [IGNORE_INDEX] * (text_length - blocks * schedule.text_block) + tail + [voice_lm.end_of_speech_id]
+    inputs = torch.cat(pieces, dim=1)  # (1, L, dim)
+    return inputs, torch.tensor([targets], device=inputs.device)
+
+
+def _ids(voice_lm: VoiceTokenLM, ids: list[int]) -> torch.Tensor:
+    return torch.tensor([ids], dtype=torch.long, device=voice_lm.head.weight.device)  # (1, T)
+
+
+def _feed(
+    voice_lm: VoiceTokenLM, inputs: torch.Tensor | None, state: ScheduleState
+) -> tuple[torch.Tensor, ScheduleState]:
+    """Feed the pending token (if any) then `inputs` (1, T, dim); logits (V,) at the last position fed."""
+    pieces = [] if inputs is None else [inputs]
+    if state.pending_token != NO_TOKEN:
+        pieces.insert(0, voice_lm.embed_speech(_ids(voice_lm, [state.pending_token])))
+    assert pieces, "nothing to feed"
+    logits, voice = voice_lm.step(torch.cat(pieces, dim=1), state.voice)
+    return logits[0, -1], dataclasses.replace(state, voice=voice, pending_token=NO_TOKEN)
+
+
+def _generate(
+    voice_lm: VoiceTokenLM, logits: torch.Tensor, state: ScheduleState, sampler: Sampler, limit: int, allow_eos: bool
+) -> tuple[list[int], ScheduleState]:
+    """Up to `limit` speech tokens from `logits` (V,) on; END_OF_SPEECH (only if allowed) stops early.
+
+    The last token is left pending, not fed: it goes in with whatever the stream receives next.
+    """
+    tokens: list[int] = []
+    while len(tokens) < limit:
+        if tokens:
+            logits, state = _feed(voice_lm, None, state)
+        if not allow_eos:
+            logits = logits.clone()
+            logits[voice_lm.end_of_speech_id] = float("-inf")
+        token = sampler(logits, state.recent_tokens)
+        if token == voice_lm.end_of_speech_id:
+            break
+        tokens.append(token)
+        state = dataclasses.replace(
+            state,
+            pending_token=token,
+            speech_tokens=state.speech_tokens + 1,
+            recent_tokens=[*state.recent_tokens, token][-RECENT_WINDOW:],
+        )
+    return tokens, state

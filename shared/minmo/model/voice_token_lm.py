@@ -1,0 +1,79 @@
+"""Voice-token LM (paper §3.3, from CosyVoice 2): a Qwen2 decoder that turns semantic vectors into speech tokens.
+
+Its input stream interleaves two kinds of positions, both already at the decoder width: semantic vectors
+from the output projector, and embeddings of speech tokens (the 6561 FSQ codes plus specials). The
+stream starts with SOS; after every 5 semantic vectors the LM writes 15 speech tokens; when the LLM's
+text ends, the leftover vectors and TURN_OF_SPEECH follow and the LM writes tokens until END_OF_SPEECH
+(the schedule lives in `interleave.py`). Like CosyVoice 2's LM it has no text embedding of its own: the
+decoder's token table *is* the speech embedding, and a separate head scores speech tokens + END_OF_SPEECH.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Qwen2Config, Qwen2Model
+
+from minmo.model.config import VoiceTokenLMConfig
+from minmo.model.llm import ATTENTION_IMPLEMENTATION, RMS_NORM_EPS, KVCacheState, decoder_step, empty_kv_state
+
+SPECIAL_TOKENS = ("end_of_speech", "sos", "turn_of_speech")  # ids speech_vocab, speech_vocab + 1, ...
+
+
+@dataclass
+class VoiceLMState(KVCacheState):
+    """The voice-token LM's KV cache for one synthesis stream."""
+
+
+class VoiceTokenLM(nn.Module):
+    """Qwen2 decoder over semantic vectors and speech tokens; streams through `init_state` / `step`."""
+
+    def __init__(self, cfg: VoiceTokenLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        config = Qwen2Config(
+            vocab_size=cfg.speech_vocab + len(SPECIAL_TOKENS),
+            hidden_size=cfg.dim,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            intermediate_size=cfg.ffn_dim,
+            rope_theta=cfg.rope_theta,
+            max_position_embeddings=cfg.max_positions,
+            rms_norm_eps=RMS_NORM_EPS,
+            tie_word_embeddings=False,
+            attn_implementation=ATTENTION_IMPLEMENTATION,
+        )
+        self.decoder = Qwen2Model(config)
+        self.head = nn.Linear(cfg.dim, cfg.speech_vocab + 1)  # speech tokens + END_OF_SPEECH
+
+    @property
+    def end_of_speech_id(self) -> int:
+        """Output class that stops synthesis (never fed back)."""
+        return self.cfg.speech_vocab
+
+    @property
+    def sos_id(self) -> int:
+        """First input of every stream."""
+        return self.cfg.speech_vocab + 1
+
+    @property
+    def turn_of_speech_id(self) -> int:
+        """Input after the last semantic vector: the LLM's text is finished, speak the rest."""
+        return self.cfg.speech_vocab + 2
+
+    def init_state(self, batch: int = 1) -> VoiceLMState:
+        weight = self.decoder.embed_tokens.weight
+        return empty_kv_state(VoiceLMState, self.decoder.config, batch, weight.dtype, weight.device)
+
+    def embed_speech(self, ids: torch.Tensor) -> torch.Tensor:
+        """Speech token / special ids (B, T) -> input embeddings (B, T, dim)."""
+        return self.decoder.embed_tokens(ids)
+
+    def step(self, inputs_embeds: torch.Tensor, state: VoiceLMState) -> tuple[torch.Tensor, VoiceLMState]:
+        """Feed T positions (B, T, dim); logits over speech tokens + END_OF_SPEECH (B, T, speech_vocab + 1)."""
+        assert inputs_embeds.shape[-1] == self.cfg.dim, f"input width {inputs_embeds.shape[-1]}, need {self.cfg.dim}"
+        hidden, new_state = decoder_step(self.decoder, inputs_embeds, state)
+        return self.head(hidden), new_state
