@@ -16,8 +16,8 @@ app.add_typer(model_app, name="model")
 @model_app.command("params")
 def model_params(config: str = typer.Option("minmo-8b", help="preset (minmo-8b, tiny, nano) or JSON file")) -> None:
     """Print {module: parameter_count} as JSON, counted on the meta device (no weights are allocated)."""
+    from minmo.model.build import count_parameters
     from minmo.model.config import load_config
-    from minmo.model.pipeline import count_parameters
 
     typer.echo(json.dumps(count_parameters(load_config(config)), indent=2))
 

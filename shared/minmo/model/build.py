@@ -18,11 +18,20 @@ from torch import nn
 
 from minmo.model.config import MinMoConfig
 from minmo.model.duplex_predictor import DuplexPredictor
+from minmo.model.llm import build_llm
+from minmo.model.output_projector import OutputProjector
 from minmo.model.speech_encoder import SpeechEncoder
+from minmo.model.token2wav import Token2Wav
+from minmo.model.voice_token_lm import VoiceTokenLM
 
-BUILDERS: dict[str, Callable[[MinMoConfig], nn.Module]] = {
-    "speech_encoder": SpeechEncoder,
-    "duplex_predictor": lambda cfg: DuplexPredictor(cfg.duplex_predictor),
+# name -> constructor(config, device); in the order of the paper's data flow.
+BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
+    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg),
+    "llm": lambda cfg, device: build_llm(cfg.llm, device=device),
+    "duplex_predictor": lambda cfg, device: DuplexPredictor(cfg.duplex_predictor),
+    "output_projector": lambda cfg, device: OutputProjector(cfg.output_projector),
+    "voice_token_lm": lambda cfg, device: VoiceTokenLM(cfg.voice_token_lm),
+    "token2wav": lambda cfg, device: Token2Wav.from_config(cfg),
 }
 
 
@@ -33,7 +42,7 @@ def build_component(
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
     with torch.device(device), _seeded(name):
-        module = BUILDERS[name](cfg)
+        module = BUILDERS[name](cfg, device)
     if checkpoint is not None and device != "meta":
         load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
     return module.eval()
@@ -60,3 +69,16 @@ class _seeded:
 
     def __exit__(self, *exc) -> None:
         self._fork.__exit__(*exc)
+
+
+def count_parameters(cfg: MinMoConfig) -> dict[str, int]:
+    """{paper module: parameter count}, built on the meta device (no memory, no weights loaded)."""
+    modules: dict[str, nn.Module] = {}
+    for name in BUILDERS:
+        module = build_component(cfg, name, device="meta")
+        if isinstance(module, SpeechEncoder):  # one service, two paper modules
+            modules["voice_encoder"] = module.voice_encoder
+            modules["input_projector"] = module.input_projector
+        else:
+            modules[name] = module
+    return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
