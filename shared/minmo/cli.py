@@ -41,5 +41,45 @@ def chat(
     raise typer.Exit(chat_command(options))
 
 
+SERVICE_NAMES = ("duplex", "encoder", "llm", "voicelm", "vocoder")
+
+
+@app.command("serve")
+def serve(
+    service: Annotated[str, typer.Argument(help="one of: " + ", ".join(SERVICE_NAMES))],
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: the service's own)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to bind, e.g. 0.0.0.0 in a container")] = None,
+    config: Annotated[str | None, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = None,
+    encoder: Annotated[str | None, typer.Option(help="duplex: encoder address(es)")] = None,
+    llm: Annotated[str | None, typer.Option(help="duplex: llm address(es)")] = None,
+    voicelm: Annotated[str | None, typer.Option(help="duplex: voicelm address(es)")] = None,
+    vocoder: Annotated[str | None, typer.Option(help="duplex: vocoder address(es)")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="duplex: Redis URL (default: embedded Redis)")] = None,
+) -> None:
+    """Run one service. Flags override the environment variables the service reads (MINMO_*)."""
+    import importlib
+    import os
+
+    if service not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}")
+    overrides = {
+        "MINMO_PORT": port, "MINMO_HOST": host, "MINMO_CONFIG": config, "MINMO_ENCODER_ADDR": encoder,
+        "MINMO_LLM_ADDR": llm, "MINMO_VOICELM_ADDR": voicelm, "MINMO_VOCODER_ADDR": vocoder, "REDIS_URL": redis_url,
+    }
+    os.environ.update({name: str(value) for name, value in overrides.items() if value is not None})
+    importlib.import_module(f"minmo.services.{service}.main").main()
+
+
+@app.command("up")
+def up(
+    config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
+    port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
+) -> None:
+    """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
+    from minmo.serving.up import run_up
+
+    raise typer.Exit(run_up(config, port))
+
+
 if __name__ == "__main__":
     app()

@@ -1,9 +1,6 @@
 """Our Silero VAD module against the official JIT model, and its explicit streaming state.
 
-The test audio is synthesized speech-like sound (no TTS needed in CI): voiced syllables from a glottal
-pulse train with vibrato, shaped by vowel formants and a syllable envelope, between stretches of
-low-level noise. The real Silero model rates it as speech (median ~0.95, dips between syllables) and
-the noise as silence (<0.15 once its state has settled).
+The test audio is synthesized speech-like sound from `minmo.audio.synthetic` (no TTS needed in CI).
 """
 
 import numpy as np
@@ -11,36 +8,11 @@ import pytest
 import torch
 from silero_vad import load_silero_vad
 
+from minmo.audio.synthetic import NOISE_LEVEL, speech_like
 from minmo.audio.vad import SAMPLE_RATE, WINDOW_SAMPLES, SileroVad, StreamingVad, StreamingVadState, wheel_file
 
 JIT_TOLERANCE = 1e-4
-NOISE_LEVEL = 0.003
-SPEECH_PEAK = 0.3
-VOWEL_FORMANTS_HZ = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410), (300, 870, 2240))
 SILENCE_S, SPEECH_S = 1.0, 2.0
-
-
-def syllable(rng: np.random.Generator, duration_s: float, f0_hz: float, formants_hz: tuple[int, ...]) -> np.ndarray:
-    n = int(duration_s * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    phase = np.cumsum(f0_hz * (1 + 0.08 * np.sin(2 * np.pi * 1.5 * t))) / SAMPLE_RATE
-    pulses = np.diff(np.floor(phase), prepend=0.0)  # one impulse per glottal period
-    source = np.convolve(pulses, np.hanning(40), mode="same") + 0.02 * rng.standard_normal(n)
-    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
-    formant_gain = sum(1 / (1 + ((freqs - f) / (60 + 0.06 * f)) ** 2) for f in formants_hz)
-    voiced = np.fft.irfft(np.fft.rfft(source) * formant_gain, n)
-    return voiced * np.sin(np.pi * np.arange(n) / n) ** 0.6
-
-
-def speech_like(rng: np.random.Generator, duration_s: float) -> np.ndarray:
-    parts, index = [], 0
-    while sum(p.size for p in parts) < duration_s * SAMPLE_RATE:
-        formants = VOWEL_FORMANTS_HZ[index % len(VOWEL_FORMANTS_HZ)]
-        parts.append(syllable(rng, rng.uniform(0.15, 0.3), rng.uniform(110, 180), formants))
-        parts.append(np.zeros(int(rng.uniform(0.02, 0.06) * SAMPLE_RATE)))
-        index += 1
-    audio = np.concatenate(parts)[: int(duration_s * SAMPLE_RATE)]
-    return SPEECH_PEAK * audio / np.abs(audio).max()
 
 
 @pytest.fixture(scope="module")

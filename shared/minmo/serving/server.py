@@ -50,6 +50,11 @@ class ServiceHost:
         register(servicer, self.server)
         self._service_names.append(full_name)
 
+    def add_handler(self, handler: grpc.GenericRpcHandler, full_name: str) -> None:
+        """Register a generic handler (a service with custom (de)serialisers) under its full name."""
+        self.server.add_generic_rpc_handlers([handler])
+        self._service_names.append(full_name)
+
     async def start(self) -> int:
         """Bind and start serving (health says NOT_SERVING until `set_serving`); returns the bound port."""
         reflection.enable_server_reflection(self._service_names, self.server)

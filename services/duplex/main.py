@@ -1,0 +1,111 @@
+"""Entry point of the duplex service (the front door): `minmo serve duplex`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from minmo.audio.turn_detection import TurnDetectionConfig
+from minmo.audio.vad import SileroVad, StreamingVad
+from minmo.duplex.conversation import DuplexPolicy, Peers
+from minmo.model.config import load_config
+from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
+from minmo.serving.channels import open_channel
+from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
+from minmo.session.embedded import connect
+from minmo.session.store import SessionStore
+from minmo.v1 import encoder_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc, voicelm_pb2_grpc
+
+DEFAULT_PORT = 50051
+log = logging.getLogger("minmo.duplex")
+
+
+@dataclass(frozen=True)
+class DuplexSettings:
+    """Peers: MINMO_ENCODER_ADDR, MINMO_LLM_ADDR, MINMO_VOICELM_ADDR, MINMO_VOCODER_ADDR (host:port, a
+    comma-separated list, or dns:///name:port for a headless Service). REDIS_URL (unset: embedded Redis).
+    MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
+    MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS."""
+
+    server: ServerSettings
+    encoder_addr: str
+    llm_addr: str
+    voicelm_addr: str
+    vocoder_addr: str
+    redis_url: str | None
+    session_ttl_s: int
+    max_chunk_ms: int
+    max_response_tokens: int
+    turn_detection: TurnDetectionConfig
+
+    @classmethod
+    def from_env(cls) -> DuplexSettings:
+        server = ServerSettings.from_env(DEFAULT_PORT)
+        return cls(
+            server=server,
+            encoder_addr=env_str("MINMO_ENCODER_ADDR", "127.0.0.1:50052"),
+            llm_addr=env_str("MINMO_LLM_ADDR", "127.0.0.1:50053"),
+            voicelm_addr=env_str("MINMO_VOICELM_ADDR", "127.0.0.1:50054"),
+            vocoder_addr=env_str("MINMO_VOCODER_ADDR", "127.0.0.1:50055"),
+            redis_url=env_str("REDIS_URL", "") or None,
+            session_ttl_s=env_int("MINMO_SESSION_TTL_S", 3600),
+            max_chunk_ms=env_int("MINMO_MAX_CHUNK_MS", 1000),
+            max_response_tokens=env_int("MINMO_MAX_RESPONSE_TOKENS", 0)
+            or load_config(server.model_config).max_response_tokens,
+            turn_detection=TurnDetectionConfig(
+                threshold=env_float("MINMO_VAD_THRESHOLD", 0.5),
+                prefix_padding_ms=env_float("MINMO_PREFIX_PADDING_MS", 300),
+                silence_duration_ms=env_float("MINMO_SILENCE_MS", 500),
+                min_speech_duration_ms=env_float("MINMO_MIN_SPEECH_MS", 100),
+            ),
+        )
+
+
+async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> ServiceHost:
+    """Connect Redis and the peers, load the VAD, serve; resources close with `stack`."""
+    redis_client = await stack.enter_async_context(connect(settings.redis_url))
+    store = SessionStore(redis_client, ttl_s=settings.session_ttl_s)
+    channels = [
+        open_channel(address, settings.server.max_message_bytes)
+        for address in (settings.encoder_addr, settings.llm_addr, settings.voicelm_addr, settings.vocoder_addr)
+    ]
+    for channel in channels:
+        stack.push_async_callback(channel.close)
+    peers = Peers(
+        encoder=encoder_pb2_grpc.AudioEncoderStub(channels[0]),
+        llm=llm_pb2_grpc.ReasonerStub(channels[1]),
+        voicelm=voicelm_pb2_grpc.VoiceDecoderStub(channels[2]),
+        vocoder=vocoder_pb2_grpc.VocoderStub(channels[3]),
+    )
+    policy = DuplexPolicy(
+        replica_id=settings.server.replica_id,
+        max_chunk_ms=settings.max_chunk_ms,
+        max_response_tokens=settings.max_response_tokens,
+        turn_detection=settings.turn_detection,
+    )
+    vad = StreamingVad(SileroVad.from_pretrained())
+    servicer = ConversationServicer(policy, peers, store, vad, SessionLimiter(settings.server.max_sessions))
+    host = ServiceHost(settings.server)
+    host.add_handler(conversation_handler(servicer), SERVICE_NAME)
+    port = await host.start()
+    await host.set_serving()
+    log.info("duplex serving on %s:%d", settings.server.host, port)
+    return host
+
+
+async def serve(settings: DuplexSettings) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        host = await start(settings, stack)
+        await host.serve_until_signal()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(serve(DuplexSettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

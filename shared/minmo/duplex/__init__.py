@@ -1,0 +1,1 @@
+"""The duplex conductor: per-session state machine, audio input path, response pipeline, latency."""

@@ -1,0 +1,169 @@
+"""Per-session streams from duplex to the encoder and the LLM, and the reader tasks that route replies.
+
+A session holds one Encode stream and one Session stream (the stream is the session's affinity: the
+LLM's KV cache lives as long as it). When a stream breaks (its replica is gone), the link is marked
+lost; the next turn reopens it on any live replica, and the LLM context is rebuilt from the history in
+Redis, so nothing the user said or heard is lost with one replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from minmo.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, llm_pb2, llm_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class LinkLost(RuntimeError):
+    """A downstream stream ended unexpectedly; the message names the hop and the gRPC status."""
+
+
+class _Link:
+    """A bidi call plus the task that reads it; `lost` is set once the call ends unexpectedly."""
+
+    hop = ""
+
+    def __init__(self) -> None:
+        self.call: grpc.aio.StreamStreamCall | None = None
+        self.reader: asyncio.Task | None = None
+        self.lost: LinkLost | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.call is not None and self.lost is None
+
+    async def write(self, request) -> None:
+        if not self.usable:
+            raise self.lost or LinkLost(f"{self.hop} stream is not open")
+        try:
+            await self.call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+            self._mark_lost(error)
+            raise self.lost from error
+
+    async def close(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        self.call = None
+        self.reader = None
+
+    def _mark_lost(self, error: BaseException) -> None:
+        if self.lost is None:
+            rpc_error = isinstance(error, grpc.aio.AioRpcError)
+            detail = f"{error.code().name}: {error.details()}" if rpc_error else repr(error)
+            self.lost = LinkLost(f"{self.hop} stream lost ({detail})")
+            log.warning("%s", self.lost)
+
+
+class EncoderLink(_Link):
+    """The session's Encode stream; embeddings and flush markers go to the callbacks in order."""
+
+    hop = "encoder"
+
+    def __init__(
+        self,
+        stub: encoder_pb2_grpc.AudioEncoderStub,
+        on_embeddings: Callable[[encoder_pb2.Embeddings], Awaitable[None]],
+        on_flush_done: Callable[[encoder_pb2.FlushDone], Awaitable[None]],
+    ) -> None:
+        super().__init__()
+        self.stub = stub
+        self.on_embeddings = on_embeddings
+        self.on_flush_done = on_flush_done
+        self.position = 0
+
+    async def open(self, session_id: str) -> None:
+        await self.close()
+        self.lost = None
+        self.call = self.stub.Encode()
+        config = encoder_pb2.EncodeConfig(session_id=session_id, sample_rate_hz=16000, start_position=self.position)
+        await self.call.write(encoder_pb2.EncodeRequest(config=config))
+        self.reader = asyncio.create_task(self._read(), name=f"encoder-reader-{session_id}")
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                if response.HasField("embeddings"):
+                    self.position = response.embeddings.start_position + response.embeddings.embeddings.shape[0]
+                    await self.on_embeddings(response.embeddings)
+                else:
+                    await self.on_flush_done(response.flush_done)
+            self._mark_lost(RuntimeError("the encoder closed the stream"))
+        except grpc.aio.AioRpcError as error:
+            self._mark_lost(error)
+
+
+class LlmLink(_Link):
+    """The session's Session stream: predictor signals go to a callback, text tokens to the turn's queue."""
+
+    hop = "llm"
+
+    def __init__(
+        self,
+        stub: llm_pb2_grpc.ReasonerStub,
+        on_predictor: Callable[[llm_pb2.PredictorSignal], Awaitable[None]],
+    ) -> None:
+        super().__init__()
+        self.stub = stub
+        self.on_predictor = on_predictor
+        self.turns: dict[str, asyncio.Queue] = {}
+        self.ready: llm_pb2.LlmSessionReady | None = None
+
+    async def open(self, config: llm_pb2.LlmSessionConfig) -> llm_pb2.LlmSessionReady:
+        """Open a stream on any live replica and wait until it has the context (prompt + history)."""
+        await self.close()
+        self.lost = None
+        self.call = self.stub.Session()
+        try:
+            await self.call.write(llm_pb2.LlmRequest(config=config))
+            first = await self.call.read()
+        except grpc.aio.AioRpcError as error:
+            self._mark_lost(error)
+            raise self.lost from error
+        if first is grpc.aio.EOF or not first.HasField("session_ready"):
+            self._mark_lost(RuntimeError("the llm did not acknowledge the session"))
+            raise self.lost
+        self.ready = first.session_ready
+        self.reader = asyncio.create_task(self._read(), name=f"llm-reader-{config.session_id}")
+        return self.ready
+
+    def subscribe(self, turn_id: str) -> asyncio.Queue:
+        """The queue that will receive this turn's TextToken and ResponseEnd messages (or a LinkLost)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self.turns[turn_id] = queue
+        return queue
+
+    def unsubscribe(self, turn_id: str) -> None:
+        self.turns.pop(turn_id, None)
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                kind = response.WhichOneof("response")
+                if kind == "predictor_signal":
+                    await self.on_predictor(response.predictor_signal)
+                elif kind in ("text_token", "response_end"):
+                    message = getattr(response, kind)
+                    queue = self.turns.get(message.turn_id)
+                    if queue is not None:
+                        queue.put_nowait(message)
+            self._mark_lost(RuntimeError("the llm closed the stream"))
+        except grpc.aio.AioRpcError as error:
+            self._mark_lost(error)
+        for queue in self.turns.values():
+            queue.put_nowait(self.lost)
+
+
+def history_turn(role: str, text: str) -> llm_pb2.HistoryTurn:
+    proto_role = common_pb2.ROLE_USER if role == "user" else common_pb2.ROLE_ASSISTANT
+    return llm_pb2.HistoryTurn(role=proto_role, text=text)

@@ -1,0 +1,229 @@
+"""One assistant response: LLM text tokens -> voicelm speech tokens -> vocoder PCM -> the client.
+
+Three hops run as a pipeline: each text token goes to voicelm the moment the LLM emits it, each batch of
+speech tokens to the vocoder the moment voicelm emits it, and each PCM chunk to the client the moment
+the vocoder emits it. Cancelling the response (barge-in) cancels the voicelm and vocoder calls at once
+and tells the LLM to drop the response from its context; `heard` then maps the audio the user actually
+heard back to the words that audio spoke (the 5:15 schedule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
+from minmo.duplex.latency import TurnTimings, now_ms
+from minmo.duplex.links import LinkLost, LlmLink
+from minmo.model.interleave import VoiceSchedule, speech_tokens_at
+from minmo.v1 import (
+    common_pb2,
+    conversation_pb2,
+    llm_pb2,
+    vocoder_pb2,
+    vocoder_pb2_grpc,
+    voicelm_pb2,
+    voicelm_pb2_grpc,
+)
+
+VOCODER_RATE = 24000
+
+Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
+
+
+@dataclass
+class ResponseResult:
+    text: str
+    audio_ms: float
+    token_count: int
+    end_reason: str
+
+
+@dataclass
+class Response:
+    """A response in flight; `run` drives it, `cancel` stops it, `heard` says what the user heard."""
+
+    session_id: str
+    turn_id: str
+    llm: LlmLink
+    voicelm: voicelm_pb2_grpc.VoiceDecoderStub | None  # None: text-only session
+    vocoder: vocoder_pb2_grpc.VocoderStub | None
+    emit: Emit
+    output_rate: int
+    instruction: str
+    max_tokens: int
+    timings: TurnTimings
+    trace_context: dict[str, str] = field(default_factory=dict)
+    pieces: list[str] = field(default_factory=list)
+    speech_tokens: int = 0
+    audio_samples_sent: int = 0  # at VOCODER_RATE
+    end_reason: str = "EOS"  # ResponseEnd.Reason name
+    _calls: list = field(default_factory=list)
+
+    @property
+    def audio_ms(self) -> float:
+        return 1000 * self.audio_samples_sent / VOCODER_RATE
+
+    def heard(self, played_ms: float | None, schedule: VoiceSchedule) -> tuple[float, str]:
+        """(ms, text) the user heard: what the client says it played, at most what was sent."""
+        heard_ms = self.audio_ms if played_ms is None else min(played_ms, self.audio_ms)
+        if self.voicelm is None:
+            return heard_ms, "".join(self.pieces)
+        positions = schedule.text_positions_heard(speech_tokens_at(heard_ms / 1000), len(self.pieces))
+        return heard_ms, "".join(self.pieces[:positions])
+
+    async def run(self) -> ResponseResult:
+        queue = self.llm.subscribe(self.turn_id)
+        try:
+            await self.llm.write(
+                llm_pb2.LlmRequest(
+                    generate_response=llm_pb2.GenerateResponse(
+                        turn_id=self.turn_id,
+                        trace_context=self.trace_context,
+                        instruction=self.instruction,
+                        max_tokens=self.max_tokens,
+                    )
+                )
+            )
+            self.timings.generate_sent = now_ms()
+            if self.voicelm is None:
+                end = await self._text_only(queue)
+            else:
+                end = await self._with_speech(queue)
+        finally:
+            self.llm.unsubscribe(self.turn_id)
+        return ResponseResult("".join(self.pieces), self.audio_ms, len(self.pieces), end)
+
+    async def cancel(self) -> None:
+        """Barge-in: stop the downstream calls now and have the LLM drop the response."""
+        for call in self._calls:
+            call.cancel()
+        with contextlib.suppress(LinkLost):
+            await self.llm.write(
+                llm_pb2.LlmRequest(
+                    cancel_generation=llm_pb2.CancelGeneration(turn_id=self.turn_id, trace_context=self.trace_context)
+                )
+            )
+
+    async def _text_only(self, queue: asyncio.Queue) -> str:
+        async for token in self._tokens(queue):
+            await self._emit_text(token.text)
+        return self.end_reason
+
+    async def _with_speech(self, queue: asyncio.Queue) -> str:
+        synth = self.voicelm.Synthesize()
+        vocode = self.vocoder.Vocode()
+        self._calls.extend([synth, vocode])
+        await synth.write(
+            voicelm_pb2.SynthesizeRequest(
+                config=voicelm_pb2.SynthesizeConfig(
+                    session_id=self.session_id, turn_id=self.turn_id, trace_context=self.trace_context
+                )
+            )
+        )
+        await vocode.write(
+            vocoder_pb2.VocodeRequest(
+                config=vocoder_pb2.VocodeConfig(
+                    session_id=self.session_id,
+                    turn_id=self.turn_id,
+                    trace_context=self.trace_context,
+                    sample_rate_hz=VOCODER_RATE,
+                )
+            )
+        )
+        speech = asyncio.create_task(self._speech_tokens_to_vocoder(synth, vocode))
+        audio = asyncio.create_task(self._pcm_to_client(vocode))
+        try:
+            async for token in self._tokens(queue):
+                if self.timings.first_positions_sent is None:
+                    self.timings.first_positions_sent = now_ms()
+                await synth.write(
+                    voicelm_pb2.SynthesizeRequest(
+                        text_positions=voicelm_pb2.TextPositions(
+                            hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
+                        )
+                    )
+                )
+                await self._emit_text(token.text)
+            await synth.write(
+                voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=len(self.pieces)))
+            )
+            await synth.done_writing()
+            await asyncio.gather(speech, audio)
+        finally:
+            for task in (speech, audio):
+                task.cancel()
+        return self.end_reason
+
+    async def _tokens(self, queue: asyncio.Queue):
+        """The turn's TextTokens until ResponseEnd; a lost LLM stream raises LinkLost."""
+        while True:
+            message = await queue.get()
+            if isinstance(message, LinkLost):
+                raise message
+            if isinstance(message, llm_pb2.ResponseEnd):
+                self.end_reason = llm_pb2.ResponseEnd.Reason.Name(message.reason)
+                self.timings.llm_first_token_compute_ms = message.first_token_ms or None
+                return
+            self.timings.token_times.append(now_ms())
+            yield message
+
+    async def _emit_text(self, piece: str) -> None:
+        self.pieces.append(piece)
+        await self.emit(
+            conversation_pb2.ServerEvent(
+                transcript=conversation_pb2.Transcript(
+                    turn_id=self.turn_id, role=common_pb2.ROLE_ASSISTANT, text=piece, is_final=False
+                )
+            )
+        )
+
+    async def _speech_tokens_to_vocoder(self, synth, vocode) -> None:
+        async for response in synth:
+            if response.HasField("speech_tokens"):
+                if self.timings.first_speech_tokens is None:
+                    self.timings.first_speech_tokens = now_ms()
+                    self.timings.first_tokens_to_vocoder = now_ms()
+                self.speech_tokens += len(response.speech_tokens.ids)
+                await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=response.speech_tokens))
+            else:
+                self.timings.voicelm_first_tokens_compute_ms = response.synthesis_done.first_tokens_ms or None
+                await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=self.speech_tokens)))
+                await vocode.done_writing()
+                return
+
+    async def _pcm_to_client(self, vocode) -> None:
+        resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
+        async for response in vocode:
+            if response.HasField("pcm_chunk"):
+                if self.timings.first_pcm is None:
+                    self.timings.first_pcm = now_ms()
+                await self._send_audio(resampler, response.pcm_chunk.audio, last=False)
+            else:
+                self.timings.vocoder_first_chunk_compute_ms = response.vocode_done.first_chunk_ms or None
+                await self._send_audio(resampler, b"", last=True)
+                return
+
+    async def _send_audio(self, resampler: StreamingResampler, pcm16: bytes, last: bool) -> None:
+        samples = pcm16_to_float(pcm16) if pcm16 else np.zeros(0, dtype=np.float32)
+        out = resampler.process(samples, last=last)
+        start_ms = self.audio_ms
+        self.audio_samples_sent += len(samples)
+        if out.size == 0:
+            return
+        if self.timings.first_audio_sent is None:
+            self.timings.first_audio_sent = now_ms()
+        await self.emit(
+            conversation_pb2.ServerEvent(
+                audio_output=conversation_pb2.AudioOutput(
+                    turn_id=self.turn_id,
+                    audio=float_to_pcm16(out),
+                    sample_rate_hz=self.output_rate,
+                    start_ms=round(start_ms),
+                )
+            )
+        )
