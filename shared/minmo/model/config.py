@@ -117,7 +117,9 @@ class FlowMatchingConfig:
     encoder_heads: int = 8
     encoder_ffn_dim: int = 2048
     chunk_tokens: int = 25
-    left_chunks: int = -1  # attention left context in chunks (encoder and estimator); -1 = unlimited
+    # attention left context in chunks (encoder and estimator), -1 = unlimited; bounded, so a stream's caches
+    # (which travel with every token2wav chunk) stop growing after 3 s of audio
+    left_chunks: int = 2
     lookahead_tokens: int = 3
     token_mel_ratio: int = 2
     mel_bins: int = 80

@@ -44,7 +44,9 @@ def _to_plain(value: Any) -> Any:
         fields = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {_NESTED_KEY: type(value).__name__, **fields}
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        # A cache is often a view into a larger buffer, and torch.save writes a view's whole storage:
+        # a compact copy keeps the bytes to what the state holds (several times smaller for token2wav).
+        return value.detach().cpu().clone(memory_format=torch.contiguous_format)
     if isinstance(value, list | tuple):
         return [_to_plain(item) for item in value]
     return value

@@ -9,9 +9,13 @@ from minmo.model.config import MinMoConfig
 from minmo.runtime.base import ModelRuntime, RuntimeModel
 from minmo.runtime.local import LocalRuntime
 from minmo.runtime.models import EncoderModel
+from minmo.runtime.token2wav_model import Token2WavModel
+from minmo.runtime.voicelm_model import VoiceLmModel
 
 MODEL_FACTORIES: dict[str, Callable[[MinMoConfig, str | None], RuntimeModel]] = {
     "encoder": lambda cfg, checkpoint: EncoderModel(build_component(cfg, "speech_encoder", checkpoint)),
+    "token2wav": lambda cfg, checkpoint: Token2WavModel(build_component(cfg, "token2wav", checkpoint)),
+    "voice_lm": VoiceLmModel.from_config,
 }
 
 

@@ -1,0 +1,130 @@
+"""Vocoder servicer: one stream per response turn; speech tokens in, 24 kHz PCM16 chunks out as they complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import torch
+
+from minmo.audio.pcm import float_to_pcm16
+from minmo.runtime.base import InvalidInput, ModelRuntime
+from minmo.serving.server import SessionLimiter
+from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
+
+VOCODER_SAMPLE_RATE = 24000
+
+
+class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
+    def __init__(self, runtime: ModelRuntime, limiter: SessionLimiter, max_tokens_per_message: int) -> None:
+        self.runtime = runtime
+        self.limiter = limiter
+        self.max_tokens_per_message = max_tokens_per_message
+
+    async def Vocode(
+        self, request_iterator: AsyncIterator[vocoder_pb2.VocodeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[vocoder_pb2.VocodeResponse]:
+        async with self.limiter.admit(context):
+            await self._read_config(request_iterator, context)
+            stream = _VocoderStream(self.runtime, context)
+            async for request in request_iterator:
+                kind = request.WhichOneof("request")
+                if kind == "speech_tokens":
+                    await self._check_tokens(request.speech_tokens, stream.tokens, context)
+                    response = await stream.vocode(list(request.speech_tokens.ids), False)
+                    if response is not None:
+                        yield response
+                elif kind == "flush":
+                    await self._check_total(request.flush, stream.tokens, context)
+                    response = await stream.vocode([], True)
+                    if response is not None:
+                        yield response
+                    yield stream.done()
+                    return
+                else:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+
+    @staticmethod
+    async def _read_config(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> vocoder_pb2.VocodeConfig:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("request") != "config":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Vocode stream must start with config")
+        if first.config.sample_rate_hz not in (0, VOCODER_SAMPLE_RATE):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"sample_rate_hz must be {VOCODER_SAMPLE_RATE} (or 0 for {VOCODER_SAMPLE_RATE}; duplex resamples), "
+                f"got {first.config.sample_rate_hz}",
+            )
+        return first.config
+
+    async def _check_tokens(
+        self, message: common_pb2.SpeechTokens, received: int, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Bound the work one message can ask for, and refuse gaps: a lost message would be a hole in the audio."""
+        if len(message.ids) > self.max_tokens_per_message:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(message.ids)} speech tokens in one message exceed the limit of {self.max_tokens_per_message}; "
+                "send smaller messages",
+            )
+        if message.first_index != received:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"speech tokens out of order: first_index {message.first_index}, but {received} tokens came before",
+            )
+
+    @staticmethod
+    async def _check_total(flush: vocoder_pb2.Flush, received: int, context: grpc.aio.ServicerContext) -> None:
+        if flush.total_tokens != received:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"flush says {flush.total_tokens} speech tokens were sent, but {received} arrived",
+            )
+
+
+class _VocoderStream:
+    """One turn's token count, sample position, timings and token2wav state (a uint8 blob the runtime returns)."""
+
+    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext) -> None:
+        self.runtime = runtime
+        self.context = context
+        self.state = torch.zeros(0, dtype=torch.uint8)
+        self.tokens = 0
+        self.samples = 0
+        self.compute_ms = 0.0
+        self.first_tokens_at: float | None = None
+        self.first_chunk_ms = 0.0
+
+    async def vocode(self, ids: list[int], flush: bool) -> vocoder_pb2.VocodeResponse | None:
+        """Run one token2wav chunk; a response only when samples came out (chunks complete every 25 tokens)."""
+        started = time.perf_counter()
+        if self.first_tokens_at is None and ids:
+            self.first_tokens_at = started
+        try:
+            outputs = await self.runtime.infer(
+                "token2wav",
+                {"tokens": torch.tensor(ids, dtype=torch.int64), "state": self.state, "flush": torch.tensor([flush])},
+            )
+        except InvalidInput as error:
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        compute_ms = 1000 * (time.perf_counter() - started)
+        self.state = outputs["state"]
+        self.tokens += len(ids)
+        self.compute_ms += compute_ms
+        pcm = outputs["pcm"]
+        if pcm.shape[0] == 0:
+            return None
+        if self.samples == 0 and self.first_tokens_at is not None:
+            self.first_chunk_ms = 1000 * (time.perf_counter() - self.first_tokens_at)
+        start, self.samples = self.samples, self.samples + pcm.shape[0]
+        return vocoder_pb2.VocodeResponse(
+            pcm_chunk=vocoder_pb2.PcmChunk(audio=float_to_pcm16(pcm.numpy()), start_sample=start, compute_ms=compute_ms)
+        )
+
+    def done(self) -> vocoder_pb2.VocodeResponse:
+        return vocoder_pb2.VocodeResponse(
+            vocode_done=vocoder_pb2.VocodeDone(
+                total_samples=self.samples, first_chunk_ms=self.first_chunk_ms, compute_ms=self.compute_ms
+            )
+        )
