@@ -1,0 +1,150 @@
+"""The voice-token decoder the runtime serves: output projector + voice-token LM, one response turn per sequence.
+
+Stateful like the LLM: the voice LM's KV cache grows with the turn, so it stays where it runs, keyed by the
+sequence (Triton's sequence batcher in decoupled mode, or `LocalRuntime`'s dict). The state is a plain
+`StreamState` — the 5:15 schedule, the turn's sampling settings and the sampler's RNG state as bytes — so
+sampling is reproducible for a given seed however the text positions are chunked, and the state could be
+exported like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from minmo.model.build import build_component
+from minmo.model.config import MinMoConfig
+from minmo.model.interleave import (
+    RasSampler,
+    Sampler,
+    ScheduleState,
+    greedy_sampler,
+    init_schedule_state,
+    synthesize_step,
+)
+from minmo.model.output_projector import OutputProjector
+from minmo.model.state import StreamState
+from minmo.model.voice_token_lm import VoiceTokenLM
+from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
+from minmo.runtime.models import require
+
+UINT64_RANGE = 1 << 64  # seeds travel as int64 bit patterns of the proto's uint64
+
+
+@dataclass
+class VoiceSynthesisState(StreamState):
+    """One turn: where it stands in the schedule, how it samples, and the sampler's RNG state."""
+
+    schedule: ScheduleState
+    temperature: float  # 0: greedy
+    top_p: float
+    top_k: int  # 0: no top-k limit
+    rng: torch.Tensor  # uint8 (torch.Generator.get_state()); empty when greedy
+
+
+class VoiceLmModel(RuntimeModel):
+    """Stateful per sequence (= one response turn).
+
+    Inputs: `hidden` float32 (N, llm_dim) and `token_embedding` float32 (N, llm_dim), the LLM's last hidden
+    states and input embeddings of N new text positions (N may be 0); `text_end` bool (1,): no more text.
+    At sequence start also `temperature` float32 (1,) (0: greedy), `top_p` float32 (1,) in (0, 1],
+    `top_k` int64 (1,) (0: no limit), `seed` int64 (1,) (the uint64 seed's bit pattern); later they are ignored.
+    Outputs: `speech_tokens` int64 (K,): 15 per completed block of 5 positions, the rest after `text_end`;
+    `finished` bool (1,): the turn's speech is complete (only after `text_end`).
+    """
+
+    name = "voice_lm"
+    stateful = True
+
+    def __init__(self, projector: OutputProjector, voice_lm: VoiceTokenLM) -> None:
+        self.projector = projector.eval()
+        self.voice_lm = voice_lm.eval()
+        self.llm_dim = projector.cfg.llm_dim
+        self.device = voice_lm.head.weight.device
+
+    @classmethod
+    def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> VoiceLmModel:
+        """Both components built as every process builds them (same seeded weights, or the checkpoint's)."""
+        return cls(
+            build_component(cfg, "output_projector", checkpoint), build_component(cfg, "voice_token_lm", checkpoint)
+        )
+
+    def execute(self, inputs: TensorMap, state: VoiceSynthesisState | None) -> tuple[TensorMap, VoiceSynthesisState]:
+        hidden, token_embedding = self._positions(inputs)
+        text_end = bool(_scalar(inputs, "text_end", torch.bool))
+        state = self._start(inputs) if state is None else state
+        if state.schedule.finished:
+            raise InvalidInput("this turn's speech is already finished; start a new sequence for the next turn")
+        semantic = self.projector(hidden[None].to(self.device), token_embedding[None].to(self.device))  # (1, N, dim)
+        generator = self._generator(state)
+        sampler = _sampler(state, generator)
+        tokens, schedule = synthesize_step(self.voice_lm, semantic, text_end, state.schedule, sampler)
+        rng = state.rng if generator is None else generator.get_state()
+        outputs = {
+            "speech_tokens": torch.tensor(tokens, dtype=torch.int64),  # (K,)
+            "finished": torch.tensor([schedule.finished]),  # (1,)
+        }
+        return outputs, dataclasses.replace(state, schedule=schedule, rng=rng)
+
+    def _positions(self, inputs: TensorMap) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden` and `token_embedding`, both (N, llm_dim): the projector concatenates them position by position."""
+        hidden = require(inputs, "hidden", torch.float32, 2)
+        token_embedding = require(inputs, "token_embedding", torch.float32, 2)
+        if hidden.shape[1] != self.llm_dim:
+            raise InvalidInput(f"input 'hidden' must be (N, {self.llm_dim}), got {tuple(hidden.shape)}")
+        if token_embedding.shape != hidden.shape:
+            raise InvalidInput(
+                f"input 'token_embedding' {tuple(token_embedding.shape)} must match 'hidden' {tuple(hidden.shape)}"
+            )
+        return hidden, token_embedding
+
+    def _start(self, inputs: TensorMap) -> VoiceSynthesisState:
+        """A new turn from the sampling settings; they are checked here, once, not on every step."""
+        temperature = float(_scalar(inputs, "temperature", torch.float32))
+        top_p = float(_scalar(inputs, "top_p", torch.float32))
+        top_k = int(_scalar(inputs, "top_k", torch.int64))
+        seed = int(_scalar(inputs, "seed", torch.int64))
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise InvalidInput(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise InvalidInput(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise InvalidInput(f"top_k must be >= 0 (0: no limit), got {top_k}")
+        rng = torch.zeros(0, dtype=torch.uint8)
+        if temperature > 0:
+            rng = torch.Generator(device=self.device).manual_seed(seed % UINT64_RANGE).get_state()
+        schedule = init_schedule_state(self.voice_lm)
+        return VoiceSynthesisState(schedule=schedule, temperature=temperature, top_p=top_p, top_k=top_k, rng=rng)
+
+    def _generator(self, state: VoiceSynthesisState) -> torch.Generator | None:
+        """The turn's generator, restored from its saved state (None when greedy: nothing to draw)."""
+        if state.temperature == 0:
+            return None
+        generator = torch.Generator(device=self.device)
+        generator.set_state(state.rng)
+        return generator
+
+
+def _sampler(state: VoiceSynthesisState, generator: torch.Generator | None) -> Sampler:
+    """Greedy at temperature 0; otherwise repetition-aware sampling on temperature-scaled logits."""
+    if generator is None:
+        return greedy_sampler
+    ras = RasSampler(top_p=state.top_p, top_k=state.top_k, generator=generator)
+    temperature = state.temperature
+
+    def tempered(logits: torch.Tensor, recent: Sequence[int]) -> int:
+        return ras(logits / temperature, recent)
+
+    return tempered
+
+
+def _scalar(inputs: TensorMap, name: str, dtype: torch.dtype) -> bool | int | float:
+    """The single value of a (1,) input, which must be present with this dtype."""
+    tensor = require(inputs, name, dtype, 1)
+    if tensor.numel() != 1:
+        raise InvalidInput(f"input {name!r} must have shape (1,), got {tuple(tensor.shape)}")
+    return tensor.item()
