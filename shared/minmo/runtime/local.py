@@ -81,7 +81,7 @@ class LocalRuntime(ModelRuntime):
         key = (handler.name, sequence.id)
         if sequence.end and final:
             self._states.pop(key, None)
-        else:
+        elif sequence.start or key in self._states:  # a sequence ended meanwhile stays ended
             self._states[key] = state
 
 

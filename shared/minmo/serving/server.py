@@ -39,6 +39,7 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._servicers: list[object] = []
         self.port = 0
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
@@ -49,11 +50,16 @@ class ServiceHost:
         """Register a servicer, e.g. `add(add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")`."""
         register(servicer, self.server)
         self._service_names.append(full_name)
+        self._servicers.append(servicer)
 
     def add_handler(self, handler: grpc.GenericRpcHandler, full_name: str) -> None:
         """Register a generic handler (a service with custom (de)serialisers) under its full name."""
         self.server.add_generic_rpc_handlers([handler])
         self._service_names.append(full_name)
+
+    def active_sessions(self) -> int:
+        """Streams the registered servicers are serving now (those that bound themselves with a SessionLimiter)."""
+        return sum(servicer.limiter.active for servicer in self._servicers if hasattr(servicer, "limiter"))
 
     async def start(self) -> int:
         """Bind and start serving (health says NOT_SERVING until `set_serving`); returns the bound port."""

@@ -1,0 +1,184 @@
+"""VoiceDecoder servicer: one stream per response turn; LLM text positions in, 15 speech tokens per 5 out.
+
+The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
+stream ends (TextEnd, client cancel, barge-in, an error) the sequence is ended, so no state outlives its turn.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from minmo.api.tensors import tensor_from_proto
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
+from minmo.serving.server import SessionLimiter
+from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
+
+MODEL = "voice_lm"
+INT64_WRAP = 1 << 64  # a uint64 seed travels to the model as the int64 with the same bits
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What an unset SamplingParams field means: CosyVoice 2's repetition-aware sampling settings."""
+
+    temperature: float = 1.0
+    top_p: float = 0.8
+    top_k: int = 25
+
+    def resolve(self, params: common_pb2.SamplingParams) -> TensorMap:
+        """The model's sampling inputs; an unset seed gets a fresh random one (nondeterministic, as documented)."""
+        seed = params.seed if params.HasField("seed") else secrets.randbits(64)
+        return {
+            "temperature": torch.tensor([params.temperature if params.HasField("temperature") else self.temperature]),
+            "top_p": torch.tensor([params.top_p if params.HasField("top_p") else self.top_p]),
+            "top_k": torch.tensor([params.top_k if params.HasField("top_k") else self.top_k], dtype=torch.int64),
+            "seed": torch.tensor([seed - INT64_WRAP if seed >= INT64_WRAP // 2 else seed], dtype=torch.int64),
+        }
+
+
+class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        limiter: SessionLimiter,
+        llm_dim: int,
+        max_positions_per_message: int,
+        sampling: SamplingDefaults,
+    ) -> None:
+        self.runtime = runtime
+        self.limiter = limiter
+        self.llm_dim = llm_dim
+        self.max_positions_per_message = max_positions_per_message
+        self.sampling = sampling
+
+    async def Synthesize(
+        self, request_iterator: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[voicelm_pb2.SynthesizeResponse]:
+        async with self.limiter.admit(context):
+            config = await self._read_config(request_iterator, context)
+            turn = _Turn(self.runtime, context, self.llm_dim)
+            try:
+                await turn.start(self.sampling.resolve(config.sampling))
+                async for request in request_iterator:
+                    kind = request.WhichOneof("request")
+                    if kind == "text_positions":
+                        response = await turn.feed(*await self._positions(request.text_positions, turn, context))
+                        if response is not None:
+                            yield response
+                    elif kind == "text_end":
+                        await _check_total(request.text_end, turn.positions, context)
+                        response = await turn.feed(turn.no_positions, turn.no_positions, text_end=True)
+                        if response is not None:
+                            yield response
+                        yield turn.done()
+                        return
+                    else:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before TextEnd")
+            finally:
+                await self.runtime.end_sequence(MODEL, turn.sequence.id)
+
+    @staticmethod
+    async def _read_config(
+        requests: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
+    ) -> voicelm_pb2.SynthesizeConfig:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("request") != "config":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Synthesize stream must start with config")
+        return first.config
+
+    async def _positions(
+        self, message: voicelm_pb2.TextPositions, turn: _Turn, context: grpc.aio.ServicerContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode the tensors, bound the work one message can ask for, and refuse gaps (a lost message would
+        be text that is never spoken). Dtypes and shapes are the model's to check."""
+        try:
+            hidden = tensor_from_proto(message.hidden)
+            token_embedding = tensor_from_proto(message.token_embedding)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"text_positions: {error}")
+        count = hidden.shape[0] if hidden.dim() == 2 else 0  # any other rank is the model's to refuse
+        if count > self.max_positions_per_message:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{count} text positions in one message exceed the limit of {self.max_positions_per_message}; "
+                "send smaller messages",
+            )
+        if message.first_index != turn.positions:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"text positions out of order: first_index {message.first_index}, "
+                f"but {turn.positions} positions came before",
+            )
+        return hidden, token_embedding
+
+
+class _Turn:
+    """One stream's sequence in the runtime, its counts and its timings."""
+
+    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, llm_dim: int) -> None:
+        self.runtime = runtime
+        self.context = context
+        self.sequence = Sequence(uuid.uuid4().hex)
+        self.no_positions = torch.zeros(0, llm_dim)  # (0, llm_dim)
+        self.positions = 0
+        self.tokens = 0
+        self.compute_ms = 0.0
+        self.first_positions_at: float | None = None
+        self.first_tokens_ms = 0.0
+
+    async def start(self, sampling: TensorMap) -> None:
+        """Open the sequence with the sampling settings and no positions yet (the model checks the settings)."""
+        start = Sequence(self.sequence.id, start=True)
+        empty = {"hidden": self.no_positions, "token_embedding": self.no_positions, "text_end": torch.tensor([False])}
+        await self._infer({**sampling, **empty}, start)
+
+    async def feed(
+        self, hidden: torch.Tensor, token_embedding: torch.Tensor, text_end: bool = False
+    ) -> voicelm_pb2.SynthesizeResponse | None:
+        """Run the model on new positions; a response only when speech tokens came out."""
+        if self.first_positions_at is None and not text_end:
+            self.first_positions_at = time.perf_counter()
+        sequence = Sequence(self.sequence.id, end=text_end)
+        inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
+        ids = (await self._infer(inputs, sequence))["speech_tokens"]
+        self.positions += hidden.shape[0]
+        if ids.numel() == 0:
+            return None
+        if self.tokens == 0 and self.first_positions_at is not None:
+            self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
+        first, self.tokens = self.tokens, self.tokens + ids.numel()
+        return voicelm_pb2.SynthesizeResponse(
+            speech_tokens=common_pb2.SpeechTokens(ids=ids.tolist(), first_index=first)
+        )
+
+    def done(self) -> voicelm_pb2.SynthesizeResponse:
+        return voicelm_pb2.SynthesizeResponse(
+            synthesis_done=voicelm_pb2.SynthesisDone(
+                token_count=self.tokens, first_tokens_ms=self.first_tokens_ms, compute_ms=self.compute_ms
+            )
+        )
+
+    async def _infer(self, inputs: TensorMap, sequence: Sequence) -> TensorMap:
+        started = time.perf_counter()
+        try:
+            outputs = await self.runtime.infer(MODEL, inputs, sequence)
+        except InvalidInput as error:
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self.compute_ms += 1000 * (time.perf_counter() - started)
+        return outputs
+
+
+async def _check_total(text_end: voicelm_pb2.TextEnd, received: int, context: grpc.aio.ServicerContext) -> None:
+    if text_end.total_positions != received:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"TextEnd says {text_end.total_positions} text positions were sent, but {received} arrived",
+        )
