@@ -1,0 +1,344 @@
+"""The LLM side of a conversation with audio in the context: chat-format pieces, KV cache edits, generation.
+
+MinMo's context is a chat transcript in which a user turn may hold projected speech embeddings instead of
+text. Audio arrives chunk by chunk, so a user turn cannot be rendered by the chat template in one go: the
+template is cut into pieces (`ChatFormat`) — system block, whole text turns, the user-turn prefix and
+suffix, the generation prompt and the assistant's end of turn — and the pieces are fed around the audio.
+Concatenated, they give exactly the ids the tokenizer's own chat template gives for the same messages.
+
+`Dialogue` is stateless (state in, state out) so one set of weights serves every session, the llm
+service and the in-process pipeline alike, and a `DialogueState` can be serialised. Two context edits
+serve full duplex:
+- a response can be dropped (cancelled, or barged in on): the KV cache is cropped back to where it began,
+  and the caller appends what the user actually heard;
+- while the user is speaking (a user turn open), a text turn is inserted before that open turn and the
+  open turn is re-run after it, so the turn being spoken stays last. This is what barge-in needs: the
+  user's speech that interrupted a finished response is already in the context when duplex drops the
+  response and appends the heard text, and the heard text must come before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from minmo.model.duplex_predictor import DuplexPredictor, DuplexPredictorState
+from minmo.model.llm import LLM, LLMState, next_token
+from minmo.model.state import StreamState
+from minmo.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+
+ROLES = ("system", "user", "assistant")
+# Stand-in message contents, cut out of rendered templates; no real conversation contains them.
+_PLACEHOLDER = "\u2063MINMO-CONTENT\u2063"
+_OTHER_PLACEHOLDER = "\u2063MINMO-EARLIER\u2063"
+# ByteTokenizer markup: its two structural ids as private-use characters, so its template renders to text.
+_BYTE_BOS = "\ue000"
+_BYTE_EOS = "\ue001"
+
+
+class _TextTemplate(Protocol):
+    """A chat template rendered as text (markup), and the encoder that turns markup into ids."""
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str: ...
+
+    def encode_markup(self, markup: str) -> list[int]: ...
+
+
+class _ByteTemplate:
+    """`ByteTokenizer.chat_prompt` as text: BOS role newline content EOS per message."""
+
+    def __init__(self, tokenizer: ByteTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        text = "".join(f"{_BYTE_BOS}{m['role']}\n{m['content']}{_BYTE_EOS}" for m in messages)
+        return text + (f"{_BYTE_BOS}assistant\n" if add_generation_prompt else "")
+
+    def encode_markup(self, markup: str) -> list[int]:
+        specials = {_BYTE_BOS: ByteTokenizer.BOS, _BYTE_EOS: ByteTokenizer.EOS}
+        ids: list[int] = []
+        for char in markup:
+            ids += [specials[char]] if char in specials else self.tokenizer.encode(char)
+        return ids
+
+
+class _HFTemplate:
+    """The Jinja chat template shipped with HF weights; special tokens in the markup encode to their ids."""
+
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def encode_markup(self, markup: str) -> list[int]:
+        return self.tokenizer.encode(markup)
+
+
+def _template_for(tokenizer: Tokenizer) -> _TextTemplate:
+    if isinstance(tokenizer, ByteTokenizer):
+        return _ByteTemplate(tokenizer)
+    if isinstance(tokenizer, HFTokenizer):
+        return _HFTemplate(tokenizer)
+    raise TypeError(f"no chat template known for {type(tokenizer).__name__}")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Token ids of the chat template's pieces; a message = prefix[role] + encode(content) + suffix[role]."""
+
+    tokenizer: Tokenizer
+    preamble: list[int]  # what the template puts first when there is no system message (may be empty)
+    prefix: dict[str, list[int]]  # role -> ids before a message's content
+    suffix: dict[str, list[int]]  # role -> ids after a message's content
+    assistant_prefix: list[int]  # the generation prompt: opens the assistant's turn
+    assistant_end: list[int]  # closes the assistant's turn after a response
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> ChatFormat:
+        """Cut the tokenizer's chat template around placeholder contents (works for any template that renders
+        a conversation as the concatenation of its messages, e.g. ChatML and Llama 3)."""
+        template = _template_for(tokenizer)
+        # Each role after the messages that may precede it, so templates that special-case the first message
+        # (or enforce alternation) render it as they would mid-conversation.
+        earlier = {
+            "system": [],
+            "user": [{"role": "system", "content": _OTHER_PLACEHOLDER}],
+            "assistant": [
+                {"role": "system", "content": _OTHER_PLACEHOLDER},
+                {"role": "user", "content": _OTHER_PLACEHOLDER},
+            ],
+        }
+        heads, tails = {}, {}
+        for role in ROLES:
+            before = template.render(earlier[role], False) if earlier[role] else ""
+            rendered = template.render([*earlier[role], {"role": role, "content": _PLACEHOLDER}], False)
+            assert rendered.startswith(before), f"the chat template re-renders earlier messages when adding {role}"
+            heads[role], tails[role] = _split(rendered[len(before) :], f"a {role} message")
+        user_only = [{"role": "user", "content": _PLACEHOLDER}]
+        first_head, _ = _split(template.render(user_only, False), "a lone user message")
+        assert first_head.endswith(heads["user"]), "a first user message is rendered unlike later ones"
+        generation = template.render(user_only, True)[len(template.render(user_only, False)) :]
+        assert generation == heads["assistant"], "the generation prompt differs from an assistant message's start"
+        encode = template.encode_markup
+        return cls(
+            tokenizer=tokenizer,
+            preamble=encode(first_head[: len(first_head) - len(heads["user"])]),
+            prefix={role: encode(head) for role, head in heads.items()},
+            suffix={role: encode(tail) for role, tail in tails.items()},
+            assistant_prefix=encode(generation),
+            assistant_end=encode(tails["assistant"]),
+        )
+
+    @property
+    def user_prefix(self) -> list[int]:
+        return self.prefix["user"]
+
+    @property
+    def user_suffix(self) -> list[int]:
+        return self.suffix["user"]
+
+    def system_block(self, system_prompt: str) -> list[int]:
+        """The context's start: a system message, or the template's own preamble when the prompt is empty."""
+        return self.text_turn("system", system_prompt) if system_prompt else list(self.preamble)
+
+    def text_turn(self, role: str, text: str) -> list[int]:
+        """A complete message of `role` ("system", "user" or "assistant")."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: expected one of {ROLES}")
+        return [*self.prefix[role], *self.tokenizer.encode(text), *self.suffix[role]]
+
+
+def _split(rendered: str, what: str) -> tuple[str, str]:
+    head, found, tail = rendered.partition(_PLACEHOLDER)
+    assert found, f"the chat template dropped the content of {what}"
+    return head, tail
+
+
+@dataclass
+class DialogueState(StreamState):
+    """One conversation's context. Positions count LLM inputs (tokens and audio frames) from the start."""
+
+    llm: LLMState
+    predictor: DuplexPredictorState
+    user_turn_start: int = -1  # position where the open user turn begins; -1: no user turn open
+    user_turn_inputs: list[torch.Tensor] = field(default_factory=list)  # its inputs (1, T, D) each, to re-run
+    response_start: int = -1  # position before the droppable response's assistant prefix; -1: none
+    response_end: int = -1  # position after the finished response; -1 while it is being generated
+    pending_token: int = -1  # chosen but not yet fed to the LLM (fed by the next generate_step / finish)
+
+    @property
+    def position(self) -> int:
+        return self.llm.position
+
+    @property
+    def user_turn_open(self) -> bool:
+        return self.user_turn_start >= 0
+
+    @property
+    def generating(self) -> bool:
+        return self.response_start >= 0 and self.response_end < 0
+
+    @property
+    def can_drop_response(self) -> bool:
+        """A response is being generated, or the last one finished and only an open user turn follows it."""
+        return self.response_start >= 0
+
+
+@dataclass
+class TokenStep:
+    """One generated token with what the output projector reads for it."""
+
+    token_id: int
+    hidden: torch.Tensor  # (1, D) LLM last hidden state at the position that emitted the token
+    token_embedding: torch.Tensor  # (1, D) LLM input embedding of the token
+    is_end: bool  # an end-of-turn token: not part of the response text
+
+
+class Dialogue:
+    """LLM + duplex predictor + chat format; every method takes a state and returns the new one."""
+
+    def __init__(self, llm: LLM, predictor: DuplexPredictor, tokenizer: Tokenizer) -> None:
+        self.llm = llm
+        self.predictor = predictor
+        self.tokenizer = tokenizer
+        self.format = ChatFormat.from_tokenizer(tokenizer)
+        self._eos = frozenset(tokenizer.eos_token_ids)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.llm.hidden_size
+
+    def start(self, system_prompt: str = "", history: list[tuple[str, str]] | None = None) -> DialogueState:
+        """A context from a system prompt and earlier (role, text) turns, oldest first."""
+        ids = self.format.system_block(system_prompt)
+        for role, text in history or []:
+            ids += self.format.text_turn(role, text)
+        state = DialogueState(llm=self.llm.init_state(), predictor=self.predictor.init_state())
+        return self._feed(state, self._embed(ids))
+
+    def append_text_turn(self, state: DialogueState, role: str, text: str) -> DialogueState:
+        """Append a complete text turn; while a user turn is open, it goes before that turn (see module doc)."""
+        self._require_idle(state, "append a text turn")
+        inputs = self._embed(self.format.text_turn(role, text))
+        if not state.user_turn_open:
+            return dataclasses.replace(self._feed(state, inputs), response_start=-1, response_end=-1)
+        before = dataclasses.replace(state, llm=_crop(state.llm, state.user_turn_start))
+        before = self._feed(before, inputs)
+        return self._replay_user_turn(dataclasses.replace(before, response_start=-1, response_end=-1), state)
+
+    @torch.no_grad()
+    def append_audio(self, state: DialogueState, embeddings: torch.Tensor) -> tuple[torch.Tensor, DialogueState]:
+        """One chunk of user audio embeddings (1, T, D) -> duplex class probabilities (4,) and the new state.
+
+        Opens a user turn first if none is open. The predictor reads the LLM's hidden states of the audio only.
+        """
+        self._require_idle(state, "append audio")
+        assert embeddings.dim() == 3 and embeddings.shape[0] == 1 and embeddings.shape[1] > 0, (
+            f"audio embeddings must be (1, T>0, D), got {tuple(embeddings.shape)}"
+        )
+        length = embeddings.shape[1]
+        opening = self._embed([] if state.user_turn_open else self.format.user_prefix)
+        inputs = torch.cat([opening, embeddings.to(opening.dtype)], dim=1)  # (1, P + T, D)
+        output, llm_state = self.llm.step(inputs, state.llm)
+        probs, predictor_state = self.predictor.step(output.hidden[:, -length:], state.predictor)
+        return probs[0], dataclasses.replace(
+            state,
+            llm=llm_state,
+            predictor=predictor_state,
+            user_turn_start=state.user_turn_start if state.user_turn_open else state.position,
+            user_turn_inputs=[*state.user_turn_inputs, inputs],
+        )
+
+    def begin_response(self, state: DialogueState, instruction: str = "") -> DialogueState:
+        """Close the open user turn (with the voice `instruction` inside it, e.g. "Speak with a tone of
+        sadness") and open the assistant's turn. With no user turn open, only the assistant turn is opened."""
+        self._require_idle(state, "begin a response")
+        closing = [*self.tokenizer.encode(instruction), *self.format.user_suffix] if state.user_turn_open else []
+        opening = self.format.assistant_prefix
+        state = self._feed(state, self._embed(closing + opening[:-1]))
+        return dataclasses.replace(
+            state,
+            user_turn_start=-1,
+            user_turn_inputs=[],
+            response_start=state.position - len(opening) + 1,
+            response_end=-1,
+            pending_token=opening[-1],
+        )
+
+    @torch.no_grad()
+    def generate_step(
+        self, state: DialogueState, temperature: float = 0.0, top_k: int = 0
+    ) -> tuple[TokenStep, DialogueState]:
+        """Feed the previous token, choose the next one (greedy at temperature 0)."""
+        assert state.generating and state.pending_token >= 0, "generate_step needs begin_response first"
+        output, llm_state = self.llm.step(self._embed([state.pending_token]), state.llm)
+        token = next_token(output.logits[:, -1], temperature, top_k)  # (1,)
+        token_id = int(token.item())
+        is_end = token_id in self._eos
+        step = TokenStep(
+            token_id=token_id,
+            hidden=output.hidden[:, -1],
+            token_embedding=self.llm.embed(token[:, None])[:, 0],
+            is_end=is_end,
+        )
+        return step, dataclasses.replace(state, llm=llm_state, pending_token=-1 if is_end else token_id)
+
+    def finish_response(self, state: DialogueState) -> DialogueState:
+        """Close the assistant's turn (its last token and the end of turn); the response stays droppable
+        until something other than the next user turn's audio is appended."""
+        assert state.generating, "finish_response needs a response being generated"
+        pending = [state.pending_token] if state.pending_token >= 0 else []
+        state = self._feed(state, self._embed(pending + self.format.assistant_end))
+        return dataclasses.replace(state, response_end=state.position, pending_token=-1)
+
+    def drop_response(self, state: DialogueState) -> DialogueState:
+        """Remove the current or last response from the context as if it never happened (the open user turn
+        that followed it, if any, is re-run after the cut)."""
+        if not state.can_drop_response:
+            raise ValueError("no response to drop: none was begun, or other turns were appended after it")
+        cut = dataclasses.replace(
+            state, llm=_crop(state.llm, state.response_start), response_start=-1, response_end=-1, pending_token=-1
+        )
+        return self._replay_user_turn(cut, state) if state.user_turn_open else cut
+
+    def _replay_user_turn(self, state: DialogueState, source: DialogueState) -> DialogueState:
+        """Re-run `source`'s open user turn after `state`'s context (its KV entries depend on what precedes it)."""
+        start = state.position
+        state = self._feed(state, torch.cat(source.user_turn_inputs, dim=1))
+        return dataclasses.replace(state, user_turn_start=start, user_turn_inputs=source.user_turn_inputs)
+
+    @torch.no_grad()
+    def _feed(self, state: DialogueState, inputs: torch.Tensor) -> DialogueState:
+        """Run the LLM over inputs (1, T, D) for their KV entries; T may be 0."""
+        if inputs.shape[1] == 0:
+            return state
+        _, llm_state = self.llm.step(inputs, state.llm)
+        return dataclasses.replace(state, llm=llm_state)
+
+    @torch.no_grad()
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        device = self.llm.model.get_input_embeddings().weight.device
+        return self.llm.embed(torch.tensor([ids], dtype=torch.long, device=device))  # (1, T, D)
+
+    @staticmethod
+    def _require_idle(state: DialogueState, action: str) -> None:
+        if state.generating:
+            raise ValueError(f"cannot {action} while a response is being generated: finish or drop it first")
+
+
+def _crop(state: LLMState, position: int) -> LLMState:
+    """The KV cache cut back to its first `position` entries (copied: a view would keep, and serialise, the
+    whole buffer)."""
+    assert 0 <= position <= state.position, f"cannot crop a context of {state.position} to {position}"
+    return dataclasses.replace(
+        state,
+        keys=[keys[:, :, :position].clone() for keys in state.keys],
+        values=[values[:, :, :position].clone() for values in state.values],
+        position=position,
+    )
