@@ -81,5 +81,21 @@ def up(
     raise typer.Exit(run_up(config, port))
 
 
+bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("turn")
+def bench_turn(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    runs: Annotated[int, typer.Option(min=1, help="measured turns per side (after one warm-up turn)")] = 5,
+) -> None:
+    """End of speech -> first audio: in-process pipeline vs the five services, and each hop's overhead."""
+    from minmo.bench.report import print_turn_bench
+    from minmo.bench.turn import run_bench
+
+    print_turn_bench(run_bench(config, runs), config)
+
+
 if __name__ == "__main__":
     app()

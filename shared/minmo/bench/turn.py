@@ -1,0 +1,95 @@
+"""`minmo bench turn`: end of speech -> first audio, in-process pipeline vs the five services, one run.
+
+Both sides get the same synthetic utterance. In-process, the clock starts when the last input chunk
+has been fed (the encoder flush, the LLM's last chunk and the whole response follow). Through the
+services, it starts when duplex confirms the end of speech (USER_SPEECH_STOPPED) — the same point in
+the turn, after which the same work follows plus four network hops; each LatencyReport splits every
+hop's share into the hop's own compute and what the wire and queues added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+
+from minmo.audio.synthetic import utterance
+from minmo.client.chat import ChatRequest, run_chat
+from minmo.client.wav import InputAudio
+from minmo.model.config import load_config
+from minmo.model.pipeline import MinMoPipeline
+from minmo.serving.stack import run_stack
+from minmo.session.embedded import EmbeddedRedis
+from minmo.v1 import conversation_pb2
+
+CHUNK_SAMPLES = 1600  # 100 ms at 16 kHz, as clients send it
+
+
+@dataclass
+class BenchResult:
+    in_process_ms: list[float]
+    services_ms: list[float]
+    hops: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # hop -> compute/network -> ms
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.services_ms) / statistics.median(self.in_process_ms)
+
+
+def bench_in_process(config: str, runs: int, seed: int) -> list[float]:
+    pipeline = MinMoPipeline(load_config(config))
+    pcm = torch.from_numpy(utterance(seed=seed))
+    pipeline.run_turn(pcm.split(CHUNK_SAMPLES))  # warm-up
+    return [pipeline.run_turn(pcm.split(CHUNK_SAMPLES)).first_audio_ms for _ in range(runs)]
+
+
+def bench_services(config: str, runs: int, seed: int) -> tuple[list[float], dict]:
+    reports: list[conversation_pb2.LatencyReport] = []
+
+    def keep_report(event: conversation_pb2.ServerEvent) -> None:
+        if event.HasField("latency_report"):
+            reports.append(event.latency_report)
+
+    request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=False, timeout_s=300)
+    with EmbeddedRedis() as redis_server, run_stack(config, _free_port_block(), redis_server.url) as stack:
+        target = stack.addresses["duplex"]
+        for run in range(runs + 1):  # the first turn warms the services up
+            result = asyncio.run(run_chat(target, request, keep_report if run else None))
+            if result.problems():
+                raise RuntimeError("; ".join(result.problems()))
+    hops: dict[str, dict[str, list[float]]] = {}
+    for report in reports:
+        for hop in report.hops:
+            hops.setdefault(hop.hop, {"compute": [], "network": []})
+            hops[hop.hop]["compute"].append(hop.compute_ms)
+            hops[hop.hop]["network"].append(hop.network_ms)
+    return [report.first_audio_ms for report in reports if report.HasField("first_audio_ms")], hops
+
+
+def run_bench(config: str, runs: int, seed: int = 0) -> BenchResult:
+    in_process = bench_in_process(config, runs, seed)
+    services, hops = bench_services(config, runs, seed)
+    return BenchResult(in_process, services, hops)
+
+
+def _free_port_block(size: int = 5) -> int:
+    """A port p with p..p+size-1 free now (the stack binds duplex at p and the services after it)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + size < 65536 and all(_is_free(base + offset) for offset in range(size)):
+            return base
+    raise RuntimeError("found no block of free ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
