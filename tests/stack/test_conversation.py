@@ -64,14 +64,26 @@ async def _store(redis_url: str) -> SessionStore:
 
 
 async def test_spoken_turn_through_five_services(full_stack):
+    events: list[conversation_pb2.ServerEvent] = []
     request = ChatRequest(audio=InputAudio(utterance(seed=1), 16000), realtime=False, timeout_s=120)
-    result = await run_chat(full_stack.address("duplex"), request)
+    result = await run_chat(full_stack.address("duplex"), request, events.append)
     assert result.problems() == []
+    assert _turn_types(events) == [
+        TurnType.USER_SPEECH_STARTED,
+        TurnType.USER_SPEECH_STOPPED,
+        TurnType.RESPONSE_STARTED,
+        TurnType.RESPONSE_DONE,
+    ]
+    transcripts = [event.transcript for event in events if event.HasField("transcript")]
+    deltas, final = transcripts[:-1], transcripts[-1]
+    assert deltas and final.is_final, "the assistant transcript streams token by token, then the final text"
+    assert final.text == "".join(delta.text for delta in deltas)
     [turn] = result.turns
-    assert turn.assistant_text, "the assistant transcript streams back"
     assert turn.audio_ms > 500 and turn.sample_rate_hz == 24000
     pcm = np.frombuffer(bytes(turn.audio), dtype="<i2")
-    assert np.isfinite(pcm).all() and np.abs(pcm).max() > 0
+    assert np.abs(pcm).max() > 0
+    first_audio = next(i for i, event in enumerate(events) if event.HasField("audio_output"))
+    assert first_audio < next(i for i, e in enumerate(events) if e.HasField("transcript") and e.transcript.is_final)
     measured = turn.latency.measured()
     for hop in ("encoder", "llm_first_token", "voicelm_first_tokens", "vocoder_first_chunk", "first_audio"):
         assert measured[hop] >= 0, (hop, measured)

@@ -144,8 +144,7 @@ class Conversation:
             await self._interrupt()
         elif kind == "playback_position":
             self.played_ms[event.playback_position.turn_id] = float(event.playback_position.played_ms)
-        elif kind == "end_session":
-            await self._interrupt()
+        elif kind == "end_session":  # a response still generating is cancelled by _shutdown
             await self.store.end(self.session_id, self.epoch)
             return False
         elif kind in ("session_config", "resume_session"):

@@ -92,7 +92,7 @@ class EncoderLink(_Link):
 
     async def _read(self) -> None:
         try:
-            async for response in self.call:
+            while (response := await self.call.read()) is not grpc.aio.EOF:
                 if response.HasField("embeddings"):
                     self.position = response.embeddings.start_position + response.embeddings.embeddings.shape[0]
                     await self.on_embeddings(response.embeddings)
@@ -148,7 +148,7 @@ class LlmLink(_Link):
 
     async def _read(self) -> None:
         try:
-            async for response in self.call:
+            while (response := await self.call.read()) is not grpc.aio.EOF:
                 kind = response.WhichOneof("response")
                 if kind == "predictor_signal":
                     await self.on_predictor(response.predictor_signal)

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
@@ -183,7 +184,7 @@ class Response:
         )
 
     async def _speech_tokens_to_vocoder(self, synth, vocode) -> None:
-        async for response in synth:
+        while (response := await synth.read()) is not grpc.aio.EOF:
             if response.HasField("speech_tokens"):
                 if self.timings.first_speech_tokens is None:
                     self.timings.first_speech_tokens = now_ms()
@@ -198,7 +199,7 @@ class Response:
 
     async def _pcm_to_client(self, vocode) -> None:
         resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
-        async for response in vocode:
+        while (response := await vocode.read()) is not grpc.aio.EOF:
             if response.HasField("pcm_chunk"):
                 if self.timings.first_pcm is None:
                     self.timings.first_pcm = now_ms()

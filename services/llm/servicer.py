@@ -1,0 +1,381 @@
+"""Reasoner servicer: one Session stream per conversation; the LLM context lives as long as the stream.
+
+Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
+- Work on the context runs in request order, one request at a time (AudioInput -> one PredictorSignal,
+  GenerateResponse -> TextTokens then ResponseEnd, AppendTurn -> nothing). Requests are read by their own
+  task, so a CancelGeneration is seen while a response is generating: generation stops within one token,
+  the response is dropped from the context and ResponseEnd(CANCELLED) follows.
+- A finished response stays in the context. A CancelGeneration naming the LAST finished response also
+  drops it (duplex does this when the user barges in while that response's audio is still playing), as
+  long as nothing but user audio was appended after it: that audio (the barge-in) is kept, re-run after the
+  cut, and a following AppendTurn (the heard text) goes before it. The drop is confirmed by a second
+  ResponseEnd(CANCELLED) for that turn. A CancelGeneration for any other turn (unknown, already dropped, or
+  followed by a text turn or another response) changes nothing and gets no answer: cancels race with
+  responses ending, so a late one is not an error.
+- A GenerateResponse while another response is generating fails the stream with FAILED_PRECONDITION; a
+  request before the config, embeddings that are not float32 (T>0, hidden size), or an unset role fail it
+  with INVALID_ARGUMENT; a stream past MINMO_MAX_SESSIONS is refused with RESOURCE_EXHAUSTED.
+- Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
+- The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import torch
+
+from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.tokenizer import Tokenizer
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
+from minmo.runtime.llm_model import (
+    OP_APPEND_AUDIO,
+    OP_APPEND_TEXT_TURN,
+    OP_BEGIN_RESPONSE,
+    OP_DROP_RESPONSE,
+    OP_GENERATE,
+    OP_START,
+    history_tensors,
+    text_tensor,
+)
+from minmo.serving.server import SessionLimiter
+from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
+
+MODEL = "llm"
+FIVE_TOKENS = 5  # ResponseEnd.five_tokens_ms: the paper's latency budget counts 5 text tokens per speech block
+REPLACEMENT_CHARACTER = "\ufffd"  # what decode gives for a multi-byte character cut short
+log = logging.getLogger("minmo.llm")
+
+Job = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ReasonerOptions:
+    """What the servicer needs to know besides the runtime: sizes, defaults and the predictor's provenance."""
+
+    hidden_size: int
+    max_response_tokens: int
+    predictor_trained: bool
+
+
+class SessionFailed(Exception):
+    """End the stream with this status (raised in the handler, so the status reaches the client)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class ReasonerServicer(llm_pb2_grpc.ReasonerServicer):
+    def __init__(
+        self, runtime: ModelRuntime, tokenizer: Tokenizer, limiter: SessionLimiter, options: ReasonerOptions
+    ) -> None:
+        self.runtime = runtime
+        self.tokenizer = tokenizer
+        self.limiter = limiter
+        self.options = options
+
+    async def Session(
+        self, request_iterator: AsyncIterator[llm_pb2.LlmRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.LlmResponse]:
+        async with self.limiter.admit(context):
+            session: _Session | None = None
+            try:
+                session = _Session(self, await _read_config(request_iterator))
+                yield llm_pb2.LlmResponse(session_ready=await session.start())
+                async for response in session.run(request_iterator):
+                    yield response
+            except InvalidInput as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except SessionFailed as failure:
+                await context.abort(failure.code, failure.details)
+            finally:
+                if session is not None:
+                    await session.close()
+
+
+async def _read_config(requests: AsyncIterator[llm_pb2.LlmRequest]) -> llm_pb2.LlmSessionConfig:
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("request") != "config":
+        raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "a Session stream must start with config")
+    if first.config.max_response_tokens < 0:
+        raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "max_response_tokens must be >= 0 (0: default)")
+    for turn in first.config.history:
+        _check_role(turn.role, "history turn")
+    return first.config
+
+
+@dataclass
+class _Generation:
+    """A GenerateResponse from the moment it is read until its ResponseEnd."""
+
+    turn_id: str
+    received: float  # perf_counter when read
+    max_tokens: int
+    instruction: str
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    first_token_ms: float = 0.0
+    five_tokens_ms: float = 0.0
+
+
+class _Session:
+    """One stream: a reader task (requests -> jobs; cancels at once), a worker task running the jobs in order,
+    and the responses in between."""
+
+    def __init__(self, servicer: ReasonerServicer, config: llm_pb2.LlmSessionConfig) -> None:
+        self.runtime = servicer.runtime
+        self.tokenizer = servicer.tokenizer
+        self.options = servicer.options
+        self.config = config
+        self.sequence_id = f"{config.session_id}-{uuid.uuid4().hex}"
+        self.max_tokens = config.max_response_tokens or self.options.max_response_tokens
+        self.sampling = _sampling(config.sampling)
+        self.jobs: asyncio.Queue[Job | None] = asyncio.Queue()
+        self.out: asyncio.Queue[llm_pb2.LlmResponse | SessionFailed | None] = asyncio.Queue()
+        self.generation: _Generation | None = None  # read and not yet ended
+        self.last_finished: _Generation | None = None  # the last response that finished (not cancelled)
+        self.audio_inputs = 0
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> llm_pb2.LlmSessionReady:
+        started = time.perf_counter()
+        history = [(turn.role, turn.text) for turn in self.config.history]
+        inputs = {"system_prompt": text_tensor(self.config.system_prompt), **history_tensors(history)}
+        outputs = await self._infer(OP_START, inputs, start=True)
+        return llm_pb2.LlmSessionReady(
+            session_id=self.config.session_id,
+            context_tokens=int(outputs["position"][0]),
+            predictor_trained=self.options.predictor_trained,
+            compute_ms=_ms_since(started),
+        )
+
+    async def run(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> AsyncIterator[llm_pb2.LlmResponse]:
+        self.tasks = [asyncio.create_task(self._read(requests)), asyncio.create_task(self._work())]
+        while (item := await self.out.get()) is not None:
+            if isinstance(item, SessionFailed):
+                raise item
+            yield item
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.runtime.end_sequence(MODEL, self.sequence_id)
+
+    async def _read(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> None:
+        try:
+            async for request in requests:
+                self._dispatch(request)
+            self.jobs.put_nowait(None)
+        except SessionFailed as failure:
+            self.out.put_nowait(failure)
+        except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
+            log.exception("session %s: reading requests failed", self.sequence_id)
+            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"reading requests failed: {error}"))
+
+    def _dispatch(self, request: llm_pb2.LlmRequest) -> None:
+        kind = request.WhichOneof("request")
+        if kind == "audio_input":
+            index, self.audio_inputs = self.audio_inputs, self.audio_inputs + 1
+            embeddings = self._embeddings(request.audio_input)
+            self.jobs.put_nowait(lambda: self._audio(request.audio_input.turn_id, index, embeddings))
+        elif kind == "generate_response":
+            self.jobs.put_nowait(self._generate_job(request.generate_response))
+        elif kind == "cancel_generation":
+            turn_id = request.cancel_generation.turn_id
+            if self.generation is not None and self.generation.turn_id == turn_id:
+                self.generation.cancelled.set()
+            else:
+                self.jobs.put_nowait(lambda: self._drop_finished(turn_id))
+        elif kind == "append_turn":
+            turn = request.append_turn
+            _check_role(turn.role, "AppendTurn")
+            inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
+            self.jobs.put_nowait(lambda: self._infer(OP_APPEND_TEXT_TURN, inputs))
+        else:
+            raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after config")
+
+    def _embeddings(self, audio: llm_pb2.AudioInput) -> torch.Tensor:
+        try:
+            embeddings = tensor_from_proto(audio.embeddings)
+        except ValueError as error:
+            raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, f"AudioInput.embeddings: {error}") from error
+        expected = self.options.hidden_size
+        if embeddings.dtype != torch.float32 or embeddings.dim() != 2 or embeddings.shape[1] != expected:
+            raise SessionFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"AudioInput.embeddings must be float32 (T, {expected}), "
+                f"got {embeddings.dtype} {tuple(embeddings.shape)}",
+            )
+        if embeddings.shape[0] == 0:
+            raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "AudioInput.embeddings has no frames")
+        return embeddings
+
+    def _generate_job(self, request: llm_pb2.GenerateResponse) -> Job:
+        if self.generation is not None:
+            raise SessionFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"GenerateResponse for turn {request.turn_id!r} while turn {self.generation.turn_id!r} is still "
+                "generating; cancel it or wait for its ResponseEnd",
+            )
+        if request.max_tokens < 0:
+            raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be >= 0 (0: session default)")
+        self.generation = _Generation(
+            turn_id=request.turn_id,
+            received=time.perf_counter(),
+            max_tokens=request.max_tokens or self.max_tokens,
+            instruction=request.instruction,
+        )
+        generation = self.generation
+        return lambda: self._generate(generation)
+
+    async def _work(self) -> None:
+        try:
+            while (job := await self.jobs.get()) is not None:
+                await job()
+            self.out.put_nowait(None)
+        except InvalidInput as error:
+            self.out.put_nowait(SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)))
+        except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
+            log.exception("session %s: a request failed", self.sequence_id)
+            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"the llm failed: {error}"))
+
+    async def _audio(self, turn_id: str, index: int, embeddings: torch.Tensor) -> None:
+        started = time.perf_counter()
+        outputs = await self._infer(OP_APPEND_AUDIO, {"embeddings": embeddings})
+        keep_listening, respond, stop_speaking, backchannel = outputs["probs"].tolist()
+        signal = llm_pb2.PredictorSignal(
+            turn_id=turn_id,
+            chunk_index=index,
+            keep_listening=keep_listening,
+            respond=respond,
+            stop_speaking=stop_speaking,
+            backchannel=backchannel,
+            compute_ms=_ms_since(started),
+        )
+        self.out.put_nowait(llm_pb2.LlmResponse(predictor_signal=signal))
+
+    async def _generate(self, generation: _Generation) -> None:
+        """Begin, stream tokens until the end, the cap or a cancel, then send ResponseEnd."""
+        try:
+            reason = llm_pb2.ResponseEnd.CANCELLED
+            if not generation.cancelled.is_set():
+                self.last_finished = None  # a new response makes the previous one impossible to drop
+                await self._infer(OP_BEGIN_RESPONSE, {"instruction": text_tensor(generation.instruction)})
+                reason = await self._stream_tokens(generation)
+                if reason == llm_pb2.ResponseEnd.CANCELLED:
+                    await self._infer(OP_DROP_RESPONSE, {})
+            self._send_end(generation, reason)
+        finally:
+            self.generation = None
+        if reason != llm_pb2.ResponseEnd.CANCELLED:
+            self.last_finished = generation
+
+    async def _stream_tokens(self, generation: _Generation) -> llm_pb2.ResponseEnd.Reason:
+        inputs = {"max_tokens": torch.tensor([generation.max_tokens]), **self.sampling}
+        stream = self.runtime.infer_stream(MODEL, {"op": torch.tensor([OP_GENERATE]), **inputs}, self._sequence())
+        async with contextlib.aclosing(stream) as tokens:
+            async for outputs in tokens:
+                if generation.cancelled.is_set():
+                    return llm_pb2.ResponseEnd.CANCELLED
+                if outputs["is_end"][0]:
+                    return llm_pb2.ResponseEnd.EOS
+                self._send_token(generation, outputs)
+                if outputs["finished"][0]:
+                    return llm_pb2.ResponseEnd.LENGTH
+        return llm_pb2.ResponseEnd.CANCELLED  # the stream ended without a finished token
+
+    def _send_token(self, generation: _Generation, outputs: dict[str, torch.Tensor]) -> None:
+        generation.token_ids.append(int(outputs["token_id"][0]))
+        token = llm_pb2.TextToken(
+            turn_id=generation.turn_id,
+            token_id=generation.token_ids[-1],
+            text=self._text_piece(generation),
+            hidden=tensor_to_proto(outputs["hidden"]),
+            token_embedding=tensor_to_proto(outputs["token_embedding"]),
+            index=len(generation.token_ids) - 1,
+        )
+        self.out.put_nowait(llm_pb2.LlmResponse(text_token=token))
+        count = len(generation.token_ids)
+        if count == 1:
+            generation.first_token_ms = _ms_since(generation.received)
+        if count == FIVE_TOKENS:
+            generation.five_tokens_ms = _ms_since(generation.received)
+
+    def _text_piece(self, generation: _Generation) -> str:
+        piece, generation.text = text_piece(self.tokenizer, generation.token_ids, generation.text)
+        return piece
+
+    def _send_end(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
+        end = llm_pb2.ResponseEnd(
+            turn_id=generation.turn_id,
+            reason=reason,
+            token_count=len(generation.token_ids),
+            first_token_ms=generation.first_token_ms,
+            five_tokens_ms=generation.five_tokens_ms,
+            text=self.tokenizer.decode(generation.token_ids),
+        )
+        self.out.put_nowait(llm_pb2.LlmResponse(response_end=end))
+
+    async def _drop_finished(self, turn_id: str) -> None:
+        last = self.last_finished
+        if last is None or last.turn_id != turn_id:
+            log.info("session %s: CancelGeneration for turn %r, which is not droppable", self.sequence_id, turn_id)
+            return
+        self.last_finished = None
+        outputs = await self._infer(OP_DROP_RESPONSE, {})
+        if outputs["dropped"][0]:
+            self._send_end(last, llm_pb2.ResponseEnd.CANCELLED)
+        else:
+            log.info("session %s: turn %r was followed by other turns; it stays", self.sequence_id, turn_id)
+
+    async def _infer(self, op: int, inputs: dict[str, torch.Tensor], start: bool = False) -> dict[str, torch.Tensor]:
+        return await self.runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, self._sequence(start))
+
+    def _sequence(self, start: bool = False) -> Sequence:
+        return Sequence(self.sequence_id, start=start)
+
+
+def _check_role(role: int, what: str) -> None:
+    if role not in (common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT, common_pb2.ROLE_SYSTEM):
+        raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{what} needs a role (user, assistant or system)")
+
+
+def _sampling(params: common_pb2.SamplingParams) -> dict[str, torch.Tensor]:
+    """The runtime's sampling inputs; unset fields keep the model's defaults (greedy). top_p and seed are not
+    supported by the runtime's sampler and are ignored."""
+    inputs = {}
+    if params.HasField("temperature"):
+        inputs["temperature"] = torch.tensor([params.temperature], dtype=torch.float32)
+    if params.HasField("top_k"):
+        inputs["top_k"] = torch.tensor([params.top_k], dtype=torch.int64)
+    return inputs
+
+
+def text_piece(tokenizer: Tokenizer, token_ids: list[int], emitted: str) -> tuple[str, str]:
+    """(new piece, text emitted so far) after the last token: the whole response is decoded each time, so a
+    character spanning several tokens comes out whole; while the text ends in a cut character, nothing is."""
+    text = tokenizer.decode(token_ids)
+    if text.endswith(REPLACEMENT_CHARACTER):
+        return "", emitted
+    return text[len(emitted) :], text
+
+
+def _ms_since(started: float) -> float:
+    return 1000 * (time.perf_counter() - started)
+
+
+def predictor_is_trained(checkpoint: str | None) -> bool:
+    """Whether the duplex predictor loads trained weights (otherwise duplex falls back to VAD endpointing)."""
+    return checkpoint is not None and (Path(checkpoint) / "duplex_predictor.safetensors").is_file()

@@ -1,0 +1,302 @@
+"""The llm (Reasoner) service over real gRPC on loopback: it equals the in-process Dialogue, cancels within a
+token, rebuilds context from history, refuses bad input with clear statuses, and frees a session's KV cache.
+
+Tolerance 1e-4 on hidden states: the service and the reference build the same context in different chunks,
+so only the summation order inside matmul / SDPA kernels differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.build import build_component
+from minmo.model.config import load_config
+from minmo.model.dialogue import Dialogue, DialogueState
+from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
+from minmo.runtime.factory import build_local_runtime
+from minmo.services.llm.main import LlmSettings, start
+from minmo.services.llm.servicer import text_piece
+from minmo.serving.settings import ServerSettings
+from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
+
+ATOL = 1e-4
+TOKENS = 8
+LONG = 2000  # a response cap no test waits for: only a working cancel ends such a response early
+SYSTEM = "You are MinMo."
+HISTORY = [("user", "Hi!"), ("assistant", "Hello, how can I help?")]
+ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT}
+CFG = load_config("tiny")
+
+
+def _settings(max_sessions: int = 4) -> LlmSettings:
+    server = ServerSettings(port=0, max_sessions=max_sessions, model_config="tiny", grace_s=1.0)
+    return LlmSettings(server=server, checkpoint=None, max_response_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def dialogue() -> Dialogue:
+    return Dialogue(build_component(CFG, "llm"), build_component(CFG, "duplex_predictor"), load_tokenizer(CFG.llm))
+
+
+@pytest.fixture
+async def llm_service(request):
+    runtime = build_local_runtime(CFG, ["llm"])
+    host = await start(getattr(request, "param", None) or _settings(), runtime)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+    try:
+        yield llm_pb2_grpc.ReasonerStub(channel), runtime, channel
+    finally:
+        await channel.close()
+        await host.stop()
+
+
+def _audio(frames: int, seed: int) -> torch.Tensor:
+    return torch.randn(frames, CFG.llm.hidden_size, generator=torch.Generator().manual_seed(seed))  # (T, D)
+
+
+def _config(history: list[tuple[str, str]] = (), **fields) -> llm_pb2.LlmRequest:
+    turns = [llm_pb2.HistoryTurn(role=ROLES[role], text=text) for role, text in history]
+    return llm_pb2.LlmRequest(
+        config=llm_pb2.LlmSessionConfig(session_id="s1", system_prompt=SYSTEM, history=turns, **fields)
+    )
+
+
+def _audio_input(embeddings: torch.Tensor) -> llm_pb2.LlmRequest:
+    return llm_pb2.LlmRequest(audio_input=llm_pb2.AudioInput(embeddings=tensor_to_proto(embeddings), turn_id="u1"))
+
+
+def _generate(turn_id: str, max_tokens: int = TOKENS, instruction: str = "") -> llm_pb2.LlmRequest:
+    request = llm_pb2.GenerateResponse(turn_id=turn_id, max_tokens=max_tokens, instruction=instruction)
+    return llm_pb2.LlmRequest(generate_response=request)
+
+
+def _cancel(turn_id: str) -> llm_pb2.LlmRequest:
+    return llm_pb2.LlmRequest(cancel_generation=llm_pb2.CancelGeneration(turn_id=turn_id))
+
+
+def _append(role: str, text: str) -> llm_pb2.LlmRequest:
+    return llm_pb2.LlmRequest(append_turn=llm_pb2.AppendTurn(role=ROLES[role], text=text, turn_id="a"))
+
+
+async def _open(stub, *requests: llm_pb2.LlmRequest):
+    call = stub.Session()
+    for request in requests:
+        await call.write(request)
+    assert (await call.read()).HasField("session_ready")
+    return call
+
+
+async def _response(call) -> tuple[list[llm_pb2.TextToken], llm_pb2.ResponseEnd]:
+    """The next response's tokens and end (predictor signals before them are skipped)."""
+    tokens = []
+    while True:
+        message = await call.read()
+        if message.HasField("response_end"):
+            return tokens, message.response_end
+        if message.HasField("text_token"):
+            tokens.append(message.text_token)
+
+
+async def _rest(call) -> list[llm_pb2.LlmResponse]:
+    """Everything until the server ends the stream."""
+    messages = []
+    while (message := await call.read()) is not grpc.aio.EOF:
+        messages.append(message)
+    return messages
+
+
+def _reference(dialogue: Dialogue, state: DialogueState, instruction: str = "", steps: int = TOKENS):
+    state = dialogue.begin_response(state, instruction)
+    steps_taken = []
+    for _ in range(steps):
+        step, state = dialogue.generate_step(state)
+        steps_taken.append(step)
+    return steps_taken
+
+
+def _assert_matches(tokens: list[llm_pb2.TextToken], expected) -> None:
+    assert [t.token_id for t in tokens] == [s.token_id for s in expected]
+    for token, step in zip(tokens, expected, strict=True):
+        torch.testing.assert_close(tensor_from_proto(token.hidden), step.hidden, atol=ATOL, rtol=0)
+        torch.testing.assert_close(tensor_from_proto(token.token_embedding), step.token_embedding, atol=ATOL, rtol=0)
+
+
+async def test_health_is_serving_after_start(llm_service):
+    _, _, channel = llm_service
+    response = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="minmo.v1.Reasoner")
+    )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_each_audio_input_gets_one_predictor_signal(llm_service, dialogue):
+    stub, _, _ = llm_service
+    chunks = [_audio(3, seed) for seed in range(3)]
+    call = await _open(stub, _config(), *[_audio_input(chunk) for chunk in chunks])
+    await call.done_writing()
+    signals = [message.predictor_signal for message in await _rest(call)]
+    state = dialogue.start(SYSTEM)
+    for index, (signal, chunk) in enumerate(zip(signals, chunks, strict=True)):
+        probs = torch.tensor([signal.keep_listening, signal.respond, signal.stop_speaking, signal.backchannel])
+        expected, state = dialogue.append_audio(state, chunk[None])
+        assert signal.chunk_index == index and signal.turn_id == "u1"
+        assert abs(probs.sum().item() - 1) < 1e-5
+        torch.testing.assert_close(probs, expected, atol=ATOL, rtol=0)
+
+
+async def test_response_equals_the_in_process_dialogue(llm_service, dialogue):
+    stub, _, _ = llm_service
+    chunks = [_audio(4, 10), _audio(2, 11)]
+    call = await _open(stub, _config(HISTORY), *[_audio_input(chunk) for chunk in chunks])
+    await call.write(_generate("r1", instruction="Speak with a tone of sadness"))
+    started = time.perf_counter()
+    tokens, end = await _response(call)
+    elapsed = time.perf_counter() - started
+    state = dialogue.start(SYSTEM, HISTORY)
+    for chunk in chunks:
+        _, state = dialogue.append_audio(state, chunk[None])
+    expected = _reference(dialogue, state, "Speak with a tone of sadness")
+    _assert_matches(tokens, expected)
+    assert end.reason == llm_pb2.ResponseEnd.LENGTH and end.token_count == TOKENS
+    assert end.text == dialogue.tokenizer.decode([s.token_id for s in expected]) == "".join(t.text for t in tokens)
+    assert 0 < end.first_token_ms <= end.five_tokens_ms
+    print(f"tiny over gRPC: {1000 * elapsed / TOKENS:.2f} ms/token, first token {end.first_token_ms:.1f} ms")
+    await call.done_writing()
+
+
+async def test_cancel_stops_within_a_token_and_leaves_no_trace(llm_service, dialogue):
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _audio_input(_audio(5, 20)), _generate("r1", max_tokens=LONG))
+    while not (await call.read()).HasField("text_token"):
+        pass
+    await call.write(_cancel("r1"))
+    tokens, end = await _response(call)
+    assert end.reason == llm_pb2.ResponseEnd.CANCELLED and end.turn_id == "r1"
+    assert end.token_count == len(tokens) + 1 < LONG
+    await call.write(_generate("r2"))
+    tokens, end = await _response(call)
+    _, state = dialogue.append_audio(dialogue.start(SYSTEM), _audio(5, 20)[None])
+    # The cancelled response left only the closed user turn: the next one is the greedy answer to it.
+    _assert_matches(tokens, _reference(dialogue, state))
+    await call.done_writing()
+
+
+async def test_cancel_after_the_end_drops_the_last_response(llm_service, dialogue):
+    """Duplex's barge-in while the response's audio still plays: drop it, append the heard text instead."""
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _audio_input(_audio(3, 30)), _generate("r1"))
+    await _response(call)
+    await call.write(_cancel("r1"))
+    tokens, end = await _response(call)
+    assert end.reason == llm_pb2.ResponseEnd.CANCELLED and end.turn_id == "r1" and not tokens
+    for request in (_append("assistant", "Well"), _audio_input(_audio(2, 31)), _generate("r2")):
+        await call.write(request)
+    tokens, _ = await _response(call)
+    _, state = dialogue.append_audio(dialogue.start(SYSTEM), _audio(3, 30)[None])
+    state = dialogue.append_text_turn(dialogue.drop_response(dialogue.begin_response(state)), "assistant", "Well")
+    _, state = dialogue.append_audio(state, _audio(2, 31)[None])
+    _assert_matches(tokens, _reference(dialogue, state))
+    await call.write(_cancel("r1"))  # already dropped: changes nothing, no answer
+    await call.done_writing()
+    assert await _rest(call) == []
+
+
+async def test_session_ready_reports_the_prefilled_context(llm_service, dialogue):
+    call = llm_service[0].Session()
+    await call.write(_config(HISTORY))
+    ready = (await call.read()).session_ready
+    assert ready.session_id == "s1" and ready.context_tokens == dialogue.start(SYSTEM, HISTORY).position
+    assert not ready.predictor_trained, "no checkpoint: duplex must fall back to VAD endpointing"
+    await call.done_writing()
+
+
+async def test_history_rebuilds_the_context_of_live_turns(llm_service):
+    stub, _, _ = llm_service
+    rebuilt = await _open(stub, _config(HISTORY), _generate("r1"))
+    live = await _open(stub, _config(), *[_append(role, text) for role, text in HISTORY], _generate("r1"))
+    (expected, _), (tokens, _) = await _response(rebuilt), await _response(live)
+    assert [t.token_id for t in tokens] == [t.token_id for t in expected]
+    for token, reference in zip(tokens, expected, strict=True):
+        torch.testing.assert_close(
+            tensor_from_proto(token.hidden), tensor_from_proto(reference.hidden), atol=ATOL, rtol=0
+        )
+    for call in (rebuilt, live):
+        await call.done_writing()
+
+
+async def _status_of(stub, requests: list[llm_pb2.LlmRequest]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _ in stub.Session(iter(requests)):
+            pass
+    return error.value.code(), error.value.details()
+
+
+def _bad_tensor() -> common_pb2.Tensor:
+    return common_pb2.Tensor(dtype="float32", shape=[2, CFG.llm.hidden_size], data=b"\0" * 12)
+
+
+@pytest.mark.parametrize(
+    ("requests", "code", "hint"),
+    [
+        ([_audio_input(_audio(2, 0))], grpc.StatusCode.INVALID_ARGUMENT, "start with config"),
+        ([_config(), _audio_input(_audio(2, 0)[:, :-1])], grpc.StatusCode.INVALID_ARGUMENT, "float32 (T, 64)"),
+        ([_config(), _audio_input(_audio(2, 0).half())], grpc.StatusCode.INVALID_ARGUMENT, "float32"),
+        ([_config(), _audio_input(_audio(0, 0))], grpc.StatusCode.INVALID_ARGUMENT, "no frames"),
+        (
+            [_config(), llm_pb2.LlmRequest(audio_input=llm_pb2.AudioInput(embeddings=_bad_tensor()))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "bytes",
+        ),
+        (
+            [_config(), llm_pb2.LlmRequest(append_turn=llm_pb2.AppendTurn(text="x"))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "role",
+        ),
+        ([_config(), _generate("r1", LONG), _generate("r2")], grpc.StatusCode.FAILED_PRECONDITION, "still generating"),
+    ],
+    ids=["before-config", "wrong-dim", "wrong-dtype", "empty", "corrupt", "no-role", "generate-twice"],
+)
+async def test_bad_input_gets_a_clear_status(llm_service, requests, code, hint):
+    actual, details = await _status_of(llm_service[0], requests)
+    assert actual == code and hint in details, details
+
+
+@pytest.mark.parametrize("llm_service", [_settings(max_sessions=1)], indirect=True)
+async def test_session_flood_is_refused(llm_service):
+    stub, _, _ = llm_service
+    admitted = await _open(stub, _config())
+    code, details = await _status_of(stub, [_config()])
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "maximum of 1" in details
+    await admitted.write(_generate("r1", 2))
+    assert len((await _response(admitted))[0]) == 2, "the admitted session keeps working"
+    await admitted.done_writing()
+
+
+async def test_client_cancel_ends_the_sequence(llm_service):
+    stub, runtime, _ = llm_service
+    call = await _open(stub, _config(), _generate("r1", LONG))
+    await call.read()
+    assert [key for key in runtime._states if key[0] == "llm"], "the session holds a context"
+    call.cancel()
+    for _ in range(100):  # the server notices the cancellation asynchronously
+        await asyncio.sleep(0.02)
+        if not [key for key in runtime._states if key[0] == "llm"]:
+            return
+    pytest.fail("the cancelled session's context was never freed")
+
+
+def test_text_pieces_never_split_a_character():
+    """"é" and "🇫" are several byte tokens each: the piece waits until the character is whole."""
+    tokenizer, emitted, pieces = ByteTokenizer(), "", []
+    ids = tokenizer.encode("né🇫!")
+    for end in range(1, len(ids) + 1):
+        piece, emitted = text_piece(tokenizer, ids[:end], emitted)
+        pieces.append(piece)
+    assert pieces == ["n", "", "é", "", "", "", "🇫", "!"]
