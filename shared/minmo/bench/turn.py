@@ -54,7 +54,7 @@ def bench_services(config: str, runs: int, seed: int) -> tuple[list[float], dict
             reports.append(event.latency_report)
 
     request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=False, timeout_s=300)
-    with EmbeddedRedis() as redis_server, run_stack(config, _free_port_block(), redis_server.url) as stack:
+    with EmbeddedRedis() as redis_server, run_stack(config, free_port_block(), redis_server.url) as stack:
         target = stack.addresses["duplex"]
         for run in range(runs + 1):  # the first turn warms the services up
             result = asyncio.run(run_chat(target, request, keep_report if run else None))
@@ -75,7 +75,7 @@ def run_bench(config: str, runs: int, seed: int = 0) -> BenchResult:
     return BenchResult(in_process, services, hops)
 
 
-def _free_port_block(size: int = 5) -> int:
+def free_port_block(size: int = 5) -> int:
     """A port p with p..p+size-1 free now (the stack binds duplex at p and the services after it)."""
     for _ in range(50):
         with socket.socket() as probe:
