@@ -3,7 +3,7 @@
 Both sides get the same synthetic utterance. In-process, the clock starts when the last input chunk
 has been fed (the encoder flush, the LLM's last chunk and the whole response follow). Through the
 services, it starts when duplex confirms the end of speech (USER_SPEECH_STOPPED) — the same point in
-the turn, after which the same work follows plus four network hops; each LatencyReport splits every
+the turn, after which the same work follows plus four network hops. The client streams at real-time pace, as a microphone does, so no backlog of unprocessed audio inflates the services side; each LatencyReport splits every
 hop's share into the hop's own compute and what the wire and queues added.
 """
 
@@ -53,7 +53,7 @@ def bench_services(config: str, runs: int, seed: int) -> tuple[list[float], dict
         if event.HasField("latency_report"):
             reports.append(event.latency_report)
 
-    request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=False, timeout_s=300)
+    request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=True, timeout_s=300)
     with EmbeddedRedis() as redis_server, run_stack(config, free_port_block(), redis_server.url) as stack:
         target = stack.addresses["duplex"]
         for run in range(runs + 1):  # the first turn warms the services up
