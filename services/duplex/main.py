@@ -28,6 +28,7 @@ class DuplexSettings:
     """Peers: MINMO_ENCODER_ADDR, MINMO_LLM_ADDR, MINMO_VOICELM_ADDR, MINMO_VOCODER_ADDR (host:port, a
     comma-separated list, or dns:///name:port for a headless Service). REDIS_URL (unset: embedded Redis).
     MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
+    MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls),
     MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS."""
 
     server: ServerSettings
@@ -39,6 +40,7 @@ class DuplexSettings:
     session_ttl_s: int
     max_chunk_ms: int
     max_response_tokens: int
+    turn_timeout_s: float
     turn_detection: TurnDetectionConfig
 
     @classmethod
@@ -55,6 +57,7 @@ class DuplexSettings:
             max_chunk_ms=env_int("MINMO_MAX_CHUNK_MS", 1000),
             max_response_tokens=env_int("MINMO_MAX_RESPONSE_TOKENS", 0)
             or load_config(server.model_config).max_response_tokens,
+            turn_timeout_s=env_float("MINMO_TURN_TIMEOUT_S", 300.0),
             turn_detection=TurnDetectionConfig(
                 threshold=env_float("MINMO_VAD_THRESHOLD", 0.5),
                 prefix_padding_ms=env_float("MINMO_PREFIX_PADDING_MS", 300),
@@ -84,6 +87,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         replica_id=settings.server.replica_id,
         max_chunk_ms=settings.max_chunk_ms,
         max_response_tokens=settings.max_response_tokens,
+        turn_timeout_s=settings.turn_timeout_s,
         turn_detection=settings.turn_detection,
     )
     vad = StreamingVad(SileroVad.from_pretrained())

@@ -293,7 +293,7 @@ async def test_client_cancel_ends_the_sequence(llm_service):
 
 
 def test_text_pieces_never_split_a_character():
-    """"é" and "🇫" are several byte tokens each: the piece waits until the character is whole."""
+    """Characters of several byte tokens ("é", "🇫") come out whole, once their last byte arrives."""
     tokenizer, emitted, pieces = ByteTokenizer(), "", []
     ids = tokenizer.encode("né🇫!")
     for end in range(1, len(ids) + 1):

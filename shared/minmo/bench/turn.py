@@ -3,8 +3,9 @@
 Both sides get the same synthetic utterance. In-process, the clock starts when the last input chunk
 has been fed (the encoder flush, the LLM's last chunk and the whole response follow). Through the
 services, it starts when duplex confirms the end of speech (USER_SPEECH_STOPPED) — the same point in
-the turn, after which the same work follows plus four network hops. The client streams at real-time pace, as a microphone does, so no backlog of unprocessed audio inflates the services side; each LatencyReport splits every
-hop's share into the hop's own compute and what the wire and queues added.
+the turn, after which the same work follows plus four network hops. The client streams at real-time
+pace, as a microphone does, so no backlog of unprocessed audio inflates the services side. Each
+LatencyReport splits every hop's share into the hop's own time and what the wire and queues added.
 """
 
 from __future__ import annotations

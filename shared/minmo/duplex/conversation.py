@@ -72,6 +72,7 @@ class DuplexPolicy:
     replica_id: str
     max_chunk_ms: int = 1000
     max_response_tokens: int = 64
+    turn_timeout_s: float = 300.0  # deadline of a response's downstream calls
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
 
 
@@ -377,9 +378,8 @@ class Conversation:
         append = llm_pb2.AppendTurn(role=common_pb2.ROLE_USER, text=text, turn_id=turn_id)
         try:
             await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
-        except LinkLost as lost:
-            await self._report_error(grpc.StatusCode.UNAVAILABLE, str(lost), turn_id)
-            return
+        except LinkLost:  # the replica died since the last turn: rebuild, the history now holds this turn
+            await self._open_llm(await self.store.history(self.session_id))
         await self._start_response(timings)
 
     # --- responses ------------------------------------------------------------------------------
@@ -397,6 +397,7 @@ class Conversation:
             instruction=self.config["voice_instruction"],
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
+            timeout_s=self.policy.turn_timeout_s,
         )
         self.response = self.playing = response
         await self.emit(_turn_event(TurnType.RESPONSE_STARTED, response.turn_id))

@@ -58,6 +58,7 @@ class Response:
     instruction: str
     max_tokens: int
     timings: TurnTimings
+    timeout_s: float  # deadline of the per-turn voicelm and vocoder calls
     trace_context: dict[str, str] = field(default_factory=dict)
     pieces: list[str] = field(default_factory=list)
     speech_tokens: int = 0
@@ -116,8 +117,8 @@ class Response:
         return self.end_reason
 
     async def _with_speech(self, queue: asyncio.Queue) -> str:
-        synth = self.voicelm.Synthesize()
-        vocode = self.vocoder.Vocode()
+        synth = self.voicelm.Synthesize(timeout=self.timeout_s)
+        vocode = self.vocoder.Vocode(timeout=self.timeout_s)
         self._calls.extend([synth, vocode])
         await synth.write(
             voicelm_pb2.SynthesizeRequest(

@@ -34,7 +34,7 @@ def open_channel(addresses: str, max_message_bytes: int = 4 * 1024 * 1024) -> gr
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ],
     )

@@ -33,6 +33,9 @@ class ServiceHost:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # accept the keepalive pings our clients send on long-lived session streams
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
         self.health = health.aio.HealthServicer()
