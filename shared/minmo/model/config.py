@@ -29,6 +29,7 @@ class FbankConfig:
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
+    window_type: str = "povey"  # kaldi's default; SenseVoice's front end uses "hamming"
     lfr_m: int = 1  # frames stacked per LFR frame (SenseVoice: 7)
     lfr_n: int = 1  # LFR hop in frames (SenseVoice: 6)
 

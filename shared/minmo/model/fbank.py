@@ -91,7 +91,7 @@ class Fbank:
         options.frame_opts.frame_shift_ms = cfg.frame_shift_ms
         options.frame_opts.dither = 0.0
         options.frame_opts.snip_edges = True
-        options.frame_opts.window_type = "povey"
+        options.frame_opts.window_type = cfg.window_type
         options.mel_opts.num_bins = cfg.num_mel_bins
         return options
 
