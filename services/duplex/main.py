@@ -17,6 +17,7 @@ from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
 from minmo.session.embedded import connect
 from minmo.session.store import SessionStore
+from minmo.telemetry import start_telemetry
 from minmo.v1 import encoder_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc, voicelm_pb2_grpc
 
 DEFAULT_PORT = 50051
@@ -69,6 +70,7 @@ class DuplexSettings:
 
 async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> ServiceHost:
     """Connect Redis and the peers, load the VAD, serve; resources close with `stack`."""
+    telemetry = start_telemetry("minmo-duplex", settings.server)
     redis_client = await stack.enter_async_context(connect(settings.redis_url))
     store = SessionStore(redis_client, ttl_s=settings.session_ttl_s)
     channels = [
@@ -91,9 +93,10 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         turn_detection=settings.turn_detection,
     )
     vad = StreamingVad(SileroVad.from_pretrained())
-    servicer = ConversationServicer(policy, peers, store, vad, SessionLimiter(settings.server.max_sessions))
-    host = ServiceHost(settings.server)
-    host.add_handler(conversation_handler(servicer), SERVICE_NAME)
+    limiter = SessionLimiter(settings.server.max_sessions)
+    servicer = ConversationServicer(policy, peers, store, vad, limiter, telemetry)
+    host = ServiceHost(settings.server, telemetry)
+    host.add_handler(conversation_handler(servicer), SERVICE_NAME, servicer)
     port = await host.start()
     await host.set_serving()
     log.info("duplex serving on %s:%d", settings.server.host, port)
@@ -107,7 +110,6 @@ async def serve(settings: DuplexSettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(DuplexSettings.from_env()))
 
 

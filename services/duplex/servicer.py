@@ -11,6 +11,7 @@ from minmo.audio.vad import StreamingVad
 from minmo.duplex.conversation import Conversation, DuplexPolicy, Peers, ProtocolError
 from minmo.serving.server import SessionLimiter
 from minmo.session.store import SessionStore
+from minmo.telemetry import Telemetry
 from minmo.v1 import conversation_pb2
 
 SERVICE_NAME = "minmo.v1.Conversation"
@@ -18,19 +19,26 @@ SERVICE_NAME = "minmo.v1.Conversation"
 
 class ConversationServicer:
     def __init__(
-        self, policy: DuplexPolicy, peers: Peers, store: SessionStore, vad: StreamingVad, limiter: SessionLimiter
+        self,
+        policy: DuplexPolicy,
+        peers: Peers,
+        store: SessionStore,
+        vad: StreamingVad,
+        limiter: SessionLimiter,
+        telemetry: Telemetry,
     ) -> None:
         self.policy = policy
         self.peers = peers
         self.store = store
         self.vad = vad
         self.limiter = limiter
+        self.telemetry = telemetry
 
     async def Converse(
         self, request_iterator: AsyncIterator[conversation_pb2.ClientEvent | None], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[conversation_pb2.ServerEvent]:
         async with self.limiter.admit(context):
-            conversation = Conversation(self.policy, self.peers, self.store, self.vad)
+            conversation = Conversation(self.policy, self.peers, self.store, self.vad, self.telemetry)
             try:
                 async for event in conversation.run(request_iterator):
                     yield event

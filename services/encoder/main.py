@@ -13,6 +13,7 @@ from minmo.runtime.factory import build_local_runtime
 from minmo.services.encoder.servicer import ENCODER_SAMPLE_RATE, AudioEncoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.telemetry import start_telemetry
 from minmo.v1 import encoder_pb2_grpc
 
 DEFAULT_PORT = 50052
@@ -38,10 +39,12 @@ class EncoderSettings:
 
 async def start(settings: EncoderSettings) -> ServiceHost:
     """Load the model, start serving, warm up, then report SERVING; returns the running host."""
-    host = ServiceHost(settings.server)
+    telemetry = start_telemetry("minmo-encoder", settings.server)
+    host = ServiceHost(settings.server, telemetry)
     runtime = build_local_runtime(load_config(settings.server.model_config), ["encoder"], settings.checkpoint)
     host.on_stop(runtime.close)
-    servicer = AudioEncoderServicer(runtime, SessionLimiter(settings.server.max_sessions), settings.max_chunk_ms)
+    limiter = SessionLimiter(settings.server.max_sessions)
+    servicer = AudioEncoderServicer(runtime, limiter, settings.max_chunk_ms, telemetry)
     host.add(encoder_pb2_grpc.add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")
     port = await host.start()
     await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE), "flush": torch.tensor([True])})
@@ -56,7 +59,6 @@ async def serve(settings: EncoderSettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(EncoderSettings.from_env()))
 
 

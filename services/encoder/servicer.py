@@ -1,9 +1,13 @@
-"""AudioEncoder servicer: one stream per session; audio chunks in, embeddings out as chunks complete."""
+"""AudioEncoder servicer: one stream per session; audio chunks in, embeddings out as chunks complete.
+
+Each user turn's audio (its chunks up to the EndOfUtterance) is one `encoder.utterance` span, a child of the
+turn context the chunks carry, with the turn's chunk count, audio and frames, compute and RTF.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import torch
@@ -12,16 +16,18 @@ from minmo.api.tensors import tensor_to_proto
 from minmo.audio.pcm import pcm16_to_float
 from minmo.runtime.base import InvalidInput, ModelRuntime
 from minmo.serving.server import SessionLimiter
+from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import encoder_pb2, encoder_pb2_grpc
 
 ENCODER_SAMPLE_RATE = 16000
 
 
 class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
-    def __init__(self, runtime: ModelRuntime, limiter: SessionLimiter, max_chunk_ms: int) -> None:
+    def __init__(self, runtime: ModelRuntime, limiter: SessionLimiter, max_chunk_ms: int, telemetry: Telemetry) -> None:
         self.runtime = runtime
         self.limiter = limiter
         self.max_chunk_bytes = 2 * ENCODER_SAMPLE_RATE * max_chunk_ms // 1000
+        self.telemetry = telemetry
 
     async def Encode(
         self, request_iterator: AsyncIterator[encoder_pb2.EncodeRequest], context: grpc.aio.ServicerContext
@@ -29,28 +35,42 @@ class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
         async with self.limiter.admit(context):
             config = await self._read_config(request_iterator, context)
             stream = _EncoderStream(self.runtime, config.start_position)
-            async for request in request_iterator:
-                kind = request.WhichOneof("request")
-                if kind == "audio_chunk":
-                    pcm = await self._decode(request.audio_chunk.audio, context)
-                    response = await stream.encode(pcm, request.audio_chunk.turn_id, False, context)
-                    if response is not None:
+            utterance = _Utterance(self.telemetry, config.session_id)
+            try:
+                async for request in request_iterator:
+                    for response in await self._handle(request, stream, utterance, context):
                         yield response
-                elif kind == "end_of_utterance":
-                    turn_id = request.end_of_utterance.turn_id
-                    started = time.perf_counter()
-                    response = await stream.encode(torch.zeros(0), turn_id, True, context)
-                    if response is not None:
-                        yield response
-                    yield encoder_pb2.EncodeResponse(
-                        flush_done=encoder_pb2.FlushDone(
-                            turn_id=turn_id,
-                            end_position=stream.position,
-                            compute_ms=1000 * (time.perf_counter() - started),
-                        )
-                    )
-                else:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+            except BaseException as error:
+                utterance.fail(error, context)
+                raise
+            utterance.close()
+
+    async def _handle(
+        self,
+        request: encoder_pb2.EncodeRequest,
+        stream: _EncoderStream,
+        utterance: _Utterance,
+        context: grpc.aio.ServicerContext,
+    ) -> list[encoder_pb2.EncodeResponse]:
+        kind = request.WhichOneof("request")
+        if kind == "audio_chunk":
+            chunk = request.audio_chunk
+            pcm = await self._decode(chunk.audio, context)
+            utterance.enter(chunk.turn_id, chunk.trace_context)
+            response = await stream.encode(pcm, chunk.turn_id, False, context)
+            utterance.add(pcm.shape[0], response)
+            return [response] if response is not None else []
+        if kind == "end_of_utterance":
+            end = request.end_of_utterance
+            utterance.enter(end.turn_id, end.trace_context)
+            started = time.perf_counter()
+            response = await stream.encode(torch.zeros(0), end.turn_id, True, context)
+            utterance.add(0, response)
+            flush_ms = 1000 * (time.perf_counter() - started)
+            utterance.finish(flush_ms)
+            flush_done = encoder_pb2.FlushDone(turn_id=end.turn_id, end_position=stream.position, compute_ms=flush_ms)
+            return [*([response] if response is not None else []), encoder_pb2.EncodeResponse(flush_done=flush_done)]
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
 
     @staticmethod
     async def _read_config(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> encoder_pb2.EncodeConfig:
@@ -107,3 +127,53 @@ class _EncoderStream:
                 compute_ms=1000 * (time.perf_counter() - started),
             )
         )
+
+
+class _Utterance:
+    """The span of the user turn being encoded and its running counts (one open turn at a time per stream)."""
+
+    def __init__(self, telemetry: Telemetry, session_id: str) -> None:
+        self.telemetry = telemetry
+        self.session_id = session_id
+        self.hop: HopSpan | None = None
+        self.samples = 0
+        self.chunks = 0
+        self.frames = 0
+        self.compute_ms = 0.0
+
+    def enter(self, turn_id: str, trace_context: Mapping[str, str]) -> None:
+        """Open the turn's span at its first message; a new turn ends the previous one unflushed."""
+        if self.hop is not None and self.hop.turn_id == turn_id:
+            return
+        self.close()
+        self.hop = self.telemetry.begin("encoder.utterance", trace_context, session_id=self.session_id, turn_id=turn_id)
+        self.samples = self.chunks = self.frames = 0
+        self.compute_ms = 0.0
+
+    def add(self, samples: int, response: encoder_pb2.EncodeResponse | None) -> None:
+        self.samples += samples
+        self.chunks += 1 if samples else 0
+        if response is not None:
+            self.frames += response.embeddings.embeddings.shape[0]
+            self.compute_ms += response.embeddings.compute_ms
+        audio_ms = 1000 * self.samples / ENCODER_SAMPLE_RATE
+        rtf = self.compute_ms / audio_ms if audio_ms else None
+        self.hop.set(chunks=self.chunks, audio_ms=audio_ms, frames=self.frames, compute_ms=self.compute_ms, rtf=rtf)
+
+    def finish(self, flush_ms: float) -> None:
+        self.hop.set(flush_ms=flush_ms)
+        if self.samples:
+            self.telemetry.metrics.rtf.observe(self.compute_ms / (1000 * self.samples / ENCODER_SAMPLE_RATE))
+        self.hop.end()
+        self.hop = None
+
+    def close(self) -> None:
+        """The stream ended (or the next turn began) with this turn not flushed."""
+        if self.hop is not None:
+            self.hop.end("cancelled")
+            self.hop = None
+
+    def fail(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
+        if self.hop is not None:
+            self.hop.fail_with(error, context)
+            self.hop = None

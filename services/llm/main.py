@@ -17,6 +17,7 @@ from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENER
 from minmo.services.llm.servicer import MODEL, ReasonerOptions, ReasonerServicer, predictor_is_trained
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.telemetry import start_telemetry
 from minmo.v1 import llm_pb2_grpc
 
 DEFAULT_PORT = 50053
@@ -46,7 +47,8 @@ class LlmSettings:
 async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
     """Load the model (or serve the given runtime's "llm"), start serving, warm up, then report SERVING."""
     cfg: MinMoConfig = load_config(settings.server.model_config)
-    host = ServiceHost(settings.server)
+    telemetry = start_telemetry("minmo-llm", settings.server)
+    host = ServiceHost(settings.server, telemetry)
     runtime = runtime or build_local_runtime(cfg, [MODEL], settings.checkpoint)
     host.on_stop(runtime.close)
     options = ReasonerOptions(
@@ -54,7 +56,8 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
         max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
         predictor_trained=predictor_is_trained(settings.checkpoint),
     )
-    servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), SessionLimiter(settings.server.max_sessions), options)
+    limiter = SessionLimiter(settings.server.max_sessions)
+    servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), limiter, options, telemetry)
     host.add(llm_pb2_grpc.add_ReasonerServicer_to_server, servicer, "minmo.v1.Reasoner")
     port = await host.start()
     await warm_up(runtime, cfg.llm.hidden_size)
@@ -86,7 +89,6 @@ async def serve(settings: LlmSettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(LlmSettings.from_env()))
 
 

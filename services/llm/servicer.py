@@ -17,6 +17,11 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
   with INVALID_ARGUMENT; a stream past MINMO_MAX_SESSIONS is refused with RESOURCE_EXHAUSTED.
 - Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
 - The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
+
+Spans (children of the context each request carries): a user turn's AudioInputs are one `llm.audio` span
+(ended when a response, a text turn or another turn's audio comes next), a response is `llm.generate` (from the
+request being read, so it includes the queue behind earlier work), and AppendTurn and a drop of a finished
+response get `llm.append_turn` and `llm.drop_response`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +52,7 @@ from minmo.runtime.llm_model import (
     text_tensor,
 )
 from minmo.serving.server import SessionLimiter
+from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 MODEL = "llm"
@@ -77,12 +83,18 @@ class SessionFailed(Exception):
 
 class ReasonerServicer(llm_pb2_grpc.ReasonerServicer):
     def __init__(
-        self, runtime: ModelRuntime, tokenizer: Tokenizer, limiter: SessionLimiter, options: ReasonerOptions
+        self,
+        runtime: ModelRuntime,
+        tokenizer: Tokenizer,
+        limiter: SessionLimiter,
+        options: ReasonerOptions,
+        telemetry: Telemetry,
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.limiter = limiter
         self.options = options
+        self.telemetry = telemetry
 
     async def Session(
         self, request_iterator: AsyncIterator[llm_pb2.LlmRequest], context: grpc.aio.ServicerContext
@@ -122,6 +134,7 @@ class _Generation:
     received: float  # perf_counter when read
     max_tokens: int
     instruction: str
+    hop: HopSpan
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -137,6 +150,7 @@ class _Session:
         self.runtime = servicer.runtime
         self.tokenizer = servicer.tokenizer
         self.options = servicer.options
+        self.telemetry = servicer.telemetry
         self.config = config
         self.sequence_id = f"{config.session_id}-{uuid.uuid4().hex}"
         self.max_tokens = config.max_response_tokens or self.options.max_response_tokens
@@ -146,6 +160,7 @@ class _Session:
         self.generation: _Generation | None = None  # read and not yet ended
         self.last_finished: _Generation | None = None  # the last response that finished (not cancelled)
         self.audio_inputs = 0
+        self.audio: _AudioTurn | None = None  # the user turn whose audio is being appended
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> llm_pb2.LlmSessionReady:
@@ -171,6 +186,9 @@ class _Session:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._end_audio()
+        if self.generation is not None:  # read, but the stream ended before it ran
+            self.generation.hop.end("cancelled")
         await self.runtime.end_sequence(MODEL, self.sequence_id)
 
     async def _read(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> None:
@@ -189,20 +207,21 @@ class _Session:
         if kind == "audio_input":
             index, self.audio_inputs = self.audio_inputs, self.audio_inputs + 1
             embeddings = self._embeddings(request.audio_input)
-            self.jobs.put_nowait(lambda: self._audio(request.audio_input.turn_id, index, embeddings))
+            audio = self._audio_turn(request.audio_input)
+            received = time.perf_counter()
+            self.jobs.put_nowait(lambda: self._audio(audio, index, embeddings, received))
         elif kind == "generate_response":
             self.jobs.put_nowait(self._generate_job(request.generate_response))
         elif kind == "cancel_generation":
-            turn_id = request.cancel_generation.turn_id
-            if self.generation is not None and self.generation.turn_id == turn_id:
+            cancel = request.cancel_generation
+            if self.generation is not None and self.generation.turn_id == cancel.turn_id:
                 self.generation.cancelled.set()
             else:
-                self.jobs.put_nowait(lambda: self._drop_finished(turn_id))
+                self.jobs.put_nowait(lambda: self._drop_finished(cancel.turn_id, cancel.trace_context))
         elif kind == "append_turn":
             turn = request.append_turn
             _check_role(turn.role, "AppendTurn")
-            inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
-            self.jobs.put_nowait(lambda: self._infer(OP_APPEND_TEXT_TURN, inputs))
+            self.jobs.put_nowait(lambda: self._append_turn(turn))
         else:
             raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after config")
 
@@ -236,6 +255,7 @@ class _Session:
             received=time.perf_counter(),
             max_tokens=request.max_tokens or self.max_tokens,
             instruction=request.instruction,
+            hop=self._begin("llm.generate", request.trace_context, request.turn_id),
         )
         generation = self.generation
         return lambda: self._generate(generation)
@@ -251,12 +271,33 @@ class _Session:
             log.exception("session %s: a request failed", self.sequence_id)
             self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"the llm failed: {error}"))
 
-    async def _audio(self, turn_id: str, index: int, embeddings: torch.Tensor) -> None:
+    def _begin(self, name: str, trace_context: Mapping[str, str], turn_id: str) -> HopSpan:
+        return self.telemetry.begin(name, trace_context, session_id=self.config.session_id, turn_id=turn_id)
+
+    def _audio_turn(self, audio: llm_pb2.AudioInput) -> _AudioTurn:
+        """The span of the user turn this audio belongs to; audio of a new turn ends the previous one."""
+        if self.audio is None or self.audio.hop.turn_id != audio.turn_id:
+            self._end_audio()
+            self.audio = _AudioTurn(self._begin("llm.audio", audio.trace_context, audio.turn_id))
+        return self.audio
+
+    def _end_audio(self) -> None:
+        if self.audio is not None:
+            self.audio.hop.end()
+            self.audio = None
+
+    async def _audio(self, audio: _AudioTurn, index: int, embeddings: torch.Tensor, received: float) -> None:
         started = time.perf_counter()
-        outputs = await self._infer(OP_APPEND_AUDIO, {"embeddings": embeddings})
+        self.telemetry.metrics.queue_time.observe(started - received)
+        try:
+            outputs = await self._infer(OP_APPEND_AUDIO, {"embeddings": embeddings})
+        except BaseException as error:
+            audio.hop.fail_with(error)
+            raise
         keep_listening, respond, stop_speaking, backchannel = outputs["probs"].tolist()
+        audio.add(embeddings.shape[0], _ms_since(started), respond)
         signal = llm_pb2.PredictorSignal(
-            turn_id=turn_id,
+            turn_id=audio.hop.turn_id,
             chunk_index=index,
             keep_listening=keep_listening,
             respond=respond,
@@ -268,6 +309,10 @@ class _Session:
 
     async def _generate(self, generation: _Generation) -> None:
         """Begin, stream tokens until the end, the cap or a cancel, then send ResponseEnd."""
+        self._end_audio()
+        queue_s = time.perf_counter() - generation.received
+        self.telemetry.metrics.queue_time.observe(queue_s)
+        generation.hop.set(queue_ms=1000 * queue_s, max_tokens=generation.max_tokens)
         try:
             reason = llm_pb2.ResponseEnd.CANCELLED
             if not generation.cancelled.is_set():
@@ -277,10 +322,26 @@ class _Session:
                 if reason == llm_pb2.ResponseEnd.CANCELLED:
                     await self._infer(OP_DROP_RESPONSE, {})
             self._send_end(generation, reason)
+        except BaseException as error:
+            generation.hop.fail_with(error)
+            raise
         finally:
             self.generation = None
+        self._record(generation, reason)
         if reason != llm_pb2.ResponseEnd.CANCELLED:
             self.last_finished = generation
+
+    def _record(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
+        tokens = len(generation.token_ids)
+        generation.hop.set(
+            first_token_ms=generation.first_token_ms if tokens else None,
+            five_tokens_ms=generation.five_tokens_ms if tokens >= FIVE_TOKENS else None,
+            tokens=tokens,
+            end_reason=llm_pb2.ResponseEnd.Reason.Name(reason),
+        )
+        if tokens:
+            self.telemetry.metrics.time_to_first_token.observe(generation.first_token_ms / 1000)
+        generation.hop.end("cancelled" if reason == llm_pb2.ResponseEnd.CANCELLED else "ok")
 
     async def _stream_tokens(self, generation: _Generation) -> llm_pb2.ResponseEnd.Reason:
         inputs = {"max_tokens": torch.tensor([generation.max_tokens]), **self.sampling}
@@ -328,13 +389,25 @@ class _Session:
         )
         self.out.put_nowait(llm_pb2.LlmResponse(response_end=end))
 
-    async def _drop_finished(self, turn_id: str) -> None:
+    async def _append_turn(self, turn: llm_pb2.AppendTurn) -> None:
+        with self.telemetry.hop(
+            "llm.append_turn", turn.trace_context, session_id=self.config.session_id, turn_id=turn.turn_id
+        ) as hop:
+            inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
+            outputs = await self._infer(OP_APPEND_TEXT_TURN, inputs)
+            hop.set(role=common_pb2.Role.Name(turn.role), context_tokens=int(outputs["position"][0]))
+
+    async def _drop_finished(self, turn_id: str, trace_context: Mapping[str, str]) -> None:
         last = self.last_finished
         if last is None or last.turn_id != turn_id:
             log.info("session %s: CancelGeneration for turn %r, which is not droppable", self.sequence_id, turn_id)
             return
         self.last_finished = None
-        outputs = await self._infer(OP_DROP_RESPONSE, {})
+        with self.telemetry.hop(
+            "llm.drop_response", trace_context, session_id=self.config.session_id, turn_id=turn_id
+        ) as hop:
+            outputs = await self._infer(OP_DROP_RESPONSE, {})
+            hop.set(dropped=bool(outputs["dropped"][0]))
         if outputs["dropped"][0]:
             self._send_end(last, llm_pb2.ResponseEnd.CANCELLED)
         else:
@@ -345,6 +418,22 @@ class _Session:
 
     def _sequence(self, start: bool = False) -> Sequence:
         return Sequence(self.sequence_id, start=start)
+
+
+class _AudioTurn:
+    """A user turn's audio in this session: its span and running counts."""
+
+    def __init__(self, hop: HopSpan) -> None:
+        self.hop = hop
+        self.chunks = 0
+        self.frames = 0
+        self.compute_ms = 0.0
+
+    def add(self, frames: int, compute_ms: float, respond: float) -> None:
+        self.chunks += 1
+        self.frames += frames
+        self.compute_ms += compute_ms
+        self.hop.set(chunks=self.chunks, frames=self.frames, compute_ms=self.compute_ms, respond=respond)
 
 
 def _check_role(role: int, what: str) -> None:

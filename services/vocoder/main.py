@@ -14,6 +14,7 @@ from minmo.runtime.factory import build_local_runtime
 from minmo.services.vocoder.servicer import VocoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.telemetry import start_telemetry
 from minmo.v1 import vocoder_pb2_grpc
 
 DEFAULT_PORT = 50055
@@ -40,11 +41,13 @@ class VocoderSettings:
 
 async def start(settings: VocoderSettings) -> ServiceHost:
     """Load the model, start serving, warm up, then report SERVING; returns the running host."""
-    host = ServiceHost(settings.server)
+    telemetry = start_telemetry("minmo-vocoder", settings.server)
+    host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
     runtime = build_local_runtime(cfg, ["token2wav"], settings.checkpoint)
     host.on_stop(runtime.close)
-    servicer = VocoderServicer(runtime, SessionLimiter(settings.server.max_sessions), settings.max_tokens_per_message)
+    limiter = SessionLimiter(settings.server.max_sessions)
+    servicer = VocoderServicer(runtime, limiter, settings.max_tokens_per_message, telemetry)
     host.add(vocoder_pb2_grpc.add_VocoderServicer_to_server, servicer, "minmo.v1.Vocoder")
     port = await host.start()
     await _warm_up(runtime, cfg)
@@ -68,7 +71,6 @@ async def serve(settings: VocoderSettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(VocoderSettings.from_env()))
 
 

@@ -1,4 +1,8 @@
-"""Vocoder servicer: one stream per response turn; speech tokens in, 24 kHz PCM16 chunks out as they complete."""
+"""Vocoder servicer: one stream per response turn; speech tokens in, 24 kHz PCM16 chunks out as they complete.
+
+The stream is one `vocoder.vocode` span, a child of the response context in VocodeConfig, with the turn's
+first-chunk latency, chunks, audio and RTF.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +15,62 @@ import torch
 from minmo.audio.pcm import float_to_pcm16
 from minmo.runtime.base import InvalidInput, ModelRuntime
 from minmo.serving.server import SessionLimiter
+from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
 
 VOCODER_SAMPLE_RATE = 24000
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
-    def __init__(self, runtime: ModelRuntime, limiter: SessionLimiter, max_tokens_per_message: int) -> None:
+    def __init__(
+        self, runtime: ModelRuntime, limiter: SessionLimiter, max_tokens_per_message: int, telemetry: Telemetry
+    ) -> None:
         self.runtime = runtime
         self.limiter = limiter
         self.max_tokens_per_message = max_tokens_per_message
+        self.telemetry = telemetry
 
     async def Vocode(
         self, request_iterator: AsyncIterator[vocoder_pb2.VocodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[vocoder_pb2.VocodeResponse]:
         async with self.limiter.admit(context):
-            await self._read_config(request_iterator, context)
+            config = await self._read_config(request_iterator, context)
             stream = _VocoderStream(self.runtime, context)
-            async for request in request_iterator:
-                kind = request.WhichOneof("request")
-                if kind == "speech_tokens":
-                    await self._check_tokens(request.speech_tokens, stream.tokens, context)
-                    response = await stream.vocode(list(request.speech_tokens.ids), False)
-                    if response is not None:
-                        yield response
-                elif kind == "flush":
-                    await self._check_total(request.flush, stream.tokens, context)
-                    response = await stream.vocode([], True)
-                    if response is not None:
-                        yield response
-                    yield stream.done()
-                    return
-                else:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+            ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
+            with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
+                async for request in request_iterator:
+                    kind = request.WhichOneof("request")
+                    if kind == "speech_tokens":
+                        await self._check_tokens(request.speech_tokens, stream.tokens, context)
+                        response = await stream.vocode(list(request.speech_tokens.ids), False)
+                        if response is not None:
+                            yield response
+                    elif kind == "flush":
+                        await self._check_total(request.flush, stream.tokens, context)
+                        response = await stream.vocode([], True)
+                        if response is not None:
+                            yield response
+                        self._record(hop, stream)
+                        yield stream.done()
+                        return
+                    else:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+
+    def _record(self, hop: HopSpan, stream: _VocoderStream) -> None:
+        audio_ms = 1000 * stream.samples / VOCODER_SAMPLE_RATE
+        rtf = stream.compute_ms / audio_ms if audio_ms else None
+        hop.set(
+            first_chunk_ms=stream.first_chunk_ms if stream.chunks else None,
+            chunks=stream.chunks,
+            tokens=stream.tokens,
+            audio_ms=audio_ms,
+            compute_ms=stream.compute_ms,
+            rtf=rtf,
+        )
+        if stream.chunks:
+            self.telemetry.metrics.time_to_first_audio.observe(stream.first_chunk_ms / 1000)
+        if rtf is not None:
+            self.telemetry.metrics.rtf.observe(rtf)
 
     @staticmethod
     async def _read_config(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> vocoder_pb2.VocodeConfig:
@@ -92,6 +119,7 @@ class _VocoderStream:
         self.state = torch.zeros(0, dtype=torch.uint8)
         self.tokens = 0
         self.samples = 0
+        self.chunks = 0
         self.compute_ms = 0.0
         self.first_tokens_at: float | None = None
         self.first_chunk_ms = 0.0
@@ -118,6 +146,7 @@ class _VocoderStream:
         if self.samples == 0 and self.first_tokens_at is not None:
             self.first_chunk_ms = 1000 * (time.perf_counter() - self.first_tokens_at)
         start, self.samples = self.samples, self.samples + pcm.shape[0]
+        self.chunks += 1
         return vocoder_pb2.VocodeResponse(
             pcm_chunk=vocoder_pb2.PcmChunk(audio=float_to_pcm16(pcm.numpy()), start_sample=start, compute_ms=compute_ms)
         )

@@ -14,6 +14,7 @@ from minmo.runtime.factory import build_local_runtime
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.telemetry import start_telemetry
 from minmo.v1 import common_pb2, voicelm_pb2_grpc
 
 DEFAULT_PORT = 50054
@@ -41,7 +42,8 @@ class VoiceLmSettings:
 
 async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
     """Load the model (or use `runtime`, e.g. one a test inspects), start serving, warm up, then report SERVING."""
-    host = ServiceHost(settings.server)
+    telemetry = start_telemetry("minmo-voicelm", settings.server)
+    host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
     runtime = runtime or build_local_runtime(cfg, [MODEL], settings.checkpoint)
     host.on_stop(runtime.close)
@@ -51,6 +53,7 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
         cfg.output_projector.llm_dim,
         settings.max_positions_per_message,
         SamplingDefaults(),
+        telemetry,
     )
     host.add(voicelm_pb2_grpc.add_VoiceDecoderServicer_to_server, servicer, "minmo.v1.VoiceDecoder")
     port = await host.start()
@@ -77,7 +80,6 @@ async def serve(settings: VoiceLmSettings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     asyncio.run(serve(VoiceLmSettings.from_env()))
 
 

@@ -2,6 +2,7 @@
 
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
 stream ends (TextEnd, client cancel, barge-in, an error) the sequence is ended, so no state outlives its turn.
+The stream is one `voicelm.synthesize` span, a child of the response context in SynthesizeConfig.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from minmo.api.tensors import tensor_from_proto
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
 from minmo.serving.server import SessionLimiter
+from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
 
 MODEL = "voice_lm"
@@ -51,12 +53,14 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         llm_dim: int,
         max_positions_per_message: int,
         sampling: SamplingDefaults,
+        telemetry: Telemetry,
     ) -> None:
         self.runtime = runtime
         self.limiter = limiter
         self.llm_dim = llm_dim
         self.max_positions_per_message = max_positions_per_message
         self.sampling = sampling
+        self.telemetry = telemetry
 
     async def Synthesize(
         self, request_iterator: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
@@ -64,26 +68,41 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         async with self.limiter.admit(context):
             config = await self._read_config(request_iterator, context)
             turn = _Turn(self.runtime, context, self.llm_dim)
+            ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
             try:
-                await turn.start(self.sampling.resolve(config.sampling))
-                async for request in request_iterator:
-                    kind = request.WhichOneof("request")
-                    if kind == "text_positions":
-                        response = await turn.feed(*await self._positions(request.text_positions, turn, context))
-                        if response is not None:
-                            yield response
-                    elif kind == "text_end":
-                        await _check_total(request.text_end, turn.positions, context)
-                        response = await turn.feed(turn.no_positions, turn.no_positions, text_end=True)
-                        if response is not None:
-                            yield response
-                        yield turn.done()
-                        return
-                    else:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before TextEnd")
+                with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
+                    await turn.start(self.sampling.resolve(config.sampling))
+                    async for request in request_iterator:
+                        kind = request.WhichOneof("request")
+                        if kind == "text_positions":
+                            response = await turn.feed(*await self._positions(request.text_positions, turn, context))
+                            if response is not None:
+                                yield response
+                        elif kind == "text_end":
+                            await _check_total(request.text_end, turn.positions, context)
+                            response = await turn.feed(turn.no_positions, turn.no_positions, text_end=True)
+                            if response is not None:
+                                yield response
+                            self._record(hop, turn)
+                            yield turn.done()
+                            return
+                        else:
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message"
+                            )
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before TextEnd")
             finally:
                 await self.runtime.end_sequence(MODEL, turn.sequence.id)
+
+    def _record(self, hop: HopSpan, turn: _Turn) -> None:
+        hop.set(
+            first_tokens_ms=turn.first_tokens_ms if turn.tokens else None,
+            positions=turn.positions,
+            tokens=turn.tokens,
+            compute_ms=turn.compute_ms,
+        )
+        if turn.tokens:
+            self.telemetry.metrics.time_to_first_speech_tokens.observe(turn.first_tokens_ms / 1000)
 
     @staticmethod
     async def _read_config(

@@ -97,5 +97,50 @@ def bench_turn(
     print_turn_bench(run_bench(config, runs), config)
 
 
+triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
+app.add_typer(triton_app, name="triton")
+
+
+@triton_app.command("export")
+def triton_export(
+    out: Annotated[Path, typer.Option(file_okay=False, help="directory to write the model repository into")],
+    config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
+    kind: Annotated[str, typer.Option(help="instance kind: cpu or gpu")] = "cpu",
+    instances: Annotated[int, typer.Option(min=1, help="instances per model (per GPU with --kind gpu)")] = 1,
+    checkpoint: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trained weights")] = None,
+) -> None:
+    """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model."""
+    from minmo.model.config import load_config
+    from minmo.triton.repository import ExportOptions, export_repository
+
+    options = ExportOptions(kind=kind, instances=instances, checkpoint=checkpoint)
+    for model_dir in export_repository(load_config(config), out, options):
+        typer.echo(model_dir)
+
+
+@triton_app.command("serve")
+def triton_serve(
+    repo: Annotated[Path, typer.Option(exists=True, file_okay=False, help="model repository (minmo triton export)")],
+    grpc_port: Annotated[int, typer.Option(help="gRPC port")] = 8001,
+    host: Annotated[str, typer.Option(help="address to bind")] = "0.0.0.0",
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus metrics port (default: off)")] = None,
+) -> None:
+    """Run the tritonserver of the nvidia-pytriton wheel on a repository until Ctrl-C or SIGTERM."""
+    import signal
+
+    from minmo.triton.server import LocalTritonServer
+
+    server = LocalTritonServer(repo, grpc_port, host=host, metrics_port=metrics_port)
+    server.start()
+    typer.echo(f"triton serving {repo} on {server.url} (gRPC)")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C, below
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     app()

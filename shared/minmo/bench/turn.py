@@ -22,6 +22,7 @@ from minmo.client.chat import ChatRequest, run_chat
 from minmo.client.wav import InputAudio
 from minmo.model.config import load_config
 from minmo.model.pipeline import MinMoPipeline
+from minmo.serving.settings import METRICS_PORT_OFFSET
 from minmo.serving.stack import run_stack
 from minmo.session.embedded import EmbeddedRedis
 from minmo.v1 import conversation_pb2
@@ -77,12 +78,14 @@ def run_bench(config: str, runs: int, seed: int = 0) -> BenchResult:
 
 
 def free_port_block(size: int = 5) -> int:
-    """A port p with p..p+size-1 free now (the stack binds duplex at p and the services after it)."""
+    """A port p with p..p+size-1 free now, and the same block + 100 (the stack binds duplex at p and the services
+    after it, and their metrics 100 ports up)."""
+    offsets = [*range(size), *(METRICS_PORT_OFFSET + offset for offset in range(size))]
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = probe.getsockname()[1]
-        if base + size < 65536 and all(_is_free(base + offset) for offset in range(size)):
+        if base + offsets[-1] < 65536 and all(_is_free(base + offset) for offset in offsets):
             return base
     raise RuntimeError("found no block of free ports")
 

@@ -9,6 +9,8 @@ downstream calls are cancelled, the client learns how much it heard, and the his
 LLM context) keeps only the words actually heard.
 
 Protocol errors end the stream with a gRPC status via `ProtocolError`; the servicer aborts with it.
+
+Each user turn is one trace (`TurnTrace`); every turn-scoped message to a model service carries its context.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,6 +31,7 @@ from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, Spe
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, history_turn
 from minmo.duplex.response import Response
+from minmo.duplex.turn_trace import TurnTrace
 from minmo.model.interleave import VoiceSchedule
 from minmo.session.store import (
     PermissionDenied,
@@ -40,6 +43,7 @@ from minmo.session.store import (
     StaleOwner,
     Turn,
 )
+from minmo.telemetry import Telemetry
 from minmo.v1 import (
     common_pb2,
     conversation_pb2,
@@ -85,11 +89,15 @@ class Peers:
 
 
 class Conversation:
-    def __init__(self, policy: DuplexPolicy, peers: Peers, store: SessionStore, vad: StreamingVad) -> None:
+    def __init__(
+        self, policy: DuplexPolicy, peers: Peers, store: SessionStore, vad: StreamingVad, telemetry: Telemetry
+    ) -> None:
         self.policy = policy
         self.peers = peers
         self.store = store
         self.vad = vad
+        self.telemetry = telemetry
+        self.trace: TurnTrace | None = None  # the user turn being heard or answered
         self.schedule = VoiceSchedule()
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.session_id = ""
@@ -300,6 +308,7 @@ class Conversation:
         await self._interrupt()
         await self._ensure_links()
         self.user_turn = _new_turn_id()
+        self._begin_trace(self.user_turn)
         self.user_turn_ms = 0.0
         self.respond_on_flush = False
         started = _turn_event(TurnType.USER_SPEECH_STARTED, self.user_turn, input_offset_ms=action.event.audio_ms)
@@ -308,7 +317,9 @@ class Conversation:
 
     async def _send_speech(self, action: SpeechAudio) -> None:
         self.user_turn_ms += 1000 * action.samples.shape[0] / 16000
-        chunk = encoder_pb2.EncodeAudioChunk(audio=float_to_pcm16(action.samples), turn_id=self.user_turn)
+        chunk = encoder_pb2.EncodeAudioChunk(
+            audio=float_to_pcm16(action.samples), turn_id=self.user_turn, trace_context=self._carrier(self.user_turn)
+        )
         with contextlib.suppress(LinkLost):  # a lost encoder is reopened at the next turn
             await self.encoder.write(encoder_pb2.EncodeRequest(audio_chunk=chunk))
 
@@ -317,10 +328,9 @@ class Conversation:
         self.timings = TurnTimings(end_of_speech=now_ms())
         await self.emit(_turn_event(TurnType.USER_SPEECH_STOPPED, turn_id, input_offset_ms=action.event.audio_ms))
         self.respond_on_flush = self.respond_on_flush or not self._predictor_decides()
+        end = encoder_pb2.EndOfUtterance(turn_id=turn_id, trace_context=self._carrier(turn_id))
         try:
-            await self.encoder.write(
-                encoder_pb2.EncodeRequest(end_of_utterance=encoder_pb2.EndOfUtterance(turn_id=turn_id))
-            )
+            await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
         except LinkLost as lost:
             await self._report_error(grpc.StatusCode.UNAVAILABLE, str(lost), turn_id)
 
@@ -330,7 +340,10 @@ class Conversation:
 
     async def _on_embeddings(self, embeddings: encoder_pb2.Embeddings) -> None:
         request = llm_pb2.AudioInput(
-            embeddings=embeddings.embeddings, start_position=embeddings.start_position, turn_id=embeddings.turn_id
+            embeddings=embeddings.embeddings,
+            start_position=embeddings.start_position,
+            turn_id=embeddings.turn_id,
+            trace_context=self._carrier(embeddings.turn_id),
         )
         with contextlib.suppress(LinkLost):
             await self.llm.write(llm_pb2.LlmRequest(audio_input=request))
@@ -343,10 +356,9 @@ class Conversation:
         if signal.respond > RESPOND_THRESHOLD and self.response is None and not self.respond_on_flush:
             self.respond_on_flush = True
             self.timings = self.timings or TurnTimings(end_of_speech=now_ms())
+            end = encoder_pb2.EndOfUtterance(turn_id=signal.turn_id, trace_context=self._carrier(signal.turn_id))
             with contextlib.suppress(LinkLost):
-                await self.encoder.write(
-                    encoder_pb2.EncodeRequest(end_of_utterance=encoder_pb2.EndOfUtterance(turn_id=signal.turn_id))
-                )
+                await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
 
     async def _on_flush_done(self, flush: encoder_pb2.FlushDone) -> None:
         if not self.respond_on_flush or self.response is not None:
@@ -366,6 +378,7 @@ class Conversation:
         await self._interrupt()
         await self._ensure_links()
         turn_id = _new_turn_id()
+        self._begin_trace(turn_id, text_input.trace_context)
         timings = TurnTimings(end_of_speech=now_ms())
         await self.emit(
             conversation_pb2.ServerEvent(
@@ -375,7 +388,9 @@ class Conversation:
             )
         )
         await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
-        append = llm_pb2.AppendTurn(role=common_pb2.ROLE_USER, text=text, turn_id=turn_id)
+        append = llm_pb2.AppendTurn(
+            role=common_pb2.ROLE_USER, text=text, turn_id=turn_id, trace_context=self._carrier(turn_id)
+        )
         try:
             await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
         except LinkLost:  # the replica died since the last turn: rebuild, the history now holds this turn
@@ -384,11 +399,35 @@ class Conversation:
 
     # --- responses ------------------------------------------------------------------------------
 
+    def _begin_trace(self, turn_id: str, parent: Mapping[str, str] | None = None) -> TurnTrace:
+        """A new user turn's trace; a turn still open (heard, never answered) ends first."""
+        if self.trace is not None:
+            self.trace.abandon("unanswered")
+        self.trace = TurnTrace(self.telemetry, self.session_id, turn_id, parent)
+        return self.trace
+
+    def _carrier(self, turn_id: str) -> dict[str, str]:
+        """The trace_context for a message of user turn `turn_id` (empty for a turn no longer traced)."""
+        return self.trace.carrier if self.trace is not None and self.trace.turn_id == turn_id else {}
+
+    def _end_trace(
+        self,
+        response: Response,
+        report: conversation_pb2.LatencyReport,
+        outcome: str = "ok",
+        failure: tuple[grpc.StatusCode, str] | None = None,
+    ) -> None:
+        if self.trace is not None:
+            self.trace.finish(response, report, outcome, failure)
+            self.trace = None
+
     async def _start_response(self, timings: TurnTimings) -> None:
         speech = not self.config["text_only"]
+        turn_id = _new_turn_id()
+        trace = self.trace or self._begin_trace(turn_id)
         response = Response(
             session_id=self.session_id,
-            turn_id=_new_turn_id(),
+            turn_id=turn_id,
             llm=self.llm,
             voicelm=self.peers.voicelm if speech else None,
             vocoder=self.peers.vocoder if speech else None,
@@ -398,6 +437,7 @@ class Conversation:
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,
+            trace_context=trace.respond(turn_id),
         )
         self.response = self.playing = response
         await self.emit(_turn_event(TurnType.RESPONSE_STARTED, response.turn_id))
@@ -411,7 +451,7 @@ class Conversation:
             self.response = None
             message = str(error) if isinstance(error, LinkLost) else f"{error.code().name}: {error.details()}"
             await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
-            await self._finish_turn(response, TurnType.RESPONSE_DONE)
+            await self._finish_turn(response, TurnType.RESPONSE_DONE, (grpc.StatusCode.UNAVAILABLE, message))
             return
         self.response = None
         text = result.text
@@ -437,7 +477,12 @@ class Conversation:
             await self.store.append_turn(self.session_id, self.epoch, turn)
         else:
             await self.store.truncate_last_assistant_turn(self.session_id, self.epoch, heard_text, round(heard_ms))
-        append = llm_pb2.AppendTurn(role=common_pb2.ROLE_ASSISTANT, text=heard_text, turn_id=response.turn_id)
+        append = llm_pb2.AppendTurn(
+            role=common_pb2.ROLE_ASSISTANT,
+            text=heard_text,
+            turn_id=response.turn_id,
+            trace_context=response.trace_context,
+        )
         with contextlib.suppress(LinkLost):
             await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
         await self.emit(
@@ -445,7 +490,9 @@ class Conversation:
         )
         if generating:
             await self._final_transcript(response.turn_id, heard_text)
-            await self.emit(conversation_pb2.ServerEvent(latency_report=response.timings.report(response.turn_id)))
+            report = self._report(response)
+            self._end_trace(response, report, "interrupted")
+            await self.emit(conversation_pb2.ServerEvent(latency_report=report))
         await self.store.set_state(self.session_id, self.epoch, SessionState.INTERRUPTED)
 
     def _still_playing(self, response: Response) -> bool:
@@ -468,13 +515,21 @@ class Conversation:
             )
         )
 
-    async def _finish_turn(self, response: Response, event_type: int) -> None:
+    async def _finish_turn(
+        self, response: Response, event_type: int, failure: tuple[grpc.StatusCode, str] | None = None
+    ) -> None:
+        report = self._report(response)
+        self._end_trace(response, report, failure=failure)
         await self.emit(_turn_event(event_type, response.turn_id))
-        await self.emit(conversation_pb2.ServerEvent(latency_report=response.timings.report(response.turn_id)))
+        await self.emit(conversation_pb2.ServerEvent(latency_report=report))
         await self.store.set_state(self.session_id, self.epoch, SessionState.LISTENING)
+
+    def _report(self, response: Response) -> conversation_pb2.LatencyReport:
+        return response.timings.report(response.turn_id, self.trace.trace_id if self.trace is not None else "")
 
     async def _report_error(self, code: grpc.StatusCode, message: str, turn_id: str = "") -> None:
         log.warning("session %s turn %s: %s", self.session_id, turn_id, message)
+        self.telemetry.metrics.errors.labels(code=code.name).inc()
         await self.emit(
             conversation_pb2.ServerEvent(
                 error=conversation_pb2.Error(
@@ -490,6 +545,9 @@ class Conversation:
                 await self.response_task
         if self.response is not None:
             await self.response.cancel()
+        if self.trace is not None:
+            self.trace.abandon("cancelled")
+            self.trace = None
         await self.encoder.close()
         await self.llm.close()
 

@@ -120,6 +120,18 @@ class Response:
         synth = self.voicelm.Synthesize(timeout=self.timeout_s)
         vocode = self.vocoder.Vocode(timeout=self.timeout_s)
         self._calls.extend([synth, vocode])
+        try:
+            return await self._speak(queue, synth, vocode)
+        except (asyncio.InvalidStateError, LinkLost, grpc.aio.AioRpcError) as error:
+            lost = isinstance(error, asyncio.InvalidStateError)  # a write to a call that ended: its service is gone
+            message = await _ended_call({"voicelm": synth, "vocoder": vocode}) if lost else ""
+            for call in (synth, vocode):
+                call.cancel()  # a failed turn leaves no per-turn call open
+            if lost:
+                raise LinkLost(message) from error
+            raise
+
+    async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
         await synth.write(
             voicelm_pb2.SynthesizeRequest(
                 config=voicelm_pb2.SynthesizeConfig(
@@ -229,3 +241,11 @@ class Response:
                 )
             )
         )
+
+
+async def _ended_call(calls: dict[str, grpc.aio.StreamStreamCall]) -> str:
+    """What ended the first of the turn's calls that is already over (hop and gRPC status)."""
+    for hop, call in calls.items():
+        if call.done():
+            return f"{hop} call ended ({(await call.code()).name}: {await call.details()})"
+    return "a per-turn call ended early"

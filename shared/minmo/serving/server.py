@@ -18,17 +18,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from minmo.serving.settings import ServerSettings
+from minmo.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 
 class ServiceHost:
-    """One grpc.aio server with health and reflection for the services registered on it."""
+    """One grpc.aio server with health and reflection for the services registered on it, counting its failed
+    RPCs and active sessions in the service's metrics; the telemetry closes after the last stream ends."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, telemetry: Telemetry) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         limit = settings.max_message_bytes
         self.server = grpc.aio.server(
+            interceptors=[telemetry.error_counter()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -36,14 +40,15 @@ class ServiceHost:
                 # accept the keepalive pings our clients send on long-lived session streams
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = [telemetry.close]
         self._servicers: list[object] = []
         self.port = 0
+        telemetry.metrics.active_sessions.set_function(self.active_sessions)
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run `close` after the server stopped (clients and runtimes close after the last stream ends)."""
@@ -55,10 +60,11 @@ class ServiceHost:
         self._service_names.append(full_name)
         self._servicers.append(servicer)
 
-    def add_handler(self, handler: grpc.GenericRpcHandler, full_name: str) -> None:
-        """Register a generic handler (a service with custom (de)serialisers) under its full name."""
+    def add_handler(self, handler: grpc.GenericRpcHandler, full_name: str, servicer: object) -> None:
+        """Register a generic handler (a service with custom (de)serialisers) of `servicer` under its full name."""
         self.server.add_generic_rpc_handlers([handler])
         self._service_names.append(full_name)
+        self._servicers.append(servicer)
 
     def active_sessions(self) -> int:
         """Streams the registered servicers are serving now (those that bound themselves with a SessionLimiter)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class SettingsError(ValueError):
@@ -34,10 +34,41 @@ def env_float(name: str, default: float, environ: Mapping[str, str] | None = Non
         raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
+METRICS_PORT_OFFSET = 100  # a service's metrics port, by default: its gRPC port + this
+TRACES_EXPORTERS = ("otlp", "console", "none")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Where a service's spans and metrics go. MINMO_METRICS_PORT: the Prometheus /metrics port (0: an ephemeral
+    port; default: the gRPC port + 100, or ephemeral when the gRPC port is). OTEL_TRACES_EXPORTER: comma-separated
+    otlp, console, none (default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
+    set, else none); the OTLP exporter reads its other OTEL_EXPORTER_OTLP_* variables itself, as the SDK documents."""
+
+    metrics_port: int = 0
+    traces_exporters: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, grpc_port: int, environ: Mapping[str, str] | None = None) -> TelemetrySettings:
+        endpoint = env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", environ) or env_str(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "", environ
+        )
+        raw = env_str("OTEL_TRACES_EXPORTER", "otlp" if endpoint else "none", environ)
+        exporters = tuple(name.strip() for name in raw.split(",") if name.strip() and name.strip() != "none")
+        unknown = [name for name in exporters if name not in TRACES_EXPORTERS]
+        if unknown:
+            raise SettingsError(f"OTEL_TRACES_EXPORTER={raw!r}: use a comma-separated list of {TRACES_EXPORTERS}")
+        default_metrics_port = grpc_port + METRICS_PORT_OFFSET if grpc_port else 0
+        return cls(
+            metrics_port=env_int("MINMO_METRICS_PORT", default_metrics_port, environ), traces_exporters=exporters
+        )
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
-    MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID."""
+    MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID, and the
+    telemetry variables of `TelemetrySettings`."""
 
     port: int
     host: str = "127.0.0.1"
@@ -46,15 +77,18 @@ class ServerSettings:
     grace_s: float = 5.0
     model_config: str = "tiny"
     replica_id: str = ""
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_env(cls, default_port: int, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        port = env_int("MINMO_PORT", default_port, environ)
         return cls(
-            port=env_int("MINMO_PORT", default_port, environ),
+            port=port,
             host=env_str("MINMO_HOST", "127.0.0.1", environ),
             max_sessions=env_int("MINMO_MAX_SESSIONS", 64, environ),
             max_message_bytes=env_int("MINMO_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, environ),
             grace_s=env_float("MINMO_GRACE_S", 5.0, environ),
             model_config=env_str("MINMO_CONFIG", "tiny", environ),
             replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
+            telemetry=TelemetrySettings.from_env(port, environ),
         )

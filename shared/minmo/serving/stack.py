@@ -1,5 +1,6 @@
 """`minmo up`: the whole stack on one machine — Redis (embedded unless REDIS_URL is set) and the five
-services, each its own process, wired to each other by environment variables.
+services, each its own process, wired to each other by environment variables. Each service serves its
+Prometheus metrics on its gRPC port + 100 (MINMO_METRICS_PORT).
 
 Services start in dependency order (model services first, duplex last) and the stack waits for each
 one's health check to say SERVING. Stopping sends SIGTERM in reverse order, so duplex drains its
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from minmo.serving.settings import METRICS_PORT_OFFSET
+
 MODEL_SERVICES = ("encoder", "llm", "voicelm", "vocoder")
 SERVICES = (*MODEL_SERVICES, "duplex")
 PEER_VARIABLES = {
@@ -34,6 +37,7 @@ PEER_VARIABLES = {
 class StackProcess:
     name: str
     address: str
+    metrics_url: str
     process: subprocess.Popen
 
 
@@ -46,6 +50,10 @@ class Stack:
     @property
     def addresses(self) -> dict[str, str]:
         return {item.name: item.address for item in self.processes}
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {item.name: item.metrics_url for item in self.processes}
 
     def stop(self, timeout_s: float = 15.0) -> None:
         for item in reversed(self.processes):
@@ -64,9 +72,11 @@ def service_ports(duplex_port: int) -> dict[str, int]:
 
 
 def start_service(name: str, port: int, env: dict[str, str], host: str = "127.0.0.1") -> StackProcess:
-    child_env = os.environ | env | {"MINMO_PORT": str(port), "MINMO_HOST": host}
+    metrics_port = port + METRICS_PORT_OFFSET
+    own = {"MINMO_PORT": str(port), "MINMO_HOST": host, "MINMO_METRICS_PORT": str(metrics_port)}
+    child_env = os.environ | env | own
     process = subprocess.Popen([sys.executable, "-m", f"minmo.services.{name}.main"], env=child_env)
-    return StackProcess(name, f"{host}:{port}", process)
+    return StackProcess(name, f"{host}:{port}", f"http://{host}:{metrics_port}/metrics", process)
 
 
 def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:

@@ -26,9 +26,11 @@ def run_up(config: str, port: int) -> int:
         table = Table(title=f"MinMo is up (config {config})")
         table.add_column("service")
         table.add_column("endpoint")
-        for name, address in stack.addresses.items():
-            table.add_row(name, f"grpc://{address}" + ("  ← public Conversation API" if name == "duplex" else ""))
-        table.add_row("redis", redis_url)
+        table.add_column("metrics")
+        for item in stack.processes:
+            public = "  ← public Conversation API" if item.name == "duplex" else ""
+            table.add_row(item.name, f"grpc://{item.address}{public}", item.metrics_url)
+        table.add_row("redis", redis_url, "")
         console.print(table)
         console.print(f"try: minmo chat --server 127.0.0.1:{port} --wav some.wav    (Ctrl-C stops the stack)")
         stop.wait()
