@@ -26,3 +26,22 @@ def build_local_runtime(
 ) -> ModelRuntime:
     """An in-process runtime serving `models` (names from MODEL_FACTORIES)."""
     return LocalRuntime([MODEL_FACTORIES[name](cfg, checkpoint) for name in models], workers=workers)
+
+
+RUNTIME_KINDS = ("local", "triton")
+
+
+def build_runtime(
+    kind: str, cfg: MinMoConfig, models: list[str], checkpoint: str | None = None, triton_url: str | None = None
+) -> ModelRuntime:
+    """The runtime a service's configuration selects: `local` builds `models` in process; `triton` talks to the
+    Triton server at `triton_url` (HOST:PORT), whose repository holds the models (cfg and checkpoint are its)."""
+    if kind == "local":
+        return build_local_runtime(cfg, models, checkpoint)
+    if kind != "triton":
+        raise ValueError(f"runtime kind must be one of {RUNTIME_KINDS}, got {kind!r}")
+    if not triton_url:
+        raise ValueError("the triton runtime needs the Triton server's gRPC address (MINMO_TRITON_URL)")
+    from minmo.runtime.triton import TritonRuntime  # tritonclient is only needed by services that use Triton
+
+    return TritonRuntime(triton_url)

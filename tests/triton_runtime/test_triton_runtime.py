@@ -1,0 +1,226 @@
+"""TritonRuntime against a real tritonserver (the nvidia-pytriton wheel's) serving the exported `tiny` repository.
+
+Every model's Triton outputs must equal the in-process runtime's for the same requests, because model.py builds
+the same `RuntimeModel` with the same seeded weights. One server serves the whole module.
+"""
+
+import asyncio
+import platform
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import torch
+import tritonclient.grpc.aio
+
+from minmo.model.config import MinMoConfig, load_config
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap, UnknownSequence
+from minmo.runtime.factory import build_local_runtime
+from minmo.runtime.llm_model import (
+    OP_APPEND_AUDIO,
+    OP_BEGIN_RESPONSE,
+    OP_DROP_RESPONSE,
+    OP_GENERATE,
+    OP_START,
+    ROLE_USER,
+    history_tensors,
+    text_tensor,
+)
+from minmo.runtime.triton import TritonRuntime
+from minmo.triton.repository import export_repository
+from minmo.triton.server import LocalTritonServer
+
+CHUNK_SAMPLES = 5120  # 0.32 s at 16 kHz
+CONCURRENT_REQUESTS = 24
+MIN_GLIBC = (2, 35)  # the wheel is manylinux_2_35
+EXIT_TIMEOUT_S = 3  # nothing is in flight at teardown; don't wait out a stuck unload (see LocalTritonServer.stop)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _skip_reason() -> str | None:
+    """Why the wheel's server cannot run here, if it cannot: it is built for x86-64 Linux with glibc >= 2.35.
+    Anywhere else a missing wheel is a broken install (scripts/setup.sh), and the tests fail instead."""
+    system, machine = platform.system(), platform.machine()
+    if system != "Linux" or machine != "x86_64":
+        return f"the nvidia-pytriton tritonserver is built for x86-64 Linux, not {system} {machine}"
+    libc, version = platform.libc_ver()
+    if libc != "glibc" or tuple(map(int, version.split("."))) < MIN_GLIBC:
+        return f"the nvidia-pytriton tritonserver needs glibc >= 2.35, this is {libc} {version}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cfg() -> MinMoConfig:
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def server(cfg: MinMoConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("triton")
+    export_repository(cfg, root / "repository")
+    repository, log = root / "repository", root / "server.log"
+    with LocalTritonServer(repository, _free_port(), log_path=log, exit_timeout_s=EXIT_TIMEOUT_S) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def local(cfg: MinMoConfig) -> ModelRuntime:
+    return build_local_runtime(cfg, ["encoder", "token2wav", "voice_lm", "llm"])
+
+
+@pytest.fixture
+async def triton(server: LocalTritonServer) -> AsyncIterator[TritonRuntime]:
+    runtime = TritonRuntime(server.url)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+def assert_same(triton_out: TensorMap, local_out: TensorMap) -> None:
+    assert sorted(triton_out) == sorted(local_out)
+    for name, expected in local_out.items():
+        actual = triton_out[name]
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+        if expected.is_floating_point():
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(actual, expected), name
+
+
+async def test_encoder_chunks_with_state_round_trips_match_local(triton: TritonRuntime, local: ModelRuntime) -> None:
+    pcm = torch.randn(3 * CHUNK_SAMPLES + 700, generator=torch.Generator().manual_seed(1)) * 0.1
+    chunks = list(pcm.split(CHUNK_SAMPLES))
+    triton_state = local_state = torch.zeros(0, dtype=torch.uint8)
+    for index, chunk in enumerate(chunks):
+        flush = torch.tensor([index == len(chunks) - 1])
+        triton_out = await triton.infer("encoder", {"pcm": chunk, "state": triton_state, "flush": flush})
+        local_out = await local.infer("encoder", {"pcm": chunk, "state": local_state, "flush": flush})
+        assert_same(triton_out, local_out)
+        triton_state, local_state = triton_out["state"], local_out["state"]
+    assert triton_out["embeddings"].shape[0] > 0
+
+
+async def test_token2wav_chunks_match_local(triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig) -> None:
+    tokens = torch.randint(0, cfg.flow.speech_vocab, (40,), generator=torch.Generator().manual_seed(2))
+    triton_state = local_state = torch.zeros(0, dtype=torch.uint8)
+    for index, chunk in enumerate(tokens.split(15)):
+        inputs = {"tokens": chunk, "flush": torch.tensor([index == 2])}
+        triton_out = await triton.infer("token2wav", {**inputs, "state": triton_state})
+        local_out = await local.infer("token2wav", {**inputs, "state": local_state})
+        assert_same(triton_out, local_out)
+        triton_state, local_state = triton_out["state"], local_out["state"]
+    assert triton_state.numel() == 0, "a flush ends the turn: the returned state is empty"
+
+
+def _voice_requests(cfg: MinMoConfig) -> list[TensorMap]:
+    generator = torch.Generator().manual_seed(3)
+    dim = cfg.output_projector.llm_dim
+    settings = {
+        "temperature": torch.tensor([0.8]),
+        "top_p": torch.tensor([0.9]),
+        "top_k": torch.tensor([20]),
+        "seed": torch.tensor([1234]),
+    }
+    requests = []
+    for count, text_end in ((7, False), (8, False), (2, True)):
+        positions = {"hidden": torch.randn(count, dim, generator=generator)}
+        positions["token_embedding"] = torch.randn(count, dim, generator=generator)
+        requests.append({**positions, "text_end": torch.tensor([text_end]), **(settings if not requests else {})})
+    return requests
+
+
+async def test_voice_lm_sequence_matches_local(triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig) -> None:
+    requests = _voice_requests(cfg)
+    for index, inputs in enumerate(requests):
+        sequence = Sequence("voice-turn", start=index == 0, end=index == len(requests) - 1)
+        assert_same(await triton.infer("voice_lm", inputs, sequence), await local.infer("voice_lm", inputs, sequence))
+    assert (await triton.infer("voice_lm", requests[0], Sequence("voice-2", start=True)))["speech_tokens"].numel() == 15
+    await triton.end_sequence("voice_lm", "voice-2")
+
+
+async def _llm_turn(runtime: ModelRuntime, sequence_id: str, cfg: MinMoConfig) -> list[TensorMap]:
+    """Start with history, append audio, begin a response, stream its tokens; every response in order."""
+    embeddings = torch.randn(6, cfg.llm.hidden_size, generator=torch.Generator().manual_seed(4))
+    history = history_tensors([(ROLE_USER, "hello there")])
+    requests = [
+        {"op": torch.tensor([OP_START]), "system_prompt": text_tensor("You are MinMo."), **history},
+        {"op": torch.tensor([OP_APPEND_AUDIO]), "embeddings": embeddings},
+        {"op": torch.tensor([OP_BEGIN_RESPONSE]), "instruction": text_tensor("Speak softly")},
+    ]
+    responses = []
+    for index, inputs in enumerate(requests):
+        responses.append(await runtime.infer("llm", inputs, Sequence(sequence_id, start=index == 0)))
+    generate = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([6])}
+    responses += [outputs async for outputs in runtime.infer_stream("llm", generate, Sequence(sequence_id))]
+    await runtime.end_sequence("llm", sequence_id)
+    return responses
+
+
+async def test_llm_start_audio_generate_stream_matches_local(
+    triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig
+) -> None:
+    triton_responses = await _llm_turn(triton, "llm-turn", cfg)
+    local_responses = await _llm_turn(local, "llm-turn", cfg)
+    assert len(triton_responses) == len(local_responses) > 3
+    for triton_out, local_out in zip(triton_responses, local_responses, strict=True):
+        assert_same(triton_out, local_out)
+    assert bool(triton_responses[-1]["finished"])
+
+
+async def test_closing_a_generate_stream_cancels_it_and_keeps_the_sequence(
+    triton: TritonRuntime, cfg: MinMoConfig
+) -> None:
+    sequence_id = "llm-cancel"
+    await triton.infer("llm", {"op": torch.tensor([OP_START])}, Sequence(sequence_id, start=True))
+    await triton.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence(sequence_id))
+    generate = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([cfg.max_response_tokens])}
+    stream = triton.infer_stream("llm", generate, Sequence(sequence_id))
+    first = await anext(stream)
+    await stream.aclose()
+    assert not bool(first["finished"])
+    dropped = await triton.infer("llm", {"op": torch.tensor([OP_DROP_RESPONSE])}, Sequence(sequence_id))
+    assert bool(dropped["dropped"]), "the cancelled response stays open on the live sequence, so it can be dropped"
+    await triton.end_sequence("llm", sequence_id)
+
+
+async def test_concurrent_stateless_requests_are_batched(triton: TritonRuntime, server: LocalTritonServer) -> None:
+    pcm = torch.zeros(CHUNK_SAMPLES)
+    await asyncio.gather(*(triton.infer("encoder", {"pcm": pcm}) for _ in range(CONCURRENT_REQUESTS)))
+    async with tritonclient.grpc.aio.InferenceServerClient(server.url) as client:
+        stats = await client.get_inference_statistics("encoder", as_json=True)
+    batch_sizes = {int(entry["batch_size"]) for entry in stats["model_stats"][0]["batch_stats"]}
+    assert max(batch_sizes) > 1, f"executed batch sizes {sorted(batch_sizes)}"
+
+
+async def test_sequence_end_frees_the_state(triton: TritonRuntime, cfg: MinMoConfig) -> None:
+    first, second, _ = _voice_requests(cfg)
+    await triton.infer("voice_lm", first, Sequence("ended", start=True))
+    await triton.end_sequence("voice_lm", "ended")
+    with pytest.raises(UnknownSequence):
+        await triton.infer("voice_lm", second, Sequence("ended"))
+    await triton.end_sequence("voice_lm", "ended")  # idempotent
+    await triton.infer("voice_lm", first, Sequence("ended-by-flag", start=True, end=True))
+    with pytest.raises(UnknownSequence):
+        await triton.infer("voice_lm", second, Sequence("ended-by-flag"))
+
+
+async def test_bad_input_gives_a_clear_error(triton: TritonRuntime, cfg: MinMoConfig) -> None:
+    bad_tokens = torch.tensor([0, cfg.flow.speech_vocab + 5])
+    with pytest.raises(InvalidInput, match="speech token ids must be in"):
+        await triton.infer("token2wav", {"tokens": bad_tokens})
+    with pytest.raises(InvalidInput, match="pcm"):
+        await triton.infer("encoder", {"pcm": torch.zeros(10, dtype=torch.int64)})
+    await triton.infer("llm", {"op": torch.tensor([OP_START])}, Sequence("bad", start=True))
+    await triton.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence("bad"))
+    with pytest.raises(InvalidInput, match="missing input 'max_tokens'"):
+        await anext(triton.infer_stream("llm", {"op": torch.tensor([OP_GENERATE])}, Sequence("bad")))
+    await triton.end_sequence("llm", "bad")
