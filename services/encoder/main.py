@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from minmo.model.config import load_config
-from minmo.runtime.factory import build_local_runtime
+from minmo.runtime.factory import open_runtime
 from minmo.services.encoder.servicer import ENCODER_SAMPLE_RATE, AudioEncoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
@@ -41,7 +41,10 @@ async def start(settings: EncoderSettings) -> ServiceHost:
     """Load the model, start serving, warm up, then report SERVING; returns the running host."""
     telemetry = start_telemetry("minmo-encoder", settings.server)
     host = ServiceHost(settings.server, telemetry)
-    runtime = build_local_runtime(load_config(settings.server.model_config), ["encoder"], settings.checkpoint)
+    cfg = load_config(settings.server.model_config)
+    runtime = await open_runtime(
+        settings.server.runtime, cfg, ["encoder"], settings.checkpoint, settings.server.triton_url
+    )
     host.on_stop(runtime.close)
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = AudioEncoderServicer(runtime, limiter, settings.max_chunk_ms, telemetry)

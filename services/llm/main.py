@@ -12,7 +12,7 @@ import torch
 from minmo.model.config import MinMoConfig, load_config
 from minmo.model.tokenizer import load_tokenizer
 from minmo.runtime.base import ModelRuntime, Sequence
-from minmo.runtime.factory import build_local_runtime
+from minmo.runtime.factory import open_runtime
 from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
 from minmo.services.llm.servicer import MODEL, ReasonerOptions, ReasonerServicer, predictor_is_trained
 from minmo.serving.server import ServiceHost, SessionLimiter
@@ -49,7 +49,9 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
     cfg: MinMoConfig = load_config(settings.server.model_config)
     telemetry = start_telemetry("minmo-llm", settings.server)
     host = ServiceHost(settings.server, telemetry)
-    runtime = runtime or build_local_runtime(cfg, [MODEL], settings.checkpoint)
+    runtime = runtime or await open_runtime(
+        settings.server.runtime, cfg, [MODEL], settings.checkpoint, settings.server.triton_url
+    )
     host.on_stop(runtime.close)
     options = ReasonerOptions(
         hidden_size=cfg.llm.hidden_size,

@@ -10,7 +10,7 @@ import torch
 
 from minmo.model.config import MinMoConfig, load_config
 from minmo.runtime.base import ModelRuntime
-from minmo.runtime.factory import build_local_runtime
+from minmo.runtime.factory import open_runtime
 from minmo.services.vocoder.servicer import VocoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
@@ -44,7 +44,9 @@ async def start(settings: VocoderSettings) -> ServiceHost:
     telemetry = start_telemetry("minmo-vocoder", settings.server)
     host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
-    runtime = build_local_runtime(cfg, ["token2wav"], settings.checkpoint)
+    runtime = await open_runtime(
+        settings.server.runtime, cfg, ["token2wav"], settings.checkpoint, settings.server.triton_url
+    )
     host.on_stop(runtime.close)
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = VocoderServicer(runtime, limiter, settings.max_tokens_per_message, telemetry)

@@ -10,7 +10,7 @@ import torch
 
 from minmo.model.config import MinMoConfig, load_config
 from minmo.runtime.base import ModelRuntime, Sequence
-from minmo.runtime.factory import build_local_runtime
+from minmo.runtime.factory import open_runtime
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_int, env_str
@@ -45,7 +45,9 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
     telemetry = start_telemetry("minmo-voicelm", settings.server)
     host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
-    runtime = runtime or build_local_runtime(cfg, [MODEL], settings.checkpoint)
+    runtime = runtime or await open_runtime(
+        settings.server.runtime, cfg, [MODEL], settings.checkpoint, settings.server.triton_url
+    )
     host.on_stop(runtime.close)
     servicer = VoiceDecoderServicer(
         runtime,

@@ -74,11 +74,15 @@ def serve(
 def up(
     config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
     port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
+    runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
+    triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
 ) -> None:
     """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
     from minmo.serving.up import run_up
 
-    raise typer.Exit(run_up(config, port))
+    if runtime not in ("local", "triton"):
+        raise typer.BadParameter(f"--runtime must be local or triton, got {runtime!r}")
+    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port))
 
 
 bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)

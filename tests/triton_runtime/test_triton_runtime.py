@@ -5,8 +5,6 @@ the same `RuntimeModel` with the same seeded weights. One server serves the whol
 """
 
 import asyncio
-import platform
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -27,31 +25,12 @@ from minmo.runtime.llm_model import (
     text_tensor,
 )
 from minmo.runtime.triton import TritonRuntime
-from minmo.triton.repository import export_repository
 from minmo.triton.server import LocalTritonServer
+
+from .conftest import running_triton
 
 CHUNK_SAMPLES = 5120  # 0.32 s at 16 kHz
 CONCURRENT_REQUESTS = 24
-MIN_GLIBC = (2, 35)  # the wheel is manylinux_2_35
-EXIT_TIMEOUT_S = 3  # nothing is in flight at teardown; don't wait out a stuck unload (see LocalTritonServer.stop)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _skip_reason() -> str | None:
-    """Why the wheel's server cannot run here, if it cannot: it is built for x86-64 Linux with glibc >= 2.35.
-    Anywhere else a missing wheel is a broken install (scripts/setup.sh), and the tests fail instead."""
-    system, machine = platform.system(), platform.machine()
-    if system != "Linux" or machine != "x86_64":
-        return f"the nvidia-pytriton tritonserver is built for x86-64 Linux, not {system} {machine}"
-    libc, version = platform.libc_ver()
-    if libc != "glibc" or tuple(map(int, version.split("."))) < MIN_GLIBC:
-        return f"the nvidia-pytriton tritonserver needs glibc >= 2.35, this is {libc} {version}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +40,7 @@ def cfg() -> MinMoConfig:
 
 @pytest.fixture(scope="module")
 def server(cfg: MinMoConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
-    reason = _skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("triton")
-    export_repository(cfg, root / "repository")
-    repository, log = root / "repository", root / "server.log"
-    with LocalTritonServer(repository, _free_port(), log_path=log, exit_timeout_s=EXIT_TIMEOUT_S) as running:
+    with running_triton(cfg, tmp_path_factory.mktemp("triton")) as running:
         yield running
 
 

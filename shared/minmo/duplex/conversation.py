@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+from redis.exceptions import RedisError
 
 from minmo.audio.pcm import SUPPORTED_INPUT_RATES, float_to_pcm16, pcm16_to_float
 from minmo.audio.turn_detection import TurnDetectionConfig, TurnDetector
@@ -445,6 +446,15 @@ class Conversation:
         self.response_task = asyncio.create_task(self._run_response(response), name=f"response-{response.turn_id}")
 
     async def _run_response(self, response: Response) -> None:
+        """Run a response to its end; a failure costs this turn only, never the session's stream."""
+        try:
+            await self._complete_response(response)
+        except RedisError as error:
+            self.response = None
+            message = f"session store unavailable: {error}"
+            await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
+
+    async def _complete_response(self, response: Response) -> None:
         try:
             result = await response.run()
         except (LinkLost, grpc.aio.AioRpcError) as error:

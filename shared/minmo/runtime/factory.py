@@ -45,3 +45,17 @@ def build_runtime(
     from minmo.runtime.triton import TritonRuntime  # tritonclient is only needed by services that use Triton
 
     return TritonRuntime(triton_url)
+
+
+TRITON_READY_TIMEOUT_S = 120.0  # a service that starts before Triton waits this long for its models
+
+
+async def open_runtime(
+    kind: str, cfg: MinMoConfig, models: list[str], checkpoint: str | None = None, triton_url: str | None = None
+) -> ModelRuntime:
+    """`build_runtime`, then wait until a Triton server has `models` loaded (a no-op for the local runtime)."""
+    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url)
+    wait_ready = getattr(runtime, "wait_ready", None)
+    if wait_ready is not None:
+        await wait_ready(models, TRITON_READY_TIMEOUT_S)
+    return runtime

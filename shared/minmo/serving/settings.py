@@ -67,7 +67,8 @@ class TelemetrySettings:
 @dataclass(frozen=True)
 class ServerSettings:
     """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
-    MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID, and the
+    MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID,
+    MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT), and the
     telemetry variables of `TelemetrySettings`."""
 
     port: int
@@ -77,6 +78,8 @@ class ServerSettings:
     grace_s: float = 5.0
     model_config: str = "tiny"
     replica_id: str = ""
+    runtime: str = "local"
+    triton_url: str | None = None
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
@@ -90,5 +93,7 @@ class ServerSettings:
             grace_s=env_float("MINMO_GRACE_S", 5.0, environ),
             model_config=env_str("MINMO_CONFIG", "tiny", environ),
             replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
+            runtime=env_str("MINMO_RUNTIME", "local", environ),
+            triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
             telemetry=TelemetrySettings.from_env(port, environ),
         )
