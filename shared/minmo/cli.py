@@ -101,6 +101,19 @@ def bench_turn(
     print_turn_bench(run_bench(config, runs), config)
 
 
+@bench_app.command("runtime")
+def bench_runtime(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    calls: Annotated[int, typer.Option(min=1, help="encoder chunk calls per runtime")] = 100,
+    turns: Annotated[int, typer.Option(min=1, help="measured turns per runtime (after one warm-up turn)")] = 3,
+) -> None:
+    """In-process runtime vs Triton: per-call overhead, batch sizes under load, end of speech -> first audio."""
+    from minmo.bench.report import print_runtime_bench
+    from minmo.bench.runtime import run_runtime_bench
+
+    print_runtime_bench(run_runtime_bench(config, calls, turns), config)
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 

@@ -7,6 +7,7 @@ import statistics
 from rich.console import Console
 from rich.table import Table
 
+from minmo.bench.runtime import CONCURRENT_CHUNKS, RuntimeBench
 from minmo.bench.turn import BenchResult
 
 
@@ -30,3 +31,26 @@ def print_turn_bench(result: BenchResult, config: str) -> None:
     for hop, values in result.hops.items():
         hops.add_row(hop, f"{statistics.median(values['compute']):.1f}", f"{statistics.median(values['network']):.1f}")
     console.print(hops)
+
+
+def print_runtime_bench(result: RuntimeBench, config: str) -> None:
+    console = Console()
+    table = Table(title=f"in-process runtime vs Triton, config {config} (ms)")
+    for column in ("measure", "local p50", "local p90", "triton p50", "triton p90", "triton / local (p50)"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    rows = (
+        ("encoder chunk call (0.32 s)", result.local_call_ms, result.triton_call_ms),
+        ("end of speech -> first audio", result.local_first_audio_ms, result.triton_first_audio_ms),
+    )
+    for name, local, triton in rows:
+        ratio = _p(triton, 0.5) / _p(local, 0.5)
+        table.add_row(
+            name, f"{_p(local, 0.5):.2f}", f"{_p(local, 0.9):.2f}", f"{_p(triton, 0.5):.2f}", f"{_p(triton, 0.9):.2f}",
+            f"{ratio:.2f}x",
+        )
+    console.print(table)
+    overhead = _p(result.triton_call_ms, 0.5) - _p(result.local_call_ms, 0.5)
+    console.print(f"Triton per-call overhead (p50 difference): [bold]{overhead:.2f} ms[/bold]")
+    executions = ", ".join(f"{size} x{count}" for size, count in sorted(result.batch_sizes.items()))
+    console.print(f"encoder batch sizes Triton executed under {CONCURRENT_CHUNKS} concurrent chunks: {executions}")
+

@@ -48,7 +48,9 @@ def bench_in_process(config: str, runs: int, seed: int) -> list[float]:
     return [pipeline.run_turn(pcm.split(CHUNK_SAMPLES)).first_audio_ms for _ in range(runs)]
 
 
-def bench_services(config: str, runs: int, seed: int) -> tuple[list[float], dict]:
+def bench_services(
+    config: str, runs: int, seed: int, extra_env: dict[str, str] | None = None
+) -> tuple[list[float], dict]:
     reports: list[conversation_pb2.LatencyReport] = []
 
     def keep_report(event: conversation_pb2.ServerEvent) -> None:
@@ -56,7 +58,7 @@ def bench_services(config: str, runs: int, seed: int) -> tuple[list[float], dict
             reports.append(event.latency_report)
 
     request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=True, timeout_s=300)
-    with EmbeddedRedis() as redis_server, run_stack(config, free_port_block(), redis_server.url) as stack:
+    with EmbeddedRedis() as redis_server, run_stack(config, free_port_block(), redis_server.url, extra_env) as stack:
         target = stack.addresses["duplex"]
         for run in range(runs + 1):  # the first turn warms the services up
             result = asyncio.run(run_chat(target, request, keep_report if run else None))

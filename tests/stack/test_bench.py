@@ -1,0 +1,18 @@
+"""`minmo bench turn` measures both paths in one run and prints their ratio (numbers, not assertions on speed)."""
+
+from typer.testing import CliRunner
+
+from minmo.bench.turn import run_bench
+from minmo.cli import app
+
+
+def test_turn_bench_measures_both_paths_and_every_hop():
+    result = run_bench("tiny", runs=1)
+    assert len(result.in_process_ms) == 1 and len(result.services_ms) == 1
+    assert result.in_process_ms[0] > 0 and result.services_ms[0] > 0 and result.ratio > 0
+    assert set(result.hops) == {"encoder", "llm", "voicelm", "vocoder"}
+
+
+def test_bench_command_is_wired():
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "turn" in result.output and "runtime" in result.output
