@@ -48,6 +48,7 @@ from minmo.runtime.llm_model import (
     OP_DROP_RESPONSE,
     OP_GENERATE,
     OP_START,
+    OP_TRANSCRIBE,
     history_tensors,
     text_tensor,
 )
@@ -308,7 +309,9 @@ class _Session:
         self.out.put_nowait(llm_pb2.LlmResponse(predictor_signal=signal))
 
     async def _generate(self, generation: _Generation) -> None:
-        """Begin, stream tokens until the end, the cap or a cancel, then send ResponseEnd."""
+        """Begin, stream tokens until the end, the cap or a cancel, then send ResponseEnd — and then, off the
+        reply's critical path, the transcript of the spoken user turn it answered."""
+        spoken_turn = self.audio.hop.turn_id if self.audio is not None else None
         self._end_audio()
         queue_s = time.perf_counter() - generation.received
         self.telemetry.metrics.queue_time.observe(queue_s)
@@ -330,6 +333,15 @@ class _Session:
         self._record(generation, reason)
         if reason != llm_pb2.ResponseEnd.CANCELLED:
             self.last_finished = generation
+        if spoken_turn is not None:
+            await self._transcribe(spoken_turn)
+
+    async def _transcribe(self, turn_id: str) -> None:
+        started = time.perf_counter()
+        outputs = await self._infer(OP_TRANSCRIBE, {"max_tokens": torch.tensor([self.max_tokens])})
+        text = bytes(outputs["transcript"].numpy()).decode("utf-8", errors="replace")
+        transcript = llm_pb2.UserTranscript(turn_id=turn_id, text=text, compute_ms=_ms_since(started))
+        self.out.put_nowait(llm_pb2.LlmResponse(user_transcript=transcript))
 
     def _record(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
         tokens = len(generation.token_ids)

@@ -11,7 +11,7 @@ import torch
 
 from minmo.model.build import build_component
 from minmo.model.config import load_config
-from minmo.model.dialogue import ChatFormat, Dialogue, DialogueState, TokenStep
+from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, ChatFormat, Dialogue, DialogueState, TokenStep
 from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 
 ATOL = 1e-5
@@ -142,6 +142,23 @@ def test_a_response_followed_by_a_text_turn_cannot_be_dropped(dialogue: Dialogue
     state = dialogue.append_text_turn(dialogue.finish_response(state), "user", "next")
     with pytest.raises(ValueError, match="no response to drop"):
         dialogue.drop_response(state)
+
+
+def test_transcribing_the_spoken_turn_after_the_reply_leaves_the_context_alone(dialogue: Dialogue) -> None:
+    _, spoken = dialogue.append_audio(dialogue.start("be brief"), _audio(dialogue, 6, seed=7))
+    _, replied = _generate(dialogue, dialogue.begin_response(spoken))
+    finished = dialogue.finish_response(replied)
+    ids, after = dialogue.transcribe(finished, max_tokens=8)
+    asr = dialogue.begin_response(spoken, TRANSCRIBE_INSTRUCTION)  # the ASR prompt on the spoken turn itself
+    expected: list[int] = []
+    while len(expected) < 8:
+        step, asr = dialogue.generate_step(asr)
+        if step.is_end:
+            break
+        expected.append(step.token_id)
+    assert ids == expected
+    assert after.spoken_turn is None and dialogue.transcribe(after, max_tokens=8)[0] == []
+    _assert_same_context(after, finished)
 
 
 def test_state_bytes_round_trip(dialogue: Dialogue) -> None:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
-from minmo.model.dialogue import Dialogue, DialogueState
+from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue, DialogueState
 from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 from minmo.runtime.factory import build_local_runtime
 from minmo.services.llm.main import LlmSettings, start
@@ -205,7 +205,26 @@ async def test_cancel_after_the_end_drops_the_last_response(llm_service, dialogu
     _assert_matches(tokens, _reference(dialogue, state))
     await call.write(_cancel("r1"))  # already dropped: changes nothing, no answer
     await call.done_writing()
-    assert await _rest(call) == []
+    rest = await _rest(call)
+    assert [message.WhichOneof("response") for message in rest] == ["user_transcript"], "only r2's spoken turn"
+
+
+async def test_the_spoken_turn_is_transcribed_after_its_response(llm_service, dialogue):
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(max_response_tokens=5), _audio_input(_audio(3, 30)), _generate("r1"))
+    await _response(call)
+    message = await call.read()
+    assert message.WhichOneof("response") == "user_transcript", "after ResponseEnd, off the reply's critical path"
+    _, spoken = dialogue.append_audio(dialogue.start(SYSTEM), _audio(3, 30)[None])
+    asr, ids = dialogue.begin_response(spoken, TRANSCRIBE_INSTRUCTION), []
+    while len(ids) < 5:  # the session's max_response_tokens caps the transcript too
+        step, asr = dialogue.generate_step(asr)
+        if step.is_end:
+            break
+        ids.append(step.token_id)
+    transcript = message.user_transcript
+    assert transcript.turn_id == "u1" and transcript.text == dialogue.tokenizer.decode(ids)
+    await call.done_writing()
 
 
 async def test_session_ready_reports_the_prefilled_context(llm_service, dialogue):

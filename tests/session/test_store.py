@@ -147,6 +147,16 @@ async def test_truncate_without_an_assistant_turn_returns_none(store: SessionSto
     assert await store.truncate_last_assistant_turn(session_id, epoch, "", heard_ms=0) is None
 
 
+async def test_a_spoken_turn_gets_its_transcript_later(store: SessionStore) -> None:
+    session_id, _, epoch = await claimed(store)
+    await store.append_turn(session_id, epoch, Turn("t1", Role.USER, "", audio_ms=1800))
+    await store.append_turn(session_id, epoch, Turn("t2", Role.ASSISTANT, "Sure.", audio_ms=600))
+    updated = await store.set_turn_text(session_id, epoch, "t1", "Can you help me?")
+    assert updated == Turn("t1", Role.USER, "Can you help me?", audio_ms=1800)
+    assert [turn.text for turn in await store.history(session_id)] == ["Can you help me?", "Sure."]
+    assert await store.set_turn_text(session_id, epoch, "no-such-turn", "x") is None
+
+
 async def test_ttl_is_set_on_every_key_and_refreshed_by_writes(
     store: SessionStore, redis_client: redis.asyncio.Redis
 ) -> None:

@@ -14,9 +14,10 @@ from minmo.audio.synthetic import utterance
 from minmo.client.chat import ChatRequest, run_chat
 from minmo.client.wav import InputAudio
 from minmo.session.store import SessionStore
-from minmo.v1 import conversation_pb2
+from minmo.v1 import common_pb2, conversation_pb2
 
 TurnType = conversation_pb2.TurnEvent.Type
+ROLE_USER, ROLE_ASSISTANT = common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT
 CHUNK_SAMPLES = 1600  # 100 ms at 16 kHz
 
 
@@ -74,7 +75,7 @@ async def test_spoken_turn_through_five_services(full_stack):
         TurnType.RESPONSE_STARTED,
         TurnType.RESPONSE_DONE,
     ]
-    transcripts = [event.transcript for event in events if event.HasField("transcript")]
+    transcripts = [e.transcript for e in events if e.HasField("transcript") and e.transcript.role == ROLE_ASSISTANT]
     deltas, final = transcripts[:-1], transcripts[-1]
     assert deltas and final.is_final, "the assistant transcript streams token by token, then the final text"
     assert final.text == "".join(delta.text for delta in deltas)
@@ -83,10 +84,27 @@ async def test_spoken_turn_through_five_services(full_stack):
     pcm = np.frombuffer(bytes(turn.audio), dtype="<i2")
     assert np.abs(pcm).max() > 0
     first_audio = next(i for i, event in enumerate(events) if event.HasField("audio_output"))
-    assert first_audio < next(i for i, e in enumerate(events) if e.HasField("transcript") and e.transcript.is_final)
+    assert first_audio < next(i for i, e in enumerate(events) if e.HasField("transcript") and e.transcript == final)
     measured = turn.latency.measured()
     for hop in ("encoder", "llm_first_token", "voicelm_first_tokens", "vocoder_first_chunk", "first_audio"):
         assert measured[hop] >= 0, (hop, measured)
+
+
+async def test_a_spoken_turn_is_transcribed_into_the_history(full_stack):
+    _, stub = full_stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    session_id = (await call.read()).session_started.session_id
+    for event in _audio_events(utterance(seed=6, tail_s=0.8)):
+        await call.write(event)
+    events = await _events_until(call, lambda e: e.HasField("transcript") and e.transcript.role == ROLE_USER)
+    user_turn = next(e.turn_event.turn_id for e in events if e.HasField("turn_event"))
+    transcript = events[-1].transcript
+    assert transcript.is_final and transcript.turn_id == user_turn
+    assert TurnType.RESPONSE_STARTED in _turn_types(events), "transcribing waits until the reply is under way"
+    history = await (await _store(full_stack.redis_url)).history(session_id)
+    assert (history[0].turn_id, history[0].role, history[0].text) == (user_turn, "user", transcript.text)
+    call.cancel()
 
 
 async def test_typed_turn_and_history(full_stack):

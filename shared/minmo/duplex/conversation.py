@@ -38,6 +38,7 @@ from minmo.session.store import (
     PermissionDenied,
     Role,
     SessionEnded,
+    SessionError,
     SessionNotFound,
     SessionState,
     SessionStore,
@@ -106,7 +107,7 @@ class Conversation:
         self.config: dict = {}
         self.audio_input: AudioInput | None = None
         self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done)
-        self.llm = LlmLink(peers.llm, self._on_predictor)
+        self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript)
         self.user_turn: str | None = None
         self.user_turn_ms = 0.0
         self.timings: TurnTimings | None = None
@@ -360,6 +361,20 @@ class Conversation:
             end = encoder_pb2.EndOfUtterance(turn_id=signal.turn_id, trace_context=self._carrier(signal.turn_id))
             with contextlib.suppress(LinkLost):
                 await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
+
+    async def _on_user_transcript(self, transcript: llm_pb2.UserTranscript) -> None:
+        """The LLM transcribed a spoken user turn (after its reply): tell the client, complete the history."""
+        await self.emit(
+            conversation_pb2.ServerEvent(
+                transcript=conversation_pb2.Transcript(
+                    turn_id=transcript.turn_id, role=common_pb2.ROLE_USER, text=transcript.text, is_final=True
+                )
+            )
+        )
+        try:
+            await self.store.set_turn_text(self.session_id, self.epoch, transcript.turn_id, transcript.text)
+        except (RedisError, SessionError) as error:  # the transcript is a bonus: losing it costs the turn nothing
+            log.warning("session %s: transcript of %s not stored: %s", self.session_id, transcript.turn_id, error)
 
     async def _on_flush_done(self, flush: encoder_pb2.FlushDone) -> None:
         if not self.respond_on_flush or self.response is not None:

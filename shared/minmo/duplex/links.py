@@ -104,7 +104,8 @@ class EncoderLink(_Link):
 
 
 class LlmLink(_Link):
-    """The session's Session stream: predictor signals go to a callback, text tokens to the turn's queue."""
+    """The session's Session stream: predictor signals and user transcripts go to callbacks, text tokens to the
+    turn's queue."""
 
     hop = "llm"
 
@@ -112,10 +113,12 @@ class LlmLink(_Link):
         self,
         stub: llm_pb2_grpc.ReasonerStub,
         on_predictor: Callable[[llm_pb2.PredictorSignal], Awaitable[None]],
+        on_user_transcript: Callable[[llm_pb2.UserTranscript], Awaitable[None]],
     ) -> None:
         super().__init__()
         self.stub = stub
         self.on_predictor = on_predictor
+        self.on_user_transcript = on_user_transcript
         self.turns: dict[str, asyncio.Queue] = {}
         self.ready: llm_pb2.LlmSessionReady | None = None
 
@@ -152,6 +155,8 @@ class LlmLink(_Link):
                 kind = response.WhichOneof("response")
                 if kind == "predictor_signal":
                     await self.on_predictor(response.predictor_signal)
+                elif kind == "user_transcript":
+                    await self.on_user_transcript(response.user_transcript)
                 elif kind in ("text_token", "response_end"):
                     message = getattr(response, kind)
                     queue = self.turns.get(message.turn_id)

@@ -160,6 +160,9 @@ def _split(rendered: str, what: str) -> tuple[str, str]:
     return head, tail
 
 
+# The instruction of the paper's speech-to-text task, placed inside the user's spoken turn.
+TRANSCRIBE_INSTRUCTION = "Transcribe the speech above, word for word."
+
 @dataclass
 class DialogueState(StreamState):
     """One conversation's context. Positions count LLM inputs (tokens and audio frames) from the start."""
@@ -171,6 +174,8 @@ class DialogueState(StreamState):
     response_start: int = -1  # position before the droppable response's assistant prefix; -1: none
     response_end: int = -1  # position after the finished response; -1 while it is being generated
     pending_token: int = -1  # chosen but not yet fed to the LLM (fed by the next generate_step / finish)
+    # the context as it was when the last spoken user turn ended (set by begin_response), until `transcribe` reads it
+    spoken_turn: DialogueState | None = None
 
     @property
     def position(self) -> int:
@@ -259,6 +264,7 @@ class Dialogue:
         """Close the open user turn (with the voice `instruction` inside it, e.g. "Speak with a tone of
         sadness") and open the assistant's turn. With no user turn open, only the assistant turn is opened."""
         self._require_idle(state, "begin a response")
+        spoken_turn = dataclasses.replace(state, spoken_turn=None) if state.user_turn_open else state.spoken_turn
         closing = [*self.tokenizer.encode(instruction), *self.format.user_suffix] if state.user_turn_open else []
         opening = self.format.assistant_prefix
         state = self._feed(state, self._embed(closing + opening[:-1]))
@@ -269,6 +275,7 @@ class Dialogue:
             response_start=state.position - len(opening) + 1,
             response_end=-1,
             pending_token=opening[-1],
+            spoken_turn=spoken_turn,
         )
 
     @torch.no_grad()
@@ -296,6 +303,24 @@ class Dialogue:
         pending = [state.pending_token] if state.pending_token >= 0 else []
         state = self._feed(state, self._embed(pending + self.format.assistant_end))
         return dataclasses.replace(state, response_end=state.position, pending_token=-1)
+
+    @torch.no_grad()
+    def transcribe(self, state: DialogueState, max_tokens: int) -> tuple[list[int], DialogueState]:
+        """Token ids of what the last spoken user turn said (the paper's speech-to-text task, greedy).
+
+        Runs on the snapshot `begin_response` kept, so it can wait until the reply is out; the transcript never
+        enters the conversation's context. Returns ([], state) when there is no spoken turn to transcribe.
+        """
+        if state.spoken_turn is None:
+            return [], state
+        forked = self.begin_response(state.spoken_turn, TRANSCRIBE_INSTRUCTION)
+        ids: list[int] = []
+        for _ in range(max_tokens):
+            step, forked = self.generate_step(forked)
+            if step.is_end:
+                break
+            ids.append(step.token_id)
+        return ids, dataclasses.replace(state, spoken_turn=None)
 
     def drop_response(self, state: DialogueState) -> DialogueState:
         """Remove the current or last response from the context as if it never happened (the open user turn

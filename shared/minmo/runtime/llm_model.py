@@ -18,6 +18,8 @@ context length after the request, in LLM positions):
   response: the turn is closed and kept in the context), `position`. A stream closed early leaves the
   response open; drop it with OP_DROP_RESPONSE.
 - OP_DROP_RESPONSE: -> `dropped` bool (1,) (false when there was no droppable response), `position`.
+- OP_TRANSCRIBE: `max_tokens` int64 (1,) -> `transcript` uint8 (N,): what the last spoken user turn said (empty when
+  there is none left to transcribe), read from the snapshot taken when its response began; `position`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ OP_APPEND_AUDIO = 2
 OP_BEGIN_RESPONSE = 3
 OP_GENERATE = 4
 OP_DROP_RESPONSE = 5
+OP_TRANSCRIBE = 6
 
 # The values of minmo.v1.Role, so services pass proto roles straight through.
 ROLE_USER = 1
@@ -97,6 +100,9 @@ class LlmModel(RuntimeModel):
                 return self._respond(state, probs=probs.float())
             if op == OP_BEGIN_RESPONSE:
                 return self._respond(self.dialogue.begin_response(state, _text(inputs, "instruction", required=False)))
+            if op == OP_TRANSCRIBE:
+                ids, state = self.dialogue.transcribe(state, _max_tokens(inputs))
+                return self._respond(state, transcript=text_tensor(self.dialogue.tokenizer.decode(ids)))
             if op == OP_DROP_RESPONSE:
                 dropped = state.can_drop_response
                 state = self.dialogue.drop_response(state) if dropped else state
@@ -114,9 +120,7 @@ class LlmModel(RuntimeModel):
         state = self._require_state(state, OP_GENERATE)
         if not state.generating:
             raise InvalidInput("OP_GENERATE needs OP_BEGIN_RESPONSE first")
-        max_tokens = int(require(inputs, "max_tokens", torch.int64, 1)[0])
-        if max_tokens < 1:
-            raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")
+        max_tokens = _max_tokens(inputs)
         temperature = float(inputs["temperature"][0]) if "temperature" in inputs else 0.0
         top_k = int(inputs["top_k"][0]) if "top_k" in inputs else 0
         for count in range(1, max_tokens + 1):
@@ -172,6 +176,13 @@ def _op(inputs: TensorMap) -> int:
     if op is None or op.dtype != torch.int64 or op.numel() != 1:
         raise InvalidInput("input 'op' must be one int64 (OP_START, OP_APPEND_AUDIO, ...)")
     return int(op.item())
+
+
+def _max_tokens(inputs: TensorMap) -> int:
+    max_tokens = int(require(inputs, "max_tokens", torch.int64, 1)[0])
+    if max_tokens < 1:
+        raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")
+    return max_tokens
 
 
 def _role(role: torch.Tensor) -> str:

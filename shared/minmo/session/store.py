@@ -147,6 +147,23 @@ refresh()
 return {'OK'}
 """
 
+# Sets the text of the turn with id ARGV[4] (the newest one with that id); returns it, or nothing when absent.
+_SET_TURN_TEXT = _FENCE + """
+local turns = redis.call('LRANGE', KEYS[2], 0, -1)
+for index = #turns, 1, -1 do
+  local turn = cjson.decode(turns[index])
+  if turn['turn_id'] == ARGV[4] then
+    turn['text'] = ARGV[5]
+    local encoded = cjson.encode(turn)
+    redis.call('LSET', KEYS[2], index - 1, encoded)
+    refresh()
+    return {'OK', encoded}
+  end
+end
+refresh()
+return {'OK'}
+"""
+
 _END = _FENCE + """
 redis.call('HSET', KEYS[1], 'state', 'ended', 'owner', '')
 refresh()
@@ -191,6 +208,7 @@ class SessionStore:
         self._set_state = redis_client.register_script(_SET_STATE)
         self._append_turn = redis_client.register_script(_APPEND_TURN)
         self._truncate = redis_client.register_script(_TRUNCATE)
+        self._set_turn_text = redis_client.register_script(_SET_TURN_TEXT)
         self._end = redis_client.register_script(_END)
 
     def session_key(self, session_id: str) -> str:
@@ -237,6 +255,11 @@ class SessionStore:
     ) -> Turn | None:
         """After a barge-in, keep only what the user heard of the newest assistant turn; None if there is none."""
         reply = await self._run(self._truncate, session_id, epoch, heard_text, int(heard_ms))
+        return Turn.from_json(reply[1]) if len(reply) > 1 else None
+
+    async def set_turn_text(self, session_id: str, epoch: int, turn_id: str, text: str) -> Turn | None:
+        """Fill in a turn's text once it is known (a spoken user turn's transcript); None if no such turn."""
+        reply = await self._run(self._set_turn_text, session_id, epoch, turn_id, text)
         return Turn.from_json(reply[1]) if len(reply) > 1 else None
 
     async def end(self, session_id: str, epoch: int) -> None:

@@ -102,6 +102,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _t("hidden", torch.float32, (1, llm_dim)),
                 _t("token_embedding", torch.float32, (1, llm_dim)),
                 *(_scalar(name, torch.bool) for name in ("is_end", "finished", "dropped")),
+                _t("transcript", torch.uint8),
             ),
             stateful=True,
         ),

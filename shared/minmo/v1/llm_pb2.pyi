@@ -128,16 +128,18 @@ class AppendTurn(_message.Message):
     def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., text: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LlmResponse(_message.Message):
-    __slots__ = ("session_ready", "predictor_signal", "text_token", "response_end")
+    __slots__ = ("session_ready", "predictor_signal", "text_token", "response_end", "user_transcript")
     SESSION_READY_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     TEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_END_FIELD_NUMBER: _ClassVar[int]
+    USER_TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     session_ready: LlmSessionReady
     predictor_signal: PredictorSignal
     text_token: TextToken
     response_end: ResponseEnd
-    def __init__(self, session_ready: _Optional[_Union[LlmSessionReady, _Mapping]] = ..., predictor_signal: _Optional[_Union[PredictorSignal, _Mapping]] = ..., text_token: _Optional[_Union[TextToken, _Mapping]] = ..., response_end: _Optional[_Union[ResponseEnd, _Mapping]] = ...) -> None: ...
+    user_transcript: UserTranscript
+    def __init__(self, session_ready: _Optional[_Union[LlmSessionReady, _Mapping]] = ..., predictor_signal: _Optional[_Union[PredictorSignal, _Mapping]] = ..., text_token: _Optional[_Union[TextToken, _Mapping]] = ..., response_end: _Optional[_Union[ResponseEnd, _Mapping]] = ..., user_transcript: _Optional[_Union[UserTranscript, _Mapping]] = ...) -> None: ...
 
 class LlmSessionReady(_message.Message):
     __slots__ = ("session_id", "context_tokens", "predictor_trained", "compute_ms")
@@ -210,3 +212,13 @@ class ResponseEnd(_message.Message):
     five_tokens_ms: float
     text: str
     def __init__(self, turn_id: _Optional[str] = ..., reason: _Optional[_Union[ResponseEnd.Reason, str]] = ..., token_count: _Optional[int] = ..., first_token_ms: _Optional[float] = ..., five_tokens_ms: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+
+class UserTranscript(_message.Message):
+    __slots__ = ("turn_id", "text", "compute_ms")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    text: str
+    compute_ms: float
+    def __init__(self, turn_id: _Optional[str] = ..., text: _Optional[str] = ..., compute_ms: _Optional[float] = ...) -> None: ...
