@@ -7,6 +7,7 @@ room for other CPU kernels while still catching any real cache or position error
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -112,6 +113,17 @@ def test_meta_device_builds_from_sizes_without_loading_weights() -> None:
     llm = build_llm(load_config("nano").llm, device="meta")  # a gguf source: nothing is read on meta
     count = sum(p.numel() for p in llm.parameters())
     assert 130e6 < count < 140e6, f"SmolLM2-135M sizes gave {count / 1e6:.0f}M parameters"
+
+
+@torch.no_grad()
+def test_loads_from_a_local_hugging_face_directory(tiny_llm: LLM, tmp_path) -> None:
+    tiny_llm.model.save_pretrained(tmp_path)
+    cfg = dataclasses.replace(load_config("tiny").llm, source="hf", path=str(tmp_path))
+    loaded = build_llm(cfg)
+    inputs = torch.randn(1, 5, tiny_llm.hidden_size, generator=torch.Generator().manual_seed(4))
+    expected, _ = tiny_llm.step(inputs, tiny_llm.init_state())
+    actual, _ = loaded.step(inputs, loaded.init_state())
+    torch.testing.assert_close(actual.logits, expected.logits, atol=ATOL, rtol=0)
 
 
 def test_byte_tokenizer() -> None:
