@@ -55,10 +55,6 @@ class AudioInput:
     def total_samples(self) -> int:
         return self.recent_start + self.recent.shape[0]
 
-    @property
-    def in_speech(self) -> bool:
-        return self.speech_from is not None
-
     def process(self, samples: np.ndarray) -> list[Action]:
         """Feed float32 samples at the input rate; CPU work (VAD), so async callers use an executor."""
         audio = self.resampler.process(samples)

@@ -50,11 +50,6 @@ class TurnResult:
         """End of the user's speech -> first PCM sample ready: the latency the paper's eq. 1 budgets."""
         return None if self.first_audio_s is None else 1000 * (self.first_audio_s - self.end_of_speech_s)
 
-    @property
-    def response_rtf(self) -> float:
-        """Compute time of the response / duration of its audio (< 1 streams faster than real time)."""
-        return (self.done_s - self.end_of_speech_s) / max(self.audio_s, 1e-9)
-
 
 class MinMoPipeline:
     """All of MinMo in this process: the components `minmo.model.build` makes for the services."""

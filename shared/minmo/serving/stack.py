@@ -51,10 +51,6 @@ class Stack:
     def addresses(self) -> dict[str, str]:
         return {item.name: item.address for item in self.processes}
 
-    @property
-    def metrics_urls(self) -> dict[str, str]:
-        return {item.name: item.metrics_url for item in self.processes}
-
     def stop(self, timeout_s: float = 15.0) -> None:
         for item in reversed(self.processes):
             if item.process.poll() is None:
