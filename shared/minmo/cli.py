@@ -159,5 +159,58 @@ def triton_serve(
         server.stop()
 
 
+@app.command("health")
+def health(
+    server: Annotated[str, typer.Option(help="the service to ask, HOST:PORT")],
+    service: Annotated[str, typer.Option(help='gRPC service name to ask about ("": the whole server)')] = "",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 5.0,
+    tls_ca: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (PEM)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="client certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="client key (PEM)")] = None,
+    tls_server_name: Annotated[str | None, typer.Option(help="name the server certificate must carry")] = None,
+) -> None:
+    """Ask a service's grpc.health.v1; exit 0 when it is SERVING (the chart's probe when TLS is on)."""
+    from minmo.client.health import HealthQuery, check_health
+
+    status = check_health(HealthQuery(server, service, timeout, tls_ca, tls_cert, tls_key, tls_server_name))
+    typer.echo(status)
+    raise typer.Exit(0 if status == "SERVING" else 1)
+
+
+k8s_app = typer.Typer(help="Kubernetes: the Helm chart and running releases.", no_args_is_help=True)
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("schema")
+def k8s_schema(
+    chart: Annotated[Path, typer.Option(exists=True, file_okay=False, help="chart directory")] = Path(
+        "deploy/helm/minmo"
+    ),
+) -> None:
+    """Regenerate the chart's values.schema.json from its commented values.yaml."""
+    from minmo.k8s.schema import write_schema
+
+    typer.echo(write_schema(chart))
+
+
+@k8s_app.command("check")
+def k8s_check(
+    release: Annotated[str, typer.Option(help="Helm release name")],
+    namespace: Annotated[str, typer.Option(help="namespace of the release")] = "default",
+    context: Annotated[str | None, typer.Option(help="kubeconfig context (default: the current one)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Ready replicas, ready endpoints and autoscaler state of each component; exit 1 when something is off."""
+    from minmo.k8s.check import fetch_report
+    from minmo.k8s.console import api_client, print_report
+
+    report = fetch_report(release, namespace, api_client(context))
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        print_report(report)
+    raise typer.Exit(0 if report.healthy else 1)
+
+
 if __name__ == "__main__":
     app()
