@@ -23,11 +23,13 @@ from .chart import (
     COMPONENTS,
     FULLNAME,
     MODEL_COMPONENTS,
+    RELEASE,
     ROOT,
     SCENARIOS,
     TEST_HOOK,
     Rendered,
     render,
+    render_notes,
     render_scenario,
     scenario_values,
 )
@@ -328,3 +330,10 @@ def test_disabled_components_render_nothing() -> None:
     rendered = render({"voicelm": {"enabled": False}, "vocoder": {"enabled": False}})
     assert _component_count(rendered, "Deployment") == 3
     assert _component_count(rendered, "Service") == 6
+
+
+def test_notes_say_how_to_reach_and_talk_to_the_front_door() -> None:
+    notes = render_notes(scenario_values("cpu-bundled-redis"))
+    assert f"port-forward svc/{FULLNAME}-duplex 50051:50051" in notes
+    assert "minmo chat --server 127.0.0.1:50051" in notes
+    assert f"helm test {RELEASE}" in notes
