@@ -29,9 +29,13 @@ mkdir -p "$WORK"
 say() { echo "== $*" | tee -a "$EVIDENCE"; }
 run() { echo "\$ $*" >> "$EVIDENCE"; "$@" 2>&1 | tee -a "$EVIDENCE"; }
 
-say "base-cpu: debootstrap bookworm (minbase + python3.11) into $ROOTFS"
+say "base-cpu: debootstrap bookworm (minbase) into $ROOTFS, then the Containerfile's apt-get line in a chroot"
 if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
-    run debootstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR"
+    rm -rf "$ROOTFS"
+    run debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR"
+    cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+    run chroot "$ROOTFS" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends python3.11 python3.11-venv ca-certificates && rm -rf /var/lib/apt/lists/*"
 fi
 run du -sh "$ROOTFS"
 
