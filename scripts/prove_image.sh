@@ -30,12 +30,13 @@ say() { echo "== $*" | tee -a "$EVIDENCE"; }
 run() { echo "\$ $*" >> "$EVIDENCE"; "$@" 2>&1 | tee -a "$EVIDENCE"; }
 
 say "base-cpu: debootstrap bookworm (minbase) into $ROOTFS, then the Containerfile's apt-get line in a chroot"
-if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
+if [ ! -f "$WORK/base.done" ]; then
     rm -rf "$ROOTFS"
     run debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR"
     cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
     run chroot "$ROOTFS" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends python3.11 python3.11-venv ca-certificates && rm -rf /var/lib/apt/lists/*"
+    touch "$WORK/base.done"
 fi
 run du -sh "$ROOTFS"
 
