@@ -39,7 +39,7 @@ import soundfile
 
 from minmo.audio.synthetic import utterance
 
-from .chart import FULLNAME, MODEL_COMPONENTS, TEST_HOOK, Rendered, render_scenario
+from .chart import COMPONENTS, FULLNAME, TEST_HOOK, Rendered, render_scenario
 
 SCENARIO = "cpu-bundled-redis"
 RUNNER = Path(__file__).with_name("run_pods.py")
@@ -117,7 +117,8 @@ def _plan(rendered: Rendered, tmp_path: Path, wav: Path) -> dict:
     client_env = _process_env({}, tmp_path / "home-chat")
     return {
         "hosts": hosts,
-        "stages": [[redis_server], [pod(name) for name in MODEL_COMPONENTS], [pod("duplex")]],
+        # Redis first (the duplex connects at start), then every Deployment at once, as a rollout starts them.
+        "stages": [[redis_server], [pod(name) for name in COMPONENTS]],
         "clients": [
             {"name": "helm-test-hook", "argv": chat_argv, "env": client_env},
             {"name": "spoken", "argv": spoken_argv, "env": client_env},
