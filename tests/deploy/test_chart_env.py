@@ -1,10 +1,11 @@
 """The chart sets exactly the environment variables the services read, both ways.
 
-What a service reads is derived from the code, not listed here: starting from the settings class in
-`services/<name>/main.py` (DuplexSettings, LlmSettings, ...), follow every top-level class or function it refers to
-(ServerSettings, TelemetrySettings, ...) through all modules of `minmo`, and collect the literal names passed to the
-`env_*` helpers of `minmo.serving.settings` (or to os.environ / os.getenv). A new setting therefore needs only its
-values.yaml / template entry, and this test says which one is missing.
+What a service reads is derived from the code, not listed here: starting from the settings classes that
+`services/<name>/main.py` uses (DuplexSettings, LlmSettings, ..., wherever they are defined), follow every
+top-level class or function they refer to (ServerSettings, TelemetrySettings, ...) through all modules of
+`minmo`, and collect the literal names passed to the `env_*` helpers of `minmo.serving.settings` (or to
+os.environ / os.getenv). A new setting therefore needs only its values.yaml / template entry, and this test says
+which one is missing.
 """
 
 from __future__ import annotations
@@ -74,14 +75,15 @@ def _referenced_names(node: ast.AST) -> set[str]:
 
 
 def service_reads(component: str) -> set[str]:
-    """The variables a service's settings read: its settings class and everything that class refers to."""
+    """The variables a service's settings read: the *Settings classes its main.py uses, and all they refer to."""
     main = ast.parse((ROOT / "services" / component / "main.py").read_text())
-    roots = [node for node in main.body if isinstance(node, ast.ClassDef) and node.name.endswith("Settings")]
-    assert len(roots) == 1, f"services/{component}/main.py should define one *Settings class"
     definitions = _definitions()
+    used = sorted(name for name in _referenced_names(main) if name.endswith("Settings"))
+    roots: list[ast.AST] = [node for name in used for node in definitions.get(name, [])]
+    assert roots, f"services/{component}/main.py uses no *Settings class"
     seen: set[int] = set()
     reads: set[str] = set()
-    todo: list[ast.AST] = roots
+    todo = roots
     while todo:
         node = todo.pop()
         if id(node) in seen:
