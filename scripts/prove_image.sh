@@ -11,7 +11,8 @@
 #                and network namespaces (unshare + chroot), since containers cannot run here.
 # One difference, said out loud: the Containerfile's CPU variant takes torch's CPU wheel from the PyTorch index;
 # here the same wheel (torch==2.13.0+cpu) comes from this machine's wheel directory (PIP_FIND_LINKS), the rest
-# from PyPI.
+# from PyPI; and this machine reaches PyPI through a TLS-inspecting proxy, so pip in the chroot gets the host's CA
+# bundle (PIP_CERT).
 #
 # Usage: sudo scripts/prove_image.sh [WORKDIR]    (default /var/tmp/minmo-image; the evidence is WORKDIR/evidence.txt)
 set -euo pipefail
@@ -45,11 +46,13 @@ rm -rf "$ROOTFS/opt/minmo"
 mkdir -p "$ROOTFS/opt/minmo/src" "$ROOTFS/opt/wheels"
 git archive HEAD pyproject.toml README.md scripts protos shared services | tar -x -C "$ROOTFS/opt/minmo/src"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/tmp/host-ca.crt"
 mount --bind "$WHEELS" "$ROOTFS/opt/wheels"
 mount -t proc proc "$ROOTFS/proc"
 trap 'umount "$ROOTFS/opt/wheels" "$ROOTFS/proc" 2>/dev/null || true' EXIT
 start=$(date +%s)
 run chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root PYTHON=python3.11 PIP_FIND_LINKS=/opt/wheels \
+    PIP_CERT=/tmp/host-ca.crt \
     MINMO_VENV=/opt/minmo/venv MINMO_EDITABLE=0 MINMO_EXTRAS= /opt/minmo/src/scripts/setup.sh
 say "setup.sh took $(( $(date +%s) - start )) s"
 umount "$ROOTFS/opt/wheels" "$ROOTFS/proc"
@@ -57,7 +60,7 @@ trap - EXIT
 run du -sh "$ROOTFS/opt/minmo/venv"
 
 say "runtime: the minmo user, no source tree, no package lists"
-rm -rf "$ROOTFS/opt/minmo/src" "$ROOTFS/opt/wheels" "$ROOTFS/var/lib/apt/lists/"* "$ROOTFS/root/.cache"
+rm -rf "$ROOTFS/opt/minmo/src" "$ROOTFS/opt/wheels" "$ROOTFS/tmp/host-ca.crt" "$ROOTFS/var/lib/apt/lists/"* "$ROOTFS/root/.cache"
 chroot "$ROOTFS" sh -c "getent group minmo >/dev/null || groupadd --gid $UID_GID minmo"
 chroot "$ROOTFS" sh -c "getent passwd minmo >/dev/null || useradd --uid $UID_GID --gid $UID_GID --home-dir /home/minmo \
     --create-home --shell /usr/sbin/nologin minmo"
