@@ -81,7 +81,7 @@ run buildah images --format '{{.Name}}:{{.Tag}} {{.ID}} {{.Size}}' "$IMAGE"
 rm -f "$WORK/minmo-image.tar"
 run buildah push "$IMAGE" "oci-archive:$WORK/minmo-image.tar:$VERSION"
 run ls -l "$WORK/minmo-image.tar"
-run sh -c "tar -xOf '$WORK/minmo-image.tar' index.json"
+run sh -c "tar -xOf '$WORK/minmo-image.tar' index.json; echo"
 
 say "run: minmo --help as UID $UID_GID in its own PID, mount and network namespaces"
 in_namespaces() {
