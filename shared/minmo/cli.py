@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="MinMo: full-duplex speech-text LLM and its serving stack.", no_args_is_help=True)
-model_app = typer.Typer(help="Inspect and run the model in-process.", no_args_is_help=True)
+model_app = typer.Typer(help="Inspect the model: count its parameters per paper module.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 

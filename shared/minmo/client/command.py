@@ -17,10 +17,11 @@ from rich.console import Console
 from minmo.audio.pcm import PCM16_BYTES
 from minmo.client.chat import ChatRequest, ChatResult, run_chat
 from minmo.client.console import ConsoleRenderer
-from minmo.client.wav import MS_PER_S, load_wav, write_wav
+from minmo.client.wav import MS_PER_S, AudioFileError, load_wav, write_wav
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad input on the command line (a file that is not audio), like typer's own usage errors
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
@@ -44,7 +45,13 @@ def chat_command(options: ChatOptions) -> int:
     if (options.wav is None) == (options.text is None):
         raise typer.BadParameter("give exactly one of --wav or --text")
     stdout, stderr = Console(), Console(stderr=True)
-    request = _request(options)
+    try:
+        request = _request(options)
+    except AudioFileError as error:
+        if options.as_json:
+            typer.echo(json.dumps({"session_id": "", "turns": [], "error": str(error)}))
+        stderr.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
+        return EXIT_USAGE
     on_event = None if options.as_json else ConsoleRenderer(stdout)
     try:
         result = asyncio.run(run_chat(options.server, request, on_event))
@@ -57,7 +64,7 @@ def chat_command(options: ChatOptions) -> int:
         typer.echo(json.dumps(result.to_json()))
     problems = result.problems()
     for problem in problems:
-        stderr.print(problem, style="bold red", markup=False)
+        stderr.print(f"error: {problem}", style="bold red", markup=False, soft_wrap=True)
     return EXIT_FAILED if problems else EXIT_OK
 
 
