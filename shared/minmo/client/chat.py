@@ -290,6 +290,10 @@ class ConversationClient:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
 
+    @property
+    def stub(self) -> conversation_pb2_grpc.ConversationStub:
+        return self._stub
+
     async def __aenter__(self) -> ConversationClient:
         return self
 
