@@ -14,3 +14,4 @@ lint:
 
 protos:
 	.venv/bin/python -m minmo.api.generate
+	.venv/bin/python -m minmo.api.docs
