@@ -41,6 +41,24 @@ def chat(
     raise typer.Exit(chat_command(options))
 
 
+@app.command("web")
+def web(
+    server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")] = "127.0.0.1:50051",
+    port: Annotated[int, typer.Option(help="port of the web page")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind (the microphone needs localhost or https)")] = "127.0.0.1",
+) -> None:
+    """Talk to MinMo in a browser: serves a page (microphone in, speech out, barge-in) and its WebSocket bridge."""
+    from minmo.serving.up import port_is_free
+    from minmo.web.bridge import WebSettings, run_web
+
+    if not port_is_free(port, host):
+        message = f"error: port {port} is in use: stop what listens there or choose another with --port"
+        typer.secho(message, err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"MinMo web page: http://{host}:{port}/  (talking to {server}; Ctrl-C stops it)")
+    raise typer.Exit(run_web(WebSettings(server=server, host=host, port=port)))
+
+
 SERVICE_NAMES = ("duplex", "encoder", "llm", "voicelm", "vocoder")
 
 
