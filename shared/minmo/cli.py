@@ -33,11 +33,12 @@ def chat(
     voice_instruction: Annotated[str, typer.Option(help='how to speak, e.g. "Speak with a tone of sadness"')] = "",
     text: Annotated[str | None, typer.Option(help="a typed user message, instead of --wav")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the session to start and for the reply")] = 30.0,
+    mic: Annotated[bool, typer.Option("--mic", help="talk live: microphone in, speaker out, until Ctrl-C")] = False,
 ) -> None:
-    """Talk to a running MinMo server: send a WAV file (or typed text), show the reply, save its speech."""
+    """Talk to a running MinMo server: live (--mic), a WAV file, or typed text; show the reply, save its speech."""
     from minmo.client.command import ChatOptions, chat_command
 
-    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout)
+    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic)
     raise typer.Exit(chat_command(options))
 
 
