@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="MinMo: full-duplex speech-text LLM and its serving stack.", no_args_is_help=True)
-model_app = typer.Typer(help="Inspect the model: count its parameters per paper module.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Inspect the model: a config as JSON, parameters per paper module.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 
@@ -20,6 +22,18 @@ def model_params(config: str = typer.Option("minmo-8b", help="preset (minmo-8b, 
     from minmo.model.config import load_config
 
     typer.echo(json.dumps(count_parameters(load_config(config)), indent=2))
+
+
+@model_app.command("config")
+def model_config(config: str = typer.Option("tiny", help="preset (minmo-8b, tiny, nano) or JSON file")) -> None:
+    """Print a config as JSON: save it, edit it, and pass the file to --config (minmo up, serve, bench)."""
+    from minmo.model.config import load_config
+
+    try:
+        typer.echo(load_config(config).to_json())
+    except ValueError as error:
+        typer.secho(f"error: {error}", err=True, fg="red")
+        raise typer.Exit(1) from None
 
 
 @app.command("chat")

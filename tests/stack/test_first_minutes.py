@@ -4,6 +4,7 @@ and the stack says what it is (health, readiness, why a reply ended)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from minmo.bench.turn import free_port_block
 from minmo.cli import app
 from minmo.client.chat import NO_SPEECH_WAIT_S, ChatRequest, run_chat
 from minmo.client.wav import InputAudio
+from minmo.model.config import load_config
 
 MINMO = [sys.executable, "-m", "minmo.cli"]
 FAST_FAIL_S = 20.0  # a refused start: the time to import the CLI, nothing loaded
@@ -75,7 +77,17 @@ def test_chat_without_a_server_waits_its_timeout_then_says_so_in_json():
 
 def test_model_help_says_what_it_has():
     result = CliRunner().invoke(app, ["model", "--help"])
-    assert result.exit_code == 0 and "params" in result.output and "run" not in result.output.split("Commands")[0]
+    assert result.exit_code == 0 and "params" in result.output and "config" in result.output
+    assert "run the model" not in result.output
+
+
+def test_a_json_config_from_model_config_round_trips(tmp_path):
+    """The README's recipe: print a preset as JSON, edit it, give the file to --config."""
+    result = CliRunner().invoke(app, ["model", "config", "--config", "tiny"])
+    edited = json.loads(result.stdout) | {"max_response_tokens": 48}
+    path = tmp_path / "my-config.json"
+    path.write_text(json.dumps(edited))
+    assert load_config(str(path)) == dataclasses.replace(load_config("tiny"), max_response_tokens=48)
 
 
 def test_speech_tokens_split_into_bounded_consecutive_messages():

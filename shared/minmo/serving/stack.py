@@ -26,6 +26,7 @@ from minmo.serving.settings import METRICS_PORT_OFFSET
 
 MODEL_SERVICES = ("encoder", "llm", "voicelm", "vocoder")
 SERVICES = (*MODEL_SERVICES, "duplex")
+STARTUP_TIMEOUT_S = 600.0  # nano's LLM de-quantises its GGUF weights for minutes on a busy 2-core machine
 PEER_VARIABLES = {
     "encoder": "MINMO_ENCODER_ADDR",
     "llm": "MINMO_LLM_ADDR",
@@ -81,7 +82,7 @@ def start_service(
     return StackProcess(name, f"{host}:{port}", f"http://{host}:{metrics_port}/metrics", process)
 
 
-def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     """Poll grpc.health.v1 until SERVING; fail early if the process died."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
