@@ -5,6 +5,7 @@ A screenshot is written to test-artifacts/ (gitignored) for a person to look at.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,32 @@ async def test_bridge_refuses_a_bad_start_in_one_message(web):
         await ws.send_json({"type": "start", "input_sample_rate_hz": 11025})
         reply = await ws.receive_json(timeout=30)
     assert reply["type"] == "error" and "input_sample_rate_hz 11025" in reply["message"]
+
+
+async def test_bridge_protocol_typed_turn_bad_message_and_disconnect(web):
+    url = web.replace("http", "ws") + "/ws"
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(url) as ws:  # a page that leaves mid-session
+            await ws.send_json({"type": "start"})
+            assert "session_started" in (await ws.receive_json(timeout=60))["event"]
+        async with client.ws_connect(url) as ws:
+            await ws.send_json({"type": "start"})
+            await ws.receive_json(timeout=60)
+            await ws.send_str("{not json")
+            assert (await ws.receive_json(timeout=30))["type"] == "error"
+            await ws.send_json({"type": "text", "text": "hello"})
+            audio_bytes, turn_types, header = 0, [], None
+            async with asyncio.timeout(120):
+                while "RESPONSE_DONE" not in turn_types:
+                    message = await ws.receive()
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        assert header is not None, "every audio frame follows its header"
+                        audio_bytes, header = audio_bytes + len(message.data), None
+                    elif (data := message.json())["type"] == "audio":
+                        header = data
+                    elif "turn_event" in data.get("event", {}):
+                        turn_types.append(data["event"]["turn_event"]["type"])
+    assert turn_types == ["RESPONSE_STARTED", "RESPONSE_DONE"] and audio_bytes > 0
 
 
 async def test_spoken_turn_and_barge_in_in_a_real_browser(web, browser_page):

@@ -115,7 +115,10 @@ async def _page_to_server(ws: web.WebSocketResponse, session: Session) -> None:
         if message.type == WSMsgType.BINARY:
             await session.send_audio(message.data)
         elif message.type == WSMsgType.TEXT:
-            await _command(json.loads(message.data), session)
+            try:
+                await _command(json.loads(message.data), session)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # a bad message costs only itself
+                await _send_error(ws, f"bad message {message.data[:80]!r}: {error!r}")
 
 
 async def _command(command: dict, session: Session) -> None:
