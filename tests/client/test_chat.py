@@ -335,4 +335,4 @@ def test_cli_failures_exit_non_zero(serve, tmp_path: Path, script: Script, messa
 def test_cli_needs_exactly_one_input(serve) -> None:
     target, _ = serve()
     outcome = CliRunner().invoke(app, ["chat", "--server", target])
-    assert outcome.exit_code == 2 and "exactly one of --wav or --text" in outcome.output
+    assert outcome.exit_code == 2 and "exactly one of --mic, --wav or --text" in outcome.output

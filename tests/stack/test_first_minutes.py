@@ -75,6 +75,13 @@ def test_chat_without_a_server_waits_its_timeout_then_says_so_in_json():
     assert summary["turns"] == [] and "minmo up" in summary["error"]
 
 
+def test_chat_says_it_is_waiting_for_the_server():
+    port = free_port_block()
+    result = _minmo("chat", "--server", f"127.0.0.1:{port}", "--text", "hello", "--timeout", "5")
+    _one_clear_line(result, "no MinMo server answers")
+    assert f"waiting up to 5 s for the server at 127.0.0.1:{port}" in result.stderr
+
+
 def test_model_help_says_what_it_has():
     result = CliRunner().invoke(app, ["model", "--help"])
     assert result.exit_code == 0 and "params" in result.output and "config" in result.output

@@ -29,6 +29,8 @@ DEFAULT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0  # how long the server may take to close the stream after EndSession
 NO_SPEECH_WAIT_S = 5.0  # after the last audio chunk: no USER_SPEECH_STARTED by then means the audio held no speech
 READY_POLL_S = 0.25  # how often to ask grpc.health.v1 while the server is still starting
+READY_ATTEMPT_S = 2.0  # one health check waits this long for a connection before asking again
+RECONNECT_BACKOFF_MS = 2000  # retry a server that is still starting this often (gRPC's default grows to 120 s)
 TYPED_USER_TURN = "typed"  # key of the user turn that a TextInput stands for
 JSON_LATENCY_FIELDS = ("encoder", "llm_first_token", "voicelm_first_tokens", "vocoder_first_chunk", "first_audio")
 
@@ -36,6 +38,7 @@ TurnType = conversation_pb2.TurnEvent.Type
 EndReason = conversation_pb2.TurnEvent.EndReason
 _END_SESSION = conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession())
 EventCallback = Callable[[conversation_pb2.ServerEvent], None]
+WaitCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,9 @@ class ConversationClient:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
+        )
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
 
     @property
@@ -303,14 +308,16 @@ class ConversationClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def chat(self, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+    async def chat(
+        self, request: ChatRequest, on_event: EventCallback | None = None, on_waiting: WaitCallback | None = None
+    ) -> ChatResult:
         """Run one session: config, input, wait for the reply, EndSession. `on_event` sees every ServerEvent.
 
         A failed RPC is reported in the result, not raised; cancelling the task cancels the call. A server that is
         still starting (e.g. right after `minmo up`) is waited for, up to `request.timeout_s`.
         """
         collector = _Collector(request.text)
-        collector.result.not_ready = await self.wait_until_ready(request.timeout_s)
+        collector.result.not_ready = await self.wait_until_ready(request.timeout_s, on_waiting)
         if collector.result.not_ready is not None:
             return collector.finish()
         call = self._stub.Converse()
@@ -324,9 +331,9 @@ class ConversationClient:
             call.cancel()
         return collector.finish()
 
-
-    async def wait_until_ready(self, timeout_s: float) -> str | None:
-        """Poll grpc.health.v1 until the server says SERVING; None when it does, else why not (one line)."""
+    async def wait_until_ready(self, timeout_s: float, on_waiting: WaitCallback | None = None) -> str | None:
+        """Poll grpc.health.v1 until the server says SERVING; None when it does, else why not (one line).
+        `on_waiting` hears once, with a line for a person, when the first answer is not SERVING yet."""
         health = health_pb2_grpc.HealthStub(self._channel)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -335,7 +342,9 @@ class ConversationClient:
             remaining = deadline - loop.time()
             try:
                 reply = await health.Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=max(remaining, 0.05), wait_for_ready=True
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=min(max(remaining, 0.05), READY_ATTEMPT_S),
+                    wait_for_ready=True,
                 )
                 status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -345,6 +354,9 @@ class ConversationClient:
                     return None
             if loop.time() + READY_POLL_S >= deadline:
                 break
+            if on_waiting is not None:
+                on_waiting(f"waiting up to {timeout_s:.0f} s for the server at {self.target} to be ready…")
+                on_waiting = None
             await asyncio.sleep(READY_POLL_S)
         if status is None:
             return f"no MinMo server answers at {self.target} (waited {timeout_s:.0f} s); start one with `minmo up`"
@@ -354,10 +366,12 @@ class ConversationClient:
         )
 
 
-async def run_chat(target: str, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+async def run_chat(
+    target: str, request: ChatRequest, on_event: EventCallback | None = None, on_waiting: WaitCallback | None = None
+) -> ChatResult:
     """One conversation with the server at `target` ("host:port") over a channel of its own."""
     async with ConversationClient(target) as client:
-        return await client.chat(request, on_event)
+        return await client.chat(request, on_event, on_waiting)
 
 
 async def _converse(

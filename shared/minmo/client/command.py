@@ -59,7 +59,8 @@ def chat_command(options: ChatOptions) -> int:
         return EXIT_USAGE
     on_event = None if options.as_json else ConsoleRenderer(stdout)
     try:
-        result = asyncio.run(run_chat(options.server, request, on_event))
+        on_waiting = None if options.as_json else lambda line: stderr.print(line, style="dim", markup=False)
+        result = asyncio.run(run_chat(options.server, request, on_event, on_waiting))
     except KeyboardInterrupt:
         stderr.print("interrupted: the call was cancelled", style="yellow")
         return EXIT_INTERRUPTED
