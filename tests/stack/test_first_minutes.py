@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +26,7 @@ from minmo.cli import app
 from minmo.client.chat import NO_SPEECH_WAIT_S, ChatRequest, run_chat
 from minmo.client.wav import InputAudio
 from minmo.model.config import load_config
+from minmo.serving.stack import wait_until_serving
 
 MINMO = [sys.executable, "-m", "minmo.cli"]
 FAST_FAIL_S = 20.0  # a refused start: the time to import the CLI, nothing loaded
@@ -56,6 +60,30 @@ def test_up_with_a_port_taken_says_which_and_starts_nothing(offset):
         result = _minmo("up", "--config", "tiny", "--port", str(base))
     _one_clear_line(result, f"port {base + offset}")
     assert "in use" in result.stdout and "MinMo is up" not in result.stdout
+
+
+def test_up_stops_with_one_line_when_a_service_dies():
+    port = free_port_block()
+    up = subprocess.Popen([*MINMO, "up", "--config", "tiny", "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", up, timeout_s=240)
+        vocoder = next(pid for pid in _children(up.pid) if "minmo.services.vocoder" in _cmdline(pid))
+        os.kill(vocoder, signal.SIGKILL)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.communicate(timeout=60)
+    assert up.returncode == 1, out
+    assert "vocoder (exit code -9) stopped; stopping the stack" in out
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def test_chat_with_a_file_that_is_not_audio(tmp_path):
