@@ -5,7 +5,7 @@
 
 const INPUT_RATE = 16000; // the speech encoder's rate: the capture AudioContext resamples the microphone to it
 const OUTPUT_RATE = 24000; // the vocoder's rate: replies arrive at it and play without resampling
-const CHUNK_SAMPLES = INPUT_RATE / 10; // 100 ms per AudioChunk
+const SERVER_INPUT_RATES = [8000, 16000, 24000, 48000]; // what SessionConfig.input_sample_rate_hz accepts
 const POSITION_EVERY_MS = 200; // PlaybackPosition while a reply plays (the API asks for every 100-250 ms)
 const START_DELAY_S = 0.05; // scheduling slack before the first chunk of a reply
 
@@ -26,7 +26,10 @@ let ws = null;
 let captureCtx = null;
 let playCtx = null;
 let micStream = null;
-let micSamples = new Int16Array(CHUNK_SAMPLES);
+let micRate = INPUT_RATE; // the rate sent to the server
+let micStep = 1; // capture samples per sent sample (linear resampling when the browser will not capture at 16 kHz)
+let micPhase = 0;
+let micSamples = new Int16Array(INPUT_RATE / 10);
 let micFill = 0;
 let audioHeader = null; // the header of the binary frame that comes next
 let playback = null; // {turnId, startTime, nextTime, sources, timer}
@@ -64,12 +67,24 @@ function showError(message) {
 
 // --- microphone ------------------------------------------------------------------------------------------------
 
+// Capture at 16 kHz where the browser resamples for us (Chromium); otherwise (Firefox refuses a microphone in a
+// context at another rate) at the device's rate, sent as it is when the server takes it, else resampled here.
 async function startMicrophone() {
-  captureCtx = new AudioContext({ sampleRate: INPUT_RATE });
   const constraints = { audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true } };
   micStream = await navigator.mediaDevices.getUserMedia(constraints);
+  let source;
+  try {
+    captureCtx = new AudioContext({ sampleRate: INPUT_RATE });
+    source = captureCtx.createMediaStreamSource(micStream);
+  } catch (error) {
+    if (captureCtx) captureCtx.close();
+    captureCtx = new AudioContext();
+    source = captureCtx.createMediaStreamSource(micStream);
+  }
+  micRate = SERVER_INPUT_RATES.includes(captureCtx.sampleRate) ? captureCtx.sampleRate : INPUT_RATE;
+  micStep = captureCtx.sampleRate / micRate;
+  micSamples = new Int16Array(micRate / 10); // 100 ms per AudioChunk
   await captureCtx.audioWorklet.addModule("/static/capture-worklet.js");
-  const source = captureCtx.createMediaStreamSource(micStream);
   const capture = new AudioWorkletNode(captureCtx, "minmo-capture");
   const mute = captureCtx.createGain(); // keeps the worklet pulled by the graph without playing the microphone
   mute.gain.value = 0;
@@ -77,16 +92,22 @@ async function startMicrophone() {
   source.connect(capture).connect(mute).connect(captureCtx.destination);
 }
 
+// micPhase: where the next sent sample lies, in capture samples from samples[0] (linear interpolation between
+// neighbours; with micStep 1 every sample is sent as it is).
 function onMicSamples(samples) {
-  for (let i = 0; i < samples.length; i++) {
-    const clipped = Math.max(-1, Math.min(1, samples[i]));
+  for (; micPhase <= samples.length - 1; micPhase += micStep) {
+    const index = Math.floor(micPhase);
+    const fraction = micPhase - index;
+    const value = fraction === 0 ? samples[index] : samples[index] * (1 - fraction) + samples[index + 1] * fraction;
+    const clipped = Math.max(-1, Math.min(1, value));
     micSamples[micFill++] = clipped < 0 ? clipped * 0x8000 : clipped * 0x7fff;
-    if (micFill === CHUNK_SAMPLES) {
+    if (micFill === micSamples.length) {
       if (ws && ws.readyState === WebSocket.OPEN && state.sessionId) ws.send(micSamples.buffer);
-      micSamples = new Int16Array(CHUNK_SAMPLES);
+      micSamples = new Int16Array(micSamples.length);
       micFill = 0;
     }
   }
+  micPhase -= samples.length; // carry the position into the next quantum
 }
 
 // --- playback --------------------------------------------------------------------------------------------------
@@ -244,7 +265,7 @@ async function start() {
     ws.send(
       JSON.stringify({
         type: "start",
-        input_sample_rate_hz: captureCtx.sampleRate,
+        input_sample_rate_hz: micRate,
         output_sample_rate_hz: OUTPUT_RATE,
         system_prompt: $("system-prompt").value,
         voice_instruction: $("voice-instruction").value,
@@ -266,6 +287,7 @@ function stop() {
   if (ws) ws.close();
   if (micStream) for (const track of micStream.getTracks()) track.stop();
   if (captureCtx) captureCtx.close();
+  if (playCtx) playCtx.close();
 }
 
 $("start").addEventListener("click", start);
