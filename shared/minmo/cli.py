@@ -93,6 +93,8 @@ def serve(
     import importlib
     import os
 
+    from minmo.serving.settings import SettingsError
+
     if service not in SERVICE_NAMES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}")
     overrides = {
@@ -100,7 +102,11 @@ def serve(
         "MINMO_LLM_ADDR": llm, "MINMO_VOICELM_ADDR": voicelm, "MINMO_VOCODER_ADDR": vocoder, "REDIS_URL": redis_url,
     }
     os.environ.update({name: str(value) for name, value in overrides.items() if value is not None})
-    importlib.import_module(f"minmo.services.{service}.main").main()
+    try:
+        importlib.import_module(f"minmo.services.{service}.main").main()
+    except (OSError, SettingsError) as error:  # a port in use, a malformed MINMO_* variable: one line, not a traceback
+        typer.secho(f"error: {service} did not start: {error}", err=True, fg="red")
+        raise typer.Exit(1) from None
 
 
 @app.command("up")

@@ -86,6 +86,16 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def test_serve_with_its_metrics_port_taken_is_one_line():
+    base = free_port_block()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 100))
+        squatter.listen()
+        result = _minmo("serve", "vocoder", "--port", str(base), "--config", "tiny", timeout_s=300)
+    _one_clear_line(result, "vocoder did not start")
+    assert "Address already in use" in result.stderr
+
+
 def test_chat_with_a_file_that_is_not_audio(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("remember the milk\n")
