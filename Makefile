@@ -14,6 +14,7 @@ lint:
 
 protos:
 	.venv/bin/python -m minmo.api.generate
+	.venv/bin/python -m minmo.api.docs
 
 # The container image (Containerfile): VARIANT=cpu or cuda; CONTAINER_TOOL=podman or docker.
 IMAGE ?= ghcr.io/minmo/minmo

@@ -11,6 +11,15 @@
 # MINMO_EXTRAS="" (no test tools). Developers and CI use the defaults: .venv, editable, with the dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System packages: chromium for the web page's browser test (driven by the playwright wheel, which downloads no
+# browser), PortAudio for `minmo chat --mic` (sounddevice). Installed when missing and we may (root + apt-get).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV="${MINMO_VENV:-.venv}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.audio.vad import SileroVad, StreamingVad
 from minmo.duplex.conversation import DuplexPolicy, Peers
+from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
 from minmo.serving.channels import open_channel
@@ -98,7 +99,11 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     host = ServiceHost(settings.server, telemetry)
     host.add_handler(conversation_handler(servicer), SERVICE_NAME, servicer)
     port = await host.start()
-    await host.set_serving()
+    names = ("encoder", "llm", "voicelm", "vocoder")
+    watch = PeerHealthWatch(dict(zip(names, channels, strict=True)), host.set_serving)
+    await watch.check()  # SERVING only once every peer is
+    watch.start()
+    host.on_stop(watch.stop)
     log.info("duplex serving on %s:%d", settings.server.host, port)
     return host
 

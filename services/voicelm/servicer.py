@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
 from minmo.serving.server import SessionLimiter
@@ -75,13 +76,12 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
                     async for request in request_iterator:
                         kind = request.WhichOneof("request")
                         if kind == "text_positions":
-                            response = await turn.feed(*await self._positions(request.text_positions, turn, context))
-                            if response is not None:
+                            hidden, token_embedding = await self._positions(request.text_positions, turn, context)
+                            for response in await turn.feed(hidden, token_embedding):
                                 yield response
                         elif kind == "text_end":
                             await _check_total(request.text_end, turn.positions, context)
-                            response = await turn.feed(turn.no_positions, turn.no_positions, text_end=True)
-                            if response is not None:
+                            for response in await turn.feed(turn.no_positions, turn.no_positions, text_end=True):
                                 yield response
                             self._record(hop, turn)
                             yield turn.done()
@@ -161,8 +161,9 @@ class _Turn:
 
     async def feed(
         self, hidden: torch.Tensor, token_embedding: torch.Tensor, text_end: bool = False
-    ) -> voicelm_pb2.SynthesizeResponse | None:
-        """Run the model on new positions; a response only when speech tokens came out."""
+    ) -> list[voicelm_pb2.SynthesizeResponse]:
+        """Run the model on new positions; the speech tokens that came out, split into messages of bounded size
+        (at TextEnd the model speaks everything left at once, far more than one message may carry)."""
         if self.first_positions_at is None and not text_end:
             self.first_positions_at = time.perf_counter()
         sequence = Sequence(self.sequence.id, end=text_end)
@@ -170,13 +171,12 @@ class _Turn:
         ids = (await self._infer(inputs, sequence))["speech_tokens"]
         self.positions += hidden.shape[0]
         if ids.numel() == 0:
-            return None
+            return []
         if self.tokens == 0 and self.first_positions_at is not None:
             self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
         first, self.tokens = self.tokens, self.tokens + ids.numel()
-        return voicelm_pb2.SynthesizeResponse(
-            speech_tokens=common_pb2.SpeechTokens(ids=ids.tolist(), first_index=first)
-        )
+        messages = split_speech_tokens(ids.tolist(), first)
+        return [voicelm_pb2.SynthesizeResponse(speech_tokens=message) for message in messages]
 
     def done(self) -> voicelm_pb2.SynthesizeResponse:
         return voicelm_pb2.SynthesizeResponse(

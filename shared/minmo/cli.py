@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="MinMo: full-duplex speech-text LLM and its serving stack.", no_args_is_help=True)
-model_app = typer.Typer(help="Inspect and run the model in-process.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Inspect the model: a config as JSON, parameters per paper module.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 
@@ -20,6 +22,18 @@ def model_params(config: str = typer.Option("minmo-8b", help="preset (minmo-8b, 
     from minmo.model.config import load_config
 
     typer.echo(json.dumps(count_parameters(load_config(config)), indent=2))
+
+
+@model_app.command("config")
+def model_config(config: str = typer.Option("tiny", help="preset (minmo-8b, tiny, nano) or JSON file")) -> None:
+    """Print a config as JSON: save it, edit it, and pass the file to --config (minmo up, serve, bench)."""
+    from minmo.model.config import load_config
+
+    try:
+        typer.echo(load_config(config).to_json())
+    except ValueError as error:
+        typer.secho(f"error: {error}", err=True, fg="red")
+        raise typer.Exit(1) from None
 
 
 @app.command("chat")
@@ -33,12 +47,31 @@ def chat(
     voice_instruction: Annotated[str, typer.Option(help='how to speak, e.g. "Speak with a tone of sadness"')] = "",
     text: Annotated[str | None, typer.Option(help="a typed user message, instead of --wav")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the session to start and for the reply")] = 30.0,
+    mic: Annotated[bool, typer.Option("--mic", help="talk live: microphone in, speaker out, until Ctrl-C")] = False,
 ) -> None:
-    """Talk to a running MinMo server: send a WAV file (or typed text), show the reply, save its speech."""
+    """Talk to a running MinMo server: live (--mic), a WAV file, or typed text; show the reply, save its speech."""
     from minmo.client.command import ChatOptions, chat_command
 
-    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout)
+    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic)
     raise typer.Exit(chat_command(options))
+
+
+@app.command("web")
+def web(
+    server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")] = "127.0.0.1:50051",
+    port: Annotated[int, typer.Option(help="port of the web page")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind (the microphone needs localhost or https)")] = "127.0.0.1",
+) -> None:
+    """Talk to MinMo in a browser: serves a page (microphone in, speech out, barge-in) and its WebSocket bridge."""
+    from minmo.serving.up import port_is_free
+    from minmo.web.bridge import WebSettings, run_web
+
+    if not port_is_free(port, host):
+        message = f"error: port {port} is in use: stop what listens there or choose another with --port"
+        typer.secho(message, err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"MinMo web page: http://{host}:{port}/  (talking to {server}; Ctrl-C stops it)")
+    raise typer.Exit(run_web(WebSettings(server=server, host=host, port=port)))
 
 
 SERVICE_NAMES = ("duplex", "encoder", "llm", "voicelm", "vocoder")
@@ -60,6 +93,8 @@ def serve(
     import importlib
     import os
 
+    from minmo.serving.settings import SettingsError
+
     if service not in SERVICE_NAMES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICE_NAMES)}")
     overrides = {
@@ -67,7 +102,11 @@ def serve(
         "MINMO_LLM_ADDR": llm, "MINMO_VOICELM_ADDR": voicelm, "MINMO_VOCODER_ADDR": vocoder, "REDIS_URL": redis_url,
     }
     os.environ.update({name: str(value) for name, value in overrides.items() if value is not None})
-    importlib.import_module(f"minmo.services.{service}.main").main()
+    try:
+        importlib.import_module(f"minmo.services.{service}.main").main()
+    except (OSError, SettingsError) as error:  # a port in use, a malformed MINMO_* variable: one line, not a traceback
+        typer.secho(f"error: {service} did not start: {error}", err=True, fg="red")
+        raise typer.Exit(1) from None
 
 
 @app.command("up")

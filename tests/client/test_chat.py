@@ -175,6 +175,7 @@ async def test_result_collects_the_turn(serve) -> None:
                 "assistant_text": "Hi there!",
                 "audio_ms": float(REPLY_MS),
                 "interrupted": False,
+                "end_reason": "",
                 "latency_ms": {
                     "encoder": 12.5,
                     "llm_first_token": 80.0,
@@ -184,6 +185,7 @@ async def test_result_collects_the_turn(serve) -> None:
                 },
             }
         ],
+        "error": None,
     }
     assert (peer.config.input_sample_rate_hz, peer.config.output_sample_rate_hz) == (INPUT_RATE, OUTPUT_RATE)
     assert (peer.config.system_prompt, peer.config.voice_instruction) == ("be brief", "whisper")
@@ -198,10 +200,11 @@ async def test_an_interrupted_response_keeps_its_full_text(serve) -> None:
     assert (turn.assistant_text, turn.heard_ms, turn.heard_text) == ("Hi there!", 200, "Hi")
 
 
-async def test_an_unreachable_server_is_an_rpc_failure() -> None:
-    result = await run_chat("127.0.0.1:1", _audio_request())
-    assert result.rpc_failure is not None and result.rpc_failure.code == "UNAVAILABLE"
-    assert result.problems()[0].startswith("RPC failed with UNAVAILABLE")
+async def test_an_unreachable_server_is_waited_for_then_reported_in_one_line() -> None:
+    result = await run_chat("127.0.0.1:1", _audio_request(timeout_s=1.0))
+    assert result.rpc_failure is None and result.turns == []
+    assert result.problems() == [result.not_ready]
+    assert result.not_ready.startswith("no MinMo server answers at 127.0.0.1:1")
 
 
 async def test_audio_goes_out_in_100_ms_chunks_followed_by_silence(serve) -> None:
@@ -249,8 +252,16 @@ async def test_an_aborted_rpc_is_reported_with_its_status(serve) -> None:
 
 async def test_no_reply_times_out_and_still_ends_the_session(serve) -> None:
     target, peer = serve(Script(reply=False))
-    result = await run_chat(target, _audio_request(0.2, timeout_s=0.3))
+    result = await run_chat(target, ChatRequest(text="hello", timeout_s=0.3))
     assert result.timed_out and result.problems() == ["timed out before the reply was complete"]
+    assert peer.ended
+
+
+async def test_audio_the_server_hears_no_speech_in_is_reported_as_such(serve) -> None:
+    target, peer = serve(Script(reply=False))
+    result = await run_chat(target, _audio_request(0.2, timeout_s=0.3))
+    assert result.no_speech and not result.timed_out
+    assert result.problems()[0].startswith("no speech detected")
     assert peer.ended
 
 
@@ -324,4 +335,4 @@ def test_cli_failures_exit_non_zero(serve, tmp_path: Path, script: Script, messa
 def test_cli_needs_exactly_one_input(serve) -> None:
     target, _ = serve()
     outcome = CliRunner().invoke(app, ["chat", "--server", target])
-    assert outcome.exit_code == 2 and "exactly one of --wav or --text" in outcome.output
+    assert outcome.exit_code == 2 and "exactly one of --mic, --wav or --text" in outcome.output

@@ -12,6 +12,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from minmo.api.speech_tokens import SPEECH_TOKENS_PER_MESSAGE
 from minmo.api.tensors import tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
@@ -275,3 +276,18 @@ async def test_health_is_serving_after_warm_up(voicelm):
     for service in ("", "minmo.v1.VoiceDecoder"):
         response = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_long_run_of_speech_tokens_travels_in_bounded_messages(voicelm, offline):
+    """60 positions in one message make 180 speech tokens at once: they leave in messages the vocoder accepts."""
+    stub, _, _ = voicelm
+    hidden, token_embedding = _llm_states(length=60)
+    sizes: list[int] = []
+    tokens: list[int] = []
+    async for response in stub.Synthesize(iter(_turn(hidden, token_embedding, 60, **GREEDY))):
+        if response.HasField("speech_tokens"):
+            assert response.speech_tokens.first_index == len(tokens)
+            sizes.append(len(response.speech_tokens.ids))
+            tokens += response.speech_tokens.ids
+    assert len(tokens) > SPEECH_TOKENS_PER_MESSAGE and max(sizes) <= SPEECH_TOKENS_PER_MESSAGE
+    assert tokens == offline(hidden, token_embedding)

@@ -31,6 +31,8 @@ def print_turn_bench(result: BenchResult, config: str) -> None:
     for hop, values in result.hops.items():
         hops.add_row(hop, f"{statistics.median(values['compute']):.1f}", f"{statistics.median(values['network']):.1f}")
     console.print(hops)
+    if result.log_path is not None:
+        console.print(f"service logs: {result.log_path}", style="dim")
 
 
 def print_runtime_bench(result: RuntimeBench, config: str) -> None:

@@ -19,7 +19,7 @@ import torch
 import tritonclient.grpc.aio
 
 from minmo.audio.synthetic import utterance
-from minmo.bench.turn import bench_services, free_port_block
+from minmo.bench.turn import bench_services, free_port_block, service_log_path
 from minmo.model.config import load_config
 from minmo.runtime.base import ModelRuntime
 from minmo.runtime.factory import build_local_runtime
@@ -71,6 +71,7 @@ async def batch_sizes_under_load(runtime: TritonRuntime, url: str) -> dict[int, 
 
 def run_runtime_bench(config: str, calls: int, turns: int) -> RuntimeBench:
     cfg = load_config(config)
+    log_path = service_log_path()
     with tempfile.TemporaryDirectory(prefix="minmo-bench-triton-") as directory:
         repository = Path(directory)
         export_repository(cfg, repository)
@@ -78,8 +79,8 @@ def run_runtime_bench(config: str, calls: int, turns: int) -> RuntimeBench:
         with server:
             local_calls, triton_calls, batches = asyncio.run(_per_call(config, calls, server.url))
             triton_env = {"MINMO_RUNTIME": "triton", "MINMO_TRITON_URL": server.url}
-            triton_first_audio, _ = bench_services(config, turns, seed=0, extra_env=triton_env)
-        local_first_audio, _ = bench_services(config, turns, seed=0)
+            triton_first_audio, _ = bench_services(config, turns, seed=0, extra_env=triton_env, log_path=log_path)
+        local_first_audio, _ = bench_services(config, turns, seed=0, log_path=log_path)
     return RuntimeBench(local_calls, triton_calls, batches, local_first_audio, triton_first_audio)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import statistics
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -35,6 +37,7 @@ class BenchResult:
     in_process_ms: list[float]
     services_ms: list[float]
     hops: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # hop -> compute/network -> ms
+    log_path: Path | None = None  # where the services' JSON logs went (kept off the terminal and its table)
 
     @property
     def ratio(self) -> float:
@@ -48,9 +51,17 @@ def bench_in_process(config: str, runs: int, seed: int) -> list[float]:
     return [pipeline.run_turn(pcm.split(CHUNK_SAMPLES)).first_audio_ms for _ in range(runs)]
 
 
+def service_log_path() -> Path:
+    """A fresh file for the services' JSON logs during a benchmark, so they do not flood the terminal."""
+    with tempfile.NamedTemporaryFile(prefix="minmo-bench-services-", suffix=".log", delete=False) as file:
+        return Path(file.name)
+
+
 def bench_services(
-    config: str, runs: int, seed: int, extra_env: dict[str, str] | None = None
+    config: str, runs: int, seed: int, extra_env: dict[str, str] | None = None, log_path: Path | None = None
 ) -> tuple[list[float], dict]:
+    """First-audio times of `runs` turns through the five services; their logs are appended to `log_path`."""
+    log_path = log_path or service_log_path()
     reports: list[conversation_pb2.LatencyReport] = []
 
     def keep_report(event: conversation_pb2.ServerEvent) -> None:
@@ -58,7 +69,11 @@ def bench_services(
             reports.append(event.latency_report)
 
     request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=True, timeout_s=300)
-    with EmbeddedRedis() as redis_server, run_stack(config, free_port_block(), redis_server.url, extra_env) as stack:
+    with (
+        log_path.open("ab") as log,
+        EmbeddedRedis() as redis_server,
+        run_stack(config, free_port_block(), redis_server.url, extra_env, log=log) as stack,
+    ):
         target = stack.addresses["duplex"]
         for run in range(runs + 1):  # the first turn warms the services up
             result = asyncio.run(run_chat(target, request, keep_report if run else None))
@@ -75,8 +90,9 @@ def bench_services(
 
 def run_bench(config: str, runs: int, seed: int = 0) -> BenchResult:
     in_process = bench_in_process(config, runs, seed)
-    services, hops = bench_services(config, runs, seed)
-    return BenchResult(in_process, services, hops)
+    log_path = service_log_path()
+    services, hops = bench_services(config, runs, seed, log_path=log_path)
+    return BenchResult(in_process, services, hops, log_path)
 
 
 def free_port_block(size: int = 5) -> int:

@@ -1,7 +1,9 @@
-"""Client side of the public Conversation API: run a conversation from a WAV file or typed text.
+"""Client side of the public Conversation API.
 
-`run_chat` (or `ConversationClient.chat` to reuse one channel) returns a `ChatResult`; the `minmo chat`
-command, the tests and the benchmarks all go through it.
+- `Session`: a conversation from code (open, send text or audio, iterate events, `say` for a typed turn and
+  its whole reply). The README shows it; the web page and `minmo chat --mic` use it.
+- `run_chat` (or `ConversationClient.chat` to reuse one channel): one input from a WAV file or typed text,
+  returning a `ChatResult`; `minmo chat --wav`, the tests and the benchmarks go through it.
 """
 
 from minmo.client.chat import (
@@ -14,6 +16,7 @@ from minmo.client.chat import (
     TurnResult,
     run_chat,
 )
+from minmo.client.session import Reply, Session, SessionError
 from minmo.client.wav import InputAudio, load_wav, write_wav
 
 __all__ = [
@@ -22,8 +25,11 @@ __all__ = [
     "ConversationClient",
     "InputAudio",
     "LatencyMs",
+    "Reply",
     "RpcFailure",
     "ServerError",
+    "Session",
+    "SessionError",
     "TurnResult",
     "load_wav",
     "run_chat",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
 from minmo.client.wav import MS_PER_S, InputAudio
@@ -26,12 +27,18 @@ OUTPUT_SAMPLE_RATE_HZ = 24000
 TEXT_SESSION_INPUT_RATE_HZ = 16000  # SessionConfig needs an input rate even when only text is sent
 DEFAULT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0  # how long the server may take to close the stream after EndSession
+NO_SPEECH_WAIT_S = 5.0  # after the last audio chunk: no USER_SPEECH_STARTED by then means the audio held no speech
+READY_POLL_S = 0.25  # how often to ask grpc.health.v1 while the server is still starting
+READY_ATTEMPT_S = 2.0  # one health check waits this long for a connection before asking again
+RECONNECT_BACKOFF_MS = 2000  # retry a server that is still starting this often (gRPC's default grows to 120 s)
 TYPED_USER_TURN = "typed"  # key of the user turn that a TextInput stands for
 JSON_LATENCY_FIELDS = ("encoder", "llm_first_token", "voicelm_first_tokens", "vocoder_first_chunk", "first_audio")
 
 TurnType = conversation_pb2.TurnEvent.Type
+EndReason = conversation_pb2.TurnEvent.EndReason
 _END_SESSION = conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession())
 EventCallback = Callable[[conversation_pb2.ServerEvent], None]
+WaitCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class TurnResult:
     heard_ms: int | None = None  # only for an interrupted response
     heard_text: str | None = None  # only for an interrupted response
     ended: bool = False  # RESPONSE_DONE or RESPONSE_INTERRUPTED arrived
+    end_reason: str = ""  # TurnEvent.EndReason name: COMPLETED, MAX_TOKENS (cut at the length cap), INTERRUPTED, FAILED
     latency: LatencyMs | None = None
 
     @property
@@ -115,6 +123,7 @@ class TurnResult:
             "assistant_text": self.assistant_text,
             "audio_ms": round(self.audio_ms, 1),
             "interrupted": self.interrupted,
+            "end_reason": self.end_reason,
             "latency_ms": {name: getattr(self.latency, name, None) for name in JSON_LATENCY_FIELDS},
         }
 
@@ -145,6 +154,8 @@ class ChatResult:
     turns: list[TurnResult] = field(default_factory=list)
     errors: list[ServerError] = field(default_factory=list)
     rpc_failure: RpcFailure | None = None
+    not_ready: str | None = None  # why the conversation never started: no server answered, or it was not SERVING
+    no_speech: bool = False  # the audio was sent, and the server heard no speech in it
     timed_out: bool = False
     send_s: float = 0.0  # wall time spent sending the input; ≈ the audio's length when paced in real time
 
@@ -154,8 +165,15 @@ class ChatResult:
 
     def problems(self) -> list[str]:
         """Why the conversation failed, one line each."""
+        if self.not_ready is not None:
+            return [self.not_ready]
         lines = [f"server error {e.code}: {e.message}" for e in self.errors]
-        if self.rpc_failure is not None:
+        if self.no_speech:
+            lines.append(
+                f"no speech detected: the server heard no speech in the audio within {NO_SPEECH_WAIT_S:.0f} s of its "
+                "end; check the recording is not silent (or speak louder / closer to the microphone)"
+            )
+        elif self.rpc_failure is not None:
             lines.append(f"RPC failed with {self.rpc_failure.code}: {self.rpc_failure.details}")
         elif self.timed_out:
             lines.append("timed out before the reply was complete")
@@ -169,7 +187,13 @@ class ChatResult:
         return b"".join(bytes(turn.audio) for turn in self.turns), rate
 
     def to_json(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "turns": [turn.to_json() for turn in self.turns]}
+        """The result for scripts: `error` is null on success, else the problems, one per line."""
+        problems = self.problems()
+        return {
+            "session_id": self.session_id,
+            "turns": [turn.to_json() for turn in self.turns],
+            "error": "\n".join(problems) if problems else None,
+        }
 
 
 class _Collector:
@@ -178,6 +202,7 @@ class _Collector:
     def __init__(self, typed_text: str | None) -> None:
         self.result = ChatResult()
         self.session_started = asyncio.Event()
+        self.speech_started = asyncio.Event()
         self.reply_complete = asyncio.Event()
         self._turns: dict[str, TurnResult] = {}
         self._user_texts: dict[str, str] = {}
@@ -225,6 +250,7 @@ class _Collector:
     def _on_turn_event(self, event: conversation_pb2.TurnEvent) -> None:
         if event.type in (TurnType.USER_SPEECH_STARTED, TurnType.USER_SPEECH_STOPPED):
             self._user_turn = event.turn_id
+            self.speech_started.set()
         elif event.type == TurnType.BACKCHANNEL:
             self._backchannels.add(event.turn_id)
             if (turn := self._turns.pop(event.turn_id, None)) is not None:
@@ -237,6 +263,7 @@ class _Collector:
         if turn is None or event.type == TurnType.RESPONSE_STARTED:
             return
         turn.ended = True
+        turn.end_reason = EndReason.Name(event.end_reason) if event.end_reason else ""
         if event.type == TurnType.RESPONSE_INTERRUPTED:
             turn.interrupted, turn.heard_ms, turn.heard_text = True, event.heard_ms, event.heard_text
 
@@ -262,8 +289,15 @@ class ConversationClient:
     """
 
     def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
+        )
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
+
+    @property
+    def stub(self) -> conversation_pb2_grpc.ConversationStub:
+        return self._stub
 
     async def __aenter__(self) -> ConversationClient:
         return self
@@ -274,12 +308,18 @@ class ConversationClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def chat(self, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+    async def chat(
+        self, request: ChatRequest, on_event: EventCallback | None = None, on_waiting: WaitCallback | None = None
+    ) -> ChatResult:
         """Run one session: config, input, wait for the reply, EndSession. `on_event` sees every ServerEvent.
 
-        A failed RPC is reported in the result, not raised; cancelling the task cancels the call.
+        A failed RPC is reported in the result, not raised; cancelling the task cancels the call. A server that is
+        still starting (e.g. right after `minmo up`) is waited for, up to `request.timeout_s`.
         """
         collector = _Collector(request.text)
+        collector.result.not_ready = await self.wait_until_ready(request.timeout_s, on_waiting)
+        if collector.result.not_ready is not None:
+            return collector.finish()
         call = self._stub.Converse()
         reader = asyncio.create_task(_read_events(call, collector, on_event))
         try:
@@ -291,11 +331,47 @@ class ConversationClient:
             call.cancel()
         return collector.finish()
 
+    async def wait_until_ready(self, timeout_s: float, on_waiting: WaitCallback | None = None) -> str | None:
+        """Poll grpc.health.v1 until the server says SERVING; None when it does, else why not (one line).
+        `on_waiting` hears once, with a line for a person, when the first answer is not SERVING yet."""
+        health = health_pb2_grpc.HealthStub(self._channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        status: str | None = None  # the last status the server answered; None while nothing answers
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=min(max(remaining, 0.05), READY_ATTEMPT_S),
+                    wait_for_ready=True,
+                )
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return None
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # a server without health checks: just try it
+                    return None
+            if loop.time() + READY_POLL_S >= deadline:
+                break
+            if on_waiting is not None:
+                on_waiting(f"waiting up to {timeout_s:.0f} s for the server at {self.target} to be ready…")
+                on_waiting = None
+            await asyncio.sleep(READY_POLL_S)
+        if status is None:
+            return f"no MinMo server answers at {self.target} (waited {timeout_s:.0f} s); start one with `minmo up`"
+        return (
+            f"the server at {self.target} is not ready ({status} after {timeout_s:.0f} s): it is still loading, "
+            "or one of the services behind it is down; see the `minmo up` output"
+        )
 
-async def run_chat(target: str, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+
+async def run_chat(
+    target: str, request: ChatRequest, on_event: EventCallback | None = None, on_waiting: WaitCallback | None = None
+) -> ChatResult:
     """One conversation with the server at `target` ("host:port") over a channel of its own."""
     async with ConversationClient(target) as client:
-        return await client.chat(request, on_event)
+        return await client.chat(request, on_event, on_waiting)
 
 
 async def _converse(
@@ -308,8 +384,13 @@ async def _converse(
             start = time.monotonic()
             await _send_input(call, request)
             result.send_s = time.monotonic() - start
-            await _wait_while_open(collector.reply_complete, reader, request.timeout_s)
-        result.timed_out = not reader.done() and not collector.reply_complete.is_set()
+            if request.audio is not None:
+                wait = min(NO_SPEECH_WAIT_S, request.timeout_s)
+                heard = await _wait_while_open(collector.speech_started, reader, wait)
+                result.no_speech = not heard and not reader.done()
+            if not result.no_speech:
+                await _wait_while_open(collector.reply_complete, reader, request.timeout_s)
+        result.timed_out = not reader.done() and not collector.reply_complete.is_set() and not result.no_speech
     if not reader.done() and await _write(call, _END_SESSION):
         await call.done_writing()
     await asyncio.wait({reader}, timeout=CLOSE_TIMEOUT_S)

@@ -17,10 +17,13 @@ from rich.console import Console
 from minmo.audio.pcm import PCM16_BYTES
 from minmo.client.chat import ChatRequest, ChatResult, run_chat
 from minmo.client.console import ConsoleRenderer
-from minmo.client.wav import MS_PER_S, load_wav, write_wav
+from minmo.client.mic import NoAudioDevice, run_mic
+from minmo.client.session import SessionError
+from minmo.client.wav import MS_PER_S, AudioFileError, load_wav, write_wav
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad input on the command line (a file that is not audio), like typer's own usage errors
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
@@ -37,17 +40,27 @@ class ChatOptions:
     system_prompt: str
     voice_instruction: str
     timeout_s: float
+    mic: bool = False
 
 
 def chat_command(options: ChatOptions) -> int:
     """Run one conversation and return the process exit code."""
-    if (options.wav is None) == (options.text is None):
-        raise typer.BadParameter("give exactly one of --wav or --text")
+    if (options.wav is not None) + (options.text is not None) + options.mic != 1:
+        raise typer.BadParameter("give exactly one of --mic, --wav or --text")
     stdout, stderr = Console(), Console(stderr=True)
-    request = _request(options)
+    if options.mic:
+        return _live(options, stderr)
+    try:
+        request = _request(options)
+    except AudioFileError as error:
+        if options.as_json:
+            typer.echo(json.dumps({"session_id": "", "turns": [], "error": str(error)}))
+        stderr.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
+        return EXIT_USAGE
     on_event = None if options.as_json else ConsoleRenderer(stdout)
     try:
-        result = asyncio.run(run_chat(options.server, request, on_event))
+        on_waiting = None if options.as_json else lambda line: stderr.print(line, style="dim", markup=False)
+        result = asyncio.run(run_chat(options.server, request, on_event, on_waiting))
     except KeyboardInterrupt:
         stderr.print("interrupted: the call was cancelled", style="yellow")
         return EXIT_INTERRUPTED
@@ -57,8 +70,20 @@ def chat_command(options: ChatOptions) -> int:
         typer.echo(json.dumps(result.to_json()))
     problems = result.problems()
     for problem in problems:
-        stderr.print(problem, style="bold red", markup=False)
+        stderr.print(f"error: {problem}", style="bold red", markup=False, soft_wrap=True)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def _live(options: ChatOptions, stderr: Console) -> int:
+    """`--mic`: a live conversation until Ctrl-C; no microphone or no server is one line and exit code 1."""
+    try:
+        asyncio.run(run_mic(options.server, options.system_prompt, options.voice_instruction, options.timeout_s))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (NoAudioDevice, SessionError) as error:
+        stderr.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _request(options: ChatOptions) -> ChatRequest:

@@ -15,6 +15,11 @@ from minmo.client.wav import MS_PER_S
 from minmo.v1 import common_pb2, conversation_pb2
 
 TurnType = conversation_pb2.TurnEvent.Type
+EndReason = conversation_pb2.TurnEvent.EndReason
+_END_NOTES = {
+    EndReason.MAX_TOKENS: " (cut: the reply reached the server's length cap, MINMO_MAX_RESPONSE_TOKENS)",
+    EndReason.FAILED: " (failed: see the error above)",
+}
 
 _TURN_LINES = {
     TurnType.USER_SPEECH_STARTED: ("▶ user speech started", "cyan"),
@@ -67,6 +72,7 @@ class ConsoleRenderer:
             line.append(f" at {event.input_offset_ms / MS_PER_S:.2f} s")
         if event.type == TurnType.RESPONSE_INTERRUPTED:
             line.append(f" after {event.heard_ms} ms heard: {event.heard_text!r}")
+        line.append(_END_NOTES.get(event.end_reason, ""))
         self._line(line)
 
     def _on_transcript(self, transcript: conversation_pb2.Transcript) -> None:

@@ -34,9 +34,24 @@ class InputAudio:
         return len(self.samples) * MS_PER_S / self.sample_rate
 
 
+class AudioFileError(ValueError):
+    """A file given as spoken input cannot be used; the message says why and what to give instead."""
+
+
 def load_wav(path: Path) -> InputAudio:
-    """Read a WAV file as mono (channels averaged) at a supported rate (else resampled to 16 kHz)."""
-    frames, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
+    """Read a WAV file as mono (channels averaged) at a supported rate (else resampled to 16 kHz).
+
+    A file that is not audio (or holds no samples) raises AudioFileError with one line for a person.
+    """
+    try:
+        frames, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise AudioFileError(
+            f"{path} is not an audio file this client can read ({str(error).strip()}); give a WAV file, "
+            "e.g. `espeak-ng -w question.wav 'what is the capital of France?'`"
+        ) from None
+    if frames.shape[0] == 0:
+        raise AudioFileError(f"{path} holds no audio samples; record or synthesise some speech into it")
     mono = frames.mean(axis=1, dtype=np.float32)
     if rate in SUPPORTED_INPUT_RATES:
         return InputAudio(mono, rate)

@@ -62,6 +62,8 @@ OUTPUT_RATES = (8000, 16000, 24000, 48000)
 DEFAULT_OUTPUT_RATE = 24000
 RESPOND_THRESHOLD = 0.5
 TurnType = conversation_pb2.TurnEvent.Type
+EndReason = conversation_pb2.TurnEvent.EndReason
+LLM_END_REASONS = {"LENGTH": EndReason.MAX_TOKENS}  # ResponseEnd.Reason name -> the client's; otherwise COMPLETED
 
 
 class ProtocolError(Exception):
@@ -476,14 +478,16 @@ class Conversation:
             self.response = None
             message = str(error) if isinstance(error, LinkLost) else f"{error.code().name}: {error.details()}"
             await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
-            await self._finish_turn(response, TurnType.RESPONSE_DONE, (grpc.StatusCode.UNAVAILABLE, message))
+            failure = (grpc.StatusCode.UNAVAILABLE, message)
+            await self._finish_turn(response, TurnType.RESPONSE_DONE, failure, EndReason.FAILED)
             return
         self.response = None
         text = result.text
         turn = Turn(response.turn_id, Role.ASSISTANT, text, round(result.audio_ms))
         await self.store.append_turn(self.session_id, self.epoch, turn)
         await self._final_transcript(response.turn_id, text)
-        await self._finish_turn(response, TurnType.RESPONSE_DONE)
+        end_reason = LLM_END_REASONS.get(result.end_reason, EndReason.COMPLETED)
+        await self._finish_turn(response, TurnType.RESPONSE_DONE, end_reason=end_reason)
 
     async def _interrupt(self) -> None:
         """Barge-in or cancel: stop a response that is generating or whose audio is still playing."""
@@ -510,9 +514,14 @@ class Conversation:
         )
         with contextlib.suppress(LinkLost):
             await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
-        await self.emit(
-            _turn_event(TurnType.RESPONSE_INTERRUPTED, response.turn_id, heard_ms=heard_ms, heard_text=heard_text)
+        interrupted = _turn_event(
+            TurnType.RESPONSE_INTERRUPTED,
+            response.turn_id,
+            heard_ms=heard_ms,
+            heard_text=heard_text,
+            end_reason=EndReason.INTERRUPTED,
         )
+        await self.emit(interrupted)
         if generating:
             await self._final_transcript(response.turn_id, heard_text)
             report = self._report(response)
@@ -541,11 +550,15 @@ class Conversation:
         )
 
     async def _finish_turn(
-        self, response: Response, event_type: int, failure: tuple[grpc.StatusCode, str] | None = None
+        self,
+        response: Response,
+        event_type: int,
+        failure: tuple[grpc.StatusCode, str] | None = None,
+        end_reason: int = EndReason.COMPLETED,
     ) -> None:
         report = self._report(response)
         self._end_trace(response, report, failure=failure)
-        await self.emit(_turn_event(event_type, response.turn_id))
+        await self.emit(_turn_event(event_type, response.turn_id, end_reason=end_reason))
         await self.emit(conversation_pb2.ServerEvent(latency_report=report))
         await self.store.set_state(self.session_id, self.epoch, SessionState.LISTENING)
 

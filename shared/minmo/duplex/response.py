@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import LinkLost, LlmLink
@@ -202,8 +203,10 @@ class Response:
                 if self.timings.first_speech_tokens is None:
                     self.timings.first_speech_tokens = now_ms()
                     self.timings.first_tokens_to_vocoder = now_ms()
-                self.speech_tokens += len(response.speech_tokens.ids)
-                await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=response.speech_tokens))
+                tokens = response.speech_tokens
+                self.speech_tokens += len(tokens.ids)
+                for message in split_speech_tokens(tokens.ids, tokens.first_index):  # whatever size voicelm sent
+                    await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=message))
             else:
                 self.timings.voicelm_first_tokens_compute_ms = response.synthesis_done.first_tokens_ms or None
                 await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=self.speech_tokens)))

@@ -81,9 +81,11 @@ class ServiceHost:
         await self.server.start()
         return self.port
 
-    async def set_serving(self) -> None:
+    async def set_serving(self, serving: bool = True) -> None:
+        """SERVING (or, with False, NOT_SERVING again: e.g. duplex while a peer it needs is down)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names[2:]]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()

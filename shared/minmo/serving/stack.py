@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +26,7 @@ from minmo.serving.settings import METRICS_PORT_OFFSET
 
 MODEL_SERVICES = ("encoder", "llm", "voicelm", "vocoder")
 SERVICES = (*MODEL_SERVICES, "duplex")
+STARTUP_TIMEOUT_S = 600.0  # nano's LLM de-quantises its GGUF weights for minutes on a busy 2-core machine
 PEER_VARIABLES = {
     "encoder": "MINMO_ENCODER_ADDR",
     "llm": "MINMO_LLM_ADDR",
@@ -67,15 +69,20 @@ def service_ports(duplex_port: int) -> dict[str, int]:
     return {"duplex": duplex_port} | {name: duplex_port + 1 + index for index, name in enumerate(MODEL_SERVICES)}
 
 
-def start_service(name: str, port: int, env: dict[str, str], host: str = "127.0.0.1") -> StackProcess:
+def start_service(
+    name: str, port: int, env: dict[str, str], host: str = "127.0.0.1", log: IO[bytes] | None = None
+) -> StackProcess:
+    """Start one service process; its output (JSON log lines) goes to `log`, or to this terminal when None."""
     metrics_port = port + METRICS_PORT_OFFSET
     own = {"MINMO_PORT": str(port), "MINMO_HOST": host, "MINMO_METRICS_PORT": str(metrics_port)}
     child_env = os.environ | env | own
-    process = subprocess.Popen([sys.executable, "-m", f"minmo.services.{name}.main"], env=child_env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"minmo.services.{name}.main"], env=child_env, stdout=log, stderr=log
+    )
     return StackProcess(name, f"{host}:{port}", f"http://{host}:{metrics_port}/metrics", process)
 
 
-def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     """Poll grpc.health.v1 until SERVING; fail early if the process died."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
@@ -93,16 +100,21 @@ def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float
 
 @contextlib.contextmanager
 def run_stack(
-    config: str, duplex_port: int, redis_url: str, extra_env: dict[str, str] | None = None
+    config: str,
+    duplex_port: int,
+    redis_url: str,
+    extra_env: dict[str, str] | None = None,
+    log: IO[bytes] | None = None,
 ) -> Iterator[Stack]:
-    """Start the five services against `redis_url`; yield the running stack; stop it on exit."""
+    """Start the five services against `redis_url`; yield the running stack; stop it on exit. The services' logs
+    go to `log` (an open file) when given, else to this terminal."""
     ports = service_ports(duplex_port)
     env = {"MINMO_CONFIG": config, "REDIS_URL": redis_url} | (extra_env or {})
     env |= {PEER_VARIABLES[name]: f"127.0.0.1:{ports[name]}" for name in MODEL_SERVICES}
     stack = Stack()
     try:
         for group in (MODEL_SERVICES, ("duplex",)):  # model services load in parallel, then the front door
-            started = [start_service(name, ports[name], env) for name in group]
+            started = [start_service(name, ports[name], env, log=log) for name in group]
             stack.processes.extend(started)
             for item in started:
                 wait_until_serving(item.address, item.process)

@@ -18,12 +18,60 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from minmo.serving.stack import run_stack
+from minmo.model.config import load_config
+from minmo.serving.settings import METRICS_PORT_OFFSET
+from minmo.serving.stack import run_stack, service_ports
 from minmo.session.embedded import EmbeddedRedis
+
+LOCALHOST = "127.0.0.1"
+WATCH_INTERVAL_S = 1.0  # how often the running stack checks that every service process is still alive
+EXIT_FAILED = 1
+
+
+def preflight(config: str, port: int) -> list[str]:
+    """What would make the stack fail to start, one line each, checked before anything starts: the config, and
+    every gRPC and metrics port the stack needs (a port taken by an old stack would answer its health checks)."""
+    problems = []
+    try:
+        load_config(config)
+    except (ValueError, TypeError, OSError) as error:
+        problems.append(f"config {config!r}: {error}")
+    for name, grpc_port in service_ports(port).items():
+        for kind, number in (("gRPC", grpc_port), ("metrics", grpc_port + METRICS_PORT_OFFSET)):
+            if not port_is_free(number):
+                problems.append(
+                    f"port {number} ({name} {kind}) is in use: stop what listens there (an old `minmo up`?) "
+                    f"or choose other ports with --port (the stack uses --port .. --port+4, and +{METRICS_PORT_OFFSET})"
+                )
+    return problems
+
+
+def port_is_free(port: int, host: str = LOCALHOST) -> bool:
+    """True when a server could listen on host:port now (a listening socket there makes bind fail)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to serve on
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001) -> int:
     console = Console()
+    problems = preflight(config, port)
+    for problem in problems:
+        console.print(f"error: {problem}", style="bold red", markup=False, soft_wrap=True)
+    if problems:
+        return EXIT_FAILED
+    try:
+        return _run(console, config, port, runtime, triton_grpc_port)
+    except (RuntimeError, TimeoutError) as error:  # a service died or never became SERVING while starting
+        console.print(f"error: the stack did not start: {error}", style="bold red", markup=False, soft_wrap=True)
+        return EXIT_FAILED
+
+
+def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_port: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -35,6 +83,9 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
             extra_env = {"MINMO_RUNTIME": "triton", "MINMO_TRITON_URL": triton_url}
         with console.status(f"starting the stack ({config}, {runtime} runtime)…"):
             stack = resources.enter_context(run_stack(config, port, redis_url, extra_env))
+        dead = [item.name for item in stack.processes if item.process.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited right after starting")
         table = Table(title=f"MinMo is up (config {config})")
         table.add_column("service")
         table.add_column("endpoint")
@@ -47,7 +98,12 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
             table.add_row("triton", f"grpc://{extra_env['MINMO_TRITON_URL']}", "")
         console.print(table)
         console.print(f"try: minmo chat --server 127.0.0.1:{port} --wav some.wav    (Ctrl-C stops the stack)")
-        stop.wait()
+        while not stop.wait(WATCH_INTERVAL_S):
+            dead = [item for item in stack.processes if item.process.poll() is not None]
+            if dead:
+                exited = ", ".join(f"{item.name} (exit code {item.process.returncode})" for item in dead)
+                console.print(f"error: {exited} stopped; stopping the stack", style="bold red", markup=False)
+                return EXIT_FAILED
         console.print("stopping…")
     return 0
 

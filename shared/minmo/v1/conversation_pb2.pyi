@@ -148,7 +148,7 @@ class SessionStarted(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., input_format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., resumed: _Optional[bool] = ..., history_turns: _Optional[int] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ...) -> None: ...
 
 class TurnEvent(_message.Message):
-    __slots__ = ("type", "turn_id", "input_offset_ms", "heard_ms", "heard_text")
+    __slots__ = ("type", "turn_id", "input_offset_ms", "heard_ms", "heard_text", "end_reason")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[TurnEvent.Type]
@@ -165,17 +165,31 @@ class TurnEvent(_message.Message):
     RESPONSE_DONE: TurnEvent.Type
     RESPONSE_INTERRUPTED: TurnEvent.Type
     BACKCHANNEL: TurnEvent.Type
+    class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        END_REASON_UNSPECIFIED: _ClassVar[TurnEvent.EndReason]
+        COMPLETED: _ClassVar[TurnEvent.EndReason]
+        MAX_TOKENS: _ClassVar[TurnEvent.EndReason]
+        INTERRUPTED: _ClassVar[TurnEvent.EndReason]
+        FAILED: _ClassVar[TurnEvent.EndReason]
+    END_REASON_UNSPECIFIED: TurnEvent.EndReason
+    COMPLETED: TurnEvent.EndReason
+    MAX_TOKENS: TurnEvent.EndReason
+    INTERRUPTED: TurnEvent.EndReason
+    FAILED: TurnEvent.EndReason
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
     HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     HEARD_TEXT_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     type: TurnEvent.Type
     turn_id: str
     input_offset_ms: int
     heard_ms: int
     heard_text: str
-    def __init__(self, type: _Optional[_Union[TurnEvent.Type, str]] = ..., turn_id: _Optional[str] = ..., input_offset_ms: _Optional[int] = ..., heard_ms: _Optional[int] = ..., heard_text: _Optional[str] = ...) -> None: ...
+    end_reason: TurnEvent.EndReason
+    def __init__(self, type: _Optional[_Union[TurnEvent.Type, str]] = ..., turn_id: _Optional[str] = ..., input_offset_ms: _Optional[int] = ..., heard_ms: _Optional[int] = ..., heard_text: _Optional[str] = ..., end_reason: _Optional[_Union[TurnEvent.EndReason, str]] = ...) -> None: ...
 
 class Transcript(_message.Message):
     __slots__ = ("turn_id", "role", "text", "is_final")
