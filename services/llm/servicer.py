@@ -12,7 +12,8 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
   ResponseEnd(CANCELLED) for that turn. A CancelGeneration for any other turn (unknown, already dropped, or
   followed by a text turn or another response) changes nothing and gets no answer: cancels race with
   responses ending, so a late one is not an error.
-- A GenerateResponse while another response is generating fails the stream with FAILED_PRECONDITION; a
+- A GenerateResponse while another response is generating (and not cancelled) fails the stream with
+  FAILED_PRECONDITION (after a CancelGeneration it is queued behind the cancelled one's ResponseEnd); a
   request before the config, embeddings that are not float32 (T>0, hidden size), or an unset role fail it
   with INVALID_ARGUMENT; a stream past MINMO_MAX_SESSIONS is refused with RESOURCE_EXHAUSTED.
 - Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
@@ -52,6 +53,7 @@ from minmo.runtime.llm_model import (
     history_tensors,
     text_tensor,
 )
+from minmo.serving.errors import status_for
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
@@ -200,8 +202,7 @@ class _Session:
         except SessionFailed as failure:
             self.out.put_nowait(failure)
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            log.exception("session %s: reading requests failed", self.sequence_id)
-            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"reading requests failed: {error}"))
+            self.out.put_nowait(SessionFailed(*status_for(error, "the llm's request reader")))
 
     def _dispatch(self, request: llm_pb2.LlmRequest) -> None:
         kind = request.WhichOneof("request")
@@ -243,7 +244,7 @@ class _Session:
         return embeddings
 
     def _generate_job(self, request: llm_pb2.GenerateResponse) -> Job:
-        if self.generation is not None:
+        if self.generation is not None and not self.generation.cancelled.is_set():
             raise SessionFailed(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"GenerateResponse for turn {request.turn_id!r} while turn {self.generation.turn_id!r} is still "
@@ -269,8 +270,7 @@ class _Session:
         except InvalidInput as error:
             self.out.put_nowait(SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)))
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            log.exception("session %s: a request failed", self.sequence_id)
-            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"the llm failed: {error}"))
+            self.out.put_nowait(SessionFailed(*status_for(error, "the llm")))
 
     def _begin(self, name: str, trace_context: Mapping[str, str], turn_id: str) -> HopSpan:
         return self.telemetry.begin(name, trace_context, session_id=self.config.session_id, turn_id=turn_id)
@@ -329,7 +329,8 @@ class _Session:
             generation.hop.fail_with(error)
             raise
         finally:
-            self.generation = None
+            if self.generation is generation:  # a cancelled one may already have a successor queued
+                self.generation = None
         self._record(generation, reason)
         if reason != llm_pb2.ResponseEnd.CANCELLED:
             self.last_finished = generation

@@ -33,11 +33,17 @@ def chat(
     voice_instruction: Annotated[str, typer.Option(help='how to speak, e.g. "Speak with a tone of sadness"')] = "",
     text: Annotated[str | None, typer.Option(help="a typed user message, instead of --wav")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the session to start and for the reply")] = 30.0,
+    tls_ca: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (PEM): connect over TLS")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MINMO_API_KEY", help="API key for the server")] = None,
 ) -> None:
     """Talk to a running MinMo server: send a WAV file (or typed text), show the reply, save its speech."""
     from minmo.client.command import ChatOptions, chat_command
 
-    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout)
+    options = ChatOptions(
+        server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, tls_ca, api_key
+    )
     raise typer.Exit(chat_command(options))
 
 
@@ -76,13 +82,30 @@ def up(
     port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
     runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
     triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
+    tls: Annotated[bool, typer.Option(help="TLS at the front door and mTLS between services (throwaway CA)")] = False,
 ) -> None:
     """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
     from minmo.serving.up import run_up
 
     if runtime not in ("local", "triton"):
         raise typer.BadParameter(f"--runtime must be local or triton, got {runtime!r}")
-    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port))
+    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port, tls))
+
+
+@app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Argument(help="who the key is for (a word, no spaces)")],
+    sessions: Annotated[int, typer.Option(min=0, help="sessions the key may hold open per duplex replica")] = 4,
+) -> None:
+    """Make a new API key: prints the key (give it to the client, once) and the line to add to MINMO_API_KEYS_FILE
+    (which stores only the key's SHA-256)."""
+    from minmo.serving.auth import key_digest, new_key
+
+    if not name or any(char.isspace() or char == "#" for char in name):
+        raise typer.BadParameter("the name must be one word without '#'")
+    key = new_key()
+    typer.echo(f"key:  {key}")
+    typer.echo(f"line: {name} {key_digest(key)} {sessions}")
 
 
 bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)

@@ -319,3 +319,54 @@ def test_text_pieces_never_split_a_character():
         piece, emitted = text_piece(tokenizer, ids[:end], emitted)
         pieces.append(piece)
     assert pieces == ["n", "", "é", "", "", "", "🇫", "!"]
+
+
+async def test_a_new_response_right_after_a_cancel_is_queued_not_refused(llm_service):
+    """Duplex cancels a response whose speech hop failed and asks for the next one at once: the LLM must not
+    answer FAILED_PRECONDITION ("... while turn ... is still generating") for the new one."""
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _generate("r1", max_tokens=LONG))
+    while not (await call.read()).HasField("text_token"):
+        pass
+    await call.write(_cancel("r1"))
+    await call.write(_generate("r2"))
+    _, first = await _response(call)
+    assert first.turn_id == "r1" and first.reason == llm_pb2.ResponseEnd.CANCELLED
+    tokens, second = await _response(call)
+    assert second.turn_id == "r2" and second.reason != llm_pb2.ResponseEnd.CANCELLED and tokens
+    await call.done_writing()
+
+
+async def test_cancelling_a_token_stream_mid_step_stops_it_from_another_task():
+    """Cancelling the task that reads a runtime token stream while a step is running (grpc cancels from its own
+    task) waits out that one step and closes the generator: no "generator already executing", no more steps."""
+    from minmo.runtime.base import Sequence
+    from minmo.runtime.llm_model import OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
+
+    runtime = build_local_runtime(CFG, ["llm"])
+    try:
+        sequence = "cancel-test"
+        start = {"op": torch.tensor([OP_START]), "system_prompt": text_tensor(SYSTEM)}
+        await runtime.infer("llm", start, Sequence(sequence, start=True))
+        await runtime.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence(sequence))
+        steps = 0
+
+        async def read() -> None:
+            nonlocal steps
+            inputs = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([LONG])}
+            async for _ in runtime.infer_stream("llm", inputs, Sequence(sequence)):
+                steps += 1
+
+        for _ in range(5):  # each round cancels at a different point of a step
+            reader = asyncio.create_task(read())
+            while steps == 0:
+                await asyncio.sleep(0.001)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            after_cancel = steps
+            await asyncio.sleep(0.2)
+            assert steps == after_cancel, "no step runs after the cancel"
+            steps = 0
+    finally:
+        await runtime.close()

@@ -261,8 +261,14 @@ class ConversationClient:
     Create it inside the event loop that will use it (gRPC aio channels are bound to their loop).
     """
 
-    def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, tls_ca: bytes | None = None, api_key: str | None = None) -> None:
+        """`tls_ca`: PEM of the CA that signed the server's certificate (TLS; None: plaintext). `api_key`: sent as
+        `authorization: Bearer <key>` on every session (servers with MINMO_API_KEYS_FILE require one)."""
+        if tls_ca is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca))
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
 
     async def __aenter__(self) -> ConversationClient:
@@ -280,7 +286,7 @@ class ConversationClient:
         A failed RPC is reported in the result, not raised; cancelling the task cancels the call.
         """
         collector = _Collector(request.text)
-        call = self._stub.Converse()
+        call = self._stub.Converse(metadata=self._metadata)
         reader = asyncio.create_task(_read_events(call, collector, on_event))
         try:
             await _converse(call, request, collector, reader)
@@ -292,9 +298,15 @@ class ConversationClient:
         return collector.finish()
 
 
-async def run_chat(target: str, request: ChatRequest, on_event: EventCallback | None = None) -> ChatResult:
+async def run_chat(
+    target: str,
+    request: ChatRequest,
+    on_event: EventCallback | None = None,
+    tls_ca: bytes | None = None,
+    api_key: str | None = None,
+) -> ChatResult:
     """One conversation with the server at `target` ("host:port") over a channel of its own."""
-    async with ConversationClient(target) as client:
+    async with ConversationClient(target, tls_ca, api_key) as client:
         return await client.chat(request, on_event)
 
 

@@ -37,6 +37,8 @@ class ChatOptions:
     system_prompt: str
     voice_instruction: str
     timeout_s: float
+    tls_ca: Path | None = None  # PEM of the server certificate's CA: connect over TLS
+    api_key: str | None = None
 
 
 def chat_command(options: ChatOptions) -> int:
@@ -47,7 +49,8 @@ def chat_command(options: ChatOptions) -> int:
     request = _request(options)
     on_event = None if options.as_json else ConsoleRenderer(stdout)
     try:
-        result = asyncio.run(run_chat(options.server, request, on_event))
+        tls_ca = options.tls_ca.read_bytes() if options.tls_ca is not None else None
+        result = asyncio.run(run_chat(options.server, request, on_event, tls_ca, options.api_key))
     except KeyboardInterrupt:
         stderr.print("interrupted: the call was cancelled", style="yellow")
         return EXIT_INTERRUPTED

@@ -75,11 +75,13 @@ class EncoderLink(_Link):
         stub: encoder_pb2_grpc.AudioEncoderStub,
         on_embeddings: Callable[[encoder_pb2.Embeddings], Awaitable[None]],
         on_flush_done: Callable[[encoder_pb2.FlushDone], Awaitable[None]],
+        on_lost: Callable[[LinkLost], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
         self.on_embeddings = on_embeddings
         self.on_flush_done = on_flush_done
+        self.on_lost = on_lost  # told when the stream breaks (a turn waiting for its flush must end)
         self.position = 0
 
     async def open(self, session_id: str) -> None:
@@ -101,6 +103,8 @@ class EncoderLink(_Link):
             self._mark_lost(RuntimeError("the encoder closed the stream"))
         except grpc.aio.AioRpcError as error:
             self._mark_lost(error)
+        if self.on_lost is not None:
+            await self.on_lost(self.lost)
 
 
 class LlmLink(_Link):

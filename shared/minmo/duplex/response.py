@@ -32,6 +32,7 @@ from minmo.v1 import (
 )
 
 VOCODER_RATE = 24000
+SPEECH_TOKENS_PER_MESSAGE = 250  # 10 s of audio; under the vocoder's MINMO_MAX_TOKENS_PER_MESSAGE default (500)
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
 
@@ -64,6 +65,7 @@ class Response:
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
     end_reason: str = "EOS"  # ResponseEnd.Reason name
+    ended: bool = False  # its terminal RESPONSE_DONE was sent
     _calls: list = field(default_factory=list)
 
     @property
@@ -203,7 +205,8 @@ class Response:
                     self.timings.first_speech_tokens = now_ms()
                     self.timings.first_tokens_to_vocoder = now_ms()
                 self.speech_tokens += len(response.speech_tokens.ids)
-                await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=response.speech_tokens))
+                for part in _split(response.speech_tokens):
+                    await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=part))
             else:
                 self.timings.voicelm_first_tokens_compute_ms = response.synthesis_done.first_tokens_ms or None
                 await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=self.speech_tokens)))
@@ -241,6 +244,15 @@ class Response:
                 )
             )
         )
+
+
+def _split(tokens: common_pb2.SpeechTokens) -> list[common_pb2.SpeechTokens]:
+    """Speech tokens in messages the vocoder accepts (voicelm's flush at TextEnd can hold thousands)."""
+    ids, size = list(tokens.ids), SPEECH_TOKENS_PER_MESSAGE
+    return [
+        common_pb2.SpeechTokens(ids=ids[start : start + size], first_index=tokens.first_index + start)
+        for start in range(0, len(ids), size)
+    ] or [tokens]
 
 
 async def _ended_call(calls: dict[str, grpc.aio.StreamStreamCall]) -> str:

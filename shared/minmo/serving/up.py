@@ -18,11 +18,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from minmo.serving.certs import make_dev_pki
 from minmo.serving.stack import run_stack
 from minmo.session.embedded import EmbeddedRedis
 
 
-def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001) -> int:
+def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001, tls: bool = False) -> int:
     console = Console()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -33,6 +34,10 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
         if runtime == "triton":
             triton_url = resources.enter_context(_triton(config, triton_grpc_port, console))
             extra_env = {"MINMO_RUNTIME": "triton", "MINMO_TRITON_URL": triton_url}
+        pki = None
+        if tls:  # a throwaway CA: TLS at the front door, mTLS between the services
+            pki = make_dev_pki(Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="minmo-tls-"))))
+            extra_env |= pki.env()
         with console.status(f"starting the stack ({config}, {runtime} runtime)…"):
             stack = resources.enter_context(run_stack(config, port, redis_url, extra_env))
         table = Table(title=f"MinMo is up (config {config})")
@@ -46,7 +51,8 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
         if runtime == "triton":
             table.add_row("triton", f"grpc://{extra_env['MINMO_TRITON_URL']}", "")
         console.print(table)
-        console.print(f"try: minmo chat --server 127.0.0.1:{port} --wav some.wav    (Ctrl-C stops the stack)")
+        tls_flag = f" --tls-ca {pki.ca}" if pki is not None else ""
+        console.print(f"try: minmo chat --server 127.0.0.1:{port}{tls_flag} --wav some.wav    (Ctrl-C stops the stack)")
         stop.wait()
         console.print("stopping…")
     return 0
