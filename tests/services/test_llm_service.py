@@ -370,3 +370,45 @@ async def test_cancelling_a_token_stream_mid_step_stops_it_from_another_task():
             steps = 0
     finally:
         await runtime.close()
+
+
+async def test_the_context_never_exceeds_the_model_limit_and_trims_oldest_turns(llm_service):
+    """A history larger than the context is cut to its newest turns at start; appended turns that push it past 3/4
+    of max_positions are trimmed between turns, with a ContextTrimmed, keeping the system prompt."""
+    stub, _, _ = llm_service
+    limit = CFG.llm.max_positions
+    history = [("user" if index % 2 == 0 else "assistant", f"turn {index} " + "z" * 400) for index in range(20)]
+    call = stub.Session()
+    await call.write(_config(history))
+    ready = (await call.read()).session_ready
+    assert ready.max_context_tokens == limit and 0 < ready.dropped_history_turns < len(history)
+    assert ready.context_tokens <= limit // 2
+    trimmed = None
+    for index in range(12):
+        await call.write(_append("user", f"more {index} " + "w" * 400))
+        await call.write(_generate(f"r{index}"))
+        while True:
+            message = await call.read()
+            if message.HasField("context_trimmed"):
+                trimmed = message.context_trimmed
+            if message.HasField("response_end"):
+                break
+        if trimmed is not None:
+            break
+    assert trimmed is not None and trimmed.dropped_turns > 0, "3/4 of the context was passed: a trim is due"
+    assert trimmed.context_tokens <= limit // 2 and trimmed.max_context_tokens == limit
+    await call.write(_generate("after"))
+    tokens, end = await _response(call)
+    assert end.reason != llm_pb2.ResponseEnd.CANCELLED and tokens, "the trimmed context still answers"
+    await call.done_writing()
+
+
+async def test_a_system_prompt_over_half_the_context_is_invalid_argument(llm_service):
+    stub, _, _ = llm_service
+    call = stub.Session()
+    await call.write(
+        llm_pb2.LlmRequest(config=llm_pb2.LlmSessionConfig(session_id="s", system_prompt="p" * CFG.llm.max_positions))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call.read()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "system prompt" in error.value.details()

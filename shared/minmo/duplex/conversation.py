@@ -106,7 +106,7 @@ class Conversation:
         self.config: dict = {}
         self.audio_input: AudioInput | None = None
         self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done, self._on_encoder_lost)
-        self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript)
+        self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript, self._on_context_trimmed)
         self.user_turn: str | None = None
         self.user_turn_ms = 0.0
         self.timings: TurnTimings | None = None
@@ -282,9 +282,21 @@ class Conversation:
             max_response_tokens=self.policy.max_response_tokens,
         )
         try:
-            await self.llm.open(config)
+            ready = await self.llm.open(config)
         except LinkLost as lost:
-            raise ProtocolError(grpc.StatusCode.UNAVAILABLE, str(lost)) from lost
+            log.warning("session %s: %s", self.session_id, lost)
+            cause = lost.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                message = "the system prompt is too long for the model's context"
+                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, message) from lost
+            raise ProtocolError(grpc.StatusCode.UNAVAILABLE, LLM_LOST) from lost
+        if ready.dropped_history_turns:
+            trimmed = common_pb2.ContextTrimmed(
+                dropped_turns=ready.dropped_history_turns,
+                context_tokens=ready.context_tokens,
+                max_context_tokens=ready.max_context_tokens,
+            )
+            await self._on_context_trimmed(trimmed)
 
     async def _ensure_links(self) -> None:
         """Reopen a lost stream on a live replica before a new turn uses it; when none answers, the turn goes
@@ -397,6 +409,10 @@ class Conversation:
             await self.store.set_turn_text(self.session_id, self.epoch, transcript.turn_id, transcript.text)
         except (RedisError, SessionError) as error:  # the transcript is a bonus: losing it costs the turn nothing
             log.warning("session %s: transcript of %s not stored: %s", self.session_id, transcript.turn_id, error)
+
+    async def _on_context_trimmed(self, trimmed: common_pb2.ContextTrimmed) -> None:
+        """The oldest turns left the model's context (the history keeps them): tell the client."""
+        await self.emit(conversation_pb2.ServerEvent(context_trimmed=trimmed))
 
     async def _on_flush_done(self, flush: encoder_pb2.FlushDone) -> None:
         if not self.respond_on_flush or self.response is not None:

@@ -5,8 +5,9 @@ megabyte of text must cost its sender a status, not the other sessions their lat
 field, its size and the limit, and never quote the input itself (it may be huge or hostile).
 
 The limits (README "Input limits"; env variables in `DuplexSettings`):
-- text_input.text: MINMO_MAX_TEXT_CHARS characters (default 4,000);
-- session_config.system_prompt: MINMO_MAX_SYSTEM_PROMPT_CHARS (default 4,000);
+- text_input.text: MINMO_MAX_TEXT_CHARS characters (default 1,000; the tiny model's context is 4,096 bytes);
+- session_config.system_prompt: MINMO_MAX_SYSTEM_PROMPT_CHARS (default 1,000; the llm also refuses a prompt
+  over half its context, and trims the oldest turns to keep the context under its limit);
 - session_config.voice_instruction: MINMO_MAX_INSTRUCTION_CHARS (default 500);
 - ids and tokens (session_id, resume_token, turn_id, trace_context keys and values): 256 characters,
   at most 8 trace_context entries;
@@ -45,8 +46,8 @@ class ProtocolError(Exception):
 class InputLimits:
     """Per-field bounds of the front door (see the module docstring for units and defaults)."""
 
-    max_text_chars: int = 4_000
-    max_system_prompt_chars: int = 4_000
+    max_text_chars: int = 1_000
+    max_system_prompt_chars: int = 1_000
     max_instruction_chars: int = 500
 
     def __post_init__(self) -> None:

@@ -118,11 +118,13 @@ class LlmLink(_Link):
         stub: llm_pb2_grpc.ReasonerStub,
         on_predictor: Callable[[llm_pb2.PredictorSignal], Awaitable[None]],
         on_user_transcript: Callable[[llm_pb2.UserTranscript], Awaitable[None]],
+        on_context_trimmed: Callable[[common_pb2.ContextTrimmed], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
         self.on_predictor = on_predictor
         self.on_user_transcript = on_user_transcript
+        self.on_context_trimmed = on_context_trimmed
         self.turns: dict[str, asyncio.Queue] = {}
         self.ready: llm_pb2.LlmSessionReady | None = None
 
@@ -161,6 +163,8 @@ class LlmLink(_Link):
                     await self.on_predictor(response.predictor_signal)
                 elif kind == "user_transcript":
                     await self.on_user_transcript(response.user_transcript)
+                elif kind == "context_trimmed" and self.on_context_trimmed is not None:
+                    await self.on_context_trimmed(response.context_trimmed)
                 elif kind in ("text_token", "response_end"):
                     message = getattr(response, kind)
                     queue = self.turns.get(message.turn_id)
