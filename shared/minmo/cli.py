@@ -108,6 +108,38 @@ def api_key(
     typer.echo(f"line: {name} {key_digest(key)} {sessions}")
 
 
+@app.command("fuzz")
+def fuzz(
+    inputs: Annotated[int, typer.Option(min=5, help="fuzzed calls, spread over every RPC")] = 10_000,
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    probe_turns: Annotated[int, typer.Option(min=2, help="turns of the probe session before the fuzzing")] = 10,
+    seed: Annotated[int, typer.Option(help="0: the same inputs every run; another value: another sample")] = 0,
+) -> None:
+    """Fuzz every RPC of a stack of separate processes; print inputs, process deaths, UNKNOWN/INTERNAL count and a
+    concurrent session's p95 first audio while fuzzed vs unloaded (needs the dev extras: hypothesis)."""
+    from rich.console import Console
+
+    from minmo.reliability.runs import print_fuzz, run_fuzz
+
+    figures = run_fuzz(inputs, config, probe_turns, seed)
+    print_fuzz(figures, Console())
+    raise typer.Exit(1 if figures.deaths or figures.forbidden else 0)
+
+
+@app.command("faults")
+def faults(
+    sessions: Annotated[int, typer.Option(min=1, help="concurrent sessions taking turns")] = 10,
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+) -> None:
+    """kill -9 one replica of each model service (two each) under concurrent sessions, then Redis (AOF); print
+    sessions lost, turns failed per kill, recovery time, session keys kept and unanswered history turns."""
+    from rich.console import Console
+
+    from minmo.reliability.runs import print_faults, run_faults
+
+    print_faults(run_faults(sessions, config), Console())
+
+
 bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
