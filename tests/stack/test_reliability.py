@@ -87,25 +87,52 @@ async def test_text_at_the_limit_is_answered(full_stack):
     call.cancel()
 
 
-async def test_a_voicelm_replica_lost_mid_turn_fails_the_turn_once_and_the_next_turn_works(stack):
-    for name in ("encoder", "llm", "voicelm", "voicelm", "vocoder"):
+@pytest.mark.parametrize("component", ["voicelm", "vocoder"])
+async def test_a_speech_replica_lost_mid_turn_fails_over_and_the_turn_completes(stack, component):
+    for name in ("encoder", "llm", "voicelm", "vocoder", component):
+        await stack.start_model_service(name, MINMO_GRACE_S="0")
+    await stack.start_duplex()
+    _, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    await call.read()
+    await call.write(_text("hello there"))
+    async with asyncio.timeout(60):
+        while not (serving := [host for host in stack.hosts[component] if host.active_sessions() > 0]):
+            await asyncio.sleep(0.005)
+    await serving[0].stop()  # mid-turn: its stream breaks
+    events = await _events_until(call, _is_latency, timeout_s=120)
+    done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
+    assert [event.outcome for event in done] == [Outcome.COMPLETED], [event.error for event in events]
+    assert not any(event.HasField("error") for event in events)
+    audio = [event.audio_output for event in events if event.HasField("audio_output")]
+    starts = [chunk.start_ms for chunk in audio]
+    assert audio and starts == sorted(starts), "the audio continues where it stopped, in order"
+    call.cancel()
+
+
+async def test_with_no_replica_left_the_turn_fails_once_and_the_next_turn_works(stack):
+    for name in ("encoder", "llm", "voicelm", "vocoder"):
         await stack.start_model_service(name, MINMO_GRACE_S="0")
     await stack.start_duplex()
     _, stub = stack.conversation()
     call = stub.Converse()
     await call.write(_config())
     started = (await call.read()).session_started
+    voicelm = stack.hosts["voicelm"].pop()
     await call.write(_text("hello there"))
     async with asyncio.timeout(60):
-        while not (serving := [host for host in stack.hosts["voicelm"] if host.active_sessions() > 0]):
+        while voicelm.active_sessions() == 0:
             await asyncio.sleep(0.005)
-    await serving[0].stop()  # mid-turn: its Synthesize stream breaks
+    await voicelm.stop()
     events = await _events_until(call, _is_latency)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
     assert len(done) == 1 and done[0].outcome == Outcome.FAILED and done[0].error_code == "UNAVAILABLE", events
     errors = [event.error for event in events if event.HasField("error")]
     assert len(errors) == 1 and errors[0].retryable and "Error" not in errors[0].message, errors
 
+    await stack.start_model_service("voicelm", MINMO_PORT=str(voicelm.port))
+    await asyncio.sleep(2)  # the channel's reconnect backoff
     await call.write(_text("and again"))  # the llm must not still be generating the failed turn
     events = await _events_until(call, _is_latency, timeout_s=120)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
