@@ -30,6 +30,7 @@ from minmo.v1 import conversation_pb2, conversation_pb2_grpc
 TurnType = conversation_pb2.TurnEvent.Type
 CHUNK_SAMPLES = 1600  # 100 ms at 16 kHz
 REDIS_START_S = 10.0
+STARTUP_S = 600.0  # many model processes load at once on a small machine
 
 
 def free_port() -> int:
@@ -105,7 +106,7 @@ class ProcessStack:
         old = self.replicas[name][index]
         port = int(old.address.rsplit(":", 1)[1])
         new = start_service(name, port, self.env | {"MINMO_METRICS_PORT": "0"})
-        wait_until_serving(new.address, new.process)
+        wait_until_serving(new.address, new.process, timeout_s=STARTUP_S)
         self.replicas[name][index] = new
 
     def stop(self) -> None:
@@ -138,14 +139,14 @@ def process_stack(
                 ]
             for items in list(stack.replicas.values()):
                 for item in items:
-                    wait_until_serving(item.address, item.process)
+                    wait_until_serving(item.address, item.process, timeout_s=STARTUP_S)
             peers = {
                 PEER_VARIABLES[name]: ",".join(item.address for item in stack.replicas[name]) for name in MODEL_SERVICES
             }
             stack.env = env | peers
             duplex = start_service("duplex", free_port(), stack.env | {"MINMO_METRICS_PORT": "0"})
             stack.replicas["duplex"] = [duplex]
-            wait_until_serving(duplex.address, duplex.process)
+            wait_until_serving(duplex.address, duplex.process, timeout_s=STARTUP_S)
             yield stack
         finally:
             stack.stop()
