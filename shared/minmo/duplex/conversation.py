@@ -361,14 +361,14 @@ class Conversation:
         except LinkLost as lost:
             log.warning("session %s turn %s: %s", self.session_id, turn_id, lost)
             self.respond_on_flush = False
-            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST)
+            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
 
     async def _on_encoder_lost(self, lost: LinkLost) -> None:
         """The encoder went away while a user turn waited for its flush: that turn ends, failed."""
         if self.respond_on_flush and self.response is None and self.user_turn is not None:
             self.respond_on_flush = False
             log.warning("session %s turn %s: %s", self.session_id, self.user_turn, lost)
-            await self._fail_turn(self.user_turn, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST)
+            await self._fail_turn(self.user_turn, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
 
     def _predictor_decides(self) -> bool:
         trained = self.llm.ready is not None and self.llm.ready.predictor_trained
@@ -620,7 +620,8 @@ class Conversation:
         """End a failed turn the one way every failure ends: Error, the heard part of the reply (if any) as the
         assistant's final transcript, RESPONSE_DONE (outcome FAILED, error_code) and a LatencyReport. The history
         gets an assistant turn with what the user heard, marked failed, so no user turn is left without an
-        outcome; the LLM drops the response and gets the heard part instead (as after a barge-in)."""
+        outcome; the LLM drops the response and gets the heard part instead (as after a barge-in). `store=False`
+        when the user turn never reached the history (the encoder lost its audio) or the store is what failed."""
         heard_ms, heard_text = response.heard(None, self.schedule) if response is not None else (0.0, "")
         if response is not None:
             response.ended = True
