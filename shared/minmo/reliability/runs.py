@@ -117,6 +117,7 @@ class FaultFigures:
     turns: int
     failed_by_kill: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float] = field(default_factory=dict)  # kill -> the longest wait for a completed turn
+    lost_reasons: list[str] = field(default_factory=list)
     records_before: int = 0
     records_after: int = 0
     unanswered_user_turns: int = 0
@@ -145,22 +146,28 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
     stop = asyncio.Event()
     loops = [asyncio.create_task(_session_loop(probe, stop, index)) for index, probe in enumerate(probes)]
     figures = FaultFigures(sessions=sessions, sessions_lost=0, turns=0)
+    kills: dict[str, float] = {}
     for component in MODEL_SERVICES:
         await asyncio.sleep(SETTLE_S)
-        before = sum(len(probe.turns) for probe in probes)
-        killed_at = time.monotonic()
+        kills[component] = time.monotonic()
         stack.kill(component, 0)
         await asyncio.sleep(OBSERVE_S)
-        after = [turn for probe in probes for turn in probe.turns[before:] if turn.ended_at >= killed_at]
-        figures.failed_by_kill[component] = sum(turn.outcome == Outcome.FAILED for turn in after)
-        waits = []
-        for probe in probes:
-            completed = [t.ended_at for t in probe.turns if t.ended_at >= killed_at and t.outcome == Outcome.COMPLETED]
-            waits.append(completed[0] - killed_at if completed else OBSERVE_S)
-        figures.recovery_s[component] = max(waits)
         await asyncio.to_thread(stack.restart, component, 0)
+    await asyncio.sleep(SETTLE_S)
     stop.set()
     await asyncio.gather(*loops, return_exceptions=True)
+    ends = [*sorted(kills.values()), float("inf")]
+    for component, killed_at in kills.items():
+        next_kill = ends[ends.index(killed_at) + 1]
+        window = [turn for probe in probes for turn in probe.turns if killed_at <= turn.ended_at < next_kill]
+        figures.failed_by_kill[component] = sum(turn.outcome == Outcome.FAILED for turn in window)
+        waits = []
+        for probe in probes:  # the first turn each session completed after the kill
+            completed = [t.ended_at for t in probe.turns if t.ended_at >= killed_at and t.outcome == Outcome.COMPLETED]
+            if completed:
+                waits.append(completed[0] - killed_at)
+        figures.recovery_s[component] = max(waits, default=float("nan"))
+    figures.lost_reasons = [probe.lost for probe in probes if probe.lost is not None]
     figures.turns = sum(len(probe.turns) for probe in probes)
     figures.sessions_lost = sum(probe.lost is not None for probe in probes)
     figures.records_before = len(stack.redis.session_keys())
@@ -198,9 +205,11 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
     for component, failed in figures.failed_by_kill.items():
         table.add_row(f"kill -9 {component}: turns failed", str(failed))
         wait = f"{figures.recovery_s[component]:.1f}"
-        table.add_row(f"kill -9 {component}: longest wait for a completed turn (s)", wait)
+        table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
     records = f"{figures.records_before} / {figures.records_after}"
     table.add_row("redis kill -9 (AOF): session keys before / after", records)
     table.add_row("history: user turns without an answer", str(figures.unanswered_user_turns))
     table.add_row("unexpected process deaths", str(len(figures.deaths)))
     console.print(table)
+    for reason in figures.lost_reasons:
+        console.print(f"session lost: {reason}", style="red", markup=False)
