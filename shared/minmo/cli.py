@@ -114,6 +114,7 @@ def fuzz(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
     probe_turns: Annotated[int, typer.Option(min=2, help="turns of the probe session before the fuzzing")] = 10,
     seed: Annotated[int, typer.Option(help="0: the same inputs every run; another value: another sample")] = 0,
+    oversized_turns: Annotated[int, typer.Option(min=0, help="then: turns of the largest accepted inputs")] = 10,
 ) -> None:
     """Fuzz every RPC of a stack of separate processes; print inputs, process deaths, UNKNOWN/INTERNAL count and a
     concurrent session's p95 first audio while fuzzed vs unloaded (needs the dev extras: hypothesis)."""
@@ -121,7 +122,7 @@ def fuzz(
 
     from minmo.reliability.runs import print_fuzz, run_fuzz
 
-    figures = run_fuzz(inputs, config, probe_turns, seed)
+    figures = run_fuzz(inputs, config, probe_turns, seed, oversized_turns)
     print_fuzz(figures, Console())
     raise typer.Exit(1 if figures.deaths or figures.forbidden else 0)
 

@@ -163,16 +163,19 @@ class TurnOutcome:
 class ProbeSession:
     """One session that takes turns and records each turn's end (outcome, first audio)."""
 
-    def __init__(self, address: str, text_only: bool = False) -> None:
+    def __init__(self, address: str, text_only: bool = False, system_prompt: str = "") -> None:
         self.channel = grpc.aio.insecure_channel(address)
         self.call = conversation_pb2_grpc.ConversationStub(self.channel).Converse()
         self.text_only = text_only
+        self.system_prompt = system_prompt
         self.session_id = ""
         self.turns: list[TurnOutcome] = []
         self.lost: str | None = None  # the status that ended the stream, if it ended
 
     async def open(self) -> None:
-        config = conversation_pb2.SessionConfig(input_sample_rate_hz=16000, text_only=self.text_only)
+        config = conversation_pb2.SessionConfig(
+            input_sample_rate_hz=16000, text_only=self.text_only, system_prompt=self.system_prompt
+        )
         await self.call.write(conversation_pb2.ClientEvent(session_config=config))
         self.session_id = (await self.call.read()).session_started.session_id
 

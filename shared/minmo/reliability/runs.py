@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minmo.audio.synthetic import utterance
+from minmo.duplex.limits import InputLimits
 from minmo.reliability.fuzz import RPCS, FuzzTally, fuzz_rpc
 from minmo.reliability.harness import ProbeSession, ProcessStack, p95, process_stack
 from minmo.serving.stack import MODEL_SERVICES
@@ -43,6 +44,7 @@ class FuzzFigures:
     unloaded_p95_ms: float
     loaded_p95_ms: float
     codes: dict[str, dict[str, int]]
+    oversized_p95_ms: float | None = None  # the probe's p95 while another session sends the largest inputs
 
     @property
     def ratio(self) -> float:
@@ -63,7 +65,31 @@ async def _probe_turns(address: str, until: threading.Event | None, turns: int) 
     return first_audio
 
 
-def run_fuzz(inputs: int, config: str = "tiny", probe_turns: int = 10, random_seed: int = 0) -> FuzzFigures:
+async def _probe_beside_oversized(address: str, turns: int) -> list[float]:
+    """The probe's first audio while another session sends the largest accepted inputs (system prompt and text at
+    their limits), turn after turn."""
+    limits = InputLimits()
+    heavy = ProbeSession(address, system_prompt="p" * limits.max_system_prompt_chars)
+    await heavy.open()
+    done = threading.Event()
+
+    async def oversized() -> None:
+        try:
+            for _ in range(turns):
+                await heavy.turn("x" * limits.max_text_chars)
+        finally:
+            done.set()
+            await heavy.close()
+
+    sender = asyncio.create_task(oversized())
+    first_audio = await _probe_turns(address, done, 0)
+    await sender
+    return first_audio
+
+
+def run_fuzz(
+    inputs: int, config: str = "tiny", probe_turns: int = 10, random_seed: int = 0, oversized_turns: int = 0
+) -> FuzzFigures:
     with process_stack(config) as stack:
         unloaded = asyncio.run(_probe_turns(stack.duplex, None, probe_turns))
         tally = FuzzTally()
@@ -83,6 +109,9 @@ def run_fuzz(inputs: int, config: str = "tiny", probe_turns: int = 10, random_se
         fuzzer.join()
         for channel in channels.values():
             channel.close()
+        beside_oversized = []
+        if oversized_turns:
+            beside_oversized = asyncio.run(_probe_beside_oversized(stack.duplex, oversized_turns))
         return FuzzFigures(
             inputs=tally.inputs,
             deaths=stack.deaths(),
@@ -90,6 +119,7 @@ def run_fuzz(inputs: int, config: str = "tiny", probe_turns: int = 10, random_se
             unloaded_p95_ms=p95(unloaded),
             loaded_p95_ms=p95(loaded),
             codes={method: dict(counter) for method, counter in tally.codes.items()},
+            oversized_p95_ms=p95(beside_oversized) if beside_oversized else None,
         )
 
 
@@ -103,6 +133,9 @@ def print_fuzz(figures: FuzzFigures, console: Console) -> None:
     table.add_row("probe p95 first audio unloaded (ms)", f"{figures.unloaded_p95_ms:.0f}")
     table.add_row("probe p95 first audio while fuzzed (ms)", f"{figures.loaded_p95_ms:.0f}")
     table.add_row("ratio", f"{figures.ratio:.2f}x")
+    if figures.oversized_p95_ms is not None:
+        table.add_row("probe p95 beside the largest inputs (ms)", f"{figures.oversized_p95_ms:.0f}")
+        table.add_row("ratio to unloaded", f"{figures.oversized_p95_ms / figures.unloaded_p95_ms:.2f}x")
     console.print(table)
     for method, codes in sorted(figures.codes.items()):
         console.print(f"{method}: " + ", ".join(f"{code} {count}" for code, count in sorted(codes.items())))
