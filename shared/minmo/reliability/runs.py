@@ -56,6 +56,7 @@ async def _probe_turns(address: str, until: threading.Event | None, turns: int) 
     await probe.open()
     first_audio = []
     try:
+        await probe.turn(PROBE_TEXT)  # warm-up, not measured: a fresh stack's first turns pay for lazy set-up
         while (until is None and len(first_audio) < turns) or (until is not None and not until.is_set()):
             result = await probe.turn(PROBE_TEXT)
             if result.first_audio_ms is not None:
