@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.audio.vad import SileroVad, StreamingVad
 from minmo.duplex.conversation import DuplexPolicy, Peers
+from minmo.duplex.limits import InputLimits
 from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
+from minmo.serving.auth import ApiKeys
 from minmo.serving.channels import open_channel
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
+from minmo.serving.tls import channel_credentials
 from minmo.session.embedded import connect
 from minmo.session.store import SessionStore
 from minmo.telemetry import start_telemetry
@@ -31,7 +34,9 @@ class DuplexSettings:
     comma-separated list, or dns:///name:port for a headless Service). REDIS_URL (unset: embedded Redis).
     MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
     MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls),
-    MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS."""
+    MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
+    (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
+    MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth)."""
 
     server: ServerSettings
     encoder_addr: str
@@ -44,6 +49,8 @@ class DuplexSettings:
     max_response_tokens: int
     turn_timeout_s: float
     turn_detection: TurnDetectionConfig
+    limits: InputLimits
+    api_keys_file: str | None
 
     @classmethod
     def from_env(cls) -> DuplexSettings:
@@ -66,6 +73,12 @@ class DuplexSettings:
                 silence_duration_ms=env_float("MINMO_SILENCE_MS", 500),
                 min_speech_duration_ms=env_float("MINMO_MIN_SPEECH_MS", 100),
             ),
+            limits=InputLimits(
+                max_text_chars=env_int("MINMO_MAX_TEXT_CHARS", InputLimits.max_text_chars),
+                max_system_prompt_chars=env_int("MINMO_MAX_SYSTEM_PROMPT_CHARS", InputLimits.max_system_prompt_chars),
+                max_instruction_chars=env_int("MINMO_MAX_INSTRUCTION_CHARS", InputLimits.max_instruction_chars),
+            ),
+            api_keys_file=env_str("MINMO_API_KEYS_FILE", "") or None,
         )
 
 
@@ -74,8 +87,9 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     telemetry = start_telemetry("minmo-duplex", settings.server)
     redis_client = await stack.enter_async_context(connect(settings.redis_url))
     store = SessionStore(redis_client, ttl_s=settings.session_ttl_s)
+    credentials = channel_credentials(settings.server.tls)
     channels = [
-        open_channel(address, settings.server.max_message_bytes)
+        open_channel(address, settings.server.max_message_bytes, credentials)
         for address in (settings.encoder_addr, settings.llm_addr, settings.voicelm_addr, settings.vocoder_addr)
     ]
     for channel in channels:
@@ -92,11 +106,13 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         max_response_tokens=settings.max_response_tokens,
         turn_timeout_s=settings.turn_timeout_s,
         turn_detection=settings.turn_detection,
+        limits=settings.limits,
     )
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = ConversationServicer(policy, peers, store, vad, limiter, telemetry)
-    host = ServiceHost(settings.server, telemetry)
+    api_keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+    host = ServiceHost(settings.server, telemetry, front_door=True, api_keys=api_keys)
     host.add_handler(conversation_handler(servicer), SERVICE_NAME, servicer)
     port = await host.start()
     names = ("encoder", "llm", "voicelm", "vocoder")

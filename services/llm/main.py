@@ -57,6 +57,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
         hidden_size=cfg.llm.hidden_size,
         max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
         predictor_trained=predictor_is_trained(settings.checkpoint),
+        max_positions=cfg.llm.max_positions,
     )
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), limiter, options, telemetry)

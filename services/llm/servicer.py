@@ -12,11 +12,17 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
   ResponseEnd(CANCELLED) for that turn. A CancelGeneration for any other turn (unknown, already dropped, or
   followed by a text turn or another response) changes nothing and gets no answer: cancels race with
   responses ending, so a late one is not an error.
-- A GenerateResponse while another response is generating fails the stream with FAILED_PRECONDITION; a
+- A GenerateResponse while another response is generating (and not cancelled) fails the stream with
+  FAILED_PRECONDITION (after a CancelGeneration it is queued behind the cancelled one's ResponseEnd); a
   request before the config, embeddings that are not float32 (T>0, hidden size), or an unset role fail it
   with INVALID_ARGUMENT; a stream past MINMO_MAX_SESSIONS is refused with RESOURCE_EXHAUSTED.
 - Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
 - The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
+- Context length never exceeds the model's max_positions: the config's history is trimmed oldest first to half of it
+  (LlmSessionReady.dropped_history_turns); when, between turns, the context passes 3/4 of it, it is rebuilt from the
+  system prompt and the newest turns that fit in half (their text; a spoken turn by its transcript) and a
+  ContextTrimmed says so; a response is capped to the room left; a system prompt over half of it is INVALID_ARGUMENT
+  and a single turn that cannot fit is RESOURCE_EXHAUSTED.
 
 Spans (children of the context each request carries): a user turn's AudioInputs are one `llm.audio` span
 (ended when a response, a text turn or another turn's audio comes next), a response is `llm.generate` (from the
@@ -52,6 +58,7 @@ from minmo.runtime.llm_model import (
     history_tensors,
     text_tensor,
 )
+from minmo.serving.errors import status_for
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
@@ -62,6 +69,9 @@ REPLACEMENT_CHARACTER = "\ufffd"  # what decode gives for a multi-byte character
 log = logging.getLogger("minmo.llm")
 
 Job = Callable[[], Awaitable[None]]
+TURN_MARKUP_POSITIONS = 8  # chat-format markers around a text turn (role header, end of turn), generously
+RESPONSE_END_POSITIONS = 8  # what closing a response appends after its last token
+RESPONSE_ROOM = 64  # positions a new turn must leave for at least a short reply
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,17 @@ class ReasonerOptions:
     hidden_size: int
     max_response_tokens: int
     predictor_trained: bool
+    max_positions: int = 4096  # the model's context limit, in positions
+
+    @property
+    def trim_at(self) -> int:
+        """Context length past which the oldest turns are dropped between turns."""
+        return self.max_positions * 3 // 4
+
+    @property
+    def trimmed_size(self) -> int:
+        """What a trimmed context (system prompt + newest turns) may take."""
+        return self.max_positions // 2
 
 
 class SessionFailed(Exception):
@@ -163,18 +184,63 @@ class _Session:
         self.audio_inputs = 0
         self.audio: _AudioTurn | None = None  # the user turn whose audio is being appended
         self.tasks: list[asyncio.Task] = []
+        self.turns: list[list] = []  # [role, text] of the turns in the context, oldest first (for trimming)
+        self.position = 0  # context length, in positions, after the last request
+        self.user_turn_open = False  # user audio was appended and no response has begun since
 
     async def start(self) -> llm_pb2.LlmSessionReady:
         started = time.perf_counter()
-        history = [(turn.role, turn.text) for turn in self.config.history]
-        inputs = {"system_prompt": text_tensor(self.config.system_prompt), **history_tensors(history)}
-        outputs = await self._infer(OP_START, inputs, start=True)
+        prompt_tokens = self._cost(self.config.system_prompt)
+        if prompt_tokens > self.options.trimmed_size:
+            raise SessionFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the system prompt is {prompt_tokens} tokens; at most {self.options.trimmed_size} fit this model",
+            )
+        history = [[turn.role, turn.text] for turn in self.config.history]
+        dropped = await self._rebuild(history)
         return llm_pb2.LlmSessionReady(
             session_id=self.config.session_id,
-            context_tokens=int(outputs["position"][0]),
+            context_tokens=self.position,
             predictor_trained=self.options.predictor_trained,
             compute_ms=_ms_since(started),
+            max_context_tokens=self.options.max_positions,
+            dropped_history_turns=dropped,
         )
+
+    def _cost(self, text: str) -> int:
+        """Positions a text turn takes (its tokens and the chat format's markers around them)."""
+        return len(self.tokenizer.encode(text)) + TURN_MARKUP_POSITIONS
+
+    async def _rebuild(self, turns: list[list]) -> int:
+        """Start the context over from the system prompt and the newest of `turns` that fit in half the model's
+        limit; returns how many of the oldest were left out."""
+        budget = self.options.trimmed_size - self._cost(self.config.system_prompt)
+        keep = len(turns)
+        while keep and sum(self._cost(text) for _, text in turns[len(turns) - keep :]) > budget:
+            keep -= 1
+        while True:
+            kept = turns[len(turns) - keep :] if keep else []
+            inputs = {"system_prompt": text_tensor(self.config.system_prompt), **history_tensors(kept)}
+            outputs = await self._infer(OP_START, inputs, start=True)
+            self.position = int(outputs["position"][0])
+            if self.position <= self.options.trimmed_size or not keep:
+                break
+            keep -= 1  # the estimate was short (a tokenizer that merges differently in context): one fewer
+        self.turns = [list(turn) for turn in kept]
+        self.last_finished = None  # the rebuilt context has no droppable response
+        return len(turns) - keep
+
+    async def _trim_if_full(self, force: bool = False) -> None:
+        """Between turns: past 3/4 of the limit (or when `force`d), drop the oldest turns (system prompt kept) and
+        say so. Runs between jobs (no response is in flight then), never while a user turn's audio is open."""
+        if (self.position <= self.options.trim_at and not force) or self.user_turn_open:
+            return
+        dropped = await self._rebuild(self.turns)
+        trimmed = common_pb2.ContextTrimmed(
+            dropped_turns=dropped, context_tokens=self.position, max_context_tokens=self.options.max_positions
+        )
+        log.info("session %s: context trimmed by %d turns to %d positions", self.sequence_id, dropped, self.position)
+        self.out.put_nowait(llm_pb2.LlmResponse(context_trimmed=trimmed))
 
     async def run(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> AsyncIterator[llm_pb2.LlmResponse]:
         self.tasks = [asyncio.create_task(self._read(requests)), asyncio.create_task(self._work())]
@@ -200,8 +266,7 @@ class _Session:
         except SessionFailed as failure:
             self.out.put_nowait(failure)
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            log.exception("session %s: reading requests failed", self.sequence_id)
-            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"reading requests failed: {error}"))
+            self.out.put_nowait(SessionFailed(*status_for(error, "the llm's request reader")))
 
     def _dispatch(self, request: llm_pb2.LlmRequest) -> None:
         kind = request.WhichOneof("request")
@@ -243,7 +308,7 @@ class _Session:
         return embeddings
 
     def _generate_job(self, request: llm_pb2.GenerateResponse) -> Job:
-        if self.generation is not None:
+        if self.generation is not None and not self.generation.cancelled.is_set():
             raise SessionFailed(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"GenerateResponse for turn {request.turn_id!r} while turn {self.generation.turn_id!r} is still "
@@ -265,12 +330,12 @@ class _Session:
         try:
             while (job := await self.jobs.get()) is not None:
                 await job()
+                await self._trim_if_full()
             self.out.put_nowait(None)
         except InvalidInput as error:
             self.out.put_nowait(SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)))
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            log.exception("session %s: a request failed", self.sequence_id)
-            self.out.put_nowait(SessionFailed(grpc.StatusCode.INTERNAL, f"the llm failed: {error}"))
+            self.out.put_nowait(SessionFailed(*status_for(error, "the llm")))
 
     def _begin(self, name: str, trace_context: Mapping[str, str], turn_id: str) -> HopSpan:
         return self.telemetry.begin(name, trace_context, session_id=self.config.session_id, turn_id=turn_id)
@@ -290,6 +355,12 @@ class _Session:
     async def _audio(self, audio: _AudioTurn, index: int, embeddings: torch.Tensor, received: float) -> None:
         started = time.perf_counter()
         self.telemetry.metrics.queue_time.observe(started - received)
+        if self.position + embeddings.shape[0] + RESPONSE_ROOM > self.options.max_positions:
+            raise SessionFailed(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this user turn is too long for the model's context of {self.options.max_positions} positions",
+            )
+        self.user_turn_open = True
         try:
             outputs = await self._infer(OP_APPEND_AUDIO, {"embeddings": embeddings})
         except BaseException as error:
@@ -320,6 +391,9 @@ class _Session:
             reason = llm_pb2.ResponseEnd.CANCELLED
             if not generation.cancelled.is_set():
                 self.last_finished = None  # a new response makes the previous one impossible to drop
+                if self.user_turn_open:
+                    self.turns.append([common_pb2.ROLE_USER, ""])  # its transcript fills it in
+                    self.user_turn_open = False
                 await self._infer(OP_BEGIN_RESPONSE, {"instruction": text_tensor(generation.instruction)})
                 reason = await self._stream_tokens(generation)
                 if reason == llm_pb2.ResponseEnd.CANCELLED:
@@ -329,10 +403,12 @@ class _Session:
             generation.hop.fail_with(error)
             raise
         finally:
-            self.generation = None
+            if self.generation is generation:  # a cancelled one may already have a successor queued
+                self.generation = None
         self._record(generation, reason)
         if reason != llm_pb2.ResponseEnd.CANCELLED:
             self.last_finished = generation
+            self.turns.append([common_pb2.ROLE_ASSISTANT, generation.text])
         if spoken_turn is not None:
             await self._transcribe(spoken_turn)
 
@@ -340,6 +416,9 @@ class _Session:
         started = time.perf_counter()
         outputs = await self._infer(OP_TRANSCRIBE, {"max_tokens": torch.tensor([self.max_tokens])})
         text = bytes(outputs["transcript"].numpy()).decode("utf-8", errors="replace")
+        spoken = [turn for turn in self.turns if turn[0] == common_pb2.ROLE_USER and not turn[1]]
+        if spoken:
+            spoken[-1][1] = text
         transcript = llm_pb2.UserTranscript(turn_id=turn_id, text=text, compute_ms=_ms_since(started))
         self.out.put_nowait(llm_pb2.LlmResponse(user_transcript=transcript))
 
@@ -356,10 +435,12 @@ class _Session:
         generation.hop.end("cancelled" if reason == llm_pb2.ResponseEnd.CANCELLED else "ok")
 
     async def _stream_tokens(self, generation: _Generation) -> llm_pb2.ResponseEnd.Reason:
-        inputs = {"max_tokens": torch.tensor([generation.max_tokens]), **self.sampling}
+        room = self.options.max_positions - self.position - RESPONSE_END_POSITIONS
+        inputs = {"max_tokens": torch.tensor([max(1, min(generation.max_tokens, room))]), **self.sampling}
         stream = self.runtime.infer_stream(MODEL, {"op": torch.tensor([OP_GENERATE]), **inputs}, self._sequence())
         async with contextlib.aclosing(stream) as tokens:
             async for outputs in tokens:
+                self.position = int(outputs["position"][0])
                 if generation.cancelled.is_set():
                     return llm_pb2.ResponseEnd.CANCELLED
                 if outputs["is_end"][0]:
@@ -402,11 +483,20 @@ class _Session:
         self.out.put_nowait(llm_pb2.LlmResponse(response_end=end))
 
     async def _append_turn(self, turn: llm_pb2.AppendTurn) -> None:
+        cost = self._cost(turn.text)
+        if self.position + cost + RESPONSE_ROOM > self.options.max_positions:
+            await self._trim_if_full(force=True)  # make room first
+        if self.position + cost + RESPONSE_ROOM > self.options.max_positions:
+            raise SessionFailed(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a turn of {cost} tokens does not fit the model's context of {self.options.max_positions} positions",
+            )
         with self.telemetry.hop(
             "llm.append_turn", turn.trace_context, session_id=self.config.session_id, turn_id=turn.turn_id
         ) as hop:
             inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
             outputs = await self._infer(OP_APPEND_TEXT_TURN, inputs)
+            self.turns.append([turn.role, turn.text])  # an open user turn joins the log when its response begins
             hop.set(role=common_pb2.Role.Name(turn.role), context_tokens=int(outputs["position"][0]))
 
     async def _drop_finished(self, turn_id: str, trace_context: Mapping[str, str]) -> None:
@@ -421,12 +511,17 @@ class _Session:
             outputs = await self._infer(OP_DROP_RESPONSE, {})
             hop.set(dropped=bool(outputs["dropped"][0]))
         if outputs["dropped"][0]:
+            assistant = [index for index, turn in enumerate(self.turns) if turn[0] == common_pb2.ROLE_ASSISTANT]
+            if assistant:
+                del self.turns[assistant[-1]]
             self._send_end(last, llm_pb2.ResponseEnd.CANCELLED)
         else:
             log.info("session %s: turn %r was followed by other turns; it stays", self.sequence_id, turn_id)
 
     async def _infer(self, op: int, inputs: dict[str, torch.Tensor], start: bool = False) -> dict[str, torch.Tensor]:
-        return await self.runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, self._sequence(start))
+        outputs = await self.runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, self._sequence(start))
+        self.position = int(outputs["position"][0])
+        return outputs
 
     def _sequence(self, start: bool = False) -> Sequence:
         return Sequence(self.sequence_id, start=start)

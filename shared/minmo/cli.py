@@ -48,11 +48,17 @@ def chat(
     text: Annotated[str | None, typer.Option(help="a typed user message, instead of --wav")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the session to start and for the reply")] = 30.0,
     mic: Annotated[bool, typer.Option("--mic", help="talk live: microphone in, speaker out, until Ctrl-C")] = False,
+    tls_ca: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (PEM): connect over TLS")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MINMO_API_KEY", help="API key for the server")] = None,
 ) -> None:
     """Talk to a running MinMo server: live (--mic), a WAV file, or typed text; show the reply, save its speech."""
     from minmo.client.command import ChatOptions, chat_command
 
-    options = ChatOptions(server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic)
+    options = ChatOptions(
+        server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic, tls_ca, api_key
+    )
     raise typer.Exit(chat_command(options))
 
 
@@ -115,13 +121,63 @@ def up(
     port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
     runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
     triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
+    tls: Annotated[bool, typer.Option(help="TLS at the front door and mTLS between services (throwaway CA)")] = False,
 ) -> None:
     """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
     from minmo.serving.up import run_up
 
     if runtime not in ("local", "triton"):
         raise typer.BadParameter(f"--runtime must be local or triton, got {runtime!r}")
-    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port))
+    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port, tls))
+
+
+@app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Argument(help="who the key is for (a word, no spaces)")],
+    sessions: Annotated[int, typer.Option(min=0, help="sessions the key may hold open per duplex replica")] = 4,
+) -> None:
+    """Make a new API key: prints the key (give it to the client, once) and the line to add to MINMO_API_KEYS_FILE
+    (which stores only the key's SHA-256)."""
+    from minmo.serving.auth import key_digest, new_key
+
+    if not name or any(char.isspace() or char == "#" for char in name):
+        raise typer.BadParameter("the name must be one word without '#'")
+    key = new_key()
+    typer.echo(f"key:  {key}")
+    typer.echo(f"line: {name} {key_digest(key)} {sessions}")
+
+
+@app.command("fuzz")
+def fuzz(
+    inputs: Annotated[int, typer.Option(min=5, help="fuzzed calls, spread over every RPC")] = 10_000,
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    probe_turns: Annotated[int, typer.Option(min=2, help="turns of the probe session before the fuzzing")] = 10,
+    seed: Annotated[int, typer.Option(help="0: the same inputs every run; another value: another sample")] = 0,
+    oversized_turns: Annotated[int, typer.Option(min=0, help="then: turns of the largest accepted inputs")] = 10,
+) -> None:
+    """Fuzz every RPC of a stack of separate processes; print inputs, process deaths, UNKNOWN/INTERNAL count and a
+    concurrent session's p95 first audio while fuzzed vs unloaded (needs the dev extras: hypothesis)."""
+    from rich.console import Console
+
+    from minmo.reliability.runs import print_fuzz, run_fuzz
+
+    figures = run_fuzz(inputs, config, probe_turns, seed, oversized_turns)
+    print_fuzz(figures, Console())
+    raise typer.Exit(1 if figures.deaths or figures.forbidden else 0)
+
+
+@app.command("faults")
+def faults(
+    sessions: Annotated[int, typer.Option(min=1, help="concurrent sessions taking turns")] = 10,
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+) -> None:
+    """kill -9 one replica of each model service (two each) under concurrent sessions, then Redis (AOF); print
+    sessions lost, turns failed per kill, recovery time, session keys kept and unanswered history turns."""
+    from rich.console import Console
+
+    from minmo.reliability.runs import print_faults, run_faults
+
+    print_faults(run_faults(sessions, config), Console())
 
 
 bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)

@@ -319,3 +319,96 @@ def test_text_pieces_never_split_a_character():
         piece, emitted = text_piece(tokenizer, ids[:end], emitted)
         pieces.append(piece)
     assert pieces == ["n", "", "é", "", "", "", "🇫", "!"]
+
+
+async def test_a_new_response_right_after_a_cancel_is_queued_not_refused(llm_service):
+    """Duplex cancels a response whose speech hop failed and asks for the next one at once: the LLM must not
+    answer FAILED_PRECONDITION ("... while turn ... is still generating") for the new one."""
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _generate("r1", max_tokens=LONG))
+    while not (await call.read()).HasField("text_token"):
+        pass
+    await call.write(_cancel("r1"))
+    await call.write(_generate("r2"))
+    _, first = await _response(call)
+    assert first.turn_id == "r1" and first.reason == llm_pb2.ResponseEnd.CANCELLED
+    tokens, second = await _response(call)
+    assert second.turn_id == "r2" and second.reason != llm_pb2.ResponseEnd.CANCELLED and tokens
+    await call.done_writing()
+
+
+async def test_cancelling_a_token_stream_mid_step_stops_it_from_another_task():
+    """Cancelling the task that reads a runtime token stream while a step is running (grpc cancels from its own
+    task) waits out that one step and closes the generator: no "generator already executing", no more steps."""
+    from minmo.runtime.base import Sequence
+    from minmo.runtime.llm_model import OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
+
+    runtime = build_local_runtime(CFG, ["llm"])
+    try:
+        sequence = "cancel-test"
+        start = {"op": torch.tensor([OP_START]), "system_prompt": text_tensor(SYSTEM)}
+        await runtime.infer("llm", start, Sequence(sequence, start=True))
+        await runtime.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence(sequence))
+        steps = 0
+
+        async def read() -> None:
+            nonlocal steps
+            inputs = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([LONG])}
+            async for _ in runtime.infer_stream("llm", inputs, Sequence(sequence)):
+                steps += 1
+
+        for _ in range(5):  # each round cancels at a different point of a step
+            reader = asyncio.create_task(read())
+            while steps == 0:
+                await asyncio.sleep(0.001)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            after_cancel = steps
+            await asyncio.sleep(0.2)
+            assert steps == after_cancel, "no step runs after the cancel"
+            steps = 0
+    finally:
+        await runtime.close()
+
+
+async def test_the_context_never_exceeds_the_model_limit_and_trims_oldest_turns(llm_service):
+    """A history larger than the context is cut to its newest turns at start; appended turns that push it past 3/4
+    of max_positions are trimmed between turns, with a ContextTrimmed, keeping the system prompt."""
+    stub, _, _ = llm_service
+    limit = CFG.llm.max_positions
+    history = [("user" if index % 2 == 0 else "assistant", f"turn {index} " + "z" * 400) for index in range(20)]
+    call = stub.Session()
+    await call.write(_config(history))
+    ready = (await call.read()).session_ready
+    assert ready.max_context_tokens == limit and 0 < ready.dropped_history_turns < len(history)
+    assert ready.context_tokens <= limit // 2
+    trimmed = None
+    for index in range(12):
+        await call.write(_append("user", f"more {index} " + "w" * 400))
+        await call.write(_generate(f"r{index}"))
+        while True:
+            message = await call.read()
+            if message.HasField("context_trimmed"):
+                trimmed = message.context_trimmed
+            if message.HasField("response_end"):
+                break
+        if trimmed is not None:
+            break
+    assert trimmed is not None and trimmed.dropped_turns > 0, "3/4 of the context was passed: a trim is due"
+    assert trimmed.context_tokens <= limit // 2 and trimmed.max_context_tokens == limit
+    await call.write(_generate("after"))
+    tokens, end = await _response(call)
+    assert end.reason != llm_pb2.ResponseEnd.CANCELLED and tokens, "the trimmed context still answers"
+    await call.done_writing()
+
+
+async def test_a_system_prompt_over_half_the_context_is_invalid_argument(llm_service):
+    stub, _, _ = llm_service
+    call = stub.Session()
+    await call.write(
+        llm_pb2.LlmRequest(config=llm_pb2.LlmSessionConfig(session_id="s", system_prompt="p" * CFG.llm.max_positions))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call.read()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "system prompt" in error.value.details()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -23,10 +24,21 @@ def _describe(address: str) -> tuple[set[str], int]:
         return services, health_pb2_grpc.HealthStub(channel).Check(request).status
 
 
-async def test_health_and_reflection_describe_the_public_api(full_stack):
-    services, status = await asyncio.to_thread(_describe, full_stack.address("duplex"))
+async def test_health_and_reflection_describe_the_public_api(stack):
+    for name in ("encoder", "llm", "voicelm", "vocoder"):
+        await stack.start_model_service(name)
+    await stack.start_duplex(MINMO_REFLECTION="1")
+    services, status = await asyncio.to_thread(_describe, stack.address("duplex"))
     assert {"minmo.v1.Conversation", "grpc.health.v1.Health"} <= services
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_is_off_unless_enabled(full_stack):
+    """Reflection tells anyone who reaches a port what it serves: off by default (MINMO_REFLECTION=1 turns it on)."""
+    for name in ("duplex", "llm"):
+        with pytest.raises(grpc.RpcError) as error:
+            await asyncio.to_thread(_describe, full_stack.address(name))
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_shutdown_stops_new_sessions_but_drains_the_turn_in_flight(full_stack):

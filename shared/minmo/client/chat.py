@@ -288,11 +288,17 @@ class ConversationClient:
     Create it inside the event loop that will use it (gRPC aio channels are bound to their loop).
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls_ca: bytes | None = None, api_key: str | None = None) -> None:
+        """`tls_ca`: PEM of the CA that signed the server's certificate (TLS; None: plaintext). `api_key`: sent as
+        `authorization: Bearer <key>` on every session (servers with MINMO_API_KEYS_FILE require one)."""
         self.target = target
-        self._channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
-        )
+        options = [("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
+        if tls_ca is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
 
     @property
@@ -320,7 +326,7 @@ class ConversationClient:
         collector.result.not_ready = await self.wait_until_ready(request.timeout_s, on_waiting)
         if collector.result.not_ready is not None:
             return collector.finish()
-        call = self._stub.Converse()
+        call = self._stub.Converse(metadata=self._metadata)
         reader = asyncio.create_task(_read_events(call, collector, on_event))
         try:
             await _converse(call, request, collector, reader)
@@ -367,10 +373,15 @@ class ConversationClient:
 
 
 async def run_chat(
-    target: str, request: ChatRequest, on_event: EventCallback | None = None, on_waiting: WaitCallback | None = None
+    target: str,
+    request: ChatRequest,
+    on_event: EventCallback | None = None,
+    on_waiting: WaitCallback | None = None,
+    tls_ca: bytes | None = None,
+    api_key: str | None = None,
 ) -> ChatResult:
     """One conversation with the server at `target` ("host:port") over a channel of its own."""
-    async with ConversationClient(target) as client:
+    async with ConversationClient(target, tls_ca, api_key) as client:
         return await client.chat(request, on_event, on_waiting)
 
 

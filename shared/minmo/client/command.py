@@ -41,6 +41,8 @@ class ChatOptions:
     voice_instruction: str
     timeout_s: float
     mic: bool = False
+    tls_ca: Path | None = None  # PEM of the server certificate's CA: connect over TLS
+    api_key: str | None = None
 
 
 def chat_command(options: ChatOptions) -> int:
@@ -60,7 +62,8 @@ def chat_command(options: ChatOptions) -> int:
     on_event = None if options.as_json else ConsoleRenderer(stdout)
     try:
         on_waiting = None if options.as_json else lambda line: stderr.print(line, style="dim", markup=False)
-        result = asyncio.run(run_chat(options.server, request, on_event, on_waiting))
+        tls_ca = options.tls_ca.read_bytes() if options.tls_ca is not None else None
+        result = asyncio.run(run_chat(options.server, request, on_event, on_waiting, tls_ca, options.api_key))
     except KeyboardInterrupt:
         stderr.print("interrupted: the call was cancelled", style="yellow")
         return EXIT_INTERRUPTED

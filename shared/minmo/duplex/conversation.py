@@ -30,6 +30,7 @@ from minmo.audio.turn_detection import TurnDetectionConfig, TurnDetector
 from minmo.audio.vad import StreamingVad
 from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, SpeechStopped
 from minmo.duplex.latency import TurnTimings, now_ms
+from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trace_context
 from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, history_turn
 from minmo.duplex.response import Response
 from minmo.duplex.turn_trace import TurnTrace
@@ -64,13 +65,9 @@ RESPOND_THRESHOLD = 0.5
 TurnType = conversation_pb2.TurnEvent.Type
 EndReason = conversation_pb2.TurnEvent.EndReason
 LLM_END_REASONS = {"LENGTH": EndReason.MAX_TOKENS}  # ResponseEnd.Reason name -> the client's; otherwise COMPLETED
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+ENCODER_LOST = "the speech encoder became unavailable during this turn; please say it again"
+LLM_LOST = "the language model is unavailable; please retry this turn"
+STORE_LOST = "the session store is unavailable; please retry this turn"
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,7 @@ class DuplexPolicy:
     max_response_tokens: int = 64
     turn_timeout_s: float = 300.0  # deadline of a response's downstream calls
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
+    limits: InputLimits = field(default_factory=InputLimits)
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,8 @@ class Conversation:
         self.epoch = 0
         self.config: dict = {}
         self.audio_input: AudioInput | None = None
-        self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done)
-        self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript)
+        self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done, self._on_encoder_lost)
+        self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript, self._on_context_trimmed)
         self.user_turn: str | None = None
         self.user_turn_ms = 0.0
         self.timings: TurnTimings | None = None
@@ -154,8 +152,10 @@ class Conversation:
         elif kind == "text_input":
             await self._on_text(event.text_input)
         elif kind == "cancel_response":
+            check_id("cancel_response.turn_id", event.cancel_response.turn_id)
             await self._interrupt()
         elif kind == "playback_position":
+            check_id("playback_position.turn_id", event.playback_position.turn_id)
             self.played_ms[event.playback_position.turn_id] = float(event.playback_position.played_ms)
         elif kind == "end_session":  # a response still generating is cancelled by _shutdown
             await self.store.end(self.session_id, self.epoch)
@@ -184,13 +184,16 @@ class Conversation:
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be session_config or resume_session"
             )
         self.session_id, self.epoch = record.session_id, record.epoch
-        detection = self._turn_detection()
+        detection = self._turn_detection(self.config)
         self.audio_input = AudioInput(self.vad, TurnDetector(detection), self.config["input_sample_rate_hz"])
         await self._open_llm(history)
         await self.encoder.open(self.session_id)
         await self.emit(self._session_started(token, resumed, len(history), detection))
 
     def _validated_config(self, config: conversation_pb2.SessionConfig) -> dict:
+        """The session's config, every field checked before anything is stored (the same answer for the same
+        message, however many sessions open at once)."""
+        self.policy.limits.check_session_config(config)
         if config.input_sample_rate_hz not in SUPPORTED_INPUT_RATES:
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -205,7 +208,7 @@ class Conversation:
             )
         detection = config.turn_detection
         defaults = self.policy.turn_detection
-        return {
+        validated = {
             "input_sample_rate_hz": config.input_sample_rate_hz,
             "output_sample_rate_hz": output_rate,
             "system_prompt": config.system_prompt,
@@ -216,19 +219,23 @@ class Conversation:
             "silence_ms": detection.silence_ms or defaults.silence_duration_ms,
             "prefix_padding_ms": detection.prefix_padding_ms or defaults.prefix_padding_ms,
         }
+        self._turn_detection(validated)  # the combination must make a detector, too
+        return validated
 
-    def _turn_detection(self) -> TurnDetectionConfig:
+    def _turn_detection(self, config: dict) -> TurnDetectionConfig:
         try:
             return TurnDetectionConfig(
-                threshold=self.config["threshold"],
-                prefix_padding_ms=self.config["prefix_padding_ms"],
-                silence_duration_ms=self.config["silence_ms"],
+                threshold=config["threshold"],
+                prefix_padding_ms=config["prefix_padding_ms"],
+                silence_duration_ms=config["silence_ms"],
                 min_speech_duration_ms=self.policy.turn_detection.min_speech_duration_ms,
             )
         except ValueError as error:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
 
     async def _resume(self, resume: conversation_pb2.ResumeSession):
+        check_id("resume_session.session_id", resume.session_id)
+        check_id("resume_session.resume_token", resume.resume_token)
         try:
             record = await self.store.claim(resume.session_id, resume.resume_token, self.policy.replica_id)
         except SessionNotFound as error:
@@ -237,12 +244,13 @@ class Conversation:
             raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, "the resume token does not match") from error
         except SessionEnded as error:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, "the session has ended") from error
-        self.config = dict(record.config)
+        config = dict(record.config)
         if resume.input_sample_rate_hz:
-            self.config["input_sample_rate_hz"] = resume.input_sample_rate_hz
+            config["input_sample_rate_hz"] = resume.input_sample_rate_hz
         if resume.output_sample_rate_hz:
-            self.config["output_sample_rate_hz"] = resume.output_sample_rate_hz
-        self._validated_config(_as_session_config(self.config))
+            config["output_sample_rate_hz"] = resume.output_sample_rate_hz
+        self._validated_config(_as_session_config(config))
+        self.config = config
         return record, resume.resume_token
 
     def _session_started(self, token: str, resumed: bool, history_turns: int, detection: TurnDetectionConfig):
@@ -275,16 +283,32 @@ class Conversation:
             max_response_tokens=self.policy.max_response_tokens,
         )
         try:
-            await self.llm.open(config)
+            ready = await self.llm.open(config)
         except LinkLost as lost:
-            raise ProtocolError(grpc.StatusCode.UNAVAILABLE, str(lost)) from lost
+            log.warning("session %s: %s", self.session_id, lost)
+            cause = lost.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                message = "the system prompt is too long for the model's context"
+                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, message) from lost
+            raise ProtocolError(grpc.StatusCode.UNAVAILABLE, LLM_LOST) from lost
+        if ready.dropped_history_turns:
+            trimmed = common_pb2.ContextTrimmed(
+                dropped_turns=ready.dropped_history_turns,
+                context_tokens=ready.context_tokens,
+                max_context_tokens=ready.max_context_tokens,
+            )
+            await self._on_context_trimmed(trimmed)
 
     async def _ensure_links(self) -> None:
-        """Reopen a lost stream on a live replica before a new turn uses it."""
-        if not self.llm.usable:
-            await self._open_llm(await self.store.history(self.session_id))
-        if not self.encoder.usable:
-            await self.encoder.open(self.session_id)
+        """Reopen a lost stream on a live replica before a new turn uses it; when none answers, the turn goes
+        on and fails at its end with one RESPONSE_DONE (the session stays)."""
+        try:
+            if not self.llm.usable:
+                await self._open_llm(await self.store.history(self.session_id))
+            if not self.encoder.usable:
+                await self.encoder.open(self.session_id)
+        except (ProtocolError, LinkLost, grpc.aio.AioRpcError, RedisError) as error:
+            log.warning("session %s: a stream could not be reopened: %s", self.session_id, error)
 
     # --- user input -----------------------------------------------------------------------------
 
@@ -317,7 +341,7 @@ class Conversation:
         self.respond_on_flush = False
         started = _turn_event(TurnType.USER_SPEECH_STARTED, self.user_turn, input_offset_ms=action.event.audio_ms)
         await self.emit(started)
-        await self.store.set_state(self.session_id, self.epoch, SessionState.USER_SPEAKING)
+        await self._set_state(SessionState.USER_SPEAKING)
 
     async def _send_speech(self, action: SpeechAudio) -> None:
         self.user_turn_ms += 1000 * action.samples.shape[0] / 16000
@@ -336,7 +360,16 @@ class Conversation:
         try:
             await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
         except LinkLost as lost:
-            await self._report_error(grpc.StatusCode.UNAVAILABLE, str(lost), turn_id)
+            log.warning("session %s turn %s: %s", self.session_id, turn_id, lost)
+            self.respond_on_flush = False
+            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
+
+    async def _on_encoder_lost(self, lost: LinkLost) -> None:
+        """The encoder went away while a user turn waited for its flush: that turn ends, failed."""
+        if self.respond_on_flush and self.response is None and self.user_turn is not None:
+            self.respond_on_flush = False
+            log.warning("session %s turn %s: %s", self.session_id, self.user_turn, lost)
+            await self._fail_turn(self.user_turn, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
 
     def _predictor_decides(self) -> bool:
         trained = self.llm.ready is not None and self.llm.ready.predictor_trained
@@ -378,6 +411,10 @@ class Conversation:
         except (RedisError, SessionError) as error:  # the transcript is a bonus: losing it costs the turn nothing
             log.warning("session %s: transcript of %s not stored: %s", self.session_id, transcript.turn_id, error)
 
+    async def _on_context_trimmed(self, trimmed: common_pb2.ContextTrimmed) -> None:
+        """The oldest turns left the model's context (the history keeps them): tell the client."""
+        await self.emit(conversation_pb2.ServerEvent(context_trimmed=trimmed))
+
     async def _on_flush_done(self, flush: encoder_pb2.FlushDone) -> None:
         if not self.respond_on_flush or self.response is not None:
             return
@@ -386,15 +423,21 @@ class Conversation:
         timings.encoder_flush_ms = flush.compute_ms
         timings.encoder_done = now_ms()
         user = Turn(turn_id=flush.turn_id, role=Role.USER, text="", audio_ms=round(self.user_turn_ms))
-        await self.store.append_turn(self.session_id, self.epoch, user)
+        try:
+            await self.store.append_turn(self.session_id, self.epoch, user)
+        except RedisError as error:
+            log.warning("session %s turn %s: %s", self.session_id, flush.turn_id, error)
+            await self._fail_turn(flush.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
+            return
         await self._start_response(timings)
 
     async def _on_text(self, text_input: conversation_pb2.TextInput) -> None:
+        self.policy.limits.check_text(text_input.text)
+        check_trace_context("text_input.trace_context", text_input.trace_context)
         text = text_input.text.strip()
         if not text:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "text_input.text is empty")
         await self._interrupt()
-        await self._ensure_links()
         turn_id = _new_turn_id()
         self._begin_trace(turn_id, text_input.trace_context)
         timings = TurnTimings(end_of_speech=now_ms())
@@ -405,14 +448,29 @@ class Conversation:
                 )
             )
         )
-        await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
+        try:
+            await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
+        except RedisError as error:
+            log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
+            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
+            return
         append = llm_pb2.AppendTurn(
             role=common_pb2.ROLE_USER, text=text, turn_id=turn_id, trace_context=self._carrier(turn_id)
         )
         try:
-            await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
-        except LinkLost:  # the replica died since the last turn: rebuild, the history now holds this turn
-            await self._open_llm(await self.store.history(self.session_id))
+            if not self.encoder.usable:
+                await self.encoder.open(self.session_id)
+            if self.llm.usable:
+                await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
+            else:  # the replica died since the last turn: rebuild, the history now holds this turn
+                await self._open_llm(await self.store.history(self.session_id))
+        except (LinkLost, ProtocolError, grpc.aio.AioRpcError, RedisError) as error:
+            try:  # one more try: the write found the stream broken, a rebuild goes to a live replica
+                await self._open_llm(await self.store.history(self.session_id))
+            except (ProtocolError, RedisError):
+                log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
+                await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, LLM_LOST)
+                return
         await self._start_response(timings)
 
     # --- responses ------------------------------------------------------------------------------
@@ -459,27 +517,28 @@ class Conversation:
         )
         self.response = self.playing = response
         await self.emit(_turn_event(TurnType.RESPONSE_STARTED, response.turn_id))
-        await self.store.set_state(self.session_id, self.epoch, SessionState.RESPONDING)
+        await self._set_state(SessionState.RESPONDING)
         self.response_task = asyncio.create_task(self._run_response(response), name=f"response-{response.turn_id}")
 
     async def _run_response(self, response: Response) -> None:
-        """Run a response to its end; a failure costs this turn only, never the session's stream."""
+        """Run a response to its end; a failure costs this turn only, never the session's stream, and ends it
+        with one RESPONSE_DONE (end_reason FAILED) whatever failed."""
         try:
             await self._complete_response(response)
         except RedisError as error:
             self.response = None
-            message = f"session store unavailable: {error}"
-            await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
+            log.warning("session %s turn %s: %s", self.session_id, response.turn_id, error)
+            if not response.ended:
+                await self._fail_turn(response.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, response, store=False)
 
     async def _complete_response(self, response: Response) -> None:
         try:
             result = await response.run()
         except (LinkLost, grpc.aio.AioRpcError) as error:
             self.response = None
-            message = str(error) if isinstance(error, LinkLost) else f"{error.code().name}: {error.details()}"
-            await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
-            failure = (grpc.StatusCode.UNAVAILABLE, message)
-            await self._finish_turn(response, TurnType.RESPONSE_DONE, failure, EndReason.FAILED)
+            log.warning("session %s turn %s: %s", self.session_id, response.turn_id, _describe(error))
+            code = _downstream_code(error)
+            await self._fail_turn(response.turn_id, code, _turn_failed_message(code), response)
             return
         self.response = None
         text = result.text
@@ -527,7 +586,7 @@ class Conversation:
             report = self._report(response)
             self._end_trace(response, report, "interrupted")
             await self.emit(conversation_pb2.ServerEvent(latency_report=report))
-        await self.store.set_state(self.session_id, self.epoch, SessionState.INTERRUPTED)
+        await self._set_state(SessionState.INTERRUPTED)
 
     def _still_playing(self, response: Response) -> bool:
         started = response.timings.first_audio_sent
@@ -549,24 +608,75 @@ class Conversation:
             )
         )
 
-    async def _finish_turn(
-        self,
-        response: Response,
-        event_type: int,
-        failure: tuple[grpc.StatusCode, str] | None = None,
-        end_reason: int = EndReason.COMPLETED,
-    ) -> None:
+    async def _finish_turn(self, response: Response, event_type: int, end_reason: int = EndReason.COMPLETED) -> None:
+        response.ended = True
         report = self._report(response)
-        self._end_trace(response, report, failure=failure)
+        self._end_trace(response, report)
         await self.emit(_turn_event(event_type, response.turn_id, end_reason=end_reason))
         await self.emit(conversation_pb2.ServerEvent(latency_report=report))
-        await self.store.set_state(self.session_id, self.epoch, SessionState.LISTENING)
+        await self._set_state(SessionState.LISTENING)
+
+    async def _fail_turn(
+        self,
+        turn_id: str,
+        code: grpc.StatusCode,
+        message: str,
+        response: Response | None = None,
+        store: bool = True,
+    ) -> None:
+        """End a failed turn the one way every failure ends: Error, the heard part of the reply (if any) as the
+        assistant's final transcript, RESPONSE_DONE (end_reason FAILED, error_code) and a LatencyReport. The history
+        gets an assistant turn with what the user heard, marked failed, so no user turn is left without an
+        outcome; the LLM drops the response and gets the heard part instead (as after a barge-in). `store=False`
+        when the user turn never reached the history (the encoder lost its audio) or the store is what failed."""
+        heard_ms, heard_text = response.heard(None, self.schedule) if response is not None else (0.0, "")
+        if response is not None:
+            response.ended = True
+            await response.cancel()
+        await self._report_error(code, message, turn_id)
+        if store:
+            turn = Turn(turn_id, Role.ASSISTANT, heard_text, round(heard_ms), True, round(heard_ms), "failed")
+            try:
+                await self.store.append_turn(self.session_id, self.epoch, turn)
+            except RedisError as error:
+                log.warning("session %s turn %s: failed turn not stored: %s", self.session_id, turn_id, error)
+            append = llm_pb2.AppendTurn(role=common_pb2.ROLE_ASSISTANT, text=heard_text, turn_id=turn_id)
+            with contextlib.suppress(LinkLost):
+                await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
+        await self._final_transcript(turn_id, heard_text)
+        if response is not None:
+            report = self._report(response)
+            self._end_trace(response, report, "failed", (code, message))
+        else:
+            report = conversation_pb2.LatencyReport(turn_id=turn_id)
+            if self.trace is not None and self.trace.turn_id == turn_id:
+                report.trace_id = self.trace.trace_id
+                self.trace.abandon("failed")
+                self.trace = None
+        done = _turn_event(
+            TurnType.RESPONSE_DONE,
+            turn_id,
+            end_reason=EndReason.FAILED,
+            error_code=code.name,
+            heard_ms=heard_ms,
+            heard_text=heard_text,
+        )
+        await self.emit(done)
+        await self.emit(conversation_pb2.ServerEvent(latency_report=report))
+        await self._set_state(SessionState.LISTENING)
+
+    async def _set_state(self, state: SessionState) -> None:
+        """The state in Redis is for observers; a store outage must not cost the conversation (StaleOwner still
+        ends it: another connection owns the session)."""
+        try:
+            await self.store.set_state(self.session_id, self.epoch, state)
+        except RedisError as error:
+            log.warning("session %s: state %s not stored: %s", self.session_id, state, error)
 
     def _report(self, response: Response) -> conversation_pb2.LatencyReport:
         return response.timings.report(response.turn_id, self.trace.trace_id if self.trace is not None else "")
 
     async def _report_error(self, code: grpc.StatusCode, message: str, turn_id: str = "") -> None:
-        log.warning("session %s turn %s: %s", self.session_id, turn_id, message)
         self.telemetry.metrics.errors.labels(code=code.name).inc()
         await self.emit(
             conversation_pb2.ServerEvent(
@@ -605,3 +715,26 @@ def _as_session_config(config: dict) -> conversation_pb2.SessionConfig:
     return conversation_pb2.SessionConfig(
         input_sample_rate_hz=config["input_sample_rate_hz"], output_sample_rate_hz=config["output_sample_rate_hz"]
     )
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) if isinstance(error, LinkLost) else f"{error.code().name}: {error.details()}"
+
+
+def _downstream_code(error: BaseException) -> grpc.StatusCode:
+    """A failed hop's code as the client sees it: capacity and deadlines keep their meaning, the rest is
+    UNAVAILABLE (retry), never the peer's INTERNAL or UNKNOWN."""
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        return error.code()
+    return grpc.StatusCode.UNAVAILABLE
+
+
+def _turn_failed_message(code: grpc.StatusCode) -> str:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "the assistant is at capacity and could not finish this reply; please retry shortly"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "the reply took longer than the turn deadline; please retry"
+    return "a service producing the reply became unavailable; please retry this turn"

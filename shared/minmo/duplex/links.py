@@ -75,11 +75,13 @@ class EncoderLink(_Link):
         stub: encoder_pb2_grpc.AudioEncoderStub,
         on_embeddings: Callable[[encoder_pb2.Embeddings], Awaitable[None]],
         on_flush_done: Callable[[encoder_pb2.FlushDone], Awaitable[None]],
+        on_lost: Callable[[LinkLost], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
         self.on_embeddings = on_embeddings
         self.on_flush_done = on_flush_done
+        self.on_lost = on_lost  # told when the stream breaks (a turn waiting for its flush must end)
         self.position = 0
 
     async def open(self, session_id: str) -> None:
@@ -101,6 +103,8 @@ class EncoderLink(_Link):
             self._mark_lost(RuntimeError("the encoder closed the stream"))
         except grpc.aio.AioRpcError as error:
             self._mark_lost(error)
+        if self.on_lost is not None:
+            await self.on_lost(self.lost)
 
 
 class LlmLink(_Link):
@@ -114,11 +118,13 @@ class LlmLink(_Link):
         stub: llm_pb2_grpc.ReasonerStub,
         on_predictor: Callable[[llm_pb2.PredictorSignal], Awaitable[None]],
         on_user_transcript: Callable[[llm_pb2.UserTranscript], Awaitable[None]],
+        on_context_trimmed: Callable[[common_pb2.ContextTrimmed], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
         self.on_predictor = on_predictor
         self.on_user_transcript = on_user_transcript
+        self.on_context_trimmed = on_context_trimmed
         self.turns: dict[str, asyncio.Queue] = {}
         self.ready: llm_pb2.LlmSessionReady | None = None
 
@@ -157,6 +163,8 @@ class LlmLink(_Link):
                     await self.on_predictor(response.predictor_signal)
                 elif kind == "user_transcript":
                     await self.on_user_transcript(response.user_transcript)
+                elif kind == "context_trimmed" and self.on_context_trimmed is not None:
+                    await self.on_context_trimmed(response.context_trimmed)
                 elif kind in ("text_token", "response_end"):
                     message = getattr(response, kind)
                     queue = self.turns.get(message.turn_id)

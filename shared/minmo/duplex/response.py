@@ -5,12 +5,20 @@ speech tokens to the vocoder the moment voicelm emits it, and each PCM chunk to 
 the vocoder emits it. Cancelling the response (barge-in) cancels the voicelm and vocoder calls at once
 and tells the LLM to drop the response from its context; `heard` then maps the audio the user actually
 heard back to the words that audio spoke (the 5:15 schedule).
+
+Failover: when the voicelm or vocoder call breaks mid-turn (its replica died), the speech half of the turn is
+reopened on another replica and replayed from what this response logged: every text position the LLM produced
+goes to the new voicelm, and of the new audio the samples the client already has are skipped, so the user hears
+the reply continue where it stopped without resending anything. Speech tokens are regenerated, so with sampling
+on, the rest of the audio may differ slightly from what the lost replica would have said; the words do not.
+Only when no replica takes the turn (`FAILOVER_DELAYS_S` spent) does the turn fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +26,7 @@ import grpc
 import numpy as np
 
 from minmo.api.speech_tokens import split_speech_tokens
-from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
+from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import LinkLost, LlmLink
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
@@ -33,8 +41,12 @@ from minmo.v1 import (
 )
 
 VOCODER_RATE = 24000
+FAILOVER_DELAYS_S = (0.0, 0.5, 1.0, 2.0)  # waits before each reopening of a broken speech hop
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
+log = logging.getLogger(__name__)
+# A hop that answers these refuses the turn itself (bad input, a deadline spent): another replica would too.
+NOT_RETRIED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 @dataclass
@@ -65,7 +77,12 @@ class Response:
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
     end_reason: str = "EOS"  # ResponseEnd.Reason name
+    ended: bool = False  # its terminal RESPONSE_DONE was sent
+    failovers: int = 0  # times the speech hops were reopened on another replica
     _calls: list = field(default_factory=list)
+    _positions: list = field(default_factory=list)  # every TextPositions sent to voicelm, to replay
+    _text_done: bool = False  # the LLM's ResponseEnd was read
+    _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
 
     @property
     def audio_ms(self) -> float:
@@ -118,19 +135,33 @@ class Response:
         return self.end_reason
 
     async def _with_speech(self, queue: asyncio.Queue) -> str:
-        synth = self.voicelm.Synthesize(timeout=self.timeout_s)
-        vocode = self.vocoder.Vocode(timeout=self.timeout_s)
-        self._calls.extend([synth, vocode])
-        try:
-            return await self._speak(queue, synth, vocode)
-        except (asyncio.InvalidStateError, LinkLost, grpc.aio.AioRpcError) as error:
-            lost = isinstance(error, asyncio.InvalidStateError)  # a write to a call that ended: its service is gone
-            message = await _ended_call({"voicelm": synth, "vocoder": vocode}) if lost else ""
-            for call in (synth, vocode):
-                call.cancel()  # a failed turn leaves no per-turn call open
-            if lost:
-                raise LinkLost(message) from error
-            raise
+        """The speech hops, reopened on another replica when one breaks (module docstring); the LLM's own loss
+        (LinkLost from its queue) and running out of replicas end the turn."""
+        started = now_ms()
+        for attempt, delay in enumerate(FAILOVER_DELAYS_S):
+            await asyncio.sleep(delay)
+            remaining_s = self.timeout_s - (now_ms() - started) / 1000
+            synth = self.voicelm.Synthesize(timeout=remaining_s)
+            vocode = self.vocoder.Vocode(timeout=remaining_s)
+            self._calls[:] = [synth, vocode]
+            try:
+                return await self._speak(queue, synth, vocode)
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as error:
+                for call in (synth, vocode):
+                    call.cancel()  # a failed attempt leaves no per-turn call open
+                hop_error = error
+                if isinstance(error, grpc.aio.AioRpcError) and error.code() in NOT_RETRIED:
+                    break
+                if attempt + 1 < len(FAILOVER_DELAYS_S):
+                    self.failovers += 1
+                    log.warning("turn %s: speech hop lost (%s); reopening on another replica", self.turn_id, error)
+            except LinkLost:
+                for call in (synth, vocode):
+                    call.cancel()
+                raise
+        if isinstance(hop_error, asyncio.InvalidStateError):  # a write to a call that ended: its service is gone
+            raise LinkLost(await _ended_call({"voicelm": synth, "vocoder": vocode})) from hop_error
+        raise hop_error
 
     async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
         await synth.write(
@@ -151,21 +182,23 @@ class Response:
             )
         )
         speech = asyncio.create_task(self._speech_tokens_to_vocoder(synth, vocode))
-        audio = asyncio.create_task(self._pcm_to_client(vocode))
+        audio = asyncio.create_task(self._pcm_to_client(vocode, skip_samples=self.audio_samples_sent))
         try:
-            async for token in self._tokens(queue):
-                if self.timings.first_positions_sent is None:
-                    self.timings.first_positions_sent = now_ms()
-                await synth.write(
-                    voicelm_pb2.SynthesizeRequest(
-                        text_positions=voicelm_pb2.TextPositions(
-                            hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
-                        )
+            for positions in self._positions:  # a reopened hop: what the lost one had, first
+                await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
+            if not self._text_done:
+                async for token in self._tokens(queue):
+                    if self.timings.first_positions_sent is None:
+                        self.timings.first_positions_sent = now_ms()
+                    positions = voicelm_pb2.TextPositions(
+                        hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
                     )
-                )
-                await self._emit_text(token.text)
+                    self._positions.append(positions)  # logged (and shown) first: a failed write replays it
+                    await self._emit_text(token.text)
+                    await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
+                self._text_done = True
             await synth.write(
-                voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=len(self.pieces)))
+                voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=len(self._positions)))
             )
             await synth.done_writing()
             await asyncio.gather(speech, audio)
@@ -198,28 +231,39 @@ class Response:
         )
 
     async def _speech_tokens_to_vocoder(self, synth, vocode) -> None:
+        sent = 0  # speech tokens on this vocoder call
         while (response := await synth.read()) is not grpc.aio.EOF:
             if response.HasField("speech_tokens"):
                 if self.timings.first_speech_tokens is None:
                     self.timings.first_speech_tokens = now_ms()
                     self.timings.first_tokens_to_vocoder = now_ms()
                 tokens = response.speech_tokens
-                self.speech_tokens += len(tokens.ids)
-                for message in split_speech_tokens(tokens.ids, tokens.first_index):  # whatever size voicelm sent
-                    await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=message))
+                sent += len(tokens.ids)
+                self.speech_tokens = max(self.speech_tokens, sent)
+                for part in split_speech_tokens(tokens.ids, tokens.first_index):  # whatever size voicelm sent
+                    await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=part))
             else:
                 self.timings.voicelm_first_tokens_compute_ms = response.synthesis_done.first_tokens_ms or None
-                await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=self.speech_tokens)))
+                await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=sent)))
                 await vocode.done_writing()
                 return
 
-    async def _pcm_to_client(self, vocode) -> None:
-        resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
+    async def _pcm_to_client(self, vocode, skip_samples: int = 0) -> None:
+        """The vocoder's PCM to the client; a reopened hop's first `skip_samples` (the client has them) are dropped."""
+        if self._resampler is None:
+            self._resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
+        resampler = self._resampler
         while (response := await vocode.read()) is not grpc.aio.EOF:
             if response.HasField("pcm_chunk"):
                 if self.timings.first_pcm is None:
                     self.timings.first_pcm = now_ms()
-                await self._send_audio(resampler, response.pcm_chunk.audio, last=False)
+                audio = response.pcm_chunk.audio
+                if skip_samples:
+                    skipped = min(skip_samples, len(audio) // PCM16_BYTES)
+                    audio, skip_samples = audio[skipped * PCM16_BYTES :], skip_samples - skipped
+                    if not audio:
+                        continue
+                await self._send_audio(resampler, audio, last=False)
             else:
                 self.timings.vocoder_first_chunk_compute_ms = response.vocode_done.first_chunk_ms or None
                 await self._send_audio(resampler, b"", last=True)

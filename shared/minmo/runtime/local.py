@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -38,17 +38,21 @@ class LocalRuntime(ModelRuntime):
     ) -> AsyncIterator[TensorMap]:
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
-        loop = asyncio.get_running_loop()
+        step: Future | None = None
         try:
             while True:
-                item = await loop.run_in_executor(self._pool, _no_grad_call, next, responses, _DONE)
+                step = self._pool.submit(_no_grad_call, next, responses, _DONE)
+                item = await asyncio.wrap_future(step)
                 if item is _DONE:
                     break
                 outputs, new_state = item
                 self._keep_state(handler, sequence, new_state, final=False)
                 yield outputs
         finally:
-            await loop.run_in_executor(self._pool, responses.close)
+            # Cancelled mid-step (a client's cancel, from any task or thread): the step already running finishes
+            # (at most one step of compute), then the generator closes, on a thread of its own so a full pool
+            # cannot delay it; closing while the step runs would raise "generator already executing".
+            await asyncio.to_thread(_close_after, step, responses)
             if sequence is not None and sequence.end:
                 self._states.pop((model, sequence.id), None)
 
@@ -83,6 +87,12 @@ class LocalRuntime(ModelRuntime):
             self._states.pop(key, None)
         elif sequence.start or key in self._states:  # a sequence ended meanwhile stays ended
             self._states[key] = state
+
+
+def _close_after(step: Future | None, responses) -> None:
+    if step is not None and not step.cancel():
+        wait([step])
+    responses.close()
 
 
 def _no_grad_call(fn, *args):

@@ -26,15 +26,20 @@ def peer_target(addresses: str) -> str:
     raise ValueError(f"several peer addresses must be IPv4 host:port pairs, got {addresses!r}")
 
 
-def open_channel(addresses: str, max_message_bytes: int = 4 * 1024 * 1024) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        peer_target(addresses),
-        options=[
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ],
-    )
+def open_channel(
+    addresses: str, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """A round-robin channel to a peer; over TLS (mTLS with a client certificate) when `credentials` are given
+    (see `minmo.serving.tls.channel_credentials`)."""
+    target = peer_target(addresses)
+    options = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

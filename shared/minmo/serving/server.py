@@ -1,4 +1,5 @@
-"""The gRPC server host every service runs in: message limits, health, reflection, graceful stop.
+"""The gRPC server host every service runs in: message limits, health, reflection, graceful stop, status
+codes (`StatusGuard`), TLS/mTLS from files and, at the front door, API keys.
 
 Order of life (grpc's graceful-shutdown example): start serving with health NOT_SERVING, load and
 warm the model, flip to SERVING; on SIGTERM/SIGINT flip to NOT_SERVING (so load balancers stop
@@ -17,22 +18,37 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from minmo.serving.auth import ApiKeyAuth, ApiKeys
+from minmo.serving.errors import StatusGuard
 from minmo.serving.settings import ServerSettings
+from minmo.serving.tls import CertificateFiles
 from minmo.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 
 class ServiceHost:
-    """One grpc.aio server with health and reflection for the services registered on it, counting its failed
-    RPCs and active sessions in the service's metrics; the telemetry closes after the last stream ends."""
+    """One grpc.aio server with health (and reflection when MINMO_REFLECTION=1) for the services registered on
+    it, counting its failed RPCs and active sessions in the service's metrics; the telemetry closes after the
+    last stream ends. An internal service (`front_door=False`) with mTLS settings refuses callers without a
+    client certificate; the front door checks API keys instead when given `api_keys`."""
 
-    def __init__(self, settings: ServerSettings, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        telemetry: Telemetry,
+        front_door: bool = False,
+        api_keys: ApiKeys | None = None,
+    ) -> None:
         self.settings = settings
         self.telemetry = telemetry
+        self.front_door = front_door
         limit = settings.max_message_bytes
+        interceptors = [telemetry.error_counter(), StatusGuard(telemetry.service)]
+        if api_keys is not None:
+            interceptors.append(ApiKeyAuth(api_keys))
         self.server = grpc.aio.server(
-            interceptors=[telemetry.error_counter()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -44,7 +60,7 @@ class ServiceHost:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self._service_names: list[str] = [health.SERVICE_NAME]
         self._closers: list[Callable[[], Awaitable[None]]] = [telemetry.close]
         self._servicers: list[object] = []
         self.port = 0
@@ -72,11 +88,18 @@ class ServiceHost:
 
     async def start(self) -> int:
         """Bind and start serving (health says NOT_SERVING until `set_serving`); returns the bound port."""
-        reflection.enable_server_reflection(self._service_names, self.server)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.settings.reflection:
+            reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        tls = self.settings.tls
+        if tls.enabled:
+            files = CertificateFiles(tls, require_client_cert=tls.mutual and not self.front_door)
+            self.port = self.server.add_secure_port(address, files.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
-        for name in ["", *self._service_names[2:]]:
+        for name in ["", *self._service_names[1:]]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         return self.port
@@ -84,7 +107,7 @@ class ServiceHost:
     async def set_serving(self, serving: bool = True) -> None:
         """SERVING (or, with False, NOT_SERVING again: e.g. duplex while a peer it needs is down)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *self._service_names[2:]]:
+        for name in ["", *self._service_names[1:]]:
             await self.health.set(name, status)
 
     async def stop(self) -> None:

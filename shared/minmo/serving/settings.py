@@ -65,11 +65,57 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Transport security from PEM files (README "Security"). MINMO_TLS_CERT + MINMO_TLS_KEY: this service's
+    certificate chain and private key (both or neither; with them the service serves TLS only). MINMO_TLS_CA:
+    the CA that signs the services' certificates; with it, mTLS between services: internal services refuse
+    callers without a client certificate signed by it, and duplex presents its own certificate to its peers
+    and verifies theirs. The files are re-read when they change (new handshakes use the new ones)."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise SettingsError("MINMO_TLS_CERT and MINMO_TLS_KEY go together: set both or neither")
+        if self.ca and not self.cert:
+            raise SettingsError("MINMO_TLS_CA (mTLS) needs this service's own MINMO_TLS_CERT and MINMO_TLS_KEY")
+        for path in (self.cert, self.key, self.ca):
+            if path and not os.path.isfile(path):
+                raise SettingsError(f"TLS file {path!r} does not exist")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+    @property
+    def mutual(self) -> bool:
+        return self.ca is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TlsSettings:
+        return cls(
+            cert=env_str("MINMO_TLS_CERT", "", environ) or None,
+            key=env_str("MINMO_TLS_KEY", "", environ) or None,
+            ca=env_str("MINMO_TLS_CA", "", environ) or None,
+        )
+
+
+def env_flag(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    raw = env_str(name, "1" if default else "0", environ).strip().lower()
+    if raw not in ("1", "0", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name}={raw!r}: use 1 or 0")
+    return raw in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
     MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID,
-    MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT), and the
-    telemetry variables of `TelemetrySettings`."""
+    MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT),
+    MINMO_REFLECTION (1: serve gRPC reflection; default 0), the TLS variables of `TlsSettings` and the telemetry
+    variables of `TelemetrySettings`."""
 
     port: int
     host: str = "127.0.0.1"
@@ -81,6 +127,8 @@ class ServerSettings:
     runtime: str = "local"
     triton_url: str | None = None
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    reflection: bool = False
 
     @classmethod
     def from_env(cls, default_port: int, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -96,4 +144,6 @@ class ServerSettings:
             runtime=env_str("MINMO_RUNTIME", "local", environ),
             triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
             telemetry=TelemetrySettings.from_env(port, environ),
+            tls=TlsSettings.from_env(environ),
+            reflection=env_flag("MINMO_REFLECTION", False, environ),
         )

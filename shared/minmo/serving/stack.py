@@ -22,7 +22,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from minmo.serving.settings import METRICS_PORT_OFFSET
+from minmo.serving.settings import METRICS_PORT_OFFSET, TlsSettings
+from minmo.serving.tls import channel_credentials
 
 MODEL_SERVICES = ("encoder", "llm", "voicelm", "vocoder")
 SERVICES = (*MODEL_SERVICES, "duplex")
@@ -82,10 +83,14 @@ def start_service(
     return StackProcess(name, f"{host}:{port}", f"http://{host}:{metrics_port}/metrics", process)
 
 
-def wait_until_serving(address: str, process: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    """Poll grpc.health.v1 until SERVING; fail early if the process died."""
+def wait_until_serving(
+    address: str, process: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S, tls: TlsSettings | None = None
+) -> None:
+    """Poll grpc.health.v1 until SERVING (over mTLS with `tls`); fail early if the process died."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    credentials = channel_credentials(tls) if tls is not None else None
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -111,13 +116,14 @@ def run_stack(
     ports = service_ports(duplex_port)
     env = {"MINMO_CONFIG": config, "REDIS_URL": redis_url} | (extra_env or {})
     env |= {PEER_VARIABLES[name]: f"127.0.0.1:{ports[name]}" for name in MODEL_SERVICES}
+    tls = TlsSettings(env.get("MINMO_TLS_CERT"), env.get("MINMO_TLS_KEY"), env.get("MINMO_TLS_CA"))
     stack = Stack()
     try:
         for group in (MODEL_SERVICES, ("duplex",)):  # model services load in parallel, then the front door
             started = [start_service(name, ports[name], env, log=log) for name in group]
             stack.processes.extend(started)
             for item in started:
-                wait_until_serving(item.address, item.process)
+                wait_until_serving(item.address, item.process, tls=tls)
         yield stack
     finally:
         stack.stop()

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minmo.model.config import load_config
+from minmo.serving.certs import make_dev_pki
 from minmo.serving.settings import METRICS_PORT_OFFSET
 from minmo.serving.stack import run_stack, service_ports
 from minmo.session.embedded import EmbeddedRedis
@@ -57,7 +58,7 @@ def port_is_free(port: int, host: str = LOCALHOST) -> bool:
     return True
 
 
-def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001) -> int:
+def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001, tls: bool = False) -> int:
     console = Console()
     problems = preflight(config, port)
     for problem in problems:
@@ -65,13 +66,13 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
     if problems:
         return EXIT_FAILED
     try:
-        return _run(console, config, port, runtime, triton_grpc_port)
+        return _run(console, config, port, runtime, triton_grpc_port, tls)
     except (RuntimeError, TimeoutError) as error:  # a service died or never became SERVING while starting
         console.print(f"error: the stack did not start: {error}", style="bold red", markup=False, soft_wrap=True)
         return EXIT_FAILED
 
 
-def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_port: int) -> int:
+def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_port: int, tls: bool) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -81,6 +82,10 @@ def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_por
         if runtime == "triton":
             triton_url = resources.enter_context(_triton(config, triton_grpc_port, console))
             extra_env = {"MINMO_RUNTIME": "triton", "MINMO_TRITON_URL": triton_url}
+        pki = None
+        if tls:  # a throwaway CA: TLS at the front door, mTLS between the services
+            pki = make_dev_pki(Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="minmo-tls-"))))
+            extra_env |= pki.env()
         with console.status(f"starting the stack ({config}, {runtime} runtime)…"):
             stack = resources.enter_context(run_stack(config, port, redis_url, extra_env))
         dead = [item.name for item in stack.processes if item.process.poll() is not None]
@@ -97,7 +102,8 @@ def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_por
         if runtime == "triton":
             table.add_row("triton", f"grpc://{extra_env['MINMO_TRITON_URL']}", "")
         console.print(table)
-        console.print(f"try: minmo chat --server 127.0.0.1:{port} --wav some.wav    (Ctrl-C stops the stack)")
+        tls_flag = f" --tls-ca {pki.ca}" if pki is not None else ""
+        console.print(f"try: minmo chat --server 127.0.0.1:{port}{tls_flag} --wav some.wav    (Ctrl-C stops the stack)")
         while not stop.wait(WATCH_INTERVAL_S):
             dead = [item for item in stack.processes if item.process.poll() is not None]
             if dead:

@@ -84,7 +84,8 @@ class SessionRecord:
 @dataclasses.dataclass(frozen=True)
 class Turn:
     """One turn of the conversation. For an interrupted assistant turn `text` is what the user heard
-    and `heard_ms` how much of its `audio_ms` was played; `heard_ms` is None when it played in full."""
+    and `heard_ms` how much of its `audio_ms` was played; `heard_ms` is None when it played in full. A reply
+    that failed midway is stored interrupted with outcome "failed", so every user turn has an answer."""
 
     turn_id: str
     role: Role
@@ -92,6 +93,7 @@ class Turn:
     audio_ms: int
     interrupted: bool = False
     heard_ms: int | None = None
+    outcome: str = "completed"  # "failed": the reply broke off (text: what was heard); older records lack it
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)

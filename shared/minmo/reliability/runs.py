@@ -1,0 +1,251 @@
+"""`minmo fuzz` and `minmo faults`: the big reliability runs, against a stack of separate processes, printing figures.
+
+fuzz: a probe session's first-audio p95 unloaded, then `inputs` hypothesis calls spread over every RPC while the
+probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded.
+
+faults: `sessions` concurrent sessions (spoken and typed turns) on two replicas of every model service; one
+replica of each component is killed with SIGKILL in turn (then restarted), then Redis (AOF, fsync always) ->
+sessions lost, turns failed per kill, the longest wait for a completed turn after each kill, session records
+lost across the Redis kill, history entries without an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio
+from rich.console import Console
+from rich.table import Table
+
+from minmo.audio.synthetic import utterance
+from minmo.duplex.limits import InputLimits
+from minmo.reliability.fuzz import RPCS, FuzzTally, fuzz_rpc
+from minmo.reliability.harness import ProbeSession, ProcessStack, p95, process_stack
+from minmo.serving.stack import MODEL_SERVICES
+from minmo.session.store import Role, SessionStore
+from minmo.v1 import conversation_pb2
+
+EndReason = conversation_pb2.TurnEvent.EndReason
+PROBE_TEXT = "how is the weather today?"
+SETTLE_S = 8.0  # turns run this long before each kill
+OBSERVE_S = 10.0  # and this long after it, before the replica restarts
+
+
+@dataclass
+class FuzzFigures:
+    inputs: int
+    deaths: list[str]
+    forbidden: list[str]
+    unloaded_p95_ms: float
+    loaded_p95_ms: float
+    codes: dict[str, dict[str, int]]
+    oversized_p95_ms: float | None = None  # the probe's p95 while another session sends the largest inputs
+
+    @property
+    def ratio(self) -> float:
+        return self.loaded_p95_ms / self.unloaded_p95_ms
+
+
+async def _probe_turns(address: str, until: threading.Event | None, turns: int) -> list[float]:
+    probe = ProbeSession(address)
+    await probe.open()
+    first_audio = []
+    try:
+        await probe.turn(PROBE_TEXT)  # warm-up, not measured: a fresh stack's first turns pay for lazy set-up
+        while (until is None and len(first_audio) < turns) or (until is not None and not until.is_set()):
+            result = await probe.turn(PROBE_TEXT)
+            if result.first_audio_ms is not None:
+                first_audio.append(result.first_audio_ms)
+    finally:
+        await probe.close()
+    return first_audio
+
+
+async def _probe_beside_oversized(address: str, turns: int) -> list[float]:
+    """The probe's first audio while another session sends the largest accepted inputs (system prompt and text at
+    their limits), turn after turn."""
+    limits = InputLimits()
+    heavy = ProbeSession(address, system_prompt="p" * limits.max_system_prompt_chars)
+    await heavy.open()
+    done = threading.Event()
+
+    async def oversized() -> None:
+        try:
+            for _ in range(turns):
+                await heavy.turn("x" * limits.max_text_chars)
+        finally:
+            done.set()
+            await heavy.close()
+
+    sender = asyncio.create_task(oversized())
+    first_audio = await _probe_turns(address, done, 0)
+    await sender
+    return first_audio
+
+
+def run_fuzz(
+    inputs: int, config: str = "tiny", probe_turns: int = 10, random_seed: int = 0, oversized_turns: int = 0
+) -> FuzzFigures:
+    with process_stack(config) as stack:
+        unloaded = asyncio.run(_probe_turns(stack.duplex, None, probe_turns))
+        tally = FuzzTally()
+        done = threading.Event()
+        channels = {name: grpc.insecure_channel(items[0].address) for name, items in stack.replicas.items()}
+
+        def fuzz_all() -> None:
+            try:
+                for rpc in RPCS:
+                    fuzz_rpc(channels.__getitem__, rpc, max(1, inputs // len(RPCS)), tally, random_seed)
+            finally:
+                done.set()
+
+        fuzzer = threading.Thread(target=fuzz_all, name="fuzzer")
+        fuzzer.start()
+        loaded = asyncio.run(_probe_turns(stack.duplex, done, 0))
+        fuzzer.join()
+        for channel in channels.values():
+            channel.close()
+        beside_oversized = []
+        if oversized_turns:
+            beside_oversized = asyncio.run(_probe_beside_oversized(stack.duplex, oversized_turns))
+        return FuzzFigures(
+            inputs=tally.inputs,
+            deaths=stack.deaths(),
+            forbidden=tally.forbidden,
+            unloaded_p95_ms=p95(unloaded),
+            loaded_p95_ms=p95(loaded),
+            codes={method: dict(counter) for method, counter in tally.codes.items()},
+            oversized_p95_ms=p95(beside_oversized) if beside_oversized else None,
+        )
+
+
+def print_fuzz(figures: FuzzFigures, console: Console) -> None:
+    table = Table(title="minmo fuzz")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("inputs (calls)", str(figures.inputs))
+    table.add_row("process deaths", str(len(figures.deaths)))
+    table.add_row("UNKNOWN/INTERNAL", str(len(figures.forbidden)))
+    table.add_row("probe p95 first audio unloaded (ms)", f"{figures.unloaded_p95_ms:.0f}")
+    table.add_row("probe p95 first audio while fuzzed (ms)", f"{figures.loaded_p95_ms:.0f}")
+    table.add_row("ratio", f"{figures.ratio:.2f}x")
+    if figures.oversized_p95_ms is not None:
+        table.add_row("probe p95 beside the largest inputs (ms)", f"{figures.oversized_p95_ms:.0f}")
+        table.add_row("ratio to unloaded", f"{figures.oversized_p95_ms / figures.unloaded_p95_ms:.2f}x")
+    console.print(table)
+    for method, codes in sorted(figures.codes.items()):
+        console.print(f"{method}: " + ", ".join(f"{code} {count}" for code, count in sorted(codes.items())))
+    for line in figures.forbidden[:20]:
+        console.print(line, style="red", markup=False)
+
+
+@dataclass
+class FaultFigures:
+    sessions: int
+    sessions_lost: int
+    turns: int
+    failed_by_kill: dict[str, int] = field(default_factory=dict)
+    recovery_s: dict[str, float] = field(default_factory=dict)  # kill -> the longest wait for a completed turn
+    lost_reasons: list[str] = field(default_factory=list)
+    records_before: int = 0
+    records_after: int = 0
+    unanswered_user_turns: int = 0
+    deaths: list[str] = field(default_factory=list)
+
+
+async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int) -> None:
+    speech = utterance(seed=index)
+    turn = 0
+    while not stop.is_set():
+        try:
+            if turn % 2:
+                await probe.spoken_turn(speech)
+            else:
+                await probe.turn(f"{PROBE_TEXT} ({index}.{turn})")
+        except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
+            probe.lost = repr(error)[:200]
+            return
+        turn += 1
+
+
+async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
+    probes = [ProbeSession(stack.duplex) for _ in range(sessions)]
+    for probe in probes:
+        await probe.open()
+    stop = asyncio.Event()
+    loops = [asyncio.create_task(_session_loop(probe, stop, index)) for index, probe in enumerate(probes)]
+    figures = FaultFigures(sessions=sessions, sessions_lost=0, turns=0)
+    kills: dict[str, float] = {}
+    for component in MODEL_SERVICES:
+        await asyncio.sleep(SETTLE_S)
+        kills[component] = time.monotonic()
+        stack.kill(component, 0)
+        await asyncio.sleep(OBSERVE_S)
+        await asyncio.to_thread(stack.restart, component, 0)
+    await asyncio.sleep(SETTLE_S)
+    stop.set()
+    await asyncio.gather(*loops, return_exceptions=True)
+    ends = [*sorted(kills.values()), float("inf")]
+    for component, killed_at in kills.items():
+        next_kill = ends[ends.index(killed_at) + 1]
+        window = [turn for probe in probes for turn in probe.turns if killed_at <= turn.ended_at < next_kill]
+        figures.failed_by_kill[component] = sum(turn.outcome == EndReason.FAILED for turn in window)
+        waits = []
+        for probe in probes:  # the first turn each session completed after the kill
+            completed = [
+                t.ended_at for t in probe.turns if t.ended_at >= killed_at and t.outcome == EndReason.COMPLETED
+            ]
+            if completed:
+                waits.append(completed[0] - killed_at)
+        figures.recovery_s[component] = max(waits, default=float("nan"))
+    figures.lost_reasons = [probe.lost for probe in probes if probe.lost is not None]
+    figures.turns = sum(len(probe.turns) for probe in probes)
+    figures.sessions_lost = sum(probe.lost is not None for probe in probes)
+    figures.records_before = len(stack.redis.session_keys())
+    stack.redis.kill()
+    stack.redis.start()
+    figures.records_after = len(stack.redis.session_keys())
+    client = redis.asyncio.Redis.from_url(stack.redis.url, decode_responses=True)
+    store = SessionStore(client, ttl_s=3600)
+    for probe in probes:
+        history = await store.history(probe.session_id)
+        roles = [turn.role for turn in history]
+        figures.unanswered_user_turns += sum(
+            role == Role.USER and (index + 1 == len(roles) or roles[index + 1] != Role.ASSISTANT)
+            for index, role in enumerate(roles)
+        )
+    await client.aclose()
+    for probe in probes:
+        with contextlib.suppress(Exception):
+            await probe.close()
+    figures.deaths = stack.deaths()
+    return figures
+
+
+def run_faults(sessions: int = 10, config: str = "tiny") -> FaultFigures:
+    with process_stack(config, replicas=2) as stack:
+        return asyncio.run(_faults(stack, sessions))
+
+
+def print_faults(figures: FaultFigures, console: Console) -> None:
+    table = Table(title=f"minmo faults ({figures.sessions} sessions, 2 replicas per model service)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("sessions lost", str(figures.sessions_lost))
+    table.add_row("turns taken", str(figures.turns))
+    for component, failed in figures.failed_by_kill.items():
+        table.add_row(f"kill -9 {component}: turns failed", str(failed))
+        wait = f"{figures.recovery_s[component]:.1f}"
+        table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
+    records = f"{figures.records_before} / {figures.records_after}"
+    table.add_row("redis kill -9 (AOF): session keys before / after", records)
+    table.add_row("history: user turns without an answer", str(figures.unanswered_user_turns))
+    table.add_row("unexpected process deaths", str(len(figures.deaths)))
+    console.print(table)
+    for reason in figures.lost_reasons:
+        console.print(f"session lost: {reason}", style="red", markup=False)
