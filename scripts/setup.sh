@@ -19,3 +19,4 @@ fi
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
     .venv/bin/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 fi
+./scripts/setup-reference.sh

@@ -70,6 +70,25 @@ def serve(
     importlib.import_module(f"minmo.services.{service}.main").main()
 
 
+@app.command("convert")
+def convert(
+    source: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="the downloaded checkpoint directory")],
+    kind: Annotated[str, typer.Option("--from", help="what SOURCE holds: cosyvoice2 (CosyVoice2-0.5B)")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="directory for our <component>.safetensors files")],
+    config: Annotated[str, typer.Option(help="model preset or JSON file the weights must fit")] = "minmo-8b",
+) -> None:
+    """Convert public weights (CosyVoice 2) into MinMo's checkpoint layout, checking every name and shape."""
+    from minmo.model.config import load_config
+    from minmo.model.convert import convert_directory
+
+    try:
+        written = convert_directory(kind, source, out, load_config(config))
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from error
+    for path in written:
+        typer.echo(path)
+
+
 @app.command("up")
 def up(
     config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
