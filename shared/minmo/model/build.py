@@ -34,6 +34,10 @@ BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
     "token2wav": lambda cfg, device: Token2Wav.from_config(cfg),
 }
 
+# Parts of a component that public weights provide on their own (`minmo convert`): <part>.safetensors is loaded
+# into the attribute first, then <component>.safetensors (from training) over the whole component if present.
+PARTS: dict[str, dict[str, str]] = {"speech_encoder": {"voice_encoder": "voice_encoder"}}
+
 
 def build_component(
     cfg: MinMoConfig, name: str, checkpoint: str | Path | None = None, device: str = "cpu"
@@ -44,6 +48,8 @@ def build_component(
     with torch.device(device), _seeded(name):
         module = BUILDERS[name](cfg, device)
     if checkpoint is not None and device != "meta":
+        for part, attribute in PARTS.get(name, {}).items():
+            load_checkpoint(getattr(module, attribute), Path(checkpoint) / f"{part}.safetensors")
         load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
     return module.eval()
 

@@ -40,8 +40,12 @@ class FbankConfig:
 
 @dataclass(frozen=True)
 class VoiceEncoderConfig:
-    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming."""
+    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming.
 
+    kind: `sanm` (ours: causal FSMN, exact streaming) or `sensevoice` (SenseVoiceSmall-compatible: LFR input,
+    centred FSMN, `tp_layers` more layers; streams by re-encoding a window with `right_context` frames ahead)."""
+
+    kind: str = "sanm"
     input_dim: int = 128
     dim: int = 1280
     num_layers: int = 32
@@ -51,6 +55,8 @@ class VoiceEncoderConfig:
     downsample: int = 4  # 100 Hz fbank -> 25 Hz
     chunk_frames: int = 4  # encoder output frames per streaming chunk (4 x 40 ms = 160 ms)
     left_chunks: int = -1  # attention left context in chunks; -1 = unlimited
+    tp_layers: int = 0  # sensevoice: layers after the first norm (SenseVoiceSmall: 20)
+    right_context: int = 0  # sensevoice streaming: frames that must follow a chunk before it is emitted
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 - `cosyvoice2`: a CosyVoice2-0.5B directory (`flow.pt`, `hift.pt`, `llm.pt`) -> `token2wav.safetensors`
   (flow matching + HiFT) and `voice_token_lm.safetensors` (the speech half of Qwen2LM).
-- `sensevoice` and `hf` are handled by their own functions below.
+- `sensevoice`: a SenseVoiceSmall directory (`model.pt`, `am.mvn`) -> `voice_encoder.safetensors`, loaded into
+  the speech encoder's voice encoder (its input projector comes from MinMo's training recipe).
+- `hf`: a Qwen2.5 Hugging Face directory is used as it is (`LLMConfig.source = "hf"`); `check_hf_llm` checks
+  it has the chat template MinMo's prompts rely on.
 
 Each converter renames keys by an ordered list of regular-expression rules, folds weight norm (both the old
 `weight_g`/`weight_v` and the new `parametrizations.weight.original0/1` layouts) into plain weights, and
@@ -161,6 +164,36 @@ def cosyvoice2_voice_token_lm(llm: dict[str, torch.Tensor], cfg: MinMoConfig) ->
     return check_against(module, state, "CosyVoice 2 llm.pt")
 
 
+_SENSEVOICE_RULES: Rules = [
+    (r"^encoder\.encoders0\.0\.", "first_layer."),
+    (r"^encoder\.encoders\.", "layers."),
+    (r"^encoder\.tp_encoders\.", "tp_layers."),
+    (r"^encoder\.after_norm\.", "norm."),
+    (r"^encoder\.tp_norm\.", "tp_norm."),
+    (r"\.self_attn\.linear_q_k_v\.", ".qkv."),
+    (r"\.self_attn\.linear_out\.", ".out."),
+    (r"\.self_attn\.fsmn_block\.", ".fsmn."),
+    (r"\.feed_forward\.w_1\.", ".ffn_in."),
+    (r"\.feed_forward\.w_2\.", ".ffn_out."),
+    (r"\.norm1\.", ".attention_norm."),
+    (r"\.norm2\.", ".ffn_norm."),
+]
+
+
+def sensevoice_voice_encoder(model: dict[str, torch.Tensor], am_mvn: str, cfg: MinMoConfig) -> dict[str, torch.Tensor]:
+    """SenseVoiceSmall `model.pt` + `am.mvn` -> our SenseVoiceEncoder state dict (its encoder; the query
+    embeddings and the CTC head are dropped: MinMo's input projector reads the encoder output)."""
+    from minmo.model.sensevoice import SenseVoiceEncoder, parse_am_mvn
+
+    if cfg.voice_encoder.kind != "sensevoice":
+        raise ValueError(f"the config's voice encoder is {cfg.voice_encoder.kind!r}; SenseVoice needs 'sensevoice'")
+    state = rename({k: v for k, v in model.items() if k.startswith("encoder.")}, _SENSEVOICE_RULES)
+    state["cmvn_shift"], state["cmvn_scale"] = parse_am_mvn(am_mvn)
+    with torch.device("meta"):
+        module = SenseVoiceEncoder(cfg.voice_encoder)
+    return check_against(module, state, "SenseVoiceSmall model.pt")
+
+
 def load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A `torch.save`d state dict (tensors only: loading never runs code)."""
     if not path.is_file():
@@ -174,7 +207,7 @@ def convert_directory(kind: str, source: Path, out: Path, cfg: MinMoConfig) -> l
     returns the files written."""
     from safetensors.torch import save_file
 
-    converters = {"cosyvoice2": _convert_cosyvoice2}
+    converters = {"cosyvoice2": _convert_cosyvoice2, "sensevoice": _convert_sensevoice}
     if kind not in converters:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted(converters)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -191,3 +224,10 @@ def _convert_cosyvoice2(source: Path, cfg: MinMoConfig) -> dict[str, dict[str, t
     converted = {"token2wav": cosyvoice2_token2wav(flow, hift, cfg)}
     converted["voice_token_lm"] = cosyvoice2_voice_token_lm(load_torch_checkpoint(source / "llm.pt"), cfg)
     return converted
+
+
+def _convert_sensevoice(source: Path, cfg: MinMoConfig) -> dict[str, dict[str, torch.Tensor]]:
+    model, am_mvn = load_torch_checkpoint(source / "model.pt"), source / "am.mvn"
+    if not am_mvn.is_file():
+        raise FileNotFoundError(f"{am_mvn} not found (SenseVoiceSmall's CMVN statistics)")
+    return {"voice_encoder": sensevoice_voice_encoder(model, am_mvn.read_text(), cfg)}
