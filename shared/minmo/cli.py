@@ -73,11 +73,12 @@ def serve(
 @app.command("convert")
 def convert(
     source: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="the downloaded checkpoint directory")],
-    kind: Annotated[str, typer.Option("--from", help="what SOURCE holds: cosyvoice2 (CosyVoice2-0.5B)")],
+    kind: Annotated[str, typer.Option("--from", help="what SOURCE holds: cosyvoice2 | sensevoice | hf (Qwen2.5)")],
     out: Annotated[Path, typer.Option(file_okay=False, help="directory for our <component>.safetensors files")],
     config: Annotated[str, typer.Option(help="model preset or JSON file the weights must fit")] = "minmo-8b",
 ) -> None:
-    """Convert public weights (CosyVoice 2) into MinMo's checkpoint layout, checking every name and shape."""
+    """Convert public weights (CosyVoice 2, SenseVoiceSmall, a Qwen2.5 directory) into MinMo's checkpoint layout,
+    checking every name and shape."""
     from minmo.model.config import load_config
     from minmo.model.convert import convert_directory
 
@@ -95,13 +96,16 @@ def up(
     port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
     runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
     triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
+    checkpoint: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="weights directory (minmo convert, training)")
+    ] = None,
 ) -> None:
     """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
     from minmo.serving.up import run_up
 
     if runtime not in ("local", "triton"):
         raise typer.BadParameter(f"--runtime must be local or triton, got {runtime!r}")
-    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port))
+    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port, str(checkpoint) if checkpoint else None))
 
 
 bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)

@@ -8,6 +8,7 @@ service and the in-process pipeline hold identical `tiny` encoders. With a check
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,8 @@ def build_component(
     """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them."""
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
+    if name == "llm" and cfg.llm.source == "hf" and not cfg.llm.path and checkpoint is not None:
+        cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
     with torch.device(device), _seeded(name):
         module = BUILDERS[name](cfg, device)
     if checkpoint is not None and device != "meta":

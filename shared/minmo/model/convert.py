@@ -207,9 +207,11 @@ def convert_directory(kind: str, source: Path, out: Path, cfg: MinMoConfig) -> l
     returns the files written."""
     from safetensors.torch import save_file
 
+    if kind == "hf":
+        return [link_hf_llm(source, out, cfg)]
     converters = {"cosyvoice2": _convert_cosyvoice2, "sensevoice": _convert_sensevoice}
     if kind not in converters:
-        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted(converters)}")
+        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted([*converters, 'hf'])}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for component, state in converters[kind](source, cfg).items():
@@ -231,3 +233,52 @@ def _convert_sensevoice(source: Path, cfg: MinMoConfig) -> dict[str, dict[str, t
     if not am_mvn.is_file():
         raise FileNotFoundError(f"{am_mvn} not found (SenseVoiceSmall's CMVN statistics)")
     return {"voice_encoder": sensevoice_voice_encoder(model, am_mvn.read_text(), cfg)}
+
+
+CHAT_PROBE = [
+    {"role": "system", "content": "SYSTEM-PROBE"},
+    {"role": "user", "content": "USER-PROBE"},
+    {"role": "assistant", "content": "ASSISTANT-PROBE"},
+]
+
+
+def check_hf_llm(source: Path, cfg: MinMoConfig) -> None:
+    """A Hugging Face LLM directory fits the configured LLM: its config.json has our sizes, and its tokenizer
+    has a chat template that renders system, user and assistant turns in order with a generation prompt
+    (MinMo's dialogue prompts go through `apply_chat_template`)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    config_file = source / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found (a Hugging Face model directory has one)")
+    hf = json.loads(config_file.read_text())
+    expected = {
+        "model_type": cfg.llm.arch, "hidden_size": cfg.llm.hidden_size, "num_hidden_layers": cfg.llm.num_layers,
+        "num_attention_heads": cfg.llm.num_heads, "num_key_value_heads": cfg.llm.num_kv_heads,
+        "intermediate_size": cfg.llm.ffn_dim, "vocab_size": cfg.llm.vocab_size,
+    }
+    wrong = {key: (hf.get(key), value) for key, value in expected.items() if hf.get(key) != value}
+    if wrong:
+        raise ValueError(f"{config_file} does not match the configured LLM (found, expected): {wrong}")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer in {source} has no chat template (an -Instruct model has one)")
+    rendered = tokenizer.apply_chat_template(CHAT_PROBE, tokenize=False, add_generation_prompt=True)
+    places = [rendered.find(message["content"]) for message in CHAT_PROBE]
+    if min(places) < 0 or places != sorted(places) or len(rendered) <= rendered.find("ASSISTANT-PROBE") + 15:
+        raise ValueError(f"the chat template in {source} does not render system, user, assistant and a reply prompt")
+
+
+def link_hf_llm(source: Path, out: Path, cfg: MinMoConfig) -> Path:
+    """Check a Hugging Face LLM directory and link it as `<out>/llm`, where an `hf` LLM with no path is read."""
+    check_hf_llm(source, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "llm"
+    if link.is_symlink() or link.exists():
+        if link.resolve() != source.resolve():
+            raise ValueError(f"{link} already exists and is not {source}")
+    else:
+        link.symlink_to(source.resolve(), target_is_directory=True)
+    return link

@@ -22,7 +22,10 @@ from minmo.serving.stack import run_stack
 from minmo.session.embedded import EmbeddedRedis
 
 
-def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001) -> int:
+def run_up(
+    config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001, checkpoint: str | None = None
+) -> int:
+    """checkpoint: weights directory (`minmo convert` / training output), given to every service as MINMO_CHECKPOINT."""
     console = Console()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -33,6 +36,8 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
         if runtime == "triton":
             triton_url = resources.enter_context(_triton(config, triton_grpc_port, console))
             extra_env = {"MINMO_RUNTIME": "triton", "MINMO_TRITON_URL": triton_url}
+        if checkpoint:
+            extra_env["MINMO_CHECKPOINT"] = checkpoint
         with console.status(f"starting the stack ({config}, {runtime} runtime)…"):
             stack = resources.enter_context(run_stack(config, port, redis_url, extra_env))
         table = Table(title=f"MinMo is up (config {config})")
