@@ -75,10 +75,10 @@ def converted(cosyvoice2_reference: Path, tmp_path_factory: pytest.TempPathFacto
 
 @torch.no_grad()
 def test_flow_streaming_masks_match_cosyvoice2(token2wav: Token2Wav, reference: dict) -> None:
-    """CosyVoice 2 with streaming=True (chunk masks), whole utterance: our chunked offline pass and our stream."""
+    """CosyVoice 2 with streaming=True (chunk masks), whole utterance: our stream, 15 tokens at a time (our offline
+    pass equals the stream: tests/model/test_flow_matching.py)."""
     tokens, speaker = reference["flow.tokens"], reference["flow.speaker"]
     expected = reference["flow.streaming"]
-    torch.testing.assert_close(token2wav.flow(tokens, speaker), expected, **FLOW_TOLERANCE)
     state, outputs = token2wav.flow.init_state(1, speaker), []
     for start in range(0, tokens.shape[1], 15):
         mel, state = token2wav.flow.step(tokens[:, start : start + 15], state)
