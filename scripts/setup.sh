@@ -38,3 +38,4 @@ fi
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
     "$VENV/bin/python" -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 fi
+./scripts/setup-reference.sh

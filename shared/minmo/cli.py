@@ -115,6 +115,26 @@ def serve(
         raise typer.Exit(1) from None
 
 
+@app.command("convert")
+def convert(
+    source: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="the downloaded checkpoint directory")],
+    kind: Annotated[str, typer.Option("--from", help="what SOURCE holds: cosyvoice2 | sensevoice | hf (Qwen2.5)")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="directory for our <component>.safetensors files")],
+    config: Annotated[str, typer.Option(help="model preset or JSON file the weights must fit")] = "minmo-8b",
+) -> None:
+    """Convert public weights (CosyVoice 2, SenseVoiceSmall, a Qwen2.5 directory) into MinMo's checkpoint layout,
+    checking every name and shape."""
+    from minmo.model.config import load_config
+    from minmo.model.convert import convert_directory
+
+    try:
+        written = convert_directory(kind, source, out, load_config(config))
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from error
+    for path in written:
+        typer.echo(path)
+
+
 @app.command("up")
 def up(
     config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
@@ -122,13 +142,16 @@ def up(
     runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
     triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
     tls: Annotated[bool, typer.Option(help="TLS at the front door and mTLS between services (throwaway CA)")] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="weights directory (minmo convert, training)")
+    ] = None,
 ) -> None:
     """Run the whole stack: embedded Redis (unless REDIS_URL is set) and the five services. Ctrl-C stops it."""
     from minmo.serving.up import run_up
 
     if runtime not in ("local", "triton"):
         raise typer.BadParameter(f"--runtime must be local or triton, got {runtime!r}")
-    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port, tls))
+    raise typer.Exit(run_up(config, port, runtime, triton_grpc_port, tls, str(checkpoint) if checkpoint else None))
 
 
 @app.command("api-key")

@@ -1,7 +1,8 @@
 """HiFT vocoder: chunked == offline (unvoiced and voiced, so the carried sine phase is exercised), 480
-samples per mel frame with no delay, position-keyed noise, state serialisation, paper-size parameters.
+samples per mel frame, frames held back exactly `receptive_frames`, position-keyed noise, state
+serialisation, CosyVoice2-0.5B's parameter count. Equality with CosyVoice 2's own module is in tests/compat.
 
-Tolerance: float32, atol = 1e-5 (observed ~1e-7): the same arithmetic as offline, convolutions over
+Tolerance: float32, atol = 1e-5 (observed ~2e-7): the same arithmetic as offline, convolutions over
 different lengths summing in a different order; the sine phase accumulates in float64.
 """
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from minmo.model.config import HiFTConfig, load_config
-from minmo.model.hift import AUDIO_LIMIT, HiFT, HiFTState, position_noise
+from minmo.model.hift import AUDIO_LIMIT, HiFT, HiFTState, position_noise, receptive_frames
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 FRAMES = 150  # 3 s
@@ -42,13 +43,14 @@ def _stream(model: HiFT, mel: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     state, outputs, start = model.init_state(mel.shape[0]), [], 0
     for size in sizes:
         pcm, state = model.step(mel[:, :, start : start + size], state)
-        assert pcm.shape[1] == size * model.cfg.samples_per_frame  # no delay
-        outputs.append(pcm)
         start += size
+        held_back = min(start, model.context_frames)
+        assert state.emitted == start - held_back and pcm.shape[1] % model.cfg.samples_per_frame == 0
+        outputs.append(pcm)
     assert start == mel.shape[2]
     pcm, _ = model.flush(state)
-    assert pcm.shape[1] == 0
-    return torch.cat(outputs, dim=1)
+    assert pcm.shape[1] == min(start, model.context_frames) * model.cfg.samples_per_frame
+    return torch.cat([*outputs, pcm], dim=1)
 
 
 @pytest.mark.parametrize("sizes", [[50] * 3, [1] * 30 + [120], [7, 30, 2, 0, 111]], ids=["50", "1", "uneven"])
@@ -66,12 +68,17 @@ def test_chunked_equals_offline(model: HiFT, cfg: HiFTConfig, sizes: list[int]) 
 def test_voiced_source_is_a_harmonic_tone(cfg: HiFTConfig) -> None:
     vocoder = HiFT(cfg)
     f0 = torch.full((1, 4), VOICED_F0_HZ)
-    source, phase = vocoder.source(f0, torch.zeros(1, dtype=torch.float64), 0)
-    spectrum = torch.fft.rfft(source[0, 0]).abs()
-    hz_per_bin = cfg.sample_rate / source.shape[2]
-    assert source.shape == (1, 1, 4 * cfg.samples_per_frame)
-    assert 0 <= phase.item() < 1
+    noise = torch.zeros(1, 4 * cfg.samples_per_frame, cfg.nb_harmonics + 1)
+    source, centres = vocoder.source(f0, None, True, noise)
+    spectrum = torch.fft.rfft(source[0]).abs()
+    hz_per_bin = cfg.sample_rate / source.shape[1]
+    assert source.shape == (1, 4 * cfg.samples_per_frame)
+    assert centres.shape == (1, 4, cfg.nb_harmonics + 1) and ((centres >= 0) & (centres < 1)).all()
     assert round(spectrum[1:].argmax().item() * hz_per_bin / VOICED_F0_HZ) in range(1, cfg.nb_harmonics + 2)
+
+
+def test_receptive_field_bound_of_the_published_sizes() -> None:
+    assert receptive_frames(load_config("minmo-8b").hift) == 24  # 480 ms held back while streaming
 
 
 def test_noise_depends_only_on_sample_position() -> None:
@@ -89,6 +96,7 @@ def test_state_round_trip_gives_identical_next_step(model: HiFT, cfg: HiFTConfig
     restored = HiFTState.from_bytes(state.to_bytes())
     expected, _ = model.step(mel[:, :, 37:], state)
     actual, _ = model.step(mel[:, :, 37:], restored)
+    assert expected.shape[1] > 0
     assert torch.equal(actual, expected)
 
 
@@ -98,4 +106,4 @@ def test_paper_size_parameter_count() -> None:
     count = sum(parameter.numel() for parameter in model.parameters())
     print(f"minmo-8b HiFT: {count / 1e6:.1f}M parameters")
     assert model.sample_rate == 24000 and model.cfg.samples_per_frame == 480
-    assert 5e6 < count < 60e6  # CosyVoice 2's HiFT is ~20M
+    assert 20.8e6 < count < 20.9e6  # CosyVoice2-0.5B's hift.pt (weight norm folded): 20.8M

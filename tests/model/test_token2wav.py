@@ -1,5 +1,6 @@
 """Token2wav: chunked == offline for the voice LM's 15-token blocks and any other chunking, 960 samples
-per token, audio as soon as a chunk and its lookahead are in, nested state serialisation, speed.
+per token, audio as soon as a chunk and its lookahead are in (less HiFT's held-back frames), nested state
+serialisation.
 
 Tolerance: float32, atol = 1e-5 (observed ~1e-7): the flow model's ~1e-6 rounding differences (see
 test_flow_matching) pass through the vocoder, whose output is clamped to [-0.99, 0.99].
@@ -54,10 +55,11 @@ def test_chunked_equals_offline(model: Token2Wav, cfg: MinMoConfig, sizes: list[
 
 
 def test_audio_arrives_per_chunk(model: Token2Wav, cfg: MinMoConfig) -> None:
-    lengths = [pcm.shape[1] for pcm in _stream(model, _tokens(cfg), [15] * 5)]
-    second = cfg.hift.sample_rate
-    assert model.sample_rate == second and model.samples_per_token == 960
-    assert lengths == [0, second, 0, second, 0, second]  # 25-token chunks, final after 3 more tokens
+    lengths = [pcm.shape[1] for pcm in _stream(model, _tokens(cfg), [18, 12, 15, 15, 15])]
+    per_token, held = model.samples_per_token, model.hift.context_frames * cfg.hift.samples_per_frame
+    assert model.sample_rate == 24000 and per_token == 960
+    # chunks of 15, 25, 25, 10 tokens, each final 3 tokens later; HiFT holds back its receptive field
+    assert lengths == [15 * per_token - held, 0, 25 * per_token, 0, 25 * per_token, 10 * per_token + held]
 
 
 @torch.no_grad()

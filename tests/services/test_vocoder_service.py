@@ -69,6 +69,12 @@ def _samples(chunk: vocoder_pb2.PcmChunk) -> np.ndarray:
     return np.frombuffer(chunk.audio, dtype=PCM16_DTYPE).astype(np.int32)
 
 
+def _first_audio_samples() -> int:
+    """Samples the first flow chunk (15 tokens) yields: the vocoder holds back its receptive field."""
+    held_frames = build_component(load_config("tiny"), "token2wav").hift.context_frames
+    return 15 * SAMPLES_PER_TOKEN - held_frames * SAMPLES_PER_TOKEN // 2
+
+
 async def _read_chunk(call) -> vocoder_pb2.PcmChunk:
     response = await asyncio.wait_for(call.read(), READ_TIMEOUT_S)
     assert response.HasField("pcm_chunk"), f"expected a PcmChunk, got {response}"
@@ -83,9 +89,10 @@ async def test_streamed_pcm_equals_offline_token2wav_and_arrives_before_flush(vo
     chunks = []
     for first in range(0, TOKENS, BLOCK):
         await call.write(_tokens(ids[first : first + BLOCK], first))
-        if first + BLOCK in (30, 60):  # a 25-token chunk is final once its 3 lookahead tokens are in
+        if first + BLOCK in (30, 45, 75):  # chunks of 15, 25, 25 tokens are final once 3 lookahead tokens are in
             chunks.append(await _read_chunk(call))
-    assert [c.start_sample for c in chunks] == [0, SECOND], "a chunk of audio per 25 tokens, before Flush"
+    first_audio = _first_audio_samples()
+    assert [c.start_sample for c in chunks] == [0, first_audio, first_audio + SECOND], "audio per chunk, before Flush"
     await call.write(_flush(TOKENS))
     chunks.append(await _read_chunk(call))
     done = (await call.read()).vocode_done
@@ -98,7 +105,7 @@ async def test_streamed_pcm_equals_offline_token2wav_and_arrives_before_flush(vo
     expected = np.frombuffer(float_to_pcm16(offline), dtype=PCM16_DTYPE).astype(np.int32)
     assert streamed.shape == expected.shape == (TOKENS * SAMPLES_PER_TOKEN,)
     assert np.abs(streamed - expected).max() <= 1, "at most one PCM16 step of rounding difference"
-    assert chunks[-1].start_sample == 2 * SECOND
+    assert chunks[-1].start_sample == first_audio + 2 * SECOND
     assert done.total_samples == TOKENS * SAMPLES_PER_TOKEN
     assert done.first_chunk_ms > 0 and done.compute_ms > 0
     assert all(c.compute_ms > 0 for c in chunks)
@@ -134,7 +141,7 @@ async def test_bad_input_gets_a_clear_status_and_a_concurrent_stream_is_unaffect
     assert code == expected_code and expected_text in details, details
     await healthy.write(_tokens(ids[BLOCK:], BLOCK))
     chunk = await _read_chunk(healthy)
-    assert chunk.start_sample == 0 and len(chunk.audio) == 2 * SECOND
+    assert chunk.start_sample == 0 and len(chunk.audio) == 2 * _first_audio_samples()  # PCM16: 2 bytes a sample
     healthy.cancel()
 
 

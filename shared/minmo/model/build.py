@@ -8,6 +8,7 @@ service and the in-process pipeline hold identical `tiny` encoders. With a check
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,10 @@ BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
     "token2wav": lambda cfg, device: Token2Wav.from_config(cfg),
 }
 
+# Parts of a component that public weights provide on their own (`minmo convert`): <part>.safetensors is loaded
+# into the attribute first, then <component>.safetensors (from training) over the whole component if present.
+PARTS: dict[str, dict[str, str]] = {"speech_encoder": {"voice_encoder": "voice_encoder"}}
+
 
 def build_component(
     cfg: MinMoConfig, name: str, checkpoint: str | Path | None = None, device: str = "cpu"
@@ -41,9 +46,13 @@ def build_component(
     """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them."""
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
+    if name == "llm" and cfg.llm.source == "hf" and not cfg.llm.path and checkpoint is not None:
+        cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
     with torch.device(device), _seeded(name):
         module = BUILDERS[name](cfg, device)
     if checkpoint is not None and device != "meta":
+        for part, attribute in PARTS.get(name, {}).items():
+            load_checkpoint(getattr(module, attribute), Path(checkpoint) / f"{part}.safetensors")
         load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
     return module.eval()
 

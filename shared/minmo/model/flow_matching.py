@@ -1,28 +1,38 @@
-"""Chunk-aware causal flow matching (CosyVoice 2): speech tokens (25 Hz) -> 80-bin mel (50 Hz).
+"""Chunk-aware causal flow matching, weight-compatible with CosyVoice 2's `CausalMaskedDiffWithXvec`:
+speech tokens (25 Hz) -> 80-bin mel (50 Hz).
 
-Pipeline: token embedding -> pre-lookahead layer (each token also sees the next `lookahead_tokens`)
--> Transformer encoder with a chunk mask (`chunk_tokens` per chunk) -> 2x nearest upsampling and a
-causal conv -> linear projection to `mu`, the mel-rate condition. The estimator, a causal conv +
-chunk-masked attention network over mel frames, predicts the velocity of the flow from noise to mel
-given `mu`, a speaker vector, an optional prompt mel and the time; `n_timesteps` Euler steps on the
-cosine schedule with classifier-free guidance turn the noise into mel.
+Layout (the published CosyVoice2-0.5B sizes in brackets; `minmo convert --from cosyvoice2` maps its
+`flow.pt` onto these modules):
+- token embedding [6561 x 512] -> `TokenEncoder` (CosyVoice 2's UpsampleConformerEncoder): linear +
+  LayerNorm + sqrt(d) scale, a pre-lookahead layer (a conv seeing `lookahead_tokens` [3] future tokens,
+  then a causal conv), `encoder_layers` [6] Conformer layers (relative-position attention, no conv
+  module), nearest 2x upsampling + causal conv, linear + LayerNorm again, `up_layers` [4] Conformer
+  layers at mel rate, LayerNorm -> linear to `mu` (80 per frame).
+- `Estimator` (CosyVoice 2's CausalConditionalDecoder): a one-level U-Net over mel frames with
+  `decoder_channels` [256]: a down block, `decoder_mid_blocks` [12] mid blocks and an up block (with
+  the down block's output as skip), each a causal ResNet block (causal conv, LayerNorm, Mish, time
+  shift) followed by `decoder_blocks` [4] Transformer blocks (8 heads of 64); input is x_t, mu, the
+  speaker (192 -> 80 by `speaker_affine`) and the prompt mel, stacked to 320 channels.
+- 10 Euler steps on the cosine schedule with classifier-free guidance (0.7); the initial noise is a fixed
+  buffer indexed by absolute mel frame (torch seed 0, as CosyVoice 2's `rand_noise`).
 
-Streaming is exact: every operation only looks left, except the pre-lookahead layer (a fixed
-`lookahead_tokens`) and attention inside a chunk. So the mel frames of token chunk c are final once
-the tokens up to the end of chunk c plus the lookahead have arrived, and `step` emits them then. The
-Euler steps of those frames need, per step and per guidance branch, the estimator's conv context and
-attention keys/values of earlier frames: they live in the state. The initial noise is a fixed buffer
-indexed by absolute mel frame, as in CosyVoice 2, so a frame starts from the same noise whether it is
-synthesised in one call or in many. Chunked output equals offline up to float rounding (~1e-5): the
-maths is identical, but matrix products over different lengths sum in different orders.
+Attention is block-causal: positions are grouped in chunks and a position sees its own chunk and every
+earlier one (CosyVoice 2's static chunk masks, unlimited left context). The chunks are the voice prompt
+(one chunk), then `first_chunk_tokens` [15, as MinMo feeds token2wav], then `chunk_tokens` [25] each;
+the mel-rate layers use the same chunks at twice the length. With no prompt and `first_chunk_tokens ==
+chunk_tokens` these are exactly CosyVoice 2's `streaming=True` masks; `forward(streaming=False)` is
+one chunk, its offline full attention.
 
-Latency: the first frames need `chunk_tokens + lookahead_tokens` tokens (28 = 1.12 s of tokens with
-the paper's 25 + 3); `flush` (end of stream: the lookahead is zero padding) emits the rest.
+Streaming (`init_state` / `step` / `flush`) is exact, the way CosyVoice 2 streams: every operation looks
+only left, except the pre-lookahead conv and attention inside a chunk, so a chunk's mel frames are final
+once its tokens and the `lookahead_tokens` after it have arrived. Each `step` that completes a chunk
+recomputes the encoder and the Euler steps over all tokens so far (the earlier frames come out the same;
+cost grows with the turn, the state stays a few token ids) and emits the new frames. Chunked output
+equals offline up to float rounding (~1e-6): products over different lengths sum in different orders.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,14 +41,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.model.config import FlowMatchingConfig
-from minmo.model.layers import CacheCursor, CausalConv1d, TransformerLayer, chunk_mask, trim_kv_cache
 from minmo.model.state import StreamState
 
 TOKEN_RATE_HZ = 25
 SIGMA_MIN = 1e-6  # the optimal-transport path ends at N(x1, sigma_min^2)
 NOISE_SEED = 0
 TIME_SCALE = 1000.0  # t in [0, 1] is scaled before the sinusoidal embedding (as in Matcha-TTS)
+CONFORMER_NORM_EPS = 1e-12  # the Conformer layers' LayerNorms (ESPnet's value)
+INPUT_NORM_EPS = 1e-5
 ESTIMATOR_CONV_KERNEL = 3
+ESTIMATOR_TIME_MULT = 4  # time embedding width = 4 x decoder channels
+ESTIMATOR_FFN_MULT = 4
 UNCOND_PROB = 0.2  # training: drop every condition with this probability (for classifier-free guidance)
 PROMPT_PROB = 0.5  # training: give a mel prompt prefix with this probability
 PROMPT_MAX_FRACTION = 0.3  # training: the prompt prefix covers at most this fraction of the frames
@@ -48,129 +61,258 @@ PROMPT_MAX_FRACTION = 0.3  # training: the prompt prefix covers at most this fra
 class FlowMatchingState(StreamState):
     """Per-stream state of `FlowMatching`.
 
-    speaker: (B, spk_embed_dim) speaker embedding. prompt_mel: (B, mel_bins, P) condition for the first
-    P frames (the prompt tokens' mel; P may be 0). pending: (B, n) tokens received but not yet turned
-    into mel. tokens_done: tokens already turned into mel, including the prompt tokens. caches: conv
-    contexts and attention keys/values in call order (encoder, then the estimator once per Euler step
-    with both guidance branches in the batch); empty at stream start.
+    speaker: (B, spk_embed_dim) speaker embedding. prompt_mel: (B, mel_bins, Np*ratio) mel of the voice
+    prompt. tokens: (B, Np + n) the prompt tokens and every token received so far. emitted: tokens whose
+    mel frames were returned (not counting the prompt).
     """
 
     speaker: torch.Tensor
     prompt_mel: torch.Tensor
-    pending: torch.Tensor
-    tokens_done: int
-    caches: list[torch.Tensor]
+    tokens: torch.Tensor
+    prompt_tokens: int
+    emitted: int
 
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer sinusoidal embedding of values (N,) (positions or scaled times) -> (N, dim)."""
+    """Sinusoidal embedding of values (N,) (scaled times) -> (N, dim): sines then cosines."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=values.device) / max(half - 1, 1))
+    freqs = torch.exp(torch.arange(half, device=values.device).float() * -(math.log(10000.0) / (half - 1)))
     angles = values.float()[:, None] * freqs[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def chunk_attention(
-    layer: TransformerLayer, x: torch.Tensor, start: int, chunk: int, left_chunks: int, cursor: CacheCursor
-) -> torch.Tensor:
-    """A Transformer layer over x (B, T, C) at absolute positions start.., keys/values of earlier positions
-    from the cursor; keeps the keys/values a later chunk may attend to."""
-    keys, values = cursor.take(), cursor.take()
-    cached = 0 if keys is None else keys.shape[2]
-    length = x.shape[1]
-    query_positions = torch.arange(start, start + length, device=x.device)
-    key_positions = torch.arange(start - cached, start + length, device=x.device)
-    mask = chunk_mask(query_positions, key_positions, chunk, left_chunks)
-    x, (keys, values) = layer(x, mask, None if keys is None else (keys, values))
-    keys, values = trim_kv_cache(keys, values, chunk, left_chunks)
-    cursor.put(keys)
-    cursor.put(values)
-    return x
+def relative_position_encoding(offsets: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoids of signed relative offsets (R,) -> (R, dim), sin on even and cos on odd channels."""
+    inverse = torch.exp(torch.arange(0, dim, 2, device=offsets.device).float() * -(math.log(10000.0) / dim))
+    angles = offsets.float()[:, None] * inverse[None, :]
+    return torch.stack([angles.sin(), angles.cos()], dim=2).flatten(1)
+
+
+def block_mask(blocks: torch.Tensor) -> torch.Tensor:
+    """Boolean (T, T) mask from each position's chunk index (T,): a query sees its chunk and earlier ones."""
+    return blocks[None, :] <= blocks[:, None]
+
+
+class RelativePositionAttention(nn.Module):
+    """Multi-head self-attention with Transformer-XL relative positions (ESPnet's `rel_pos_espnet`):
+    score(i, j) = ((q_i + u)·k_j + (q_i + v)·p(i - j)) / sqrt(d), p a projected sinusoid of i - j."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.position = nn.Linear(dim, dim, bias=False)
+        self.content_bias = nn.Parameter(torch.zeros(heads, self.head_dim))
+        self.position_bias = nn.Parameter(torch.zeros(heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C); mask: (T, T) bool. -> (B, T, C)."""
+        batch, length, dim = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], -1, self.heads, self.head_dim)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)).transpose(1, 2), heads(self.value(x)).transpose(1, 2)
+        offsets = torch.arange(length - 1, -length, -1, device=x.device)  # i - j from T-1 down to -(T-1)
+        p = heads(self.position(relative_position_encoding(offsets, dim).to(x.dtype))[None]).transpose(1, 2)
+        content = (q + self.content_bias).transpose(1, 2) @ k.transpose(2, 3)  # (B, H, T, T)
+        by_offset = ((q + self.position_bias).transpose(1, 2) @ p.transpose(2, 3)).contiguous()  # (B, H, T, 2T-1)
+        # element (i, j) of the (T, T) result is by_offset[i, T-1 - i + j]: a strided view, no copy
+        s0, s1, s2, s3 = by_offset.stride()
+        position = by_offset.as_strided(
+            (batch, self.heads, length, length), (s0, s1, s2 - s3, s3), by_offset.storage_offset() + (length - 1) * s3
+        )
+        scores = (content + position) / math.sqrt(self.head_dim)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(batch, length, dim))
+
+
+class ConformerLayer(nn.Module):
+    """Pre-norm relative-position attention + SiLU feed-forward (CosyVoice 2's Conformer layer with
+    neither macaron feed-forward nor conv module)."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim, eps=CONFORMER_NORM_EPS)
+        self.attention = RelativePositionAttention(dim, heads)
+        self.ffn_norm = nn.LayerNorm(dim, eps=CONFORMER_NORM_EPS)
+        self.ffn_in = nn.Linear(dim, ffn_dim)
+        self.ffn_out = nn.Linear(ffn_dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), mask)
+        return x + self.ffn_out(F.silu(self.ffn_in(self.ffn_norm(x))))
+
+
+class InputLayer(nn.Module):
+    """Linear + LayerNorm, scaled by sqrt(dim) (the relative-position encoding's input scale)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=INPUT_NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.linear(x)) * math.sqrt(x.shape[-1])
 
 
 class PreLookahead(nn.Module):
-    """CosyVoice 2's pre-lookahead layer: a conv that sees `lookahead` future tokens, then a causal conv,
-    with a residual; the only place the flow model looks ahead of a chunk."""
+    """A conv that sees `lookahead` future tokens, then a causal conv, with a residual: the only place the
+    flow model looks ahead of a chunk."""
+
+    CAUSAL_KERNEL = 3
 
     def __init__(self, dim: int, lookahead: int) -> None:
         super().__init__()
         self.lookahead = lookahead
         self.ahead = nn.Conv1d(dim, dim, lookahead + 1)
-        self.causal = CausalConv1d(dim, dim, 3)
+        self.causal = nn.Conv1d(dim, dim, self.CAUSAL_KERNEL)
 
-    def forward(self, x: torch.Tensor, cursor: CacheCursor) -> torch.Tensor:
-        """x: (B, C, n + lookahead) -> (B, C, n)."""
-        h = F.leaky_relu(self.ahead(x))
-        h = cursor.conv(self.causal, h)
-        return h + x[:, :, : h.shape[2]]
+    def forward(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """x: (B, W, C) with W >= count, the first `count` positions and the lookahead after them (zeros where
+        W falls short). -> (B, count, C)."""
+        window = x[:, : count + self.lookahead].transpose(1, 2)
+        h = F.pad(window, (0, count + self.lookahead - window.shape[2]))
+        h = F.leaky_relu(self.ahead(h))
+        h = self.causal(F.pad(h, (self.CAUSAL_KERNEL - 1, 0)))
+        return h.transpose(1, 2) + x[:, :count]
 
 
 class TokenEncoder(nn.Module):
-    """Speech tokens -> mu (B, mel_bins, 2n): the mel-rate condition of the flow."""
+    """Token embeddings -> mu (B, mel_bins, count*ratio): CosyVoice 2's UpsampleConformerEncoder + projection."""
 
     def __init__(self, cfg: FlowMatchingConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(cfg.speech_vocab, cfg.dim)
+        self.ratio = cfg.token_mel_ratio
+        self.input = InputLayer(cfg.dim)
         self.pre_lookahead = PreLookahead(cfg.dim, cfg.lookahead_tokens)
         self.layers = nn.ModuleList(
-            TransformerLayer(cfg.dim, cfg.encoder_heads, cfg.encoder_ffn_dim) for _ in range(cfg.encoder_layers)
+            ConformerLayer(cfg.dim, cfg.encoder_heads, cfg.encoder_ffn_dim) for _ in range(cfg.encoder_layers)
         )
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.upsample = CausalConv1d(cfg.dim, cfg.dim, 2 * cfg.token_mel_ratio + 1)
+        self.upsample = nn.Conv1d(cfg.dim, cfg.dim, 2 * cfg.token_mel_ratio + 1)
+        self.up_input = InputLayer(cfg.dim)
+        self.up_layers = nn.ModuleList(
+            ConformerLayer(cfg.dim, cfg.encoder_heads, cfg.encoder_ffn_dim) for _ in range(cfg.up_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=INPUT_NORM_EPS)
         self.project = nn.Linear(cfg.dim, cfg.mel_bins)
 
-    def forward(self, window: torch.Tensor, start: int, count: int, cursor: CacheCursor) -> torch.Tensor:
-        """window: (B, W) tokens from absolute position `start`: the `count` to encode and their lookahead
-        (fewer at the end of the stream, where the missing lookahead is zeros). Returns (B, M, count*ratio)."""
-        x = self.embed(window).transpose(1, 2)  # (B, C, W)
-        x = F.pad(x, (0, count + self.cfg.lookahead_tokens - x.shape[2]))
-        x = self.pre_lookahead(x, cursor).transpose(1, 2)  # (B, n, C)
-        x = x + sinusoidal_embedding(torch.arange(start, start + count, device=x.device), self.cfg.dim)
+    def forward(self, embedded: torch.Tensor, count: int, blocks: torch.Tensor) -> torch.Tensor:
+        """embedded: (B, W, C) token embeddings, W >= count (the rest is lookahead); blocks: (count,) chunk
+        index per token. -> (B, mel_bins, count*ratio)."""
+        x = self.pre_lookahead(self.input(embedded), count)
+        mask = block_mask(blocks)
         for layer in self.layers:
-            x = chunk_attention(layer, x, start, self.cfg.chunk_tokens, self.cfg.left_chunks, cursor)
-        x = self.norm(x).transpose(1, 2).repeat_interleave(self.cfg.token_mel_ratio, dim=2)  # (B, C, 2n)
-        x = cursor.conv(self.upsample, x)
-        return self.project(x.transpose(1, 2)).transpose(1, 2)  # (B, M, 2n)
+            x = layer(x, mask)
+        x = x.transpose(1, 2).repeat_interleave(self.ratio, dim=2)  # (B, C, count*ratio)
+        x = self.upsample(F.pad(x, (2 * self.ratio, 0))).transpose(1, 2)
+        x = self.up_input(x)
+        mask = block_mask(blocks.repeat_interleave(self.ratio))
+        for layer in self.up_layers:
+            x = layer(x, mask)
+        return self.project(self.norm(x)).transpose(1, 2)
 
 
-class EstimatorBlock(nn.Module):
-    """Causal ResNet block (conv, LayerNorm over channels, Mish, time shift) + chunk-masked attention."""
+class CausalConvNorm(nn.Module):
+    """Causal conv (kernel 3) + LayerNorm over channels + Mish, on (B, C, T)."""
 
-    def __init__(self, channels: int, heads: int, chunk: int, left_chunks: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.chunk = chunk
-        self.left_chunks = left_chunks
-        self.conv1 = CausalConv1d(channels, channels, ESTIMATOR_CONV_KERNEL)
-        self.norm1 = nn.LayerNorm(channels)
-        self.time = nn.Linear(channels, channels)
-        self.conv2 = CausalConv1d(channels, channels, ESTIMATOR_CONV_KERNEL)
-        self.norm2 = nn.LayerNorm(channels)
-        self.attention = TransformerLayer(channels, heads, 4 * channels)
+        self.conv = nn.Conv1d(in_channels, out_channels, ESTIMATOR_CONV_KERNEL)
+        self.norm = nn.LayerNorm(out_channels)
 
-    def forward(self, h: torch.Tensor, time: torch.Tensor, start: int, cursor: CacheCursor) -> torch.Tensor:
-        """h: (B, T, C); time: (B, C)."""
-        r = cursor.conv(self.conv1, h.transpose(1, 2)).transpose(1, 2)
-        r = F.mish(self.norm1(r)) + self.time(time)[:, None, :]
-        r = cursor.conv(self.conv2, r.transpose(1, 2)).transpose(1, 2)
-        h = h + F.mish(self.norm2(r))
-        return chunk_attention(self.attention, h, start, self.chunk, self.left_chunks, cursor)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(F.pad(x, (ESTIMATOR_CONV_KERNEL - 1, 0)))
+        return F.mish(self.norm(x.transpose(1, 2)).transpose(1, 2))
+
+
+class ResnetBlock(nn.Module):
+    """Two causal conv blocks with the time embedding added in between, plus a 1x1 residual."""
+
+    def __init__(self, in_channels: int, channels: int, time_dim: int) -> None:
+        super().__init__()
+        self.block1 = CausalConvNorm(in_channels, channels)
+        self.time = nn.Linear(time_dim, channels)
+        self.block2 = CausalConvNorm(channels, channels)
+        self.skip = nn.Conv1d(in_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, T); time: (B, time_dim)."""
+        h = self.block1(x) + self.time(F.mish(time))[:, :, None]
+        return self.block2(h) + self.skip(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm attention (bias-free q/k/v, `heads` x `head_dim`) + GELU feed-forward, on (B, T, C)."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        inner = heads * head_dim
+        self.attention_norm = nn.LayerNorm(channels)
+        self.query = nn.Linear(channels, inner, bias=False)
+        self.key = nn.Linear(channels, inner, bias=False)
+        self.value = nn.Linear(channels, inner, bias=False)
+        self.out = nn.Linear(inner, channels)
+        self.ffn_norm = nn.LayerNorm(channels)
+        self.ffn_in = nn.Linear(channels, ESTIMATOR_FFN_MULT * channels)
+        self.ffn_out = nn.Linear(ESTIMATOR_FFN_MULT * channels, channels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        h = self.attention_norm(x)
+        q, k, v = (
+            proj(h).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+        return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
+
+
+class UNetBlock(nn.Module):
+    """A ResNet block and Transformer blocks; down and up blocks also own a closing causal conv (`close`), which
+    the estimator applies after taking the down block's output as the skip connection."""
+
+    def __init__(self, cfg: FlowMatchingConfig, in_channels: int, time_dim: int, closing_conv: bool) -> None:
+        super().__init__()
+        channels = cfg.decoder_channels
+        self.resnet = ResnetBlock(in_channels, channels, time_dim)
+        self.transformers = nn.ModuleList(
+            TransformerBlock(channels, cfg.decoder_heads, cfg.decoder_head_dim) for _ in range(cfg.decoder_blocks)
+        )
+        self.conv = nn.Conv1d(channels, channels, ESTIMATOR_CONV_KERNEL) if closing_conv else None
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, T) -> (B, C, T)."""
+        h = self.resnet(x, time).transpose(1, 2)
+        for block in self.transformers:
+            h = block(h, mask)
+        return h.transpose(1, 2)
+
+    def close(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(h, (ESTIMATOR_CONV_KERNEL - 1, 0)))
 
 
 class Estimator(nn.Module):
-    """The velocity field v(x_t, t | mu, speaker, prompt cond): causal over mel frames."""
+    """The velocity field v(x_t, t | mu, speaker, prompt mel): a causal one-level U-Net over mel frames."""
 
     def __init__(self, cfg: FlowMatchingConfig) -> None:
         super().__init__()
+        inputs = 4 * cfg.mel_bins  # x_t, mu, speaker, prompt mel
         channels = cfg.decoder_channels
-        chunk = cfg.chunk_tokens * cfg.token_mel_ratio
-        self.input = nn.Linear(4 * cfg.mel_bins, channels)  # x_t, mu, speaker, cond
-        self.time_mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels))
-        self.blocks = nn.ModuleList(
-            EstimatorBlock(channels, cfg.decoder_heads, chunk, cfg.left_chunks) for _ in range(cfg.decoder_blocks)
-        )
-        self.norm = nn.LayerNorm(channels)
-        self.output = nn.Linear(channels, cfg.mel_bins)
+        time_dim = ESTIMATOR_TIME_MULT * channels
+        self.time_mlp = nn.Sequential(nn.Linear(inputs, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.down = UNetBlock(cfg, inputs, time_dim, closing_conv=True)
+        self.mid = nn.ModuleList(UNetBlock(cfg, channels, time_dim, False) for _ in range(cfg.decoder_mid_blocks))
+        self.up = UNetBlock(cfg, 2 * channels, time_dim, closing_conv=True)
+        self.final = CausalConvNorm(channels, channels)
+        self.output = nn.Conv1d(channels, cfg.mel_bins, 1)
 
     def forward(
         self,
@@ -179,17 +321,17 @@ class Estimator(nn.Module):
         speaker: torch.Tensor,
         cond: torch.Tensor,
         t: torch.Tensor,
-        start: int,
-        cursor: CacheCursor,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
-        """x, mu, cond: (B, M, T) from absolute frame `start`; speaker: (B, M); t: (B,) in [0, 1]. -> (B, M, T)."""
-        length = x.shape[2]
-        inputs = torch.cat([x, mu, speaker[:, :, None].expand(-1, -1, length), cond], dim=1)
-        h = self.input(inputs.transpose(1, 2))  # (B, T, C)
-        time = self.time_mlp(sinusoidal_embedding(t * TIME_SCALE, h.shape[2]))  # (B, C)
-        for block in self.blocks:
-            h = block(h, time, start, cursor)
-        return self.output(self.norm(h)).transpose(1, 2)
+        """x, mu, cond: (B, M, T); speaker: (B, M); t: (B,) in [0, 1]; mask: (T, T) bool. -> (B, M, T)."""
+        inputs = torch.cat([x, mu, speaker[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
+        time = self.time_mlp(sinusoidal_embedding(t * TIME_SCALE, inputs.shape[1]).to(x.dtype))
+        skip = self.down(inputs, time, mask)
+        h = self.down.close(skip)
+        for block in self.mid:
+            h = block(h, time, mask)
+        h = self.up.close(self.up(torch.cat([h, skip], dim=1), time, mask))
+        return self.output(self.final(h))
 
 
 class FlowMatching(nn.Module):
@@ -199,15 +341,26 @@ class FlowMatching(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.frame_rate = TOKEN_RATE_HZ * cfg.token_mel_ratio
+        self.embedding = nn.Embedding(cfg.speech_vocab, cfg.dim)
+        self.speaker_affine = nn.Linear(cfg.spk_embed_dim, cfg.mel_bins)
         self.encoder = TokenEncoder(cfg)
         self.estimator = Estimator(cfg)
-        self.speaker_affine = nn.Linear(cfg.spk_embed_dim, cfg.mel_bins)
-        self.default_speaker = nn.Parameter(torch.zeros(cfg.spk_embed_dim))
         generator = torch.Generator(device="cpu").manual_seed(NOISE_SEED)
         noise = torch.randn(cfg.mel_bins, cfg.max_mel_frames, generator=generator, device="cpu")
         self.register_buffer("noise", noise, persistent=False)  # (M, max_mel_frames)
-        t_span = 1 - torch.cos(torch.linspace(0, 1, cfg.n_timesteps + 1, device="cpu") * math.pi / 2)
+        t_span = 1 - torch.cos(torch.linspace(0, 1, cfg.n_timesteps + 1, device="cpu") * 0.5 * math.pi)
         self.register_buffer("t_span", t_span, persistent=False)  # (n_timesteps + 1,)
+
+    def chunk_ends(self, prompt_tokens: int, total: int) -> list[int]:
+        """Ends of the attention chunks (absolute token positions) over `total` tokens, prompt included."""
+        cfg = self.cfg
+        ends = [prompt_tokens] if prompt_tokens else []
+        end = prompt_tokens + cfg.first_chunk_tokens
+        while end < total:
+            ends.append(end)
+            end += cfg.chunk_tokens
+        ends.append(total)
+        return ends
 
     def init_state(
         self,
@@ -216,11 +369,11 @@ class FlowMatching(nn.Module):
         prompt_tokens: torch.Tensor | None = None,
         prompt_mel: torch.Tensor | None = None,
     ) -> FlowMatchingState:
-        """A fresh stream. speaker: (B, spk_embed_dim), default the learned one. A voice prompt is its
-        tokens (B, Np) with their mel (B, M, Np*ratio): they condition the stream and are not emitted."""
-        device, dtype = self.default_speaker.device, self.default_speaker.dtype
+        """A fresh stream. speaker: (B, spk_embed_dim) x-vector, default zeros (no speaker). A voice prompt is
+        its tokens (B, Np) with their mel (B, M, Np*ratio): they condition the stream and are not emitted."""
+        device, dtype = self.speaker_affine.weight.device, self.speaker_affine.weight.dtype
         if speaker is None:
-            speaker = self.default_speaker.detach().expand(batch, -1).clone()
+            speaker = torch.zeros(batch, self.cfg.spk_embed_dim, device=device, dtype=dtype)
         if prompt_tokens is None:
             prompt_tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
         if prompt_mel is None:
@@ -228,7 +381,7 @@ class FlowMatching(nn.Module):
         assert prompt_mel.shape[2] == prompt_tokens.shape[1] * self.cfg.token_mel_ratio, (
             f"prompt mel has {prompt_mel.shape[2]} frames for {prompt_tokens.shape[1]} prompt tokens"
         )
-        return FlowMatchingState(speaker, prompt_mel, prompt_tokens.long(), 0, [])
+        return FlowMatchingState(speaker, prompt_mel, prompt_tokens.long(), prompt_tokens.shape[1], 0)
 
     def step(self, tokens: torch.Tensor, state: FlowMatchingState) -> tuple[torch.Tensor, FlowMatchingState]:
         """tokens: (B, n), any n >= 0. Returns the mel frames (B, M, F) that became final, and the new state."""
@@ -236,7 +389,7 @@ class FlowMatching(nn.Module):
 
     def flush(self, state: FlowMatchingState) -> tuple[torch.Tensor, FlowMatchingState]:
         """End of stream: the remaining frames (the missing lookahead is zero padding)."""
-        return self._advance(state.pending[:, :0], state, final=True)
+        return self._advance(state.tokens[:, :0], state, final=True)
 
     def forward(
         self,
@@ -244,11 +397,16 @@ class FlowMatching(nn.Module):
         speaker: torch.Tensor | None = None,
         prompt_tokens: torch.Tensor | None = None,
         prompt_mel: torch.Tensor | None = None,
+        streaming: bool = True,
     ) -> torch.Tensor:
-        """Offline: tokens (B, N) -> mel (B, M, N*ratio), in one pass with no cache."""
+        """Offline: tokens (B, N) -> mel (B, M, N*ratio). streaming=False attends over the whole utterance
+        (CosyVoice 2's offline mode) instead of chunk by chunk."""
         state = self.init_state(tokens.shape[0], speaker, prompt_tokens, prompt_mel)
-        mel, _ = self._advance(tokens, state, final=True)
-        return mel
+        state.tokens = torch.cat([state.tokens, tokens.long()], dim=1)
+        total = state.tokens.shape[1]
+        blocks = self._blocks(state.prompt_tokens, total) if streaming else torch.zeros(total, dtype=torch.long)
+        mel = self._synthesise(state, total, blocks.to(tokens.device))
+        return mel[:, :, state.prompt_tokens * self.cfg.token_mel_ratio :]
 
     def training_loss(
         self,
@@ -258,62 +416,70 @@ class FlowMatching(nn.Module):
         mel_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Conditional flow-matching loss (optimal-transport path, cosine time schedule, condition dropout
-        for guidance, random mel-prompt prefix). tokens: (B, N); mel: (B, M, N*ratio); mel_mask: (B, T)."""
+        for guidance, random mel-prompt prefix), with the streaming chunk masks. tokens: (B, N);
+        mel: (B, M, N*ratio); speaker: (B, spk_embed_dim); mel_mask: (B, T)."""
         batch, bins, length = mel.shape
         assert length == tokens.shape[1] * self.cfg.token_mel_ratio, f"{length} mel frames for {tokens.shape[1]} tokens"
-        mu = self.encoder(tokens, 0, tokens.shape[1], CacheCursor([]))
+        blocks = self._blocks(0, tokens.shape[1]).to(mel.device)
+        mu = self.encoder(self.embedding(tokens), tokens.shape[1], blocks)
         keep = (torch.rand(batch, device=mel.device) >= UNCOND_PROB).to(mel.dtype)  # (B,)
-        speaker = self.default_speaker.expand(batch, -1) if speaker is None else speaker
+        if speaker is None:
+            speaker = torch.zeros(batch, self.cfg.spk_embed_dim, device=mel.device, dtype=mel.dtype)
         speaker = self.speaker_affine(F.normalize(speaker, dim=1)) * keep[:, None]
         cond = self._random_prompt(mel) * keep[:, None, None]
-        t = 1 - torch.cos(torch.rand(batch, device=mel.device) * math.pi / 2)  # (B,)
+        t = 1 - torch.cos(torch.rand(batch, device=mel.device) * 0.5 * math.pi)  # (B,)
         noise = torch.randn_like(mel)
         x_t = (1 - (1 - SIGMA_MIN) * t[:, None, None]) * noise + t[:, None, None] * mel
         target = mel - (1 - SIGMA_MIN) * noise
-        velocity = self.estimator(x_t, mu * keep[:, None, None], speaker, cond, t, 0, CacheCursor([]))
+        mask = block_mask(blocks.repeat_interleave(self.cfg.token_mel_ratio))
+        velocity = self.estimator(x_t, mu * keep[:, None, None], speaker, cond, t, mask)
         mel_mask = torch.ones(batch, length, device=mel.device) if mel_mask is None else mel_mask.to(mel.dtype)
         return ((velocity - target).square() * mel_mask[:, None, :]).sum() / (mel_mask.sum() * bins)
+
+    def _blocks(self, prompt_tokens: int, total: int) -> torch.Tensor:
+        """Chunk index of each of `total` token positions."""
+        ends = torch.tensor(self.chunk_ends(prompt_tokens, total))
+        return torch.bucketize(torch.arange(total), ends, right=True)
 
     def _advance(
         self, tokens: torch.Tensor, state: FlowMatchingState, final: bool
     ) -> tuple[torch.Tensor, FlowMatchingState]:
-        """Encode and synthesise every token whose chunk and lookahead are complete (all of them if final)."""
+        """Synthesise every chunk whose tokens and lookahead have arrived (all of them if final)."""
         cfg = self.cfg
-        pending = torch.cat([state.pending, tokens.long()], dim=1)
-        total = state.tokens_done + pending.shape[1]
-        ready = total if final else max(total - cfg.lookahead_tokens, 0) // cfg.chunk_tokens * cfg.chunk_tokens
-        count = ready - state.tokens_done
-        if count <= 0:
-            nothing = state.prompt_mel.new_zeros(pending.shape[0], cfg.mel_bins, 0)
-            return nothing, dataclasses.replace(state, pending=pending)
-        cursor = CacheCursor(state.caches)
-        window = pending[:, : count + cfg.lookahead_tokens]
-        mu = self.encoder(window, state.tokens_done, count, cursor)  # (B, M, 2n)
-        start = state.tokens_done * cfg.token_mel_ratio
-        mel = self._solve(mu, state, start, cursor)
-        skip = min(max(state.prompt_mel.shape[2] - start, 0), mel.shape[2])
-        new_state = FlowMatchingState(state.speaker, state.prompt_mel, pending[:, count:], ready, cursor.new)
-        return mel[:, :, skip:], new_state
+        all_tokens = torch.cat([state.tokens, tokens.long().to(state.tokens.device)], dim=1)
+        total = all_tokens.shape[1]
+        ends = self.chunk_ends(state.prompt_tokens, total)
+        ready = total if final else max([end for end in ends if end + cfg.lookahead_tokens <= total], default=0)
+        new_state = FlowMatchingState(state.speaker, state.prompt_mel, all_tokens, state.prompt_tokens, state.emitted)
+        done = state.prompt_tokens + state.emitted
+        if ready <= done:
+            return state.prompt_mel.new_zeros(all_tokens.shape[0], cfg.mel_bins, 0), new_state
+        blocks = self._blocks(state.prompt_tokens, ready).to(all_tokens.device)
+        mel = self._synthesise(new_state, ready, blocks)[:, :, done * cfg.token_mel_ratio :]
+        new_state.emitted = ready - state.prompt_tokens
+        return mel, new_state
 
-    def _solve(self, mu: torch.Tensor, state: FlowMatchingState, start: int, cursor: CacheCursor) -> torch.Tensor:
-        """Euler steps from the fixed noise at frames start.. to mel, with classifier-free guidance
-        (conditional and unconditional branches in one batch)."""
-        batch, bins, length = mu.shape
-        assert start + length <= self.cfg.max_mel_frames, f"stream longer than {self.cfg.max_mel_frames} mel frames"
-        x = self.noise[:, start : start + length].to(mu.dtype).expand(batch, -1, -1)  # (B, M, T)
-        speaker = self.speaker_affine(F.normalize(state.speaker, dim=1))  # (B, M)
-        cond = mu.new_zeros(batch, bins, length)
-        prompt = state.prompt_mel[:, :, start : start + length]
-        cond[:, :, : prompt.shape[2]] = prompt
-        mu_in = torch.cat([mu, torch.zeros_like(mu)])
-        speaker_in = torch.cat([speaker, torch.zeros_like(speaker)])
-        cond_in = torch.cat([cond, torch.zeros_like(cond)])
-        rate = self.cfg.cfg_rate
-        for step in range(self.cfg.n_timesteps):
-            t = self.t_span[step].to(mu.dtype).expand(2 * batch)
-            velocity = self.estimator(torch.cat([x, x]), mu_in, speaker_in, cond_in, t, start, cursor)
-            v_cond, v_uncond = velocity.chunk(2)
-            x = x + (self.t_span[step + 1] - self.t_span[step]) * ((1 + rate) * v_cond - rate * v_uncond)
+    def _synthesise(self, state: FlowMatchingState, count: int, blocks: torch.Tensor) -> torch.Tensor:
+        """Mel (B, M, count*ratio) of the first `count` tokens of the state (prompt included), the tokens after
+        them as lookahead; blocks: (count,) chunk index per token."""
+        cfg = self.cfg
+        window = state.tokens[:, : count + cfg.lookahead_tokens]
+        mu = self.encoder(self.embedding(window), count, blocks)  # (B, M, T)
+        batch, _, frames = mu.shape
+        assert frames <= cfg.max_mel_frames, f"{frames} mel frames exceed the noise buffer ({cfg.max_mel_frames})"
+        speaker = self.speaker_affine(F.normalize(state.speaker.to(mu.dtype), dim=1))
+        cond = F.pad(state.prompt_mel.to(mu.dtype), (0, frames - state.prompt_mel.shape[2]))
+        mask = block_mask(blocks.repeat_interleave(cfg.token_mel_ratio))
+        x = self.noise[:, :frames].to(mu.dtype).expand(batch, -1, -1)
+        # classifier-free guidance: the conditioned and the unconditioned velocity in one batch
+        mu2, speaker2, cond2 = (torch.cat([c, torch.zeros_like(c)]) for c in (mu, speaker, cond))
+        t_span = self.t_span.to(mu.dtype)
+        for step in range(cfg.n_timesteps):
+            t = t_span[step].expand(2 * batch)
+            velocity = self.estimator(torch.cat([x, x]), mu2, speaker2, cond2, t, mask)
+            conditioned, unconditioned = velocity.split(batch)
+            guided = (1 + cfg.cfg_rate) * conditioned - cfg.cfg_rate * unconditioned
+            x = x + (t_span[step + 1] - t_span[step]) * guided
         return x
 
     def _random_prompt(self, mel: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,23 @@
-"""HiFT vocoder (CosyVoice 2): 80-bin mel at 50 Hz -> 24 kHz PCM, causal and streamable.
+"""HiFT vocoder, weight-compatible with CosyVoice 2's `HiFTGenerator`: 80-bin mel at 50 Hz -> 24 kHz PCM.
 
-An F0 predictor drives an NSF harmonic source (sine harmonics where voiced, noise elsewhere); a
-HiFi-GAN generator upsamples the mel by `upsample_rates` (8·5·3 = 120 STFT frames per mel frame),
-fusing the source's STFT in at every stage, and predicts log-magnitude and phase for an iSTFT with
-hop `istft_hop` (4): 480 samples per mel frame.
+Layout (CosyVoice2-0.5B's `hift.pt`; `minmo convert --from cosyvoice2` folds its weight norm into plain
+weights): an F0 predictor (5 convs + ELU, then a linear, `f0_channels` [512] wide) drives an NSF source
+(sines at F0·1..9 where voiced, noise elsewhere, merged by tanh(linear)); the generator runs `conv_pre`
+(80 -> 512), then per stage a transposed conv upsampling by 8, 5, 3 (kernels 16, 11, 7), the source's
+STFT brought to that rate by `source_downs` and a source ResBlock and added, and the mean of three
+ResBlocks (kernels 3, 7, 11, dilations 1, 3, 5, Snake activations); `conv_post` predicts log-magnitude
+and phase of an iSTFT with n_fft 16 and hop 4: 480 samples per mel frame.
 
-Streaming is exact, with no output delay: every conv is causal with its context in the state
-(nearest upsampling + causal conv instead of a transposed conv, whose outputs would overlap); the
-sine phase is carried across chunks in float64; the source noise is a counter-based hash of the
-absolute sample index, so it does not depend on the chunking; the iSTFT places STFT frame j on
-samples [hop·j, hop·j + n_fft) and overlap-adds, so after frame j the samples before hop·(j + 1) are
-final and the last n_fft - hop samples wait in the state for the next chunk. `step` returns exactly
-480 samples per mel frame; at the end of the stream that partial tail (the fade-out after the last
-frame, 12 samples with the paper's sizes) is dropped, so `flush` returns nothing and a stream of T
-frames gives T·480 samples, like the offline `forward`.
+The sine phase follows CosyVoice 2 at 24 kHz: per-frame phase increments, summed to the phase at each
+frame's centre and linearly interpolated between centres (clamped before the first and after the last).
+We sum in float64, so long streams keep their precision (CosyVoice 2 sums in float32).
+
+Streaming (`init_state` / `step` / `flush`): the generator is not causal (centred convs, transposed convs,
+a centred STFT), but its reach is finite: `receptive_frames(cfg)` mel frames each way (21 with the
+published sizes). So `step` emits a frame once that many frames after it have arrived, computing a window
+that starts that many frames before it; the source of frames already emitted is kept, the phase at the
+last emitted frame's centre is carried, and the source noise is a counter-based hash of the absolute
+sample index. Chunked output equals offline up to float rounding; `flush` emits the held-back frames.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from minmo.model.config import HiFTConfig
-from minmo.model.layers import CacheCursor, CausalConv1d
 from minmo.model.state import StreamState
 
 F0_LAYERS = 5
@@ -35,11 +38,13 @@ F0_KERNEL = 3
 CONV_PRE_KERNEL = 7
 CONV_POST_KERNEL = 7
 LRELU_SLOPE = 0.1
+POST_LRELU_SLOPE = 0.01  # the activation before conv_post keeps PyTorch's default slope, as CosyVoice 2
 SINE_AMP = 0.1  # amplitude of each source harmonic
 NOISE_STD = 0.003  # source noise where voiced; unvoiced frames get SINE_AMP / 3
 VOICED_THRESHOLD_HZ = 10.0
 MAX_MAGNITUDE = 100.0  # clip of exp(log-magnitude), as in CosyVoice 2
 AUDIO_LIMIT = 0.99
+SNAKE_EPS = 1e-9
 NOISE_SEED = 0x5EED
 _MASK32 = 0xFFFFFFFF
 _HASH_MULTIPLIER = 0x45D9F3B  # < 2**31, so 32-bit products fit in int64
@@ -49,71 +54,92 @@ _HASH_MULTIPLIER = 0x45D9F3B  # < 2**31, so 32-bit products fit in int64
 class HiFTState(StreamState):
     """Per-stream state of `HiFT`.
 
-    convs: causal conv contexts in call order (empty at stream start). phase: (B,) float64, sine phase
-    of the fundamental in cycles, in [0, 1). samples: samples produced so far (the noise counter).
-    stft_tail: (B, n_fft - hop) last source samples for the analysis STFT. istft_tail: (B, n_fft - hop)
-    overlap-add not yet final.
+    mel: (B, M, n) frames from `first_frame` on: left context (emitted) and frames not yet emitted.
+    source: (B, (emitted - first_frame)·480) the source signal of the context frames. centre_phase:
+    (B, H+1) float64, phase in cycles [0, 1) of each harmonic at the centre of the last emitted frame.
     """
 
-    convs: list[torch.Tensor]
-    phase: torch.Tensor
-    samples: int
-    stft_tail: torch.Tensor
-    istft_tail: torch.Tensor
+    mel: torch.Tensor
+    source: torch.Tensor
+    centre_phase: torch.Tensor
+    first_frame: int
+    emitted: int
 
 
-class StridedCausalConv1d(CausalConv1d):
-    """Causal conv with stride s: output frame m sees inputs up to (m + 1)·s - 1. Chunks must be multiples
-    of s (HiFT's always are: 120 STFT frames per mel frame)."""
+def receptive_frames(cfg: HiFTConfig) -> int:
+    """Mel frames on either side that one output sample depends on (a bound, rounded up): the direct path
+    mel -> conv_pre -> stages -> conv_post, or mel -> F0 -> source -> STFT -> source_downs -> a stage."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
-        assert kernel_size >= stride, f"kernel {kernel_size} shorter than stride {stride}"
-        super().__init__(in_channels, out_channels, kernel_size)
-        self.context = kernel_size - stride
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride)
+    def resblock(kernel: int, dilations: tuple[int, ...]) -> int:
+        return sum((kernel - 1) // 2 * (d + 1) for d in dilations)  # samples at that stage's rate
+
+    rates = [math.prod(cfg.upsample_rates[: i + 1]) for i in range(len(cfg.upsample_rates))]
+    stft_per_frame = cfg.samples_per_frame // cfg.istft_hop
+    stage = [
+        math.ceil(kernel / rate) / (rates[i] // rate)
+        + max(resblock(k, d) for k, d in zip(cfg.resblock_kernels, cfg.resblock_dilations, strict=True)) / rates[i]
+        for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernels, strict=True))
+    ]
+    tail = (CONV_POST_KERNEL // 2 + cfg.istft_n_fft // cfg.istft_hop) / stft_per_frame
+    direct = CONV_PRE_KERNEL // 2 + sum(stage) + tail
+    source_reach = F0_LAYERS * (F0_KERNEL // 2) + 1 + cfg.istft_n_fft / cfg.samples_per_frame
+    via_source = max(
+        source_reach
+        + 2 / rates[i]  # source_downs: kernel 2·(STFT frames per sample of stage i)
+        + resblock(k, d) / rates[i]
+        + sum(stage[i:])
+        + tail
+        for i, (k, d) in enumerate(zip(cfg.source_resblock_kernels, cfg.source_resblock_dilations, strict=True))
+    )
+    return math.ceil(max(direct, via_source)) + 1
 
 
 class Snake(nn.Module):
-    """x + sin²(αx)/α with a learned α per channel: a periodic inductive bias for waveforms (BigVGAN)."""
+    """x + sin²(αx)/α with a learned α per channel, on (B, C, T)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones(channels, 1))
+        self.alpha = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.sin(self.alpha * x).square() / (self.alpha + 1e-9)
+        alpha = self.alpha[None, :, None]
+        return x + torch.sin(alpha * x).square() / (alpha + SNAKE_EPS)
 
 
 class ResBlock(nn.Module):
-    """HiFi-GAN ResBlock1 with causal convs: per dilation, x + conv(snake(conv_dilated(snake(x))))."""
+    """HiFi-GAN residual block: per dilation, Snake -> dilated conv -> Snake -> conv, added back."""
 
     def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]) -> None:
         super().__init__()
-        self.dilated = nn.ModuleList(CausalConv1d(channels, channels, kernel, dilation=d) for d in dilations)
-        self.plain = nn.ModuleList(CausalConv1d(channels, channels, kernel) for _ in dilations)
-        self.act1 = nn.ModuleList(Snake(channels) for _ in dilations)
-        self.act2 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.convs1 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2) for d in dilations
+        )
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in dilations)
+        self.snakes1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.snakes2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: torch.Tensor, cursor: CacheCursor) -> torch.Tensor:
-        for dilated, plain, act1, act2 in zip(self.dilated, self.plain, self.act1, self.act2, strict=True):
-            x = x + cursor.conv(plain, act2(cursor.conv(dilated, act1(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv1, conv2, snake1, snake2 in zip(self.convs1, self.convs2, self.snakes1, self.snakes2, strict=True):
+            x = x + conv2(snake2(conv1(snake1(x))))
         return x
 
 
 class F0Predictor(nn.Module):
-    """Causal conv stack -> F0 in Hz (>= 0) per mel frame."""
+    """Mel -> F0 in Hz per frame: centred convs with ELU, then a linear; |.| keeps it non-negative."""
 
     def __init__(self, mel_bins: int, channels: int) -> None:
         super().__init__()
         widths = [mel_bins] + [channels] * F0_LAYERS
-        self.convs = nn.ModuleList(CausalConv1d(a, b, F0_KERNEL) for a, b in itertools.pairwise(widths))
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, F0_KERNEL, padding=F0_KERNEL // 2) for a, b in itertools.pairwise(widths)
+        )
         self.head = nn.Linear(channels, 1)
 
-    def forward(self, mel: torch.Tensor, cursor: CacheCursor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, M, T) -> f0 (B, T)."""
         x = mel
         for conv in self.convs:
-            x = F.elu(cursor.conv(conv, x))
+            x = F.elu(conv(x))
         return self.head(x.transpose(1, 2)).squeeze(2).abs()
 
 
@@ -145,18 +171,32 @@ class SourceModule(nn.Module):
         self.register_buffer("harmonics", torch.arange(1, cfg.nb_harmonics + 2, dtype=torch.float64), persistent=False)
         self.merge = nn.Linear(cfg.nb_harmonics + 1, 1)
 
-    def forward(self, f0: torch.Tensor, phase: torch.Tensor, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """f0: (B, T) Hz per frame; phase: (B,) cycles. Returns source (B, 1, T·480) and the new phase."""
-        f0 = f0.repeat_interleave(self.samples_per_frame, dim=1)  # (B, S)
-        cycles = phase[:, None] + torch.cumsum(f0.double() / self.sample_rate, dim=1)  # (B, S)
-        angles = 2 * math.pi * torch.frac(cycles[:, :, None] * self.harmonics)  # (B, S, H)
-        sines = SINE_AMP * torch.sin(angles).to(f0.dtype)
-        voiced = (f0 > VOICED_THRESHOLD_HZ).to(f0.dtype)[:, :, None]
-        noise = position_noise(first_sample, f0.shape[1], sines.shape[2], f0.device).to(f0.dtype)
+    def forward(
+        self,
+        f0: torch.Tensor,
+        previous_centre: torch.Tensor | None,
+        at_end: bool,
+        noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """f0: (B, T) Hz per frame; previous_centre: (B, H+1) phase in cycles at the centre of the frame before
+        (None at the start of the stream); at_end: the last frame is the stream's last; noise: (B, T·480, H+1)
+        standard normal. Returns the source (B, T·480) and the phase (B, T, H+1) at each frame's centre."""
+        spf = self.samples_per_frame
+        steps = torch.frac(f0.double()[:, :, None] * self.harmonics / self.sample_rate) * spf  # cycles per frame
+        start = steps[:, :1] * 0 if previous_centre is None else previous_centre[:, None]
+        centres = start + torch.cumsum(steps, dim=1)  # (B, T, H+1)
+        before = torch.cat([centres[:, :1] if previous_centre is None else start, centres[:, :-1]], dim=1)
+        after = torch.cat([centres[:, 1:], centres[:, -1:] if at_end else centres[:, -1:] + steps[:, -1:]], dim=1)
+        offset = (torch.arange(spf, device=f0.device, dtype=torch.float64) + 0.5) / spf  # (spf,) in (0, 1)
+        first_half = (offset < 0.5)[None, None, :, None]
+        low = before[:, :, None] + (offset + 0.5)[None, None, :, None] * (centres - before)[:, :, None]
+        high = centres[:, :, None] + (offset - 0.5)[None, None, :, None] * (after - centres)[:, :, None]
+        phase = torch.where(first_half, low, high).flatten(1, 2)  # (B, S, H+1) cycles
+        sines = SINE_AMP * torch.sin(2 * math.pi * torch.frac(phase)).to(f0.dtype)
+        voiced = (f0 > VOICED_THRESHOLD_HZ).to(f0.dtype).repeat_interleave(spf, dim=1)[:, :, None]
         noise_amp = voiced * NOISE_STD + (1 - voiced) * (SINE_AMP / 3)
-        waves = sines * voiced + noise_amp * noise
-        source = torch.tanh(self.merge(waves)).transpose(1, 2)  # (B, 1, S)
-        return source, torch.frac(cycles[:, -1])
+        waves = sines * voiced + noise_amp * noise.to(f0.dtype)
+        return torch.tanh(self.merge(waves))[:, :, 0], torch.frac(centres)
 
 
 class HiFT(nn.Module):
@@ -168,94 +208,114 @@ class HiFT(nn.Module):
         self.cfg = cfg
         self.sample_rate = cfg.sample_rate
         self.frame_rate = cfg.sample_rate / cfg.samples_per_frame
-        self.f0_predictor = F0Predictor(cfg.mel_bins, cfg.base_channels)
+        self.context_frames = receptive_frames(cfg)
+        self.f0_predictor = F0Predictor(cfg.mel_bins, cfg.f0_channels)
         self.source = SourceModule(cfg)
-        self.conv_pre = CausalConv1d(cfg.mel_bins, cfg.base_channels, CONV_PRE_KERNEL)
+        self.conv_pre = nn.Conv1d(cfg.mel_bins, cfg.base_channels, CONV_PRE_KERNEL, padding=CONV_PRE_KERNEL // 2)
         widths = [cfg.base_channels // 2**i for i in range(len(cfg.upsample_rates) + 1)]
         self.ups = nn.ModuleList(
-            CausalConv1d(widths[i], widths[i + 1], kernel) for i, kernel in enumerate(cfg.upsample_kernels)
+            nn.ConvTranspose1d(widths[i], widths[i + 1], kernel, rate, padding=(kernel - rate) // 2)
+            for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernels, strict=True))
         )
         stft_channels = cfg.istft_n_fft + 2
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         for i in range(len(cfg.upsample_rates)):
-            down = math.prod(cfg.upsample_rates[i + 1 :])  # STFT frames per frame of stage i
-            self.source_downs.append(
-                StridedCausalConv1d(stft_channels, widths[i + 1], 2 * down if down > 1 else 1, down)
+            down = math.prod(cfg.upsample_rates[i + 1 :])  # STFT frames per sample of stage i
+            conv = nn.Conv1d(stft_channels, widths[i + 1], 2 * down, down, padding=down // 2) if down > 1 else (
+                nn.Conv1d(stft_channels, widths[i + 1], 1)
             )
-            self.source_resblocks.append(ResBlock(widths[i + 1], cfg.resblock_kernels[0], cfg.resblock_dilations[0]))
+            self.source_downs.append(conv)
+            self.source_resblocks.append(
+                ResBlock(widths[i + 1], cfg.source_resblock_kernels[i], cfg.source_resblock_dilations[i])
+            )
             self.resblocks.append(
                 nn.ModuleList(
                     ResBlock(widths[i + 1], kernel, dilations)
                     for kernel, dilations in zip(cfg.resblock_kernels, cfg.resblock_dilations, strict=True)
                 )
             )
-        self.conv_post = CausalConv1d(widths[-1], stft_channels, CONV_POST_KERNEL)
+        self.conv_post = nn.Conv1d(widths[-1], stft_channels, CONV_POST_KERNEL, padding=CONV_POST_KERNEL // 2)
         window = torch.hann_window(cfg.istft_n_fft, periodic=True, device="cpu")
         self.register_buffer("window", window, persistent=False)  # (n_fft,)
-        envelope = window.square().view(-1, cfg.istft_hop).sum(0)  # overlap-added window², per sample phase
-        self.register_buffer("envelope", envelope, persistent=False)  # (hop,)
 
     def init_state(self, batch: int = 1) -> HiFTState:
-        device, dtype = self.window.device, self.conv_pre.conv.weight.dtype
-        tail = torch.zeros(batch, self.cfg.istft_n_fft - self.cfg.istft_hop, device=device, dtype=dtype)
-        phase = torch.zeros(batch, device=device, dtype=torch.float64)
-        return HiFTState([], phase, 0, tail, tail.clone())
+        device, dtype = self.conv_pre.weight.device, self.conv_pre.weight.dtype
+        return HiFTState(
+            mel=torch.zeros(batch, self.cfg.mel_bins, 0, device=device, dtype=dtype),
+            source=torch.zeros(batch, 0, device=device, dtype=dtype),
+            centre_phase=torch.zeros(batch, self.cfg.nb_harmonics + 1, device=device, dtype=torch.float64),
+            first_frame=0,
+            emitted=0,
+        )
 
     def step(self, mel: torch.Tensor, state: HiFTState) -> tuple[torch.Tensor, HiFTState]:
-        """mel: (B, M, T), any T >= 0 -> pcm (B, T·480) float32 in [-0.99, 0.99], and the new state."""
-        batch, _, frames = mel.shape
-        if frames == 0:
-            return mel.new_zeros(batch, 0), state
-        cursor = CacheCursor(state.convs)
-        f0 = self.f0_predictor(mel, cursor)  # (B, T)
-        source, phase = self.source(f0, state.phase, state.samples)  # (B, 1, S)
-        stft, stft_tail = self._analyse(source, state.stft_tail)  # (B, n_fft + 2, S / hop)
-        x = self._generate(mel, stft, cursor)  # (B, n_fft + 2, S / hop)
-        pcm, istft_tail = self._synthesise(x, state.istft_tail)
-        new_state = HiFTState(cursor.new, phase, state.samples + pcm.shape[1], stft_tail, istft_tail)
-        return pcm.clamp(-AUDIO_LIMIT, AUDIO_LIMIT), new_state
+        """mel: (B, M, T), any T >= 0 -> the pcm (B, S) float32 in [-0.99, 0.99] that became final (S a multiple
+        of 480; frames are held back until `receptive_frames` frames after them arrived), and the new state."""
+        return self._advance(mel, state, final=False)
 
     def flush(self, state: HiFTState) -> tuple[torch.Tensor, HiFTState]:
-        """End of stream: nothing is held back (the overlap-add tail after the last frame is dropped)."""
-        return state.istft_tail.new_zeros(state.istft_tail.shape[0], 0), state
+        """End of stream: the frames held back."""
+        return self._advance(state.mel[:, :, :0], state, final=True)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """Offline: mel (B, M, T) -> pcm (B, T·480)."""
-        pcm, _ = self.step(mel, self.init_state(mel.shape[0]))
-        return pcm
+    def forward(self, mel: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Offline: mel (B, M, T) -> pcm (B, T·480). noise: (B, T·480, H+1) standard normal source noise,
+        default the position-keyed noise streaming uses."""
+        f0 = self.f0_predictor(mel)
+        if noise is None:
+            noise = self._noise(mel.shape[0], 0, mel.shape[2], mel.device)
+        source, _ = self.source(f0, None, True, noise)
+        return self.decode(mel, source)
 
-    def _generate(self, mel: torch.Tensor, stft: torch.Tensor, cursor: CacheCursor) -> torch.Tensor:
-        """HiFi-GAN upsampling with the source fused in at every stage -> log-magnitude and phase logits."""
-        x = cursor.conv(self.conv_pre, mel)
-        stages = zip(
-            self.cfg.upsample_rates, self.ups, self.source_downs, self.source_resblocks, self.resblocks, strict=True
-        )
-        for rate, up, source_down, source_resblock, resblocks in stages:
-            x = cursor.conv(up, F.leaky_relu(x, LRELU_SLOPE).repeat_interleave(rate, dim=2))
-            x = x + source_resblock(cursor.conv(source_down, stft), cursor)
-            x = torch.stack([resblock(x, cursor) for resblock in resblocks]).mean(0)
-        return cursor.conv(self.conv_post, F.leaky_relu(x))
-
-    def _analyse(self, source: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal STFT of the source (B, 1, S): frame j ends at sample hop·(j + 1). -> (B, n_fft + 2, S / hop)."""
-        n_fft, hop = self.cfg.istft_n_fft, self.cfg.istft_hop
-        padded = torch.cat([tail, source[:, 0]], dim=1)  # (B, n_fft - hop + S)
-        spectrum = torch.fft.rfft(padded.unfold(1, n_fft, hop) * self.window, dim=2)  # (B, F, n_fft/2 + 1)
-        stft = torch.cat([spectrum.real, spectrum.imag], dim=2).transpose(1, 2)
-        return stft, padded[:, padded.shape[1] - tail.shape[1] :]
-
-    def _synthesise(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """iSTFT with overlap-add onto the carried tail. x: (B, n_fft + 2, F) -> final samples (B, F·hop)."""
-        n_fft, hop = self.cfg.istft_n_fft, self.cfg.istft_hop
-        bins = n_fft // 2 + 1
+    def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Mel (B, M, T) and source (B, T·480) -> pcm (B, T·480): the HiFi-GAN generator and the iSTFT."""
+        cfg = self.cfg
+        spectrum = torch.stft(source, cfg.istft_n_fft, cfg.istft_hop, window=self.window, return_complex=True)
+        stft = torch.cat([spectrum.real, spectrum.imag], dim=1)  # (B, n_fft + 2, T·120 + 1)
+        x = self.conv_pre(mel)
+        stages = zip(self.ups, self.source_downs, self.source_resblocks, self.resblocks, strict=True)
+        for i, (up, source_down, source_resblock, resblocks) in enumerate(stages):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")  # one more column: the centred STFT has T·120 + 1 frames
+            x = x + source_resblock(source_down(stft))
+            x = torch.stack([resblock(x) for resblock in resblocks]).mean(0)
+        x = self.conv_post(F.leaky_relu(x, POST_LRELU_SLOPE))
+        bins = cfg.istft_n_fft // 2 + 1
         magnitude = torch.exp(x[:, :bins]).clamp(max=MAX_MAGNITUDE)
-        spectrum = torch.polar(magnitude, torch.sin(x[:, bins:]))  # (B, bins, F)
-        frames = torch.fft.irfft(spectrum, n=n_fft, dim=1) * self.window[:, None]  # (B, n_fft, F)
-        count = frames.shape[2]
-        length = (count - 1) * hop + n_fft
-        summed = F.fold(frames, output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop)).flatten(1)
-        summed = torch.cat([summed[:, : tail.shape[1]] + tail, summed[:, tail.shape[1] :]], dim=1)
-        pcm = summed[:, : count * hop] / self.envelope.repeat(count)
-        return pcm, summed[:, count * hop :]
+        phase = torch.sin(x[:, bins:])
+        pcm = torch.istft(torch.polar(magnitude, phase), cfg.istft_n_fft, cfg.istft_hop, window=self.window)
+        return pcm.clamp(-AUDIO_LIMIT, AUDIO_LIMIT)
+
+    def _noise(self, batch: int, first_frame: int, frames: int, device: torch.device) -> torch.Tensor:
+        spf = self.cfg.samples_per_frame
+        noise = position_noise(first_frame * spf, frames * spf, self.cfg.nb_harmonics + 1, device)
+        return noise[None].expand(batch, -1, -1)
+
+    def _advance(self, new_mel: torch.Tensor, state: HiFTState, final: bool) -> tuple[torch.Tensor, HiFTState]:
+        """Vocode the window [first_frame, received) and emit the frames whose right context is complete."""
+        spf = self.cfg.samples_per_frame
+        mel = torch.cat([state.mel, new_mel.to(state.mel.dtype)], dim=2)
+        received = state.first_frame + mel.shape[2]
+        ready = received if final else received - self.context_frames
+        if ready <= state.emitted:
+            kept = HiFTState(mel, state.source, state.centre_phase, state.first_frame, state.emitted)
+            return mel.new_zeros(mel.shape[0], 0), kept
+        offset = state.emitted - state.first_frame  # context frames in the window
+        f0 = self.f0_predictor(mel)[:, offset:]
+        noise = self._noise(mel.shape[0], state.emitted, f0.shape[1], mel.device)
+        previous = state.centre_phase if state.emitted else None
+        source, centres = self.source(f0, previous, final, noise)
+        source = torch.cat([state.source, source], dim=1)
+        pcm = self.decode(mel, source)[:, offset * spf : (ready - state.first_frame) * spf]
+        first = max(ready - self.context_frames, state.first_frame)
+        keep_from = (first - state.first_frame) * spf
+        new_state = HiFTState(
+            mel=mel[:, :, first - state.first_frame :],
+            source=source[:, keep_from : (ready - state.first_frame) * spf],
+            centre_phase=centres[:, ready - 1 - state.emitted],
+            first_frame=first,
+            emitted=ready,
+        )
+        return pcm, new_state

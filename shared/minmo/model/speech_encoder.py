@@ -14,6 +14,7 @@ from torch import nn
 from minmo.model.config import MinMoConfig
 from minmo.model.fbank import Fbank, FbankState
 from minmo.model.input_projector import InputProjector, InputProjectorState
+from minmo.model.sensevoice import SenseVoiceEncoder, SenseVoiceState
 from minmo.model.state import StreamState
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderState
 
@@ -21,7 +22,7 @@ from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderState
 @dataclass
 class SpeechEncoderState(StreamState):
     fbank: FbankState
-    voice_encoder: VoiceEncoderState
+    voice_encoder: VoiceEncoderState | SenseVoiceState
     input_projector: InputProjectorState
 
 
@@ -31,7 +32,9 @@ class SpeechEncoder(nn.Module):
     def __init__(self, cfg: MinMoConfig) -> None:
         super().__init__()
         self.fbank = Fbank(cfg.fbank)
-        self.voice_encoder = VoiceEncoder(cfg.voice_encoder)
+        encoders = {"sanm": VoiceEncoder, "sensevoice": SenseVoiceEncoder}
+        assert cfg.voice_encoder.kind in encoders, f"voice encoder {cfg.voice_encoder.kind!r} not in {sorted(encoders)}"
+        self.voice_encoder = encoders[cfg.voice_encoder.kind](cfg.voice_encoder)
         self.input_projector = InputProjector.for_encoder(cfg.input_projector, cfg.voice_encoder)
         self.sample_rate = cfg.fbank.sample_rate
 

@@ -58,7 +58,15 @@ def port_is_free(port: int, host: str = LOCALHOST) -> bool:
     return True
 
 
-def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int = 8001, tls: bool = False) -> int:
+def run_up(
+    config: str,
+    port: int,
+    runtime: str = "local",
+    triton_grpc_port: int = 8001,
+    tls: bool = False,
+    checkpoint: str | None = None,
+) -> int:
+    """checkpoint: weights directory (`minmo convert` / training output), given to every service as MINMO_CHECKPOINT."""
     console = Console()
     problems = preflight(config, port)
     for problem in problems:
@@ -66,13 +74,15 @@ def run_up(config: str, port: int, runtime: str = "local", triton_grpc_port: int
     if problems:
         return EXIT_FAILED
     try:
-        return _run(console, config, port, runtime, triton_grpc_port, tls)
+        return _run(console, config, port, runtime, triton_grpc_port, tls, checkpoint)
     except (RuntimeError, TimeoutError) as error:  # a service died or never became SERVING while starting
         console.print(f"error: the stack did not start: {error}", style="bold red", markup=False, soft_wrap=True)
         return EXIT_FAILED
 
 
-def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_port: int, tls: bool) -> int:
+def _run(
+    console: Console, config: str, port: int, runtime: str, triton_grpc_port: int, tls: bool, checkpoint: str | None
+) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -86,6 +96,8 @@ def _run(console: Console, config: str, port: int, runtime: str, triton_grpc_por
         if tls:  # a throwaway CA: TLS at the front door, mTLS between the services
             pki = make_dev_pki(Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="minmo-tls-"))))
             extra_env |= pki.env()
+        if checkpoint:
+            extra_env["MINMO_CHECKPOINT"] = checkpoint
         with console.status(f"starting the stack ({config}, {runtime} runtime)…"):
             stack = resources.enter_context(run_stack(config, port, redis_url, extra_env))
         dead = [item.name for item in stack.processes if item.process.poll() is not None]
