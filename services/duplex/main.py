@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.audio.vad import SileroVad, StreamingVad
 from minmo.duplex.conversation import DuplexPolicy, Peers
+from minmo.duplex.links import Replicas
 from minmo.model.config import load_config
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
-from minmo.serving.channels import open_channel
 from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
 from minmo.session.embedded import connect
@@ -73,18 +73,15 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     telemetry = start_telemetry("minmo-duplex", settings.server)
     redis_client = await stack.enter_async_context(connect(settings.redis_url))
     store = SessionStore(redis_client, ttl_s=settings.session_ttl_s)
-    channels = [
-        open_channel(address, settings.server.max_message_bytes)
-        for address in (settings.encoder_addr, settings.llm_addr, settings.voicelm_addr, settings.vocoder_addr)
-    ]
-    for channel in channels:
-        stack.push_async_callback(channel.close)
+    limit = settings.server.max_message_bytes
     peers = Peers(
-        encoder=encoder_pb2_grpc.AudioEncoderStub(channels[0]),
-        llm=llm_pb2_grpc.ReasonerStub(channels[1]),
-        voicelm=voicelm_pb2_grpc.VoiceDecoderStub(channels[2]),
-        vocoder=vocoder_pb2_grpc.VocoderStub(channels[3]),
+        encoder=Replicas("encoder", settings.encoder_addr, encoder_pb2_grpc.AudioEncoderStub, limit),
+        llm=Replicas("llm", settings.llm_addr, llm_pb2_grpc.ReasonerStub, limit),
+        voicelm=Replicas("voicelm", settings.voicelm_addr, voicelm_pb2_grpc.VoiceDecoderStub, limit),
+        vocoder=Replicas("vocoder", settings.vocoder_addr, vocoder_pb2_grpc.VocoderStub, limit),
     )
+    for replicas in (peers.encoder, peers.llm, peers.voicelm, peers.vocoder):
+        stack.push_async_callback(replicas.close)
     policy = DuplexPolicy(
         replica_id=settings.server.replica_id,
         max_chunk_ms=settings.max_chunk_ms,

@@ -114,6 +114,44 @@ def bench_runtime(
     print_runtime_bench(run_runtime_bench(config, calls, turns), config)
 
 
+@app.command("load")
+def load(
+    server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")],
+    sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,2,4,8",
+    turns: Annotated[int, typer.Option(min=1, help="turns each simulated user holds")] = 3,
+    as_json: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="write the levels as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(dir_okay=False, help="write a PNG of percentiles vs sessions")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Locust-compatible CSV prefix (PREFIX_<n>_stats.csv, ...)")] = None,
+    wav: Annotated[list[Path] | None, typer.Option(exists=True, help="speech WAVs or folders (else synthetic)")] = None,
+    find_capacity: Annotated[bool, typer.Option(help="search the most sessions whose p95 meets --slo-ms")] = False,
+    slo_ms: Annotated[float, typer.Option(help="p95 end of speech -> first audio SLO for --find-capacity")] = 1000.0,
+    max_sessions: Annotated[int, typer.Option(min=1, help="--find-capacity stops here")] = 64,
+    barge_in_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that barge in")] = 0.25,
+    typed_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that are typed")] = 0.2,
+    ramp_up_s: Annotated[float, typer.Option(min=0, help="the last user of a level starts this much later")] = 2.0,
+    turn_timeout_s: Annotated[float, typer.Option(min=1, help="a reply not finished by then fails")] = 60.0,
+    seed: Annotated[int, typer.Option(help="seeds each user's choices (typed, barge-in, which utterance)")] = 0,
+    label: Annotated[str, typer.Option(help="what was measured (machine, config), kept in the JSON and plot")] = "",
+) -> None:
+    """Real full-duplex sessions at real-time pace, level by level: first audio, underruns, barge-in, errors."""
+    from minmo.load.command import LoadOptions, load_command, parse_levels
+    from minmo.load.runner import LoadPlan
+    from minmo.load.user import Scenario
+
+    scenario = Scenario(
+        turns=turns, barge_in_share=barge_in_share, typed_share=typed_share, turn_timeout_s=turn_timeout_s, seed=seed
+    )
+    try:
+        levels = parse_levels(sessions)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    options = LoadOptions(
+        LoadPlan(server, scenario, ramp_up_s), levels, list(wav or []), as_json, plot, csv, find_capacity, slo_ms,
+        max_sessions, label,
+    )  # fmt: skip
+    raise typer.Exit(load_command(options))
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 

@@ -30,10 +30,11 @@ from minmo.audio.turn_detection import TurnDetectionConfig, TurnDetector
 from minmo.audio.vad import StreamingVad
 from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, SpeechStopped
 from minmo.duplex.latency import TurnTimings, now_ms
-from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, history_turn
+from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull, history_turn
 from minmo.duplex.response import Response
 from minmo.duplex.turn_trace import TurnTrace
 from minmo.model.interleave import VoiceSchedule
+from minmo.serving.server import RETRY_AFTER_METADATA
 from minmo.session.store import (
     PermissionDenied,
     Role,
@@ -46,16 +47,7 @@ from minmo.session.store import (
     Turn,
 )
 from minmo.telemetry import Telemetry
-from minmo.v1 import (
-    common_pb2,
-    conversation_pb2,
-    encoder_pb2,
-    encoder_pb2_grpc,
-    llm_pb2,
-    llm_pb2_grpc,
-    vocoder_pb2_grpc,
-    voicelm_pb2_grpc,
-)
+from minmo.v1 import common_pb2, conversation_pb2, encoder_pb2, llm_pb2
 
 log = logging.getLogger(__name__)
 OUTPUT_RATES = (8000, 16000, 24000, 48000)
@@ -65,10 +57,11 @@ TurnType = conversation_pb2.TurnEvent.Type
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, trailing_metadata: tuple = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing_metadata = trailing_metadata  # e.g. the retry-after-ms hint of a refusal
 
 
 @dataclass(frozen=True)
@@ -84,10 +77,12 @@ class DuplexPolicy:
 
 @dataclass(frozen=True)
 class Peers:
-    encoder: encoder_pb2_grpc.AudioEncoderStub
-    llm: llm_pb2_grpc.ReasonerStub
-    voicelm: voicelm_pb2_grpc.VoiceDecoderStub
-    vocoder: vocoder_pb2_grpc.VocoderStub
+    """Every replica of each downstream hop; streams open on one that admits them (see `Replicas`)."""
+
+    encoder: Replicas
+    llm: Replicas
+    voicelm: Replicas
+    vocoder: Replicas
 
 
 class Conversation:
@@ -184,8 +179,14 @@ class Conversation:
         self.session_id, self.epoch = record.session_id, record.epoch
         detection = self._turn_detection()
         self.audio_input = AudioInput(self.vad, TurnDetector(detection), self.config["input_sample_rate_hz"])
-        await self._open_llm(history)
-        await self.encoder.open(self.session_id)
+        try:
+            await self._open_llm(history)
+            await self._open_encoder()
+        except ProtocolError as refusal:  # refused before any work started: the session is not kept
+            if refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.telemetry.metrics.errors.labels(code=refusal.code.name).inc()
+                await self.store.end(self.session_id, self.epoch)
+            raise
         await self.emit(self._session_started(token, resumed, len(history), detection))
 
     def _validated_config(self, config: conversation_pb2.SessionConfig) -> dict:
@@ -275,14 +276,20 @@ class Conversation:
         try:
             await self.llm.open(config)
         except LinkLost as lost:
-            raise ProtocolError(grpc.StatusCode.UNAVAILABLE, str(lost)) from lost
+            raise _refusal(lost) from lost
+
+    async def _open_encoder(self) -> None:
+        try:
+            await self.encoder.open(self.session_id)
+        except LinkLost as lost:
+            raise _refusal(lost) from lost
 
     async def _ensure_links(self) -> None:
         """Reopen a lost stream on a live replica before a new turn uses it."""
         if not self.llm.usable:
             await self._open_llm(await self.store.history(self.session_id))
         if not self.encoder.usable:
-            await self.encoder.open(self.session_id)
+            await self._open_encoder()
 
     # --- user input -----------------------------------------------------------------------------
 
@@ -475,8 +482,9 @@ class Conversation:
         except (LinkLost, grpc.aio.AioRpcError) as error:
             self.response = None
             message = str(error) if isinstance(error, LinkLost) else f"{error.code().name}: {error.details()}"
-            await self._report_error(grpc.StatusCode.UNAVAILABLE, message, response.turn_id)
-            await self._finish_turn(response, TurnType.RESPONSE_DONE, (grpc.StatusCode.UNAVAILABLE, message))
+            code = error.code if isinstance(error, LinkLost) else grpc.StatusCode.UNAVAILABLE
+            await self._report_error(code, message, response.turn_id)
+            await self._finish_turn(response, TurnType.RESPONSE_DONE, (code, message))
             return
         self.response = None
         text = result.text
@@ -575,6 +583,14 @@ class Conversation:
             self.trace = None
         await self.encoder.close()
         await self.llm.close()
+
+
+def _refusal(lost: LinkLost) -> ProtocolError:
+    """The client's status for a hop that could not be opened: RESOURCE_EXHAUSTED with the retry hint when every
+    replica was full, else UNAVAILABLE."""
+    if isinstance(lost, ReplicasFull) and lost.retry_after_ms is not None:
+        return ProtocolError(lost.code, str(lost), ((RETRY_AFTER_METADATA, str(lost.retry_after_ms)),))
+    return ProtocolError(lost.code, str(lost))
 
 
 def _new_turn_id() -> str:

@@ -19,16 +19,14 @@ import numpy as np
 
 from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
-from minmo.duplex.links import LinkLost, LlmLink
+from minmo.duplex.links import LinkLost, LlmLink, Replicas
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
     conversation_pb2,
     llm_pb2,
     vocoder_pb2,
-    vocoder_pb2_grpc,
     voicelm_pb2,
-    voicelm_pb2_grpc,
 )
 
 VOCODER_RATE = 24000
@@ -51,8 +49,8 @@ class Response:
     session_id: str
     turn_id: str
     llm: LlmLink
-    voicelm: voicelm_pb2_grpc.VoiceDecoderStub | None  # None: text-only session
-    vocoder: vocoder_pb2_grpc.VocoderStub | None
+    voicelm: Replicas | None  # None: text-only session
+    vocoder: Replicas | None
     emit: Emit
     output_rate: int
     instruction: str
@@ -117,8 +115,7 @@ class Response:
         return self.end_reason
 
     async def _with_speech(self, queue: asyncio.Queue) -> str:
-        synth = self.voicelm.Synthesize(timeout=self.timeout_s)
-        vocode = self.vocoder.Vocode(timeout=self.timeout_s)
+        synth, vocode = await self._open_calls()
         self._calls.extend([synth, vocode])
         try:
             return await self._speak(queue, synth, vocode)
@@ -130,6 +127,21 @@ class Response:
             if lost:
                 raise LinkLost(message) from error
             raise
+
+    async def _open_calls(self) -> tuple[grpc.aio.StreamStreamCall, grpc.aio.StreamStreamCall]:
+        """The turn's Synthesize and Vocode streams, each on a replica that admitted it (opened side by side)."""
+        opened = await asyncio.gather(
+            self.voicelm.open("Synthesize", timeout=self.timeout_s),
+            self.vocoder.open("Vocode", timeout=self.timeout_s),
+            return_exceptions=True,
+        )
+        failures = [result for result in opened if isinstance(result, BaseException)]
+        if failures:
+            for result in opened:
+                if not isinstance(result, BaseException):
+                    result.cancel()
+            raise failures[0]
+        return opened[0], opened[1]
 
     async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
         await synth.write(

@@ -35,6 +35,12 @@ class ServiceMetrics:
             "Streams served now: sessions (duplex, encoder, llm) or response turns (voicelm, vocoder)",
             registry=self.registry,
         )
+        self.session_capacity = Gauge(
+            "minmo_session_capacity",
+            "Session slots of this replica (MINMO_MAX_SESSIONS, its measured capacity); past it new streams are "
+            "refused with RESOURCE_EXHAUSTED. Autoscale on minmo_active_sessions / minmo_session_capacity",
+            registry=self.registry,
+        )
         self.time_to_first_token = self._latency("minmo_time_to_first_token_seconds", "Time to the first text token")
         self.time_to_first_speech_tokens = self._latency(
             "minmo_time_to_first_speech_tokens_seconds", "Time to the first speech tokens"
