@@ -49,7 +49,7 @@ async def test_a_full_replica_refuses_at_once_with_a_retry_hint_and_an_admitted_
         call = encoder_pb2_grpc.AudioEncoderStub(channel).Encode()
         assert ADMITTED_METADATA not in dict(await call.initial_metadata())
         assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "capacity of 0 sessions" in await call.details()
+        assert "maximum of 0 sessions" in await call.details()
         assert dict(await call.trailing_metadata())[RETRY_AFTER_METADATA].isdigit()
     async with grpc.aio.insecure_channel(stack.address("encoder", 1)) as channel:
         call = encoder_pb2_grpc.AudioEncoderStub(channel).Encode()

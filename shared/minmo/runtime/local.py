@@ -3,25 +3,45 @@
 Compute leaves the event loop (torch releases the GIL inside kernels), concurrency is bounded by the
 pool size rather than one global lock, and per-sequence state lives in a dict keyed by
 (model, sequence id) — the in-process twin of a Triton instance's state.
+
+With batching on (`BatchSettings.max_size` > 1), every model that can batch (`attach_batcher`) gets a batching
+worker (`minmo.runtime.batching`), and the pool grows by `max_size` threads: a session waiting for its batch holds
+its pool thread, so the pool must hold a whole batch of waiters besides the threads that compute.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from minmo.runtime.base import ModelRuntime, RuntimeModel, Sequence, TensorMap, UnknownSequence
+from minmo.runtime.batching import BatchSettings, StepBatcher
 
 _DONE = object()
 
 
 class LocalRuntime(ModelRuntime):
-    def __init__(self, models: list[RuntimeModel], workers: int = 2) -> None:
+    def __init__(
+        self,
+        models: list[RuntimeModel],
+        workers: int = 2,
+        batching: BatchSettings | None = None,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics)."""
         self.models = {model.name: model for model in models}
+        self._batchers: list[StepBatcher] = []
+        if batching is not None and batching.enabled:
+            for model in models:
+                if hasattr(model, "attach_batcher"):
+                    report = functools.partial(on_batch, model.name) if on_batch is not None else None
+                    self._batchers.append(model.attach_batcher(batching, report))
+            workers += batching.max_size if self._batchers else 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minmo-runtime")
         self._states: dict[tuple[str, str], Any] = {}
 
@@ -56,6 +76,8 @@ class LocalRuntime(ModelRuntime):
         self._states.pop((model, sequence_id), None)
 
     async def close(self) -> None:
+        for batcher in self._batchers:
+            batcher.close()
         self._states.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -132,7 +132,7 @@ class SessionLimiter:
         if self.active >= self.limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this replica is serving its capacity of {self.limit} {self.what}; "
+                f"this replica is serving its maximum of {self.limit} {self.what} (its capacity); "
                 f"retry on another replica or in {RETRY_AFTER_MS} ms",
                 trailing_metadata=((RETRY_AFTER_METADATA, str(RETRY_AFTER_MS)),),
             )

@@ -69,7 +69,12 @@ class ServerSettings:
     """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
     MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID,
     MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT), and the
-    telemetry variables of `TelemetrySettings`."""
+    telemetry variables of `TelemetrySettings`.
+
+    MINMO_MAX_SESSIONS is the replica's capacity in session slots: set it to what `minmo load --find-capacity`
+    measured for this component on this machine kind (past it, new streams get RESOURCE_EXHAUSTED; the autoscaler
+    scales on active sessions / capacity). MINMO_BATCH_MAX_SIZE (1: off) and MINMO_BATCH_WINDOW_MS: the local
+    runtime's batching across sessions (model services)."""
 
     port: int
     host: str = "127.0.0.1"
@@ -80,6 +85,8 @@ class ServerSettings:
     replica_id: str = ""
     runtime: str = "local"
     triton_url: str | None = None
+    batch_max_size: int = 8
+    batch_window_ms: float = 5.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
@@ -95,5 +102,7 @@ class ServerSettings:
             replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
             runtime=env_str("MINMO_RUNTIME", "local", environ),
             triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
+            batch_max_size=env_int("MINMO_BATCH_MAX_SIZE", 8, environ),
+            batch_window_ms=env_float("MINMO_BATCH_WINDOW_MS", 5.0, environ),
             telemetry=TelemetrySettings.from_env(port, environ),
         )
