@@ -11,8 +11,8 @@ import torch
 
 from minmo.model.config import MinMoConfig, load_config
 from minmo.model.tokenizer import load_tokenizer
+from minmo.runtime import batching
 from minmo.runtime.base import ModelRuntime, Sequence
-from minmo.runtime.batching import BatchSettings
 from minmo.runtime.factory import open_runtime
 from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
 from minmo.services.llm.servicer import MODEL, ReasonerOptions, ReasonerServicer, predictor_is_trained
@@ -57,7 +57,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
         [MODEL],
         settings.checkpoint,
         server.triton_url,
-        BatchSettings(server.batch_max_size, server.batch_window_ms),
+        batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
         lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
     )
     host.on_stop(runtime.close)

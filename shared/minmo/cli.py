@@ -152,6 +152,25 @@ def load(
     raise typer.Exit(load_command(options))
 
 
+@bench_app.command("batch")
+def bench_batch(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,4,8",
+    tokens: Annotated[int, typer.Option(min=1, help="tokens each session generates per level")] = 32,
+    max_size: Annotated[int, typer.Option(min=2, help="MINMO_BATCH_MAX_SIZE of the batched runs")] = 8,
+    window_ms: Annotated[float, typer.Option(min=0, help="MINMO_BATCH_WINDOW_MS of the batched runs")] = 5.0,
+    repeats: Annotated[int, typer.Option(min=1, help="runs per level and mode (the median is reported)")] = 3,
+) -> None:
+    """LLM decode throughput (tokens/s summed over sessions) with the batching worker off and on, in process."""
+    from minmo.bench.batch import run_batch_bench
+    from minmo.bench.report import print_batch_bench
+    from minmo.load.command import parse_levels
+    from minmo.runtime.batching import BatchSettings
+
+    levels = run_batch_bench(config, parse_levels(sessions), tokens, BatchSettings(max_size, window_ms), repeats)
+    print_batch_bench(levels, config, tokens)
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 
