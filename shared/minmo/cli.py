@@ -126,6 +126,8 @@ def load(
     find_capacity: Annotated[bool, typer.Option(help="search the most sessions whose p95 meets --slo-ms")] = False,
     slo_ms: Annotated[float, typer.Option(help="p95 end of speech -> first audio SLO for --find-capacity")] = 1000.0,
     max_sessions: Annotated[int, typer.Option(min=1, help="--find-capacity stops here")] = 64,
+    slo_metric: Annotated[str, typer.Option(help="client: from the user's last speech sample; server: from duplex's "
+                                            "end-of-speech decision (its LatencyReport)")] = "client",
     barge_in_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that barge in")] = 0.25,
     typed_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that are typed")] = 0.2,
     ramp_up_s: Annotated[float, typer.Option(min=0, help="the last user of a level starts this much later")] = 2.0,
@@ -145,10 +147,21 @@ def load(
         levels = parse_levels(sessions)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    if slo_metric not in ("client", "server"):
+        raise typer.BadParameter(f"--slo-metric must be client or server, got {slo_metric!r}")
     options = LoadOptions(
-        LoadPlan(server, scenario, ramp_up_s), levels, list(wav or []), as_json, plot, csv, find_capacity, slo_ms,
-        max_sessions, label,
-    )  # fmt: skip
+        plan=LoadPlan(server, scenario, ramp_up_s),
+        levels=levels,
+        wavs=list(wav or []),
+        json_path=as_json,
+        plot_path=plot,
+        csv_prefix=csv,
+        find_capacity=find_capacity,
+        slo_ms=slo_ms,
+        slo_metric=slo_metric,
+        max_sessions=max_sessions,
+        label=label,
+    )
     raise typer.Exit(load_command(options))
 
 

@@ -25,6 +25,7 @@ class LoadOptions:
     csv_prefix: Path | None = None
     find_capacity: bool = False
     slo_ms: float = 1000.0
+    slo_metric: str = "client"
     max_sessions: int = 64
     label: str = ""  # what was measured (machine, config), written into the JSON and the plot's title
 
@@ -52,7 +53,8 @@ def load_command(options: LoadOptions) -> int:
         search = asyncio.run(find_capacity(options.plan, options.slo_ms, options.max_sessions, utterances, progress))
         results = search.levels
         report |= search.to_json()
-        console.print(f"capacity at p95 first audio <= {options.slo_ms:g} ms: [bold]{search.capacity}[/] sessions")
+        what = f"p95 first audio ({options.slo_metric}) <= {options.slo_ms:g} ms"
+        console.print(f"capacity at {what}: [bold]{search.capacity}[/] sessions")
     else:
         results = asyncio.run(sweep(options.plan, options.levels, utterances, progress))
         report["levels"] = [result.to_json() for result in results]

@@ -107,9 +107,15 @@ async def sweep(
     return results
 
 
-def meets_slo(result: LevelResult, slo_ms: float) -> bool:
-    """Every session admitted, every turn answered, and p95 end of speech -> first audio within the SLO."""
-    p95 = result.p95_first_audio()
+SLO_METRICS = ("client", "server")
+
+
+def meets_slo(result: LevelResult, slo_ms: float, metric: str = "client") -> bool:
+    """Every session admitted, every turn answered, and p95 end of speech -> first audio within the SLO: as the
+    user felt it (`client`: from the last speech sample, so it includes the server's endpointing silence), or as
+    the server reported it (`server`: from duplex's end-of-speech decision)."""
+    latencies = result.first_audio if metric == "client" else result.server_first_audio
+    p95 = latencies.percentile(0.95)
     clean = not result.turns_failed and not result.sessions_refused
     return clean and p95 is not None and p95 <= slo_ms
 
@@ -117,11 +123,13 @@ def meets_slo(result: LevelResult, slo_ms: float) -> bool:
 @dataclass
 class CapacitySearch:
     slo_ms: float
+    metric: str = "client"
     capacity: int = 0  # the largest session count that met the SLO (0: not even one session)
     levels: list[LevelResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"slo_ms": self.slo_ms, "capacity_sessions": self.capacity, "levels": [r.to_json() for r in self.levels]}
+        levels = [result.to_json() for result in self.levels]
+        return {"slo_ms": self.slo_ms, "slo_metric": self.metric, "capacity_sessions": self.capacity, "levels": levels}
 
 
 async def find_capacity(
@@ -130,10 +138,11 @@ async def find_capacity(
     max_sessions: int,
     utterances: list[Utterance],
     progress: Callable[[LevelResult], None],
+    metric: str = "client",
 ) -> CapacitySearch:
     """Double the session count until a level misses the SLO (or `max_sessions`), then bisect between the last
     level that met it and the first that did not. At most ~2·log2(max_sessions) levels."""
-    search = CapacitySearch(slo_ms)
+    search = CapacitySearch(slo_ms, metric)
 
     async def meets(sessions: int) -> bool:
         if search.levels:
@@ -141,7 +150,7 @@ async def find_capacity(
         result = await run_level(plan, sessions, utterances)
         progress(result)
         search.levels.append(result)
-        return meets_slo(result, slo_ms)
+        return meets_slo(result, slo_ms, metric)
 
     good, bad = 0, None
     sessions = 1
