@@ -1,5 +1,5 @@
-"""Batching across sessions: batched decode steps equal unbatched ones, and the local runtime's batching worker
-runs concurrent sessions' steps together (tiny model, real threads, no fakes)."""
+"""Batching across sessions: batched decode steps (LLM, voice LM) equal unbatched ones, and the local runtime's
+batching worker runs concurrent sessions' steps together (tiny model, real threads, no fakes)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from minmo.runtime.base import Sequence
 from minmo.runtime.batching import BatchSettings, StepBatcher
 from minmo.runtime.llm_model import OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, LlmModel, text_tensor
 from minmo.runtime.local import LocalRuntime
+from minmo.runtime.voicelm_model import VoiceLmModel
 
 ATOL = 1e-5
 PROMPTS = ("Hi", "You are a helpful assistant who answers briefly.", "x" * 40, "Tell me about the weather today.")
@@ -102,3 +103,30 @@ def test_batch_settings_reject_nonsense():
     assert not BatchSettings(max_size=1).enabled
     with pytest.raises(ValueError, match="max size"):
         BatchSettings(max_size=0)
+
+
+async def _synthesize(runtime: LocalRuntime, sequence_id: str, hidden: torch.Tensor) -> list[int]:
+    """One greedy turn: all text positions, then the text end; the speech tokens the voice LM wrote."""
+    start = {"temperature": torch.tensor([0.0]), "top_p": torch.tensor([1.0]), "top_k": torch.tensor([0]),
+             "seed": torch.tensor([0])}  # fmt: skip
+    inputs = {"hidden": hidden, "token_embedding": hidden.flip(0), "text_end": torch.tensor([True]), **start}
+    outputs = await runtime.infer("voice_lm", inputs, Sequence(sequence_id, start=True, end=True))
+    return outputs["speech_tokens"].tolist()
+
+
+async def test_voice_lm_turns_batched_together_speak_as_they_do_alone():
+    model = VoiceLmModel.from_config(load_config("tiny"))
+    generator = torch.Generator().manual_seed(0)
+    texts = [torch.randn(n, model.llm_dim, generator=generator) for n in (3, 7, 11)]
+    alone = LocalRuntime([model])
+    expected = [await _synthesize(alone, f"alone-{i}", text) for i, text in enumerate(texts)]
+    await alone.close()
+    sizes: list[int] = []
+    batched_model = VoiceLmModel(model.projector, model.voice_lm)
+    runtime = LocalRuntime([batched_model], batching=BatchSettings(4, 50), on_batch=lambda _, n: sizes.append(n))
+    try:
+        got = await asyncio.gather(*(_synthesize(runtime, f"together-{i}", t) for i, t in enumerate(texts)))
+    finally:
+        await runtime.close()
+    assert got == expected and all(expected)
+    assert max(sizes) > 1, sizes
