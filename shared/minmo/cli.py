@@ -171,7 +171,7 @@ def bench_batch(
     sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,4,8",
     tokens: Annotated[int, typer.Option(min=1, help="tokens each session generates per level")] = 32,
     max_size: Annotated[int, typer.Option(min=2, help="MINMO_BATCH_MAX_SIZE of the batched runs")] = 8,
-    window_ms: Annotated[float, typer.Option(min=0, help="MINMO_BATCH_WINDOW_MS of the batched runs")] = 5.0,
+    window_ms: Annotated[float, typer.Option(min=0, help="MINMO_BATCH_WINDOW_MS of the batched runs")] = 2.0,
     repeats: Annotated[int, typer.Option(min=1, help="runs per level and mode (the median is reported)")] = 3,
 ) -> None:
     """LLM decode throughput (tokens/s summed over sessions) with the batching worker off and on, in process."""

@@ -5,6 +5,10 @@ request to the model's `StepBatcher` and blocks until the result is there. The b
 waiting request, gathers more for at most `window_ms` — but only while other sessions are in a batchable phase
 (`active`), so a lone session never waits — up to `max_size`, runs them as one batched call, and hands each caller
 its result. Sessions that finished a step submit their next one at about the same time, so they fall into step.
+
+The window waits for as many steps as the last batch had (capped by the callers in a batchable phase), not for
+every such caller: a session busy with work that does not batch (a prefill, sampling) would otherwise cost every
+other session the whole window at each step. Steps that arrive while a batch runs simply join the next one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class BatchSettings:
     long the first waiting step waits for others to join."""
 
     max_size: int = 8
-    window_ms: float = 5.0
+    window_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_size < 1 or self.window_ms < 0:
@@ -64,6 +68,7 @@ class StepBatcher(Generic[Request, Result]):
         self._lock = threading.Condition()
         self._pending: list[_Slot] = []
         self._active = 0  # callers in a phase that submits steps (e.g. generating a response)
+        self._last_size = 1  # the previous batch's size: how many steps the window waits for
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"minmo-batch-{name}", daemon=True)
         self._thread.start()
@@ -127,11 +132,13 @@ class StepBatcher(Generic[Request, Result]):
                     slot.done.set()
                 return None
             deadline = time.monotonic() + self.settings.window_ms / 1000
-            while len(self._pending) < min(self.settings.max_size, self._active):
+            expected = min(self.settings.max_size, self._active, self._last_size)
+            while len(self._pending) < expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
                     break
                 self._lock.wait(remaining)
             batch = self._pending[: self.settings.max_size]
             del self._pending[: len(batch)]
+            self._last_size = max(len(batch), 2 if self._active > len(batch) else 1)  # let a newcomer join once
             return batch

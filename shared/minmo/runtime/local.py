@@ -5,8 +5,9 @@ pool size rather than one global lock, and per-sequence state lives in a dict ke
 (model, sequence id) — the in-process twin of a Triton instance's state.
 
 With batching on (`BatchSettings.max_size` > 1), every model that can batch (`attach_batcher`) gets a batching
-worker (`minmo.runtime.batching`), and the pool grows by `max_size` threads: a session waiting for its batch holds
-its pool thread, so the pool must hold a whole batch of waiters besides the threads that compute.
+worker (`minmo.runtime.batching`), and the calls that submit steps to it (streams; `execute` too for models with
+`batches_execute`) run on a second pool of `max_size` threads: a session waiting for its batch holds its thread, so
+that pool holds a whole batch of waiters, while all other calls keep the bounded compute pool.
 """
 
 from __future__ import annotations
@@ -35,21 +36,23 @@ class LocalRuntime(ModelRuntime):
     ) -> None:
         """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics)."""
         self.models = {model.name: model for model in models}
-        self._batchers: list[StepBatcher] = []
+        self._batchers: dict[str, StepBatcher] = {}
         if batching is not None and batching.enabled:
             for model in models:
                 if hasattr(model, "attach_batcher"):
                     report = functools.partial(on_batch, model.name) if on_batch is not None else None
-                    self._batchers.append(model.attach_batcher(batching, report))
-            workers += batching.max_size if self._batchers else 0
+                    self._batchers[model.name] = model.attach_batcher(batching, report)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minmo-runtime")
+        batch_threads = batching.max_size if self._batchers else 1
+        self._batch_pool = ThreadPoolExecutor(max_workers=batch_threads, thread_name_prefix="minmo-runtime-batch")
         self._states: dict[tuple[str, str], Any] = {}
 
     async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
         handler = self._model(model)
         state = self._state_for(handler, sequence)
         loop = asyncio.get_running_loop()
-        outputs, new_state = await loop.run_in_executor(self._pool, _no_grad_call, handler.execute, inputs, state)
+        pool = self._pool_for(handler, getattr(handler, "batches_execute", False))
+        outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
         self._keep_state(handler, sequence, new_state)
         return outputs
 
@@ -59,16 +62,17 @@ class LocalRuntime(ModelRuntime):
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
         loop = asyncio.get_running_loop()
+        pool = self._pool_for(handler, True)
         try:
             while True:
-                item = await loop.run_in_executor(self._pool, _no_grad_call, next, responses, _DONE)
+                item = await loop.run_in_executor(pool, _no_grad_call, next, responses, _DONE)
                 if item is _DONE:
                     break
                 outputs, new_state = item
                 self._keep_state(handler, sequence, new_state, final=False)
                 yield outputs
         finally:
-            await loop.run_in_executor(self._pool, responses.close)
+            await loop.run_in_executor(pool, responses.close)
             if sequence is not None and sequence.end:
                 self._states.pop((model, sequence.id), None)
 
@@ -76,10 +80,15 @@ class LocalRuntime(ModelRuntime):
         self._states.pop((model, sequence_id), None)
 
     async def close(self) -> None:
-        for batcher in self._batchers:
+        for batcher in self._batchers.values():
             batcher.close()
         self._states.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._batch_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _pool_for(self, handler: RuntimeModel, batches: bool) -> ThreadPoolExecutor:
+        """The waiting pool for a call that submits steps to a batcher, else the bounded compute pool."""
+        return self._batch_pool if batches and handler.name in self._batchers else self._pool
 
     def _model(self, name: str) -> RuntimeModel:
         if name not in self.models:

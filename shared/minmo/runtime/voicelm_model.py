@@ -63,6 +63,7 @@ class VoiceLmModel(RuntimeModel):
 
     name = "voice_lm"
     stateful = True
+    batches_execute = True  # with a batcher, `execute` submits its decode steps to it
 
     def __init__(self, projector: OutputProjector, voice_lm: VoiceTokenLM) -> None:
         self.projector = projector.eval()

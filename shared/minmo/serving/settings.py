@@ -86,7 +86,7 @@ class ServerSettings:
     runtime: str = "local"
     triton_url: str | None = None
     batch_max_size: int = 8
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 2.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
@@ -103,6 +103,6 @@ class ServerSettings:
             runtime=env_str("MINMO_RUNTIME", "local", environ),
             triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
             batch_max_size=env_int("MINMO_BATCH_MAX_SIZE", 8, environ),
-            batch_window_ms=env_float("MINMO_BATCH_WINDOW_MS", 5.0, environ),
+            batch_window_ms=env_float("MINMO_BATCH_WINDOW_MS", 2.0, environ),
             telemetry=TelemetrySettings.from_env(port, environ),
         )
