@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's sweep: for batching off and on, start `minmo up` (tiny unless CONFIG says otherwise), run
 # `minmo load` at 1,2,4,8 sessions and `--find-capacity`, and keep the JSON, the plots and Locust CSVs in OUT.
-# Usage: loadtests/sweep.sh [OUT_DIR]   (env: CONFIG, PORT, TURNS, LEVELS, SLO_MS, SLO_METRIC, MAX_SESSIONS, LABEL)
+# Usage: loadtests/sweep.sh [OUT_DIR]
+# env: CONFIG, PORT, TURNS, LEVELS, SLO_MS, SLO_METRIC (client|server), MAX_SESSIONS, LABEL, BATCH (e.g. 8), SWEEP=0
+# (SWEEP=0: only the capacity search)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-loadtests/results}"
@@ -15,7 +17,7 @@ MAX_SESSIONS="${MAX_SESSIONS:-16}"
 LABEL="${LABEL:-$CONFIG, $(nproc) cores}"
 MINMO="${MINMO:-.venv/bin/minmo}"
 mkdir -p "$OUT"
-for batch in 1 8; do
+for batch in 1 "${BATCH:-8}"; do
     mode=$([ "$batch" = 1 ] && echo off || echo on)
     MINMO_BATCH_MAX_SIZE=$batch MINMO_MAX_SESSIONS=64 setsid "$MINMO" up --config "$CONFIG" --port "$PORT" \
         > "$OUT/stack-batching-$mode.log" 2>&1 &
@@ -23,7 +25,7 @@ for batch in 1 8; do
     trap 'kill -TERM -- -$stack 2>/dev/null || true' EXIT
     for _ in $(seq 300); do grep -q "MinMo is up" "$OUT/stack-batching-$mode.log" && break; sleep 1; done
     common=(--server "127.0.0.1:$PORT" --turns "$TURNS" --barge-in-share 0.5 --typed-share 0.2 --wav loadtests/speech)
-    "$MINMO" load "${common[@]}" --sessions "$LEVELS" --json "$OUT/sweep-batching-$mode.json" \
+    [ "${SWEEP:-1}" = 0 ] || "$MINMO" load "${common[@]}" --sessions "$LEVELS" --json "$OUT/sweep-batching-$mode.json" \
         --plot "$OUT/sweep-batching-$mode.png" --csv "$OUT/locust-batching-$mode" --label "$LABEL, batching $mode"
     "$MINMO" load "${common[@]}" --find-capacity --slo-ms "$SLO_MS" --slo-metric "$SLO_METRIC" \
         --max-sessions "$MAX_SESSIONS" --json "$OUT/capacity-batching-$mode.json" \

@@ -50,7 +50,9 @@ def load_command(options: LoadOptions) -> int:
 
     report: dict = {"server": options.plan.server, "label": options.label, "scenario": _scenario(options.plan)}
     if options.find_capacity:
-        search = asyncio.run(find_capacity(options.plan, options.slo_ms, options.max_sessions, utterances, progress))
+        search = asyncio.run(
+            find_capacity(options.plan, options.slo_ms, options.max_sessions, utterances, progress, options.slo_metric)
+        )
         results = search.levels
         report |= search.to_json()
         what = f"p95 first audio ({options.slo_metric}) <= {options.slo_ms:g} ms"

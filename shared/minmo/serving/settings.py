@@ -85,7 +85,7 @@ class ServerSettings:
     replica_id: str = ""
     runtime: str = "local"
     triton_url: str | None = None
-    batch_max_size: int = 8
+    batch_max_size: int = 1
     batch_window_ms: float = 2.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -102,7 +102,7 @@ class ServerSettings:
             replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
             runtime=env_str("MINMO_RUNTIME", "local", environ),
             triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
-            batch_max_size=env_int("MINMO_BATCH_MAX_SIZE", 8, environ),
+            batch_max_size=env_int("MINMO_BATCH_MAX_SIZE", 1, environ),
             batch_window_ms=env_float("MINMO_BATCH_WINDOW_MS", 2.0, environ),
             telemetry=TelemetrySettings.from_env(port, environ),
         )
