@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Admission at capacity: every service of the stack gets MINMO_MAX_SESSIONS=CAPACITY (default: what sweep.sh's
-# --find-capacity measured with batching on), then `minmo load` offers CAPACITY and 2 x CAPACITY sessions. Past
+# --find-capacity measured with batching off, the default; at least 1), then `minmo load` offers CAPACITY and 2 x CAPACITY sessions. Past
 # capacity the extra sessions must be refused at session start (RESOURCE_EXHAUSTED), and the admitted ones keep
 # their latency. Usage: loadtests/admission.sh [OUT_DIR]   (env: CONFIG, PORT, TURNS, CAPACITY, LABEL)
 set -euo pipefail
@@ -11,9 +11,9 @@ PORT="${PORT:-47150}"
 TURNS="${TURNS:-2}"
 MINMO="${MINMO:-.venv/bin/minmo}"
 CAPACITY="${CAPACITY:-$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['capacity_sessions'])" \
-    "$OUT/capacity-batching-on.json")}"
+    "$OUT/capacity-batching-off.json")}"
 CAPACITY=$(( CAPACITY > 0 ? CAPACITY : 1 ))
-LABEL="${LABEL:-$CONFIG, $(nproc) cores, batching on, MINMO_MAX_SESSIONS=$CAPACITY}"
+LABEL="${LABEL:-$CONFIG, $(nproc) cores, MINMO_MAX_SESSIONS=$CAPACITY}"
 MINMO_MAX_SESSIONS=$CAPACITY setsid "$MINMO" up --config "$CONFIG" --port "$PORT" > "$OUT/stack-admission.log" 2>&1 &
 stack=$!
 trap 'kill -TERM -- -$stack 2>/dev/null || true' EXIT

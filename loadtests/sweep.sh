@@ -26,10 +26,12 @@ for batch in 1 "${BATCH:-8}"; do
     for _ in $(seq 300); do grep -q "MinMo is up" "$OUT/stack-batching-$mode.log" && break; sleep 1; done
     common=(--server "127.0.0.1:$PORT" --turns "$TURNS" --barge-in-share 0.5 --typed-share 0.2 --wav loadtests/speech)
     [ "${SWEEP:-1}" = 0 ] || "$MINMO" load "${common[@]}" --sessions "$LEVELS" --json "$OUT/sweep-batching-$mode.json" \
-        --plot "$OUT/sweep-batching-$mode.png" --csv "$OUT/locust-batching-$mode" --label "$LABEL, batching $mode"
+        --plot "$OUT/sweep-batching-$mode.png" --csv "$OUT/locust-batching-$mode" --label "$LABEL, batching $mode" \
+        || echo "no turn answered at any level (batching $mode)"
     "$MINMO" load "${common[@]}" --find-capacity --slo-ms "$SLO_MS" --slo-metric "$SLO_METRIC" \
         --max-sessions "$MAX_SESSIONS" --json "$OUT/capacity-batching-$mode.json" \
-        --plot "$OUT/capacity-batching-$mode.png" --label "$LABEL, batching $mode"
+        --plot "$OUT/capacity-batching-$mode.png" --label "$LABEL, batching $mode" \
+        || echo "no turn answered in the capacity search (batching $mode)"
     kill -TERM -- -"$stack" 2>/dev/null || true
     wait "$stack" || true
     trap - EXIT
