@@ -207,7 +207,10 @@ class SimulatedUser:
                 for task in (mic_task, reader):
                     if task is not None:
                         task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        # a microphone that wrote to a stream the server had closed ended with its error
+                        with contextlib.suppress(
+                            asyncio.CancelledError, grpc.aio.AioRpcError, asyncio.InvalidStateError
+                        ):
                             await task
                 call.cancel()
         return record
