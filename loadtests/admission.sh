@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Admission at capacity: every service of the stack gets MINMO_MAX_SESSIONS=CAPACITY (default: what sweep.sh's
-# --find-capacity measured with batching off, the default; at least 1), then `minmo load` offers CAPACITY and 2 x CAPACITY sessions. Past
-# capacity the extra sessions must be refused at session start (RESOURCE_EXHAUSTED), and the admitted ones keep
-# their latency. Usage: loadtests/admission.sh [OUT_DIR]   (env: CONFIG, PORT, TURNS, CAPACITY, LABEL)
+# --find-capacity measured with batching off, the default; at least 1), then `minmo load` offers CAPACITY and
+# 2 x CAPACITY sessions. Past capacity the extra sessions must be refused at session start (RESOURCE_EXHAUSTED),
+# and the admitted ones keep their latency. Usage: loadtests/admission.sh [OUT_DIR]   (env: CONFIG, PORT, TURNS, CAPACITY, LABEL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-loadtests/results}"
