@@ -11,6 +11,7 @@ from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.audio.vad import SileroVad, StreamingVad
 from minmo.duplex.conversation import DuplexPolicy, Peers
 from minmo.duplex.limits import InputLimits
+from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
@@ -94,12 +95,15 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     ]
     for channel in channels:
         stack.push_async_callback(channel.close)
+    limit = settings.server.max_message_bytes
     peers = Peers(
-        encoder=encoder_pb2_grpc.AudioEncoderStub(channels[0]),
-        llm=llm_pb2_grpc.ReasonerStub(channels[1]),
-        voicelm=voicelm_pb2_grpc.VoiceDecoderStub(channels[2]),
-        vocoder=vocoder_pb2_grpc.VocoderStub(channels[3]),
+        encoder=Replicas("encoder", settings.encoder_addr, encoder_pb2_grpc.AudioEncoderStub, limit, credentials),
+        llm=Replicas("llm", settings.llm_addr, llm_pb2_grpc.ReasonerStub, limit, credentials),
+        voicelm=Replicas("voicelm", settings.voicelm_addr, voicelm_pb2_grpc.VoiceDecoderStub, limit, credentials),
+        vocoder=Replicas("vocoder", settings.vocoder_addr, vocoder_pb2_grpc.VocoderStub, limit, credentials),
     )
+    for replicas in (peers.encoder, peers.llm, peers.voicelm, peers.vocoder):
+        stack.push_async_callback(replicas.close)
     policy = DuplexPolicy(
         replica_id=settings.server.replica_id,
         max_chunk_ms=settings.max_chunk_ms,

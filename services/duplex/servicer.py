@@ -43,7 +43,7 @@ class ConversationServicer:
                 async for event in conversation.run(request_iterator):
                     yield event
             except ProtocolError as error:
-                await context.abort(error.code, error.message)
+                await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata)
 
 
 def parse_client_event(data: bytes) -> conversation_pb2.ClientEvent | None:

@@ -11,6 +11,7 @@ import torch
 
 from minmo.model.config import MinMoConfig, load_config
 from minmo.model.tokenizer import load_tokenizer
+from minmo.runtime import batching
 from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.runtime.factory import open_runtime
 from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
@@ -49,8 +50,15 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
     cfg: MinMoConfig = load_config(settings.server.model_config)
     telemetry = start_telemetry("minmo-llm", settings.server)
     host = ServiceHost(settings.server, telemetry)
+    server = settings.server
     runtime = runtime or await open_runtime(
-        settings.server.runtime, cfg, [MODEL], settings.checkpoint, settings.server.triton_url
+        server.runtime,
+        cfg,
+        [MODEL],
+        settings.checkpoint,
+        server.triton_url,
+        batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
+        lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
     )
     host.on_stop(runtime.close)
     options = ReasonerOptions(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from minmo.model.config import MinMoConfig, load_config
+from minmo.runtime import batching
 from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.runtime.factory import open_runtime
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
@@ -45,8 +46,15 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
     telemetry = start_telemetry("minmo-voicelm", settings.server)
     host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
+    server = settings.server
     runtime = runtime or await open_runtime(
-        settings.server.runtime, cfg, [MODEL], settings.checkpoint, settings.server.triton_url
+        server.runtime,
+        cfg,
+        [MODEL],
+        settings.checkpoint,
+        server.triton_url,
+        batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
+        lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
     )
     host.on_stop(runtime.close)
     servicer = VoiceDecoderServicer(

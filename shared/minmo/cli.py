@@ -232,6 +232,76 @@ def bench_runtime(
     print_runtime_bench(run_runtime_bench(config, calls, turns), config)
 
 
+@app.command("load")
+def load(
+    server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")],
+    sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,2,4,8",
+    turns: Annotated[int, typer.Option(min=1, help="turns each simulated user holds")] = 3,
+    as_json: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="write the levels as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(dir_okay=False, help="write a PNG of percentiles vs sessions")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Locust-compatible CSV prefix (PREFIX_<n>_stats.csv, ...)")] = None,
+    wav: Annotated[list[Path] | None, typer.Option(exists=True, help="speech WAVs or folders (else synthetic)")] = None,
+    find_capacity: Annotated[bool, typer.Option(help="search the most sessions whose p95 meets --slo-ms")] = False,
+    slo_ms: Annotated[float, typer.Option(help="p95 end of speech -> first audio SLO for --find-capacity")] = 1000.0,
+    max_sessions: Annotated[int, typer.Option(min=1, help="--find-capacity stops here")] = 64,
+    slo_metric: Annotated[str, typer.Option(help="client: from the user's last speech sample; server: from duplex's "
+                                            "end-of-speech decision (its LatencyReport)")] = "client",
+    barge_in_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that barge in")] = 0.25,
+    typed_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that are typed")] = 0.2,
+    ramp_up_s: Annotated[float, typer.Option(min=0, help="the last user of a level starts this much later")] = 2.0,
+    turn_timeout_s: Annotated[float, typer.Option(min=1, help="a reply not finished by then fails")] = 60.0,
+    seed: Annotated[int, typer.Option(help="seeds each user's choices (typed, barge-in, which utterance)")] = 0,
+    label: Annotated[str, typer.Option(help="what was measured (machine, config), kept in the JSON and plot")] = "",
+) -> None:
+    """Real full-duplex sessions at real-time pace, level by level: first audio, underruns, barge-in, errors."""
+    from minmo.load.command import LoadOptions, load_command, parse_levels
+    from minmo.load.runner import LoadPlan
+    from minmo.load.user import Scenario
+
+    scenario = Scenario(
+        turns=turns, barge_in_share=barge_in_share, typed_share=typed_share, turn_timeout_s=turn_timeout_s, seed=seed
+    )
+    try:
+        levels = parse_levels(sessions)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    if slo_metric not in ("client", "server"):
+        raise typer.BadParameter(f"--slo-metric must be client or server, got {slo_metric!r}")
+    options = LoadOptions(
+        plan=LoadPlan(server, scenario, ramp_up_s),
+        levels=levels,
+        wavs=list(wav or []),
+        json_path=as_json,
+        plot_path=plot,
+        csv_prefix=csv,
+        find_capacity=find_capacity,
+        slo_ms=slo_ms,
+        slo_metric=slo_metric,
+        max_sessions=max_sessions,
+        label=label,
+    )
+    raise typer.Exit(load_command(options))
+
+
+@bench_app.command("batch")
+def bench_batch(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,4,8",
+    tokens: Annotated[int, typer.Option(min=1, help="tokens each session generates per level")] = 32,
+    max_size: Annotated[int, typer.Option(min=2, help="MINMO_BATCH_MAX_SIZE of the batched runs")] = 8,
+    window_ms: Annotated[float, typer.Option(min=0, help="MINMO_BATCH_WINDOW_MS of the batched runs")] = 2.0,
+    repeats: Annotated[int, typer.Option(min=1, help="runs per level and mode (the median is reported)")] = 3,
+) -> None:
+    """LLM decode throughput (tokens/s summed over sessions) with the batching worker off and on, in process."""
+    from minmo.bench.batch import run_batch_bench
+    from minmo.bench.report import print_batch_bench
+    from minmo.load.command import parse_levels
+    from minmo.runtime.batching import BatchSettings
+
+    levels = run_batch_bench(config, parse_levels(sessions), tokens, BatchSettings(max_size, window_ms), repeats)
+    print_batch_bench(levels, config, tokens)
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 

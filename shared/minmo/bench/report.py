@@ -7,6 +7,7 @@ import statistics
 from rich.console import Console
 from rich.table import Table
 
+from minmo.bench.batch import BatchLevel
 from minmo.bench.runtime import CONCURRENT_CHUNKS, RuntimeBench
 from minmo.bench.turn import BenchResult
 
@@ -56,3 +57,15 @@ def print_runtime_bench(result: RuntimeBench, config: str) -> None:
     executions = ", ".join(f"{size} x{count}" for size, count in sorted(result.batch_sizes.items()))
     console.print(f"encoder batch sizes Triton executed under {CONCURRENT_CHUNKS} concurrent chunks: {executions}")
 
+
+
+def print_batch_bench(levels: list[BatchLevel], config: str, tokens: int) -> None:
+    table = Table(title=f"llm decode throughput, config {config}, {tokens} tokens per session (tokens/s, summed)")
+    for column in ("sessions", "unbatched", "batched", "batched / unbatched", "mean batch"):
+        table.add_column(column, justify="right")
+    for level in levels:
+        table.add_row(
+            str(level.sessions), f"{level.unbatched_tokens_per_s:.1f}", f"{level.batched_tokens_per_s:.1f}",
+            f"{level.gain:.2f}x", f"{level.mean_batch:.2f}",
+        )  # fmt: skip
+    Console().print(table)

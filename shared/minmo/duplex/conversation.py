@@ -31,10 +31,11 @@ from minmo.audio.vad import StreamingVad
 from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, SpeechStopped
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trace_context
-from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, history_turn
+from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull, history_turn
 from minmo.duplex.response import Response
 from minmo.duplex.turn_trace import TurnTrace
 from minmo.model.interleave import VoiceSchedule
+from minmo.serving.server import RETRY_AFTER_METADATA
 from minmo.session.store import (
     PermissionDenied,
     Role,
@@ -47,16 +48,7 @@ from minmo.session.store import (
     Turn,
 )
 from minmo.telemetry import Telemetry
-from minmo.v1 import (
-    common_pb2,
-    conversation_pb2,
-    encoder_pb2,
-    encoder_pb2_grpc,
-    llm_pb2,
-    llm_pb2_grpc,
-    vocoder_pb2_grpc,
-    voicelm_pb2_grpc,
-)
+from minmo.v1 import common_pb2, conversation_pb2, encoder_pb2, llm_pb2
 
 log = logging.getLogger(__name__)
 OUTPUT_RATES = (8000, 16000, 24000, 48000)
@@ -84,10 +76,12 @@ class DuplexPolicy:
 
 @dataclass(frozen=True)
 class Peers:
-    encoder: encoder_pb2_grpc.AudioEncoderStub
-    llm: llm_pb2_grpc.ReasonerStub
-    voicelm: voicelm_pb2_grpc.VoiceDecoderStub
-    vocoder: vocoder_pb2_grpc.VocoderStub
+    """Every replica of each downstream hop; streams open on one that admits them (see `Replicas`)."""
+
+    encoder: Replicas
+    llm: Replicas
+    voicelm: Replicas
+    vocoder: Replicas
 
 
 class Conversation:
@@ -186,8 +180,14 @@ class Conversation:
         self.session_id, self.epoch = record.session_id, record.epoch
         detection = self._turn_detection(self.config)
         self.audio_input = AudioInput(self.vad, TurnDetector(detection), self.config["input_sample_rate_hz"])
-        await self._open_llm(history)
-        await self.encoder.open(self.session_id)
+        try:
+            await self._open_llm(history)
+            await self._open_encoder()
+        except ProtocolError as refusal:  # refused before any work started: the session is not kept
+            if refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.telemetry.metrics.errors.labels(code=refusal.code.name).inc()
+                await self.store.end(self.session_id, self.epoch)
+            raise
         await self.emit(self._session_started(token, resumed, len(history), detection))
 
     def _validated_config(self, config: conversation_pb2.SessionConfig) -> dict:
@@ -290,6 +290,8 @@ class Conversation:
             if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 message = "the system prompt is too long for the model's context"
                 raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, message) from lost
+            if isinstance(lost, ReplicasFull):
+                raise _refusal(lost) from lost
             raise ProtocolError(grpc.StatusCode.UNAVAILABLE, LLM_LOST) from lost
         if ready.dropped_history_turns:
             trimmed = common_pb2.ContextTrimmed(
@@ -299,6 +301,12 @@ class Conversation:
             )
             await self._on_context_trimmed(trimmed)
 
+    async def _open_encoder(self) -> None:
+        try:
+            await self.encoder.open(self.session_id)
+        except LinkLost as lost:
+            raise _refusal(lost) from lost
+
     async def _ensure_links(self) -> None:
         """Reopen a lost stream on a live replica before a new turn uses it; when none answers, the turn goes
         on and fails at its end with one RESPONSE_DONE (the session stays)."""
@@ -306,7 +314,7 @@ class Conversation:
             if not self.llm.usable:
                 await self._open_llm(await self.store.history(self.session_id))
             if not self.encoder.usable:
-                await self.encoder.open(self.session_id)
+                await self._open_encoder()
         except (ProtocolError, LinkLost, grpc.aio.AioRpcError, RedisError) as error:
             log.warning("session %s: a stream could not be reopened: %s", self.session_id, error)
 
@@ -700,6 +708,14 @@ class Conversation:
         await self.llm.close()
 
 
+def _refusal(lost: LinkLost) -> ProtocolError:
+    """The client's status for a hop that could not be opened: RESOURCE_EXHAUSTED with the retry hint when every
+    replica was full, else UNAVAILABLE."""
+    if isinstance(lost, ReplicasFull) and lost.retry_after_ms is not None:
+        return ProtocolError(lost.code, str(lost), ((RETRY_AFTER_METADATA, str(lost.retry_after_ms)),))
+    return ProtocolError(lost.code, str(lost))
+
+
 def _new_turn_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -724,6 +740,8 @@ def _describe(error: BaseException) -> str:
 def _downstream_code(error: BaseException) -> grpc.StatusCode:
     """A failed hop's code as the client sees it: capacity and deadlines keep their meaning, the rest is
     UNAVAILABLE (retry), never the peer's INTERNAL or UNKNOWN."""
+    if isinstance(error, ReplicasFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(error, grpc.aio.AioRpcError) and error.code() in (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,

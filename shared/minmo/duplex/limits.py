@@ -36,10 +36,11 @@ class ProtocolError(Exception):
     """End the client's stream with `code` and `message` (bad input, a refused resume, ...); messages quote no
     unbounded input."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, trailing_metadata: tuple = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing_metadata = trailing_metadata  # e.g. the retry-after-ms hint of a refusal
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,144 @@
-"""Per-session streams from duplex to the encoder and the LLM, and the reader tasks that route replies.
+"""Per-session streams from duplex to the encoder and the LLM, the reader tasks that route replies, and the
+replica sets every stream is opened on.
 
 A session holds one Encode stream and one Session stream (the stream is the session's affinity: the
 LLM's KV cache lives as long as it). When a stream breaks (its replica is gone), the link is marked
 lost; the next turn reopens it on any live replica, and the LLM context is rebuilt from the history in
 Redis, so nothing the user said or heard is lost with one replica.
+
+Admission by capacity: every replica of a hop has its own channel (`Replicas`), and a stream is opened on one
+replica after another, starting at the next in turn, until one admits it. A full replica refuses at once with
+RESOURCE_EXHAUSTED (an unreachable one with UNAVAILABLE) before any work is sent; only when every replica refused
+does opening fail, with `ReplicasFull`, which duplex turns into RESOURCE_EXHAUSTED for its client at session start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
 
-from minmo.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, llm_pb2, llm_pb2_grpc
+from minmo.serving.channels import open_channel
+from minmo.serving.server import ADMITTED_METADATA, RETRY_AFTER_METADATA
+from minmo.v1 import common_pb2, encoder_pb2, llm_pb2
 
 log = logging.getLogger(__name__)
+DNS_SCHEME = "dns:///"
+RETRY_NEXT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)  # at open: try the next replica
 
 
 class LinkLost(RuntimeError):
     """A downstream stream ended unexpectedly; the message names the hop and the gRPC status."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ReplicasFull(LinkLost):
+    """Every replica of a hop refused a new stream (full or unreachable); `retry_after_ms` is the smallest hint."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int | None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+def replica_addresses(addresses: str) -> list[str]:
+    """The host:port of every replica: a comma-separated list as given, or every address a name resolves to (a
+    headless Kubernetes Service resolves to one address per ready pod), e.g. "dns:///minmo-llm:50053"."""
+    return [address for address, _ in replica_targets(addresses)]
+
+
+def replica_targets(addresses: str) -> list[tuple[str, str | None]]:
+    """(host:port, name) of every replica, where name is what it was resolved from (the host its TLS certificate
+    names; None when it was given as an IP)."""
+    replicas = []
+    for part in (part.strip() for part in addresses.split(",")):
+        if not part:
+            continue
+        part = part.removeprefix(DNS_SCHEME).removeprefix("ipv4:")
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a replica address must be host:port (or dns:///name:port), got {part!r}")
+        if _is_ip(host):
+            replicas.append((f"{host}:{port}", None))
+            continue
+        infos = socket.getaddrinfo(host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM)
+        replicas.extend(sorted({(f"{info[4][0]}:{port}", host) for info in infos}))
+    if not replicas:
+        raise ValueError(f"no replica addresses in {addresses!r}")
+    return replicas
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Replicas:
+    """All replicas of one hop, one channel each; `open` starts a stream on the first that admits it.
+
+    Names are resolved again at every open, so replicas the autoscaler added are used from the next session on.
+    """
+
+    def __init__(
+        self,
+        hop: str,
+        addresses: str,
+        stub_type: type,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """`credentials`: TLS (mTLS) to the replicas, each checked against the name it was resolved from."""
+        self.hop = hop
+        self.addresses = addresses
+        self.stub_type = stub_type
+        self.max_message_bytes = max_message_bytes
+        self.credentials = credentials
+        self._stubs: dict[str, object] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self._next = 0
+
+    def stub(self, address: str, server_name: str | None = None):
+        if address not in self._stubs:
+            channel = open_channel(address, self.max_message_bytes, self.credentials, server_name)
+            self._channels.append(channel)
+            self._stubs[address] = self.stub_type(channel)
+        return self._stubs[address]
+
+    async def open(self, method: str, **call_options) -> grpc.aio.StreamStreamCall:
+        """A `method` stream admitted by some replica, tried from the next in turn; ReplicasFull when none admits."""
+        replicas = await asyncio.to_thread(replica_targets, self.addresses)
+        start, self._next = self._next, self._next + 1
+        refusals, hints = [], []
+        for offset in range(len(replicas)):
+            address, server_name = replicas[(start + offset) % len(replicas)]
+            call = getattr(self.stub(address, server_name), method)(**call_options)
+            metadata = await call.initial_metadata()
+            if metadata is not None and ADMITTED_METADATA in dict(metadata):
+                return call
+            code = await call.code()
+            if code not in RETRY_NEXT:
+                raise LinkLost(f"{self.hop} at {address} refused the stream ({code.name}: {await call.details()})")
+            refusals.append(f"{address}: {code.name}")
+            hint = dict(await call.trailing_metadata() or ()).get(RETRY_AFTER_METADATA)
+            if hint is not None and hint.isdigit():
+                hints.append(int(hint))
+        raise ReplicasFull(
+            f"every {self.hop} replica is full or unreachable ({'; '.join(refusals)})", min(hints, default=None)
+        )
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
 
 
 class _Link:
@@ -72,13 +189,13 @@ class EncoderLink(_Link):
 
     def __init__(
         self,
-        stub: encoder_pb2_grpc.AudioEncoderStub,
+        replicas: Replicas,
         on_embeddings: Callable[[encoder_pb2.Embeddings], Awaitable[None]],
         on_flush_done: Callable[[encoder_pb2.FlushDone], Awaitable[None]],
         on_lost: Callable[[LinkLost], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
-        self.stub = stub
+        self.replicas = replicas
         self.on_embeddings = on_embeddings
         self.on_flush_done = on_flush_done
         self.on_lost = on_lost  # told when the stream breaks (a turn waiting for its flush must end)
@@ -87,7 +204,7 @@ class EncoderLink(_Link):
     async def open(self, session_id: str) -> None:
         await self.close()
         self.lost = None
-        self.call = self.stub.Encode()
+        self.call = await self.replicas.open("Encode")
         config = encoder_pb2.EncodeConfig(session_id=session_id, sample_rate_hz=16000, start_position=self.position)
         await self.call.write(encoder_pb2.EncodeRequest(config=config))
         self.reader = asyncio.create_task(self._read(), name=f"encoder-reader-{session_id}")
@@ -115,13 +232,13 @@ class LlmLink(_Link):
 
     def __init__(
         self,
-        stub: llm_pb2_grpc.ReasonerStub,
+        replicas: Replicas,
         on_predictor: Callable[[llm_pb2.PredictorSignal], Awaitable[None]],
         on_user_transcript: Callable[[llm_pb2.UserTranscript], Awaitable[None]],
         on_context_trimmed: Callable[[common_pb2.ContextTrimmed], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
-        self.stub = stub
+        self.replicas = replicas
         self.on_predictor = on_predictor
         self.on_user_transcript = on_user_transcript
         self.on_context_trimmed = on_context_trimmed
@@ -129,10 +246,10 @@ class LlmLink(_Link):
         self.ready: llm_pb2.LlmSessionReady | None = None
 
     async def open(self, config: llm_pb2.LlmSessionConfig) -> llm_pb2.LlmSessionReady:
-        """Open a stream on any live replica and wait until it has the context (prompt + history)."""
+        """Open a stream on a replica that admits it and wait until it has the context (prompt + history)."""
         await self.close()
         self.lost = None
-        self.call = self.stub.Session()
+        self.call = await self.replicas.open("Session")
         try:
             await self.call.write(llm_pb2.LlmRequest(config=config))
             first = await self.call.read()

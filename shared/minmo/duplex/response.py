@@ -28,16 +28,14 @@ import numpy as np
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
-from minmo.duplex.links import LinkLost, LlmLink
+from minmo.duplex.links import LinkLost, LlmLink, Replicas
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
     conversation_pb2,
     llm_pb2,
     vocoder_pb2,
-    vocoder_pb2_grpc,
     voicelm_pb2,
-    voicelm_pb2_grpc,
 )
 
 VOCODER_RATE = 24000
@@ -64,8 +62,8 @@ class Response:
     session_id: str
     turn_id: str
     llm: LlmLink
-    voicelm: voicelm_pb2_grpc.VoiceDecoderStub | None  # None: text-only session
-    vocoder: vocoder_pb2_grpc.VocoderStub | None
+    voicelm: Replicas | None  # None: text-only session
+    vocoder: Replicas | None
     emit: Emit
     output_rate: int
     instruction: str
@@ -141,8 +139,7 @@ class Response:
         for attempt, delay in enumerate(FAILOVER_DELAYS_S):
             await asyncio.sleep(delay)
             remaining_s = self.timeout_s - (now_ms() - started) / 1000
-            synth = self.voicelm.Synthesize(timeout=remaining_s)
-            vocode = self.vocoder.Vocode(timeout=remaining_s)
+            synth, vocode = await self._open_calls(remaining_s)  # on replicas that admit them (ReplicasFull: none)
             self._calls[:] = [synth, vocode]
             try:
                 return await self._speak(queue, synth, vocode)
@@ -162,6 +159,21 @@ class Response:
         if isinstance(hop_error, asyncio.InvalidStateError):  # a write to a call that ended: its service is gone
             raise LinkLost(await _ended_call({"voicelm": synth, "vocoder": vocode})) from hop_error
         raise hop_error
+
+    async def _open_calls(self, timeout_s: float) -> tuple[grpc.aio.StreamStreamCall, grpc.aio.StreamStreamCall]:
+        """The turn's Synthesize and Vocode streams, each on a replica that admitted it (opened side by side)."""
+        opened = await asyncio.gather(
+            self.voicelm.open("Synthesize", timeout=timeout_s),
+            self.vocoder.open("Vocode", timeout=timeout_s),
+            return_exceptions=True,
+        )
+        failures = [result for result in opened if isinstance(result, BaseException)]
+        if failures:
+            for result in opened:
+                if not isinstance(result, BaseException):
+                    result.cancel()
+            raise failures[0]
+        return opened[0], opened[1]
 
     async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
         await synth.write(

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import torch
 
+from minmo.model.batch_step import batched_decoder_step
 from minmo.model.duplex_predictor import DuplexPredictor, DuplexPredictorState
 from minmo.model.llm import LLM, LLMState, next_token
 from minmo.model.state import StreamState
@@ -296,6 +297,32 @@ class Dialogue:
         )
         return step, dataclasses.replace(state, llm=llm_state, pending_token=-1 if is_end else token_id)
 
+    @torch.no_grad()
+    def generate_steps(self, requests: list[tuple[DialogueState, float, int]]) -> list[tuple[TokenStep, DialogueState]]:
+        """`generate_step` for independent conversations, (state, temperature, top_k) each, as one batched forward
+        over their KV caches (`batched_decoder_step`); each result equals its unbatched step within float tolerance."""
+        if len(requests) == 1:
+            return [self.generate_step(*requests[0])]
+        states = [state for state, _, _ in requests]
+        assert all(state.generating and state.pending_token >= 0 for state in states), "needs begin_response first"
+        inputs = self._embed_rows([state.pending_token for state in states])  # (B, 1, D)
+        hidden, llm_states = batched_decoder_step(self.llm.model.get_decoder(), inputs, [s.llm for s in states])
+        logits = self.llm.model.get_output_embeddings()(hidden)  # (B, 1, V)
+        results = []
+        for row, (state, temperature, top_k) in enumerate(requests):
+            token = next_token(logits[row : row + 1, -1], temperature, top_k)  # (1,)
+            token_id = int(token.item())
+            is_end = token_id in self._eos
+            step = TokenStep(
+                token_id=token_id,
+                hidden=hidden[row : row + 1, -1],
+                token_embedding=self.llm.embed(token[:, None])[:, 0],
+                is_end=is_end,
+            )
+            new_state = dataclasses.replace(state, llm=llm_states[row], pending_token=-1 if is_end else token_id)
+            results.append((step, new_state))
+        return results
+
     def finish_response(self, state: DialogueState) -> DialogueState:
         """Close the assistant's turn (its last token and the end of turn); the response stays droppable
         until something other than the next user turn's audio is appended."""
@@ -350,6 +377,11 @@ class Dialogue:
     def _embed(self, ids: list[int]) -> torch.Tensor:
         device = self.llm.model.get_input_embeddings().weight.device
         return self.llm.embed(torch.tensor([ids], dtype=torch.long, device=device))  # (1, T, D)
+
+    @torch.no_grad()
+    def _embed_rows(self, ids: list[int]) -> torch.Tensor:
+        device = self.llm.model.get_input_embeddings().weight.device
+        return self.llm.embed(torch.tensor(ids, dtype=torch.long, device=device)[:, None])  # (B, 1, D)
 
     @staticmethod
     def _require_idle(state: DialogueState, action: str) -> None:

@@ -133,6 +133,13 @@ class Sampler(Protocol):
     def __call__(self, logits: torch.Tensor, recent: Sequence[int]) -> int: ...
 
 
+class DecodeStep(Protocol):
+    """One speech-token position (1, 1, dim) after a voice-LM cache -> logits (1, 1, V) and the new cache; by
+    default `VoiceTokenLM.step`, or a batching runtime's step that runs it together with other sessions'."""
+
+    def __call__(self, inputs_embeds: torch.Tensor, state: VoiceLMState) -> tuple[torch.Tensor, VoiceLMState]: ...
+
+
 def greedy_sampler(logits: torch.Tensor, recent: Sequence[int]) -> int:
     """Deterministic argmax (tests, golden outputs)."""
     return int(logits.argmax())
@@ -172,8 +179,11 @@ def synthesize_step(
     text_finished: bool,
     state: ScheduleState,
     sampler: Sampler = greedy_sampler,
+    decode: DecodeStep | None = None,
 ) -> tuple[list[int], ScheduleState]:
     """Feed newly arrived semantic vectors (1, N, dim) and emit the speech tokens the schedule allows.
+
+    `decode` runs the one-token steps between speech tokens (default: `voice_lm.step`).
 
     Every completed block of 5 vectors yields exactly 15 tokens; with `text_finished`, the leftover vectors
     and TURN_OF_SPEECH are fed and tokens follow until END_OF_SPEECH or the safety bound. The result does
@@ -192,14 +202,14 @@ def synthesize_step(
             state, fed_in_block=state.fed_in_block + take, text_positions=state.text_positions + take
         )
         if state.fed_in_block == schedule.text_block:
-            block, state = _generate(voice_lm, logits, state, sampler, schedule.speech_block, allow_eos=False)
+            block, state = _generate(voice_lm, logits, state, sampler, schedule.speech_block, False, decode)
             tokens += block
             state = dataclasses.replace(state, fed_in_block=0)
     if text_finished:
         turn_of_speech = voice_lm.embed_speech(_ids(voice_lm, [voice_lm.turn_of_speech_id]))
         logits, state = _feed(voice_lm, turn_of_speech, state)
         budget = schedule.max_speech_tokens(state.text_positions) - state.speech_tokens
-        tail, state = _generate(voice_lm, logits, state, sampler, budget, allow_eos=True)
+        tail, state = _generate(voice_lm, logits, state, sampler, budget, True, decode)
         tokens += tail
         state = dataclasses.replace(state, finished=True)
     return tokens, state
@@ -238,19 +248,27 @@ def _ids(voice_lm: VoiceTokenLM, ids: list[int]) -> torch.Tensor:
 
 
 def _feed(
-    voice_lm: VoiceTokenLM, inputs: torch.Tensor | None, state: ScheduleState
+    voice_lm: VoiceTokenLM, inputs: torch.Tensor | None, state: ScheduleState, decode: DecodeStep | None = None
 ) -> tuple[torch.Tensor, ScheduleState]:
-    """Feed the pending token (if any) then `inputs` (1, T, dim); logits (V,) at the last position fed."""
+    """Feed the pending token (if any) then `inputs` (1, T, dim); logits (V,) at the last position fed. A lone
+    pending token (a decode step) goes through `decode` when given."""
     pieces = [] if inputs is None else [inputs]
     if state.pending_token != NO_TOKEN:
         pieces.insert(0, voice_lm.embed_speech(_ids(voice_lm, [state.pending_token])))
     assert pieces, "nothing to feed"
-    logits, voice = voice_lm.step(torch.cat(pieces, dim=1), state.voice)
+    step = decode if decode is not None and inputs is None else voice_lm.step
+    logits, voice = step(torch.cat(pieces, dim=1), state.voice)
     return logits[0, -1], dataclasses.replace(state, voice=voice, pending_token=NO_TOKEN)
 
 
 def _generate(
-    voice_lm: VoiceTokenLM, logits: torch.Tensor, state: ScheduleState, sampler: Sampler, limit: int, allow_eos: bool
+    voice_lm: VoiceTokenLM,
+    logits: torch.Tensor,
+    state: ScheduleState,
+    sampler: Sampler,
+    limit: int,
+    allow_eos: bool,
+    decode: DecodeStep | None = None,
 ) -> tuple[list[int], ScheduleState]:
     """Up to `limit` speech tokens from `logits` (V,) on; END_OF_SPEECH (only if allowed) stops early.
 
@@ -259,7 +277,7 @@ def _generate(
     tokens: list[int] = []
     while len(tokens) < limit:
         if tokens:
-            logits, state = _feed(voice_lm, None, state)
+            logits, state = _feed(voice_lm, None, state, decode)
         if not allow_eos:
             logits = logits.clone()
             logits[voice_lm.end_of_speech_id] = float("-inf")

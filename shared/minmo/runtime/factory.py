@@ -7,6 +7,7 @@ from collections.abc import Callable
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
 from minmo.runtime.base import ModelRuntime, RuntimeModel
+from minmo.runtime.batching import BatchSettings
 from minmo.runtime.llm_model import LlmModel
 from minmo.runtime.local import LocalRuntime
 from minmo.runtime.models import EncoderModel
@@ -22,22 +23,34 @@ MODEL_FACTORIES: dict[str, Callable[[MinMoConfig, str | None], RuntimeModel]] = 
 
 
 def build_local_runtime(
-    cfg: MinMoConfig, models: list[str], checkpoint: str | None = None, workers: int = 2
+    cfg: MinMoConfig,
+    models: list[str],
+    checkpoint: str | None = None,
+    workers: int = 2,
+    batching: BatchSettings | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> ModelRuntime:
-    """An in-process runtime serving `models` (names from MODEL_FACTORIES)."""
-    return LocalRuntime([MODEL_FACTORIES[name](cfg, checkpoint) for name in models], workers=workers)
+    """An in-process runtime serving `models` (names from MODEL_FACTORIES), batching across sessions if asked."""
+    built = [MODEL_FACTORIES[name](cfg, checkpoint) for name in models]
+    return LocalRuntime(built, workers=workers, batching=batching, on_batch=on_batch)
 
 
 RUNTIME_KINDS = ("local", "triton")
 
 
 def build_runtime(
-    kind: str, cfg: MinMoConfig, models: list[str], checkpoint: str | None = None, triton_url: str | None = None
+    kind: str,
+    cfg: MinMoConfig,
+    models: list[str],
+    checkpoint: str | None = None,
+    triton_url: str | None = None,
+    batching: BatchSettings | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> ModelRuntime:
     """The runtime a service's configuration selects: `local` builds `models` in process; `triton` talks to the
     Triton server at `triton_url` (HOST:PORT), whose repository holds the models (cfg and checkpoint are its)."""
     if kind == "local":
-        return build_local_runtime(cfg, models, checkpoint)
+        return build_local_runtime(cfg, models, checkpoint, batching=batching, on_batch=on_batch)
     if kind != "triton":
         raise ValueError(f"runtime kind must be one of {RUNTIME_KINDS}, got {kind!r}")
     if not triton_url:
@@ -51,10 +64,16 @@ TRITON_READY_TIMEOUT_S = 120.0  # a service that starts before Triton waits this
 
 
 async def open_runtime(
-    kind: str, cfg: MinMoConfig, models: list[str], checkpoint: str | None = None, triton_url: str | None = None
+    kind: str,
+    cfg: MinMoConfig,
+    models: list[str],
+    checkpoint: str | None = None,
+    triton_url: str | None = None,
+    batching: BatchSettings | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> ModelRuntime:
     """`build_runtime`, then wait until a Triton server has `models` loaded (a no-op for the local runtime)."""
-    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url)
+    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url, batching, on_batch)
     wait_ready = getattr(runtime, "wait_ready", None)
     if wait_ready is not None:
         await wait_ready(models, TRITON_READY_TIMEOUT_S)

@@ -24,15 +24,17 @@ context length after the request, in LLM positions):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
-from minmo.model.dialogue import Dialogue, DialogueState
+from minmo.model.dialogue import Dialogue, DialogueState, TokenStep
 from minmo.model.tokenizer import load_tokenizer
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
+from minmo.runtime.batching import BatchSettings, StepBatcher
 from minmo.runtime.models import require
 
 OP_START = 0
@@ -79,6 +81,12 @@ class LlmModel(RuntimeModel):
 
     def __init__(self, dialogue: Dialogue) -> None:
         self.dialogue = dialogue
+        self.batcher: StepBatcher | None = None  # set by a batching runtime: decode steps of sessions run together
+
+    def attach_batcher(self, settings: BatchSettings, on_batch: Callable[[int], None] | None = None) -> StepBatcher:
+        """Run OP_GENERATE's decode steps of concurrent sequences as batched forwards from now on."""
+        self.batcher = StepBatcher(self.name, self.dialogue.generate_steps, settings, on_batch)
+        return self.batcher
 
     @classmethod
     def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> LlmModel:
@@ -123,21 +131,27 @@ class LlmModel(RuntimeModel):
         max_tokens = _max_tokens(inputs)
         temperature = float(inputs["temperature"][0]) if "temperature" in inputs else 0.0
         top_k = int(inputs["top_k"][0]) if "top_k" in inputs else 0
-        for count in range(1, max_tokens + 1):
-            step, state = self.dialogue.generate_step(state, temperature, top_k)
-            finished = step.is_end or count == max_tokens
-            if finished:
-                state = self.dialogue.finish_response(state)
-            outputs = {
-                "token_id": torch.tensor([step.token_id]),
-                "hidden": step.hidden.float(),
-                "token_embedding": step.token_embedding.float(),
-                "is_end": torch.tensor([step.is_end]),
-                "finished": torch.tensor([finished]),
-            }
-            yield self._respond(state, **outputs)
-            if finished:
-                return
+        with self.batcher.session() if self.batcher is not None else contextlib.nullcontext():
+            for count in range(1, max_tokens + 1):
+                step, state = self._generate_step(state, temperature, top_k)
+                finished = step.is_end or count == max_tokens
+                if finished:
+                    state = self.dialogue.finish_response(state)
+                outputs = {
+                    "token_id": torch.tensor([step.token_id]),
+                    "hidden": step.hidden.float(),
+                    "token_embedding": step.token_embedding.float(),
+                    "is_end": torch.tensor([step.is_end]),
+                    "finished": torch.tensor([finished]),
+                }
+                yield self._respond(state, **outputs)
+                if finished:
+                    return
+
+    def _generate_step(self, state: DialogueState, temperature: float, top_k: int) -> tuple[TokenStep, DialogueState]:
+        if self.batcher is None:
+            return self.dialogue.generate_step(state, temperature, top_k)
+        return self.batcher((state, temperature, top_k))
 
     def _start(self, inputs: TensorMap) -> DialogueState:
         roles = inputs.get("history_roles", torch.zeros(0, dtype=torch.int64))

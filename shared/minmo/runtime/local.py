@@ -3,33 +3,56 @@
 Compute leaves the event loop (torch releases the GIL inside kernels), concurrency is bounded by the
 pool size rather than one global lock, and per-sequence state lives in a dict keyed by
 (model, sequence id) — the in-process twin of a Triton instance's state.
+
+With batching on (`BatchSettings.max_size` > 1), every model that can batch (`attach_batcher`) gets a batching
+worker (`minmo.runtime.batching`), and the calls that submit steps to it (streams; `execute` too for models with
+`batches_execute`) run on a second pool of `max_size` threads: a session waiting for its batch holds its thread, so
+that pool holds a whole batch of waiters, while all other calls keep the bounded compute pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
 
 from minmo.runtime.base import ModelRuntime, RuntimeModel, Sequence, TensorMap, UnknownSequence
+from minmo.runtime.batching import BatchSettings, StepBatcher
 
 _DONE = object()
 
 
 class LocalRuntime(ModelRuntime):
-    def __init__(self, models: list[RuntimeModel], workers: int = 2) -> None:
+    def __init__(
+        self,
+        models: list[RuntimeModel],
+        workers: int = 2,
+        batching: BatchSettings | None = None,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics)."""
         self.models = {model.name: model for model in models}
+        self._batchers: dict[str, StepBatcher] = {}
+        if batching is not None and batching.enabled:
+            for model in models:
+                if hasattr(model, "attach_batcher"):
+                    report = functools.partial(on_batch, model.name) if on_batch is not None else None
+                    self._batchers[model.name] = model.attach_batcher(batching, report)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minmo-runtime")
+        batch_threads = batching.max_size if self._batchers else 1
+        self._batch_pool = ThreadPoolExecutor(max_workers=batch_threads, thread_name_prefix="minmo-runtime-batch")
         self._states: dict[tuple[str, str], Any] = {}
 
     async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
         handler = self._model(model)
         state = self._state_for(handler, sequence)
         loop = asyncio.get_running_loop()
-        outputs, new_state = await loop.run_in_executor(self._pool, _no_grad_call, handler.execute, inputs, state)
+        pool = self._pool_for(handler, getattr(handler, "batches_execute", False))
+        outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
         self._keep_state(handler, sequence, new_state)
         return outputs
 
@@ -38,10 +61,11 @@ class LocalRuntime(ModelRuntime):
     ) -> AsyncIterator[TensorMap]:
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
+        pool = self._pool_for(handler, True)
         step: Future | None = None
         try:
             while True:
-                step = self._pool.submit(_no_grad_call, next, responses, _DONE)
+                step = pool.submit(_no_grad_call, next, responses, _DONE)
                 item = await asyncio.wrap_future(step)
                 if item is _DONE:
                     break
@@ -60,8 +84,15 @@ class LocalRuntime(ModelRuntime):
         self._states.pop((model, sequence_id), None)
 
     async def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
         self._states.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._batch_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _pool_for(self, handler: RuntimeModel, batches: bool) -> ThreadPoolExecutor:
+        """The waiting pool for a call that submits steps to a batcher, else the bounded compute pool."""
+        return self._batch_pool if batches and handler.name in self._batchers else self._pool
 
     def _model(self, name: str) -> RuntimeModel:
         if name not in self.models:

@@ -9,13 +9,15 @@ exported like any other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from minmo.model.batch_step import batched_decoder_step
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
 from minmo.model.interleave import (
@@ -28,11 +30,13 @@ from minmo.model.interleave import (
 )
 from minmo.model.output_projector import OutputProjector
 from minmo.model.state import StreamState
-from minmo.model.voice_token_lm import VoiceTokenLM
+from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
+from minmo.runtime.batching import BatchSettings, StepBatcher
 from minmo.runtime.models import require
 
 UINT64_RANGE = 1 << 64  # seeds travel as int64 bit patterns of the proto's uint64
+DecodeRequest = tuple[torch.Tensor, VoiceLMState]  # a one-position step's input (1, 1, dim) or logits, and cache
 
 
 @dataclass
@@ -59,12 +63,31 @@ class VoiceLmModel(RuntimeModel):
 
     name = "voice_lm"
     stateful = True
+    batches_execute = True  # with a batcher, `execute` submits its decode steps to it
 
     def __init__(self, projector: OutputProjector, voice_lm: VoiceTokenLM) -> None:
         self.projector = projector.eval()
         self.voice_lm = voice_lm.eval()
         self.llm_dim = projector.cfg.llm_dim
         self.device = voice_lm.head.weight.device
+        self.batcher: StepBatcher | None = None  # set by a batching runtime: decode steps of turns run together
+
+    def attach_batcher(self, settings: BatchSettings, on_batch: Callable[[int], None] | None = None) -> StepBatcher:
+        """Run the voice LM's one-token decode steps of concurrent turns as batched forwards from now on."""
+        self.batcher = StepBatcher(self.name, self._decode_batch, settings, on_batch)
+        return self.batcher
+
+    def _decode_batch(self, requests: list[DecodeRequest]) -> list[DecodeRequest]:
+        """One-position steps (inputs (1, 1, dim), cache) of independent turns as one forward; logits (1, 1, V) each."""
+        if len(requests) == 1:
+            return [self.voice_lm.step(*requests[0])]
+        inputs = torch.cat([embeds for embeds, _ in requests])  # (B, 1, dim)
+        hidden, states = batched_decoder_step(self.voice_lm.decoder, inputs, [state for _, state in requests])
+        logits = self.voice_lm.head(hidden)  # (B, 1, V)
+        return [(logits[row : row + 1], state) for row, state in enumerate(states)]
+
+    def _decode(self, inputs_embeds: torch.Tensor, state: VoiceLMState) -> tuple[torch.Tensor, VoiceLMState]:
+        return self.batcher((inputs_embeds, state))
 
     @classmethod
     def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> VoiceLmModel:
@@ -82,7 +105,9 @@ class VoiceLmModel(RuntimeModel):
         semantic = self.projector(hidden[None].to(self.device), token_embedding[None].to(self.device))  # (1, N, dim)
         generator = self._generator(state)
         sampler = _sampler(state, generator)
-        tokens, schedule = synthesize_step(self.voice_lm, semantic, text_end, state.schedule, sampler)
+        decode = self._decode if self.batcher is not None else None
+        with self.batcher.session() if self.batcher is not None else contextlib.nullcontext():
+            tokens, schedule = synthesize_step(self.voice_lm, semantic, text_end, state.schedule, sampler, decode)
         rng = state.rng if generator is None else generator.get_state()
         outputs = {
             "speech_tokens": torch.tensor(tokens, dtype=torch.int64),  # (K,)

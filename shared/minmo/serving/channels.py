@@ -27,10 +27,14 @@ def peer_target(addresses: str) -> str:
 
 
 def open_channel(
-    addresses: str, max_message_bytes: int = 4 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None
+    addresses: str,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
     """A round-robin channel to a peer; over TLS (mTLS with a client certificate) when `credentials` are given
-    (see `minmo.serving.tls.channel_credentials`)."""
+    (see `minmo.serving.tls.channel_credentials`). `server_name`: the name the peer's certificate must carry when
+    `addresses` is an IP resolved from it (a pod address behind a headless Service)."""
     target = peer_target(addresses)
     options = [
         ("grpc.lb_policy_name", "round_robin"),
@@ -42,4 +46,6 @@ def open_channel(
     ]
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, credentials, options=options)

@@ -65,6 +65,7 @@ class ServiceHost:
         self._servicers: list[object] = []
         self.port = 0
         telemetry.metrics.active_sessions.set_function(self.active_sessions)
+        telemetry.metrics.session_capacity.set_function(self.session_capacity)
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run `close` after the server stopped (clients and runtimes close after the last stream ends)."""
@@ -85,6 +86,10 @@ class ServiceHost:
     def active_sessions(self) -> int:
         """Streams the registered servicers are serving now (those that bound themselves with a SessionLimiter)."""
         return sum(servicer.limiter.active for servicer in self._servicers if hasattr(servicer, "limiter"))
+
+    def session_capacity(self) -> int:
+        """Session slots of the registered servicers: the autoscaler's denominator (active / capacity)."""
+        return sum(servicer.limiter.limit for servicer in self._servicers if hasattr(servicer, "limiter"))
 
     async def start(self) -> int:
         """Bind and start serving (health says NOT_SERVING until `set_serving`); returns the bound port."""
@@ -127,11 +132,19 @@ class ServiceHost:
         await self.stop()
 
 
-class SessionLimiter:
-    """Bounds concurrent sessions of one servicer; past the bound a new stream gets RESOURCE_EXHAUSTED.
+ADMITTED_METADATA = "minmo-admitted"  # initial metadata a limiter sends once it admitted a stream
+RETRY_AFTER_METADATA = "retry-after-ms"  # trailing metadata of a refusal: when trying this replica again may succeed
+RETRY_AFTER_MS = 1000  # about one turn: the time in which some session on a full replica usually ends a turn or leaves
 
-    A bounded count, not a lock: admitted sessions run concurrently, and a refused one costs the
-    admitted ones nothing.
+
+class SessionLimiter:
+    """Bounds concurrent sessions of one servicer at its capacity (MINMO_MAX_SESSIONS, the session slots a replica
+    of this component serves within the latency SLO, as `minmo load --find-capacity` measured it).
+
+    Past the bound a new stream gets RESOURCE_EXHAUSTED with a `retry-after-ms` hint in its trailing metadata, before
+    the servicer reads anything; an admitted stream gets `minmo-admitted` initial metadata at once, so a caller knows
+    where it landed before it sends work (duplex then tries the next replica of the hop). A bounded count, not a lock:
+    admitted sessions run concurrently, and a refused one costs the admitted ones nothing.
     """
 
     def __init__(self, limit: int, what: str = "sessions") -> None:
@@ -144,10 +157,13 @@ class SessionLimiter:
         if self.active >= self.limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this replica is serving its maximum of {self.limit} {self.what}; retry on another replica or later",
+                f"this replica is serving its maximum of {self.limit} {self.what} (its capacity); "
+                f"retry on another replica or in {RETRY_AFTER_MS} ms",
+                trailing_metadata=((RETRY_AFTER_METADATA, str(RETRY_AFTER_MS)),),
             )
         self.active += 1
         try:
+            await context.send_initial_metadata(((ADMITTED_METADATA, "1"),))
             yield
         finally:
             self.active -= 1

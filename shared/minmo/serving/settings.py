@@ -115,7 +115,12 @@ class ServerSettings:
     MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID,
     MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT),
     MINMO_REFLECTION (1: serve gRPC reflection; default 0), the TLS variables of `TlsSettings` and the telemetry
-    variables of `TelemetrySettings`."""
+    variables of `TelemetrySettings`.
+
+    MINMO_MAX_SESSIONS is the replica's capacity in session slots: set it to what `minmo load --find-capacity`
+    measured for this component on this machine kind (past it, new streams get RESOURCE_EXHAUSTED; the autoscaler
+    scales on active sessions / capacity). MINMO_BATCH_MAX_SIZE (1: off) and MINMO_BATCH_WINDOW_MS: the local
+    runtime's batching across sessions (model services)."""
 
     port: int
     host: str = "127.0.0.1"
@@ -126,6 +131,8 @@ class ServerSettings:
     replica_id: str = ""
     runtime: str = "local"
     triton_url: str | None = None
+    batch_max_size: int = 1
+    batch_window_ms: float = 2.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     reflection: bool = False
@@ -143,6 +150,8 @@ class ServerSettings:
             replica_id=env_str("MINMO_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}", environ),
             runtime=env_str("MINMO_RUNTIME", "local", environ),
             triton_url=env_str("MINMO_TRITON_URL", "", environ) or None,
+            batch_max_size=env_int("MINMO_BATCH_MAX_SIZE", 1, environ),
+            batch_window_ms=env_float("MINMO_BATCH_WINDOW_MS", 2.0, environ),
             telemetry=TelemetrySettings.from_env(port, environ),
             tls=TlsSettings.from_env(environ),
             reflection=env_flag("MINMO_REFLECTION", False, environ),

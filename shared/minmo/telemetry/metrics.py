@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 
@@ -35,6 +36,12 @@ class ServiceMetrics:
             "Streams served now: sessions (duplex, encoder, llm) or response turns (voicelm, vocoder)",
             registry=self.registry,
         )
+        self.session_capacity = Gauge(
+            "minmo_session_capacity",
+            "Session slots of this replica (MINMO_MAX_SESSIONS, its measured capacity); past it new streams are "
+            "refused with RESOURCE_EXHAUSTED. Autoscale on minmo_active_sessions / minmo_session_capacity",
+            registry=self.registry,
+        )
         self.time_to_first_token = self._latency("minmo_time_to_first_token_seconds", "Time to the first text token")
         self.time_to_first_speech_tokens = self._latency(
             "minmo_time_to_first_speech_tokens_seconds", "Time to the first speech tokens"
@@ -52,6 +59,13 @@ class ServiceMetrics:
             "minmo_rtf",
             "Real-time factor of a turn's audio work: compute time / audio duration (below 1 keeps up)",
             buckets=RTF_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "minmo_batch_size",
+            "Session steps run as one batched forward by the local runtime's batching worker, per model",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
         self.queue_time = self._latency(
