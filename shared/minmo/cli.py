@@ -159,5 +159,16 @@ def triton_serve(
         server.stop()
 
 
+def _add_recipe_commands() -> None:
+    """`minmo data`, `minmo train`, `minmo eval` (the training recipe, minmo.train)."""
+    from minmo.train.cli import data_app, eval_app, train_app
+
+    app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+
+
+_add_recipe_commands()
+
 if __name__ == "__main__":
     app()
