@@ -8,44 +8,33 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
+from minmo.model.build import build_component
+from minmo.model.config import load_config
 from minmo.train.data import DataConfig, build, read_split
 from minmo.train.stage1 import Phase, SpeechToText, Stage1Config, make_examples, train
-from minmo.train.voices import TRAIN_VOICES, available
-
-# the fast engines when this machine has them (apt), else piper (a pip dependency)
-ENGINES = ("espeak", "flite") if any(v.engine == "espeak" and available(v) for v in TRAIN_VOICES) else ("piper",)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    cfg = DataConfig(model="tiny", out=str(out), train_items=12, eval_items=4, eval_seen_items=0, shard_size=6,
-                     max_answer_tokens=4, engines=ENGINES)
-    return build(cfg)
+from minmo.train.voices import TRAIN_VOICES
 
 
 def _cfg(data: Path, out: Path, **changes) -> Stage1Config:
     base = Stage1Config(
         model="tiny", data=str(data), out=str(out), batch_size=4, warmup_steps=1, checkpoint_every=100, eval_items=4,
-        bf16=False, max_target_tokens=16,
+        bf16=False, max_target_tokens=16, threads=1,
         phases=(Phase("projector", 3, ("projector",), 3e-3), Phase("lora", 2, ("projector", "lora"), 3e-3)),
     )
     return dataclasses.replace(base, **changes)
 
 
-def test_data_shards_hold_features_and_targets(data: Path):
+def test_data_shards_hold_features_and_targets(data: Path, data_config: DataConfig):
     train_set = list(read_split(data, "train"))
     assert len(train_set) == 12 and {u.item.task for u in train_set} <= {"asr", "qa"}
     assert all(u.mel.shape[1] == 80 and u.mel.shape[0] > 50 for u in train_set), "80-bin log-mel, > 0.5 s"
     eval_set = list(read_split(data, "eval"))
     assert len(eval_set) == 4 and all(u.audio is not None and u.audio.numel() > 8000 for u in eval_set)
     assert not {u.item.voice for u in eval_set} & {v.id for v in TRAIN_VOICES}, "eval voices are held out"
-    rebuilt = build(DataConfig(model="tiny", out=str(data), train_items=12, eval_items=4, eval_seen_items=0,
-                               shard_size=6, max_answer_tokens=4, engines=ENGINES))
+    rebuilt = build(data_config)
     assert [u.item for u in read_split(rebuilt, "train")] == [u.item for u in train_set], "a rebuild resumes"
 
 
@@ -57,10 +46,9 @@ def _loss(model: SpeechToText, data: Path) -> float:
 
 def test_loss_goes_down(data: Path, tmp_path: Path):
     cfg = _cfg(data, tmp_path / "run", phases=(Phase("projector", 8, ("projector",), 3e-3),))
-    before = _loss(SpeechToText(dataclasses.replace(__import__("minmo.model.config").model.config.load_config("tiny"))),
-                   data)
+    before = _loss(SpeechToText(load_config("tiny")), data)
     train(cfg)
-    trained = SpeechToText(__import__("minmo.model.config").model.config.load_config("tiny"))
+    trained = SpeechToText(load_config("tiny"))
     exported = load_file(str(tmp_path / "run" / "export" / "speech_encoder.safetensors"))
     assert exported and all(name.startswith("input_projector.") for name in exported), "only what was trained"
     trained.input_projector.load_state_dict({k.removeprefix("input_projector."): v for k, v in exported.items()})
@@ -82,7 +70,12 @@ def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path)
     assert straight.keys() == resumed.keys() and any("lora_" in name for name in straight)
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
-    assert (tmp_path / "resumed" / "export" / "llm_lora.safetensors").is_file()
+    export = tmp_path / "resumed" / "export"
+    assert (export / "llm_lora.safetensors").is_file()
+    tiny = load_config("tiny")
+    base = build_component(tiny, "llm").model.model.layers[0].self_attn.q_proj.weight
+    merged = build_component(tiny, "llm", checkpoint=export).model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(base, merged), "the trained LoRA adapters are folded into the served LLM"
 
 
 def test_two_processes_with_torchrun_gloo(data: Path, tmp_path: Path):
@@ -92,7 +85,7 @@ def test_two_processes_with_torchrun_gloo(data: Path, tmp_path: Path):
         "eval_items = 2\nbf16 = false\nthreads = 1\n"
         '[[phases]]\nname = "projector"\nsteps = 2\ntrain = ["projector"]\nlr = 1e-3\n'
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "minmo.cli", "train", "stage1", "--config", str(config)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)

@@ -188,6 +188,9 @@ class MinMoConfig:
     hift: HiFTConfig = field(default_factory=HiFTConfig)
     duplex_predictor: DuplexPredictorConfig = field(default_factory=DuplexPredictorConfig)
     max_response_tokens: int = 200
+    # trained weights that come with the preset (a folder of <component>.safetensors, "pkg:" paths allowed);
+    # used when no checkpoint is given (MINMO_CHECKPOINT). Empty: seeded random weights.
+    checkpoint: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

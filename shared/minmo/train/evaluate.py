@@ -162,9 +162,12 @@ def real_speech() -> list[tuple[str, np.ndarray, str]]:
 
 
 def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: int, real: bool,
-             judge: bool = True) -> Report:
+             judge: bool = True, threads: int = 1) -> Report:
+    """Score `task` on the first `limit` suitable utterances of the `eval` split (plus real speech for asr)."""
     if task not in ("asr", "qa"):
         raise ValueError(f"unknown task {task!r}: expected asr or qa")
+    if threads:
+        torch.set_num_threads(threads)
     model = SpokenModel(config, checkpoint)
     referee = Judge() if judge else None
     report = Report(task, config, checkpoint or "")

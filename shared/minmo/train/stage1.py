@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from minmo.model.build import build_component
+from minmo.model.build import LORA_CONFIG_FILE, LORA_FILE, build_component
 from minmo.model.config import MinMoConfig, load_config
 from minmo.model.dialogue import ChatFormat
 from minmo.model.llm import LLMState, decoder_step, empty_kv_state
@@ -46,8 +46,6 @@ from minmo.model.tokenizer import load_tokenizer
 from minmo.train.data import Utterance, read_split
 
 TRAINABLE = ("projector", "encoder", "lora")
-LORA_FILE = "llm_lora.safetensors"
-LORA_CONFIG_FILE = "llm_lora.json"
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,7 @@ class SpeechToText(nn.Module):
 
     def __init__(self, cfg: MinMoConfig) -> None:
         super().__init__()
+        cfg = dataclasses.replace(cfg, checkpoint="")  # training starts from the pretrained parts, not a shipped run
         speech = build_component(cfg, "speech_encoder")
         self.voice_encoder = speech.voice_encoder
         self.input_projector = speech.input_projector
