@@ -22,7 +22,11 @@ def _cfg(data: Path, out: Path, **changes) -> Stage1Config:
     base = Stage1Config(
         model="tiny", data=str(data), out=str(out), batch_size=4, warmup_steps=1, checkpoint_every=100, eval_items=4,
         bf16=False, max_target_tokens=16, threads=1,
-        phases=(Phase("projector", 3, ("projector",), 3e-3), Phase("lora", 2, ("projector", "lora"), 3e-3)),
+        phases=(
+            Phase("projector-ctc", 2, ("projector",), 3e-3, objective="ctc"),
+            Phase("projector", 2, ("projector",), 3e-3),
+            Phase("lora", 2, ("projector", "lora"), 3e-3),
+        ),
     )
     return dataclasses.replace(base, **changes)
 
@@ -62,8 +66,8 @@ def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path)
     train(_cfg(data, tmp_path / "straight"))
     train(_cfg(data, tmp_path / "resumed", stop_after_steps=2))
     stopped = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
-    assert (stopped["phase"], stopped["step"]) == (0, 2)
-    train(_cfg(data, tmp_path / "resumed", stop_after_steps=2))  # stops inside the lora phase
+    assert (stopped["phase"], stopped["step"]) == (1, 0), "the ctc phase is complete"
+    train(_cfg(data, tmp_path / "resumed", stop_after_steps=3))  # stops inside the second phase
     train(_cfg(data, tmp_path / "resumed"))
     straight = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "trainable.safetensors"))

@@ -56,6 +56,7 @@ class Phase:
     steps: int
     train: tuple[str, ...]  # subset of TRAINABLE
     lr: float = 5e-4
+    objective: str = "lm"  # lm: the LLM's loss on the reply; ctc: see SpeechToText.ctc (no LLM pass, cheap)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Example:
     encoded: torch.Tensor | None  # (N, dim) cached frozen-encoder output
     after: list[int]  # instruction + user suffix + assistant prefix + target + end of turn
     target_count: int  # how many of `after`'s last ids are labels
+    spoken: list[int]  # token ids of what the user said (the ctc objective's target)
 
 
 class SpeechToText(nn.Module):
@@ -115,13 +117,14 @@ class SpeechToText(nn.Module):
         self.format = ChatFormat.from_tokenizer(load_tokenizer(cfg.llm))
         self.prefix_ids = self.format.system_block("") + self.format.user_prefix
         self.cached_prefix: LLMState | None = None
+        self.ctc_blank = nn.Parameter(torch.zeros(self.llm.hidden_size))  # the ctc objective's blank "embedding"
 
     def set_trainable(self, parts: tuple[str, ...]) -> None:
         unknown = set(parts) - set(TRAINABLE)
         assert not unknown, f"unknown trainable parts {sorted(unknown)}; known: {TRAINABLE}"
         for p in self.parameters():
             p.requires_grad_(False)
-        for p in self.input_projector.parameters():
+        for p in [*self.input_projector.parameters(), self.ctc_blank]:
             p.requires_grad_("projector" in parts)
         for p in self.voice_encoder.parameters():
             p.requires_grad_("encoder" in parts)
@@ -135,8 +138,11 @@ class SpeechToText(nn.Module):
     def llm_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.llm.parameters())
 
-    def forward(self, batch: list[Example], bf16: bool = True) -> torch.Tensor:
-        """Mean cross-entropy of the batch's reply tokens."""
+    def forward(self, batch: list[Example], bf16: bool = True, objective: str = "lm") -> torch.Tensor:
+        """Mean cross-entropy of the batch's reply tokens (objective "lm"), or the ctc loss."""
+        if objective == "ctc":
+            return self.ctc(batch)
+        assert objective == "lm", f"unknown objective {objective!r}: expected lm or ctc"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             audio = [self._speech(example) for example in batch]  # (N_i, D) each
             embed = self.llm.embed
@@ -153,6 +159,24 @@ class SpeechToText(nn.Module):
             selected = hidden[list(rows_index), list(cols_index)]  # (labels, D)
             logits = self.llm.model.get_output_embeddings()(selected)
         return F.cross_entropy(logits.float(), torch.tensor(labels))
+
+    def ctc(self, batch: list[Example]) -> torch.Tensor:
+        """CTC between the projected speech and what was said, scored against the LLM's own (tied, frozen) token
+        embeddings: each 12.5 Hz frame's logits are its dot products with the embeddings of the batch's tokens
+        (+ a learned blank). It pulls the projector's output towards the embeddings of the words spoken, with no
+        LLM pass (a warm start before the LLM's loss; the LLM-loss phases then fit it to what the LLM reads)."""
+        vocab = sorted({token for example in batch for token in example.spoken})
+        index = {token: i for i, token in enumerate(vocab)}
+        table = torch.cat([self.llm.model.get_input_embeddings().weight[vocab], self.ctc_blank[None]])  # (V+1, D)
+        audio = [self._speech(example) for example in batch]  # (N_i, D)
+        width = max(a.shape[0] for a in audio)
+        frames = torch.stack([F.pad(a, (0, 0, 0, width - a.shape[0])) for a in audio])  # (B, N, D)
+        log_probs = (frames @ table.T).float().log_softmax(-1).transpose(0, 1)  # (N, B, V+1)
+        targets = torch.tensor([index[t] for example in batch for t in example.spoken])
+        return F.ctc_loss(
+            log_probs, targets, [a.shape[0] for a in audio], [len(example.spoken) for example in batch],
+            blank=len(vocab), zero_infinity=True,
+        )
 
     def _speech(self, example: Example) -> torch.Tensor:
         """Projected speech (N, D) of one utterance (one at a time: Whisper attends over all of it, so no padding)."""
@@ -181,7 +205,7 @@ class SpeechToText(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything training may change: projector, encoder, LoRA (names of this module)."""
-        keep = ("input_projector.", "voice_encoder.")
+        keep = ("input_projector.", "voice_encoder.", "ctc_blank")
         return {
             name: tensor.detach().clone()
             for name, tensor in self.state_dict().items()
@@ -204,7 +228,7 @@ def make_examples(model: SpeechToText, utterances: list[Utterance], max_target_t
     for utt in utterances:
         target = tokenizer.encode(utt.item.target)[:max_target_tokens] + model.format.assistant_end[:1]
         after = tokenizer.encode(utt.item.instruction) + model.format.user_suffix + model.format.assistant_prefix
-        examples.append(Example(utt.mel, utt.encoded, after + target, len(target)))
+        examples.append(Example(utt.mel, utt.encoded, after + target, len(target), tokenizer.encode(utt.item.text)))
     return examples
 
 
@@ -282,7 +306,7 @@ def _run_phase(cfg, model, examples, phase_index, phase, progress, out, rank, wo
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(phase, progress["step"], cfg.warmup_steps)
         started = time.perf_counter()
-        loss = (ddp or model)([examples[i] for i in indices], cfg.bf16)
+        loss = (ddp or model)([examples[i] for i in indices], cfg.bf16, phase.objective)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
