@@ -87,7 +87,8 @@ def test_two_processes_with_torchrun_gloo(data: Path, tmp_path: Path):
     config.write_text(
         f'model = "tiny"\ndata = "{data}"\nout = "{tmp_path / "run"}"\nbatch_size = 2\nwarmup_steps = 1\n'
         "eval_items = 2\nbf16 = false\nthreads = 1\n"
-        '[[phases]]\nname = "projector"\nsteps = 2\ntrain = ["projector"]\nlr = 1e-3\n'
+        '[[phases]]\nname = "ctc"\nsteps = 1\ntrain = ["projector"]\nlr = 1e-3\nobjective = "ctc"\n'
+        '[[phases]]\nname = "projector"\nsteps = 1\ntrain = ["projector"]\nlr = 1e-3\n'
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "minmo.cli", "train", "stage1", "--config", str(config)]
@@ -96,4 +97,4 @@ def test_two_processes_with_torchrun_gloo(data: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
-    assert progress["phase"] == 1 and len(progress["losses"]) == 2
+    assert progress["phase"] == 2 and len(progress["losses"]) == 2

@@ -119,13 +119,16 @@ class SpeechToText(nn.Module):
         self.cached_prefix: LLMState | None = None
         self.ctc_blank = nn.Parameter(torch.zeros(self.llm.hidden_size))  # the ctc objective's blank "embedding"
 
-    def set_trainable(self, parts: tuple[str, ...]) -> None:
+    def set_trainable(self, parts: tuple[str, ...], objective: str = "lm") -> None:
+        """Freeze everything but `parts`; the ctc blank trains only under the ctc objective (DDP requires every
+        trainable parameter to get a gradient)."""
         unknown = set(parts) - set(TRAINABLE)
         assert not unknown, f"unknown trainable parts {sorted(unknown)}; known: {TRAINABLE}"
         for p in self.parameters():
             p.requires_grad_(False)
-        for p in [*self.input_projector.parameters(), self.ctc_blank]:
+        for p in self.input_projector.parameters():
             p.requires_grad_("projector" in parts)
+        self.ctc_blank.requires_grad_("projector" in parts and objective == "ctc")
         for p in self.voice_encoder.parameters():
             p.requires_grad_("encoder" in parts)
         for name, p in self.llm.named_parameters():
@@ -284,7 +287,7 @@ def train(cfg: Stage1Config) -> Path:
 
 def _run_phase(cfg, model, examples, phase_index, phase, progress, out, rank, world) -> bool:
     """Train one phase to its end (True), or until `stop_after_steps` in this run (False, checkpoint saved)."""
-    model.set_trainable(phase.train)
+    model.set_trainable(phase.train, phase.objective)
     params = [p for p in model.parameters() if p.requires_grad]
     ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else None
     optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
