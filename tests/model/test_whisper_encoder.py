@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from minmo.model.build import load_checkpoint
+from minmo.model.build import build_component, load_checkpoint
 from minmo.model.config import FbankConfig, VoiceEncoderConfig, load_config
 from minmo.model.llm import resolve_path
 from minmo.model.speech_encoder import SpeechEncoder
@@ -108,3 +108,11 @@ def test_checkpoint_may_leave_out_the_pretrained_encoder(tmp_path: Path):
     save_file({"input_projector.bogus": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(RuntimeError, match="unexpected"):
         load_checkpoint(fresh, tmp_path / "bad.safetensors")
+
+
+def test_nano_loads_its_shipped_stage1_weights():
+    cfg = load_config("nano")
+    shipped = load_file(str(resolve_path(cfg.checkpoint) / "speech_encoder.safetensors"))
+    assert shipped and all(name.startswith("input_projector.") for name in shipped), "only what stage 1 trained"
+    encoder = build_component(cfg, "speech_encoder")
+    torch.testing.assert_close(encoder.input_projector.conv.weight, shipped["input_projector.conv.weight"].float())

@@ -433,7 +433,7 @@ def plot_losses(progress: dict, cfg: Stage1Config, path: Path) -> None:
                       for i in range(len(values))]
             axes.plot(steps, smooth, label=phase.name)
     axes.set_xlabel("step")
-    axes.set_ylabel("cross-entropy (reply tokens)")
+    axes.set_ylabel("loss (lm: reply cross-entropy; ctc: per token)")
     axes.set_title(f"stage 1 ({cfg.model})")
     axes.legend()
     figure.tight_layout()
