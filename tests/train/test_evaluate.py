@@ -1,0 +1,27 @@
+"""`minmo eval`: scoring rules, and a whole asr/qa run on `tiny` with the faster-whisper judge on real audio."""
+
+import json
+from pathlib import Path
+
+from minmo.train.evaluate import _contains, _wer, evaluate, normalise, print_report
+
+
+def test_scoring_rules():
+    assert normalise("The capital is Paris!") == "the capital is paris"
+    assert _contains("It's Paris, of course.", ("Paris",))
+    assert not _contains("Parisian food", ("Paris",)), "whole words only"
+    assert _contains("It has twenty-four hours", ("twenty four",))
+    assert _wer(["what is the capital of France?"], ["What is the capital of france"]) == 0.0
+    assert _wer(["a b c d"], ["a x c"]) == 0.5
+
+
+def test_asr_and_qa_on_tiny(data: Path, tmp_path: Path):
+    asr = evaluate("asr", "tiny", None, str(data), limit=2, real=False)
+    assert [s.group.startswith("held-out voice") for s in asr.samples] == [True, True]
+    assert asr.groups["all synthetic"]["n"] == 2
+    # the judge hears the TTS audio well; tiny's random model does not
+    assert asr.groups["all synthetic"]["judge_wer"] < 0.5 < asr.groups["all synthetic"]["wer"]
+    qa = evaluate("qa", "tiny", None, str(data), limit=2, real=False, judge=False)
+    assert all(s.typed_correct is not None for s in qa.samples)
+    print_report(qa, tmp_path / "qa.json")
+    assert json.loads((tmp_path / "qa.json").read_text())["task"] == "qa"
