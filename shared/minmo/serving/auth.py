@@ -52,7 +52,7 @@ def key_digest(key: str) -> str:
 
 
 def new_key() -> str:
-    return secrets.token_urlsafe(KEY_BYTES)
+    return secrets.token_hex(KEY_BYTES)  # hex: never starts with "-", so it passes as a command-line value
 
 
 def parse_keys(text: str) -> dict[str, ApiKey]:
