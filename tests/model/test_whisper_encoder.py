@@ -116,3 +116,13 @@ def test_nano_loads_its_shipped_stage1_weights():
     assert shipped and all(name.startswith("input_projector.") for name in shipped), "only what stage 1 trained"
     encoder = build_component(cfg, "speech_encoder")
     torch.testing.assert_close(encoder.input_projector.conv.weight, shipped["input_projector.conv.weight"].float())
+
+
+def test_utterances_past_30_s_are_encoded_window_by_window():
+    encoder = WhisperEncoder(dataclasses.replace(TINY, num_layers=1)).eval()
+    feats = torch.randn(1, 3000 + 40, 80)
+    with torch.no_grad():
+        out = encoder(feats)
+        first, second = encoder(feats[:, :3000]), encoder(feats[:, 3000:])
+    assert out.shape == (1, 1520, 384)
+    torch.testing.assert_close(out, torch.cat([first, second], dim=1))

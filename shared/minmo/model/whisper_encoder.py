@@ -94,8 +94,15 @@ class WhisperEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """Offline: feats (B, T, n_mels) -> (B, ceil(T / 2), dim), attending over the whole utterance."""
-        assert feats.shape[1] <= WHISPER_MAX_FRAMES, f"{feats.shape[1]} frames exceed Whisper's 30 s window"
+        """Offline: feats (B, T, n_mels) -> (B, ceil(T / 2), dim), attending over the whole utterance; an
+        utterance longer than Whisper's 30 s window is encoded window by window, as Whisper itself does."""
+        if feats.shape[1] > WHISPER_MAX_FRAMES:
+            windows = feats.split(WHISPER_MAX_FRAMES, dim=1)
+            return torch.cat([self._window(window) for window in windows], dim=1)
+        return self._window(feats)
+
+    def _window(self, feats: torch.Tensor) -> torch.Tensor:
+        """At most 30 s of feats (B, T, n_mels) -> (B, ceil(T / 2), dim)."""
         x = F.gelu(self.conv1(feats.transpose(1, 2)))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, N, dim)
         x = x + self.positions[: x.shape[1]].to(x.dtype)
