@@ -14,6 +14,7 @@ from minmo.session.store import Role, SessionStore
 from minmo.v1 import conversation_pb2
 
 EndReason = conversation_pb2.TurnEvent.EndReason
+ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # the reply was sent in full (tiny's often hit the cap)
 SESSIONS = 2
 TURNS_AFTER_EACH_LOSS = 1
 
@@ -39,7 +40,7 @@ async def test_losing_a_replica_of_each_component_loses_no_session_and_leaves_no
         before = [len(probe.turns) for probe in probes]
         await asyncio.gather(*(turns(probe, TURNS_AFTER_EACH_LOSS, f"after {component}") for probe in probes))
         after = [turn.outcome for probe, start in zip(probes, before, strict=True) for turn in probe.turns[start:]]
-        assert after and all(outcome == EndReason.COMPLETED for outcome in after), (component, after)
+        assert after and all(outcome in ANSWERED for outcome in after), (component, after)
 
     assert all(probe.lost is None for probe in probes)
     store = SessionStore(redis.asyncio.Redis.from_url(stack.redis_url, decode_responses=True), ttl_s=3600)

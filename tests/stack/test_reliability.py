@@ -19,6 +19,7 @@ from .test_conversation import _audio_events, _config, _events_until, _is_latenc
 
 TurnType = conversation_pb2.TurnEvent.Type
 EndReason = conversation_pb2.TurnEvent.EndReason
+ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # the reply was sent in full (tiny's often hit the cap)
 INT32_MAX = 2**31 - 1
 
 
@@ -83,7 +84,7 @@ async def test_text_at_the_limit_is_answered(full_stack):
     await call.write(_text("y" * InputLimits.max_text_chars))
     events = await _events_until(call, _is_latency, timeout_s=120)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
-    assert [event.end_reason for event in done] == [EndReason.COMPLETED]
+    assert [event.end_reason in ANSWERED for event in done] == [True]
     call.cancel()
 
 
@@ -103,7 +104,7 @@ async def test_a_speech_replica_lost_mid_turn_fails_over_and_the_turn_completes(
     await serving[0].stop()  # mid-turn: its stream breaks
     events = await _events_until(call, _is_latency, timeout_s=120)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
-    assert [event.end_reason for event in done] == [EndReason.COMPLETED], [event.error for event in events]
+    assert [event.end_reason in ANSWERED for event in done] == [True], [event.error for event in events]
     assert not any(event.HasField("error") for event in events)
     audio = [event.audio_output for event in events if event.HasField("audio_output")]
     starts = [chunk.start_ms for chunk in audio]
@@ -136,7 +137,7 @@ async def test_with_no_replica_left_the_turn_fails_once_and_the_next_turn_works(
     await call.write(_text("and again"))  # the llm must not still be generating the failed turn
     events = await _events_until(call, _is_latency, timeout_s=120)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
-    assert [event.end_reason for event in done] == [EndReason.COMPLETED], [event.error for event in events]
+    assert [event.end_reason in ANSWERED for event in done] == [True], [event.error for event in events]
     assert any(event.HasField("audio_output") for event in events)
 
     history = await (await _store(stack.redis_url)).history(started.session_id)

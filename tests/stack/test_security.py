@@ -50,8 +50,8 @@ def _bearer(key: str) -> tuple[tuple[str, str], ...]:
 
 async def _opens(stub, metadata) -> tuple[grpc.StatusCode, str] | conversation_pb2.SessionStarted:
     call = stub.Converse(metadata=metadata)
-    await call.write(_config(text_only=True))
     try:
+        await call.write(_config(text_only=True))  # a refused call may already be over before this write
         first = await call.read()
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details()

@@ -118,7 +118,7 @@ class Replicas:
         """A `method` stream admitted by some replica, tried from the next in turn; ReplicasFull when none admits."""
         replicas = await asyncio.to_thread(replica_targets, self.addresses)
         start, self._next = self._next, self._next + 1
-        refusals, hints = [], []
+        refusals, hints, full = [], [], False
         for offset in range(len(replicas)):
             address, server_name = replicas[(start + offset) % len(replicas)]
             call = getattr(self.stub(address, server_name), method)(**call_options)
@@ -129,9 +129,12 @@ class Replicas:
             if code not in RETRY_NEXT:
                 raise LinkLost(f"{self.hop} at {address} refused the stream ({code.name}: {await call.details()})")
             refusals.append(f"{address}: {code.name}")
+            full = full or code == grpc.StatusCode.RESOURCE_EXHAUSTED
             hint = dict(await call.trailing_metadata() or ()).get(RETRY_AFTER_METADATA)
             if hint is not None and hint.isdigit():
                 hints.append(int(hint))
+        if not full:  # nothing answered: the hop is down, not at capacity
+            raise LinkLost(f"no {self.hop} replica is reachable ({'; '.join(refusals)})")
         raise ReplicasFull(
             f"every {self.hop} replica is full or unreachable ({'; '.join(refusals)})", min(hints, default=None)
         )

@@ -31,6 +31,7 @@ from minmo.session.store import Role, SessionStore
 from minmo.v1 import conversation_pb2
 
 EndReason = conversation_pb2.TurnEvent.EndReason
+ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # a reply sent in full, up to the length cap or not
 PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
@@ -198,7 +199,7 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
         waits = []
         for probe in probes:  # the first turn each session completed after the kill
             completed = [
-                t.ended_at for t in probe.turns if t.ended_at >= killed_at and t.outcome == EndReason.COMPLETED
+                t.ended_at for t in probe.turns if t.ended_at >= killed_at and t.outcome in ANSWERED
             ]
             if completed:
                 waits.append(completed[0] - killed_at)
