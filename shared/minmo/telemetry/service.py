@@ -13,6 +13,7 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
+from minmo.serving.errors import HANDLER_FACTORIES
 from minmo.serving.settings import ServerSettings
 from minmo.telemetry.hops import HopSpan
 from minmo.telemetry.logs import configure_logging
@@ -109,7 +110,7 @@ class ErrorCounter(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        for kind, factory in _HANDLER_FACTORIES.items():
+        for kind, factory in HANDLER_FACTORIES.items():
             behaviour = getattr(handler, kind)
             if behaviour is not None:
                 return factory(self._wrap(behaviour), handler.request_deserializer, handler.response_serializer)
@@ -143,11 +144,3 @@ class ErrorCounter(grpc.aio.ServerInterceptor):
     def _count(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
         code, _ = status_of(error, context)
         self.metrics.errors.labels(code=code.name).inc()
-
-
-_HANDLER_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
