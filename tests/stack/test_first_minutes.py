@@ -62,7 +62,7 @@ def test_up_with_a_port_taken_says_which_and_starts_nothing(offset):
     assert "in use" in result.stdout and "MinMo is up" not in result.stdout
 
 
-STACK_STOP_S = 150  # the other four services drain in turn (Stack.stop: up to 15 s each, more on a loaded machine)
+STACK_STOP_S = 60  # the other four services drain at once (Stack.stop: 15 s in all), more on a loaded machine
 
 
 def test_up_stops_with_one_line_when_a_service_dies():

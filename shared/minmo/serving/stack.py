@@ -55,14 +55,18 @@ class Stack:
         return {item.name: item.address for item in self.processes}
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        for item in reversed(self.processes):
-            if item.process.poll() is None:
-                item.process.send_signal(signal.SIGTERM)
+        """SIGTERM every service at once (each drains its own streams), then kill what is still running after
+        `timeout_s` in all: stopping takes as long as the slowest service, not the sum of them."""
+        running = [item.process for item in self.processes if item.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in running:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                item.process.wait(timeout_s)
-            if item.process.poll() is None:
-                item.process.kill()
-                item.process.wait()
+                process.wait(max(0.0, deadline - time.monotonic()))
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def service_ports(duplex_port: int) -> dict[str, int]:
