@@ -20,7 +20,7 @@ from minmo.serving.settings import ServerSettings, env_int, env_str
 from minmo.v1 import llm_pb2_grpc
 
 DEFAULT_PORT = 50053
-WARMUP_FRAMES = 4  # audio frames (LLM_FRAME_RATE_HZ) in the warm-up turn
+WARMUP_FRAMES = 4  # audio embeddings (LLM frames, 12.5 Hz for SAN-M) in the warm-up turn
 WARMUP_TOKENS = 4
 log = logging.getLogger("minmo.llm")
 

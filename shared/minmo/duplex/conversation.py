@@ -533,6 +533,7 @@ class Conversation:
     async def _interrupt(self, decision: Interrupt) -> None:
         """Barge-in or cancel: stop the response; history and LLM context keep what the user heard."""
         response, generating = self.response, decision.generating
+        assert response is not None and response.turn_id == decision.turn_id, "the policy interrupts the last response"
         if generating:
             self.response_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

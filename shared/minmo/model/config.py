@@ -23,7 +23,6 @@ SPEECH_CODEBOOK_SIZE = 6561  # FSQ: 8 dims x 3 levels
 ENCODER_SAMPLE_RATE_HZ = 16_000  # speech input: duplex resamples client audio to it, the fbank reads it
 VOCODER_SAMPLE_RATE_HZ = 24_000  # speech output of HiFT (and a voice prompt's rate)
 SPEECH_TOKEN_RATE_HZ = 25  # speech tokens per second (voice LM output, flow matching input)
-LLM_FRAME_RATE_HZ = 12.5  # audio embeddings per second into the LLM (input projector output)
 TEXT_BLOCK = 5  # semantic vectors per interleave block
 SPEECH_BLOCK = 15  # speech tokens per interleave block
 
