@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import torch
 
-from minmo.model.config import load_config
-from minmo.runtime.factory import open_runtime
-from minmo.services.encoder.servicer import ENCODER_SAMPLE_RATE, AudioEncoderServicer
-from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ, MinMoConfig
+from minmo.runtime.base import ModelRuntime
+from minmo.services.encoder.servicer import AudioEncoderServicer
+from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
+from minmo.serving.server import ServiceHost
 from minmo.serving.settings import ServerSettings, env_int, env_str
-from minmo.telemetry import start_telemetry
 from minmo.v1 import encoder_pb2_grpc
 
 DEFAULT_PORT = 50052
-log = logging.getLogger("minmo.encoder")
 
 
 @dataclass(frozen=True)
@@ -37,32 +35,31 @@ class EncoderSettings:
         )
 
 
+async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
+    """One second of silence, flushed."""
+    await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE_HZ), "flush": torch.tensor([True])})
+
+
+SERVICE = ModelService(
+    name="encoder",
+    models=("encoder",),
+    grpc_service="minmo.v1.AudioEncoder",
+    register=encoder_pb2_grpc.add_AudioEncoderServicer_to_server,
+    warm_up=_warm_up,
+)
+
+
 async def start(settings: EncoderSettings) -> ServiceHost:
     """Load the model, start serving, warm up, then report SERVING; returns the running host."""
-    telemetry = start_telemetry("minmo-encoder", settings.server)
-    host = ServiceHost(settings.server, telemetry)
-    cfg = load_config(settings.server.model_config)
-    runtime = await open_runtime(
-        settings.server.runtime, cfg, ["encoder"], settings.checkpoint, settings.server.triton_url
-    )
-    host.on_stop(runtime.close)
-    limiter = SessionLimiter(settings.server.max_sessions)
-    servicer = AudioEncoderServicer(runtime, limiter, settings.max_chunk_ms, telemetry)
-    host.add(encoder_pb2_grpc.add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")
-    port = await host.start()
-    await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE), "flush": torch.tensor([True])})
-    await host.set_serving()
-    log.info("encoder serving on %s:%d", settings.server.host, port)
-    return host
 
+    def servicer(parts: ServiceParts) -> AudioEncoderServicer:
+        return AudioEncoderServicer(parts.runtime, parts.limiter, settings.max_chunk_ms, parts.telemetry)
 
-async def serve(settings: EncoderSettings) -> None:
-    host = await start(settings)
-    await host.serve_until_signal()
+    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer)
 
 
 def main() -> None:
-    asyncio.run(serve(EncoderSettings.from_env()))
+    asyncio.run(run_model_service(start, EncoderSettings.from_env()))
 
 
 if __name__ == "__main__":

@@ -13,20 +13,21 @@ import grpc
 import torch
 
 from minmo.api.tensors import tensor_to_proto
-from minmo.audio.pcm import pcm16_to_float
+from minmo.audio.pcm import PCM16_BYTES, pcm16_to_float
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.runtime.base import InvalidInput, ModelRuntime
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import encoder_pb2, encoder_pb2_grpc
 
-ENCODER_SAMPLE_RATE = 16000
+ENCODER_SAMPLE_RATE = ENCODER_SAMPLE_RATE_HZ
 
 
 class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
     def __init__(self, runtime: ModelRuntime, limiter: SessionLimiter, max_chunk_ms: int, telemetry: Telemetry) -> None:
         self.runtime = runtime
         self.limiter = limiter
-        self.max_chunk_bytes = 2 * ENCODER_SAMPLE_RATE * max_chunk_ms // 1000
+        self.max_chunk_bytes = PCM16_BYTES * ENCODER_SAMPLE_RATE * max_chunk_ms // 1000
         self.telemetry = telemetry
 
     async def Encode(

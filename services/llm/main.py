@@ -9,20 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
-from minmo.model.config import MinMoConfig, load_config
+from minmo.model.config import MinMoConfig
 from minmo.model.tokenizer import load_tokenizer
-from minmo.runtime import batching
 from minmo.runtime.base import ModelRuntime, Sequence
-from minmo.runtime.factory import open_runtime
 from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
 from minmo.services.llm.servicer import MODEL, ReasonerOptions, ReasonerServicer, predictor_is_trained
-from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
+from minmo.serving.server import ServiceHost
 from minmo.serving.settings import ServerSettings, env_int, env_str
-from minmo.telemetry import start_telemetry
 from minmo.v1 import llm_pb2_grpc
 
 DEFAULT_PORT = 50053
-WARMUP_FRAMES = 4  # audio frames (12.5 Hz) in the warm-up turn
+WARMUP_FRAMES = 4  # audio embeddings (LLM frames, 12.5 Hz for SAN-M) in the warm-up turn
 WARMUP_TOKENS = 4
 log = logging.getLogger("minmo.llm")
 
@@ -45,45 +43,13 @@ class LlmSettings:
         )
 
 
-async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
-    """Load the model (or serve the given runtime's "llm"), start serving, warm up, then report SERVING."""
-    cfg: MinMoConfig = load_config(settings.server.model_config)
-    telemetry = start_telemetry("minmo-llm", settings.server)
-    host = ServiceHost(settings.server, telemetry)
-    server = settings.server
-    runtime = runtime or await open_runtime(
-        server.runtime,
-        cfg,
-        [MODEL],
-        settings.checkpoint,
-        server.triton_url,
-        batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
-        lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
-    )
-    host.on_stop(runtime.close)
-    options = ReasonerOptions(
-        hidden_size=cfg.llm.hidden_size,
-        max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
-        predictor_trained=predictor_is_trained(settings.checkpoint),
-        max_positions=cfg.llm.max_positions,
-    )
-    limiter = SessionLimiter(settings.server.max_sessions)
-    servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), limiter, options, telemetry)
-    host.add(llm_pb2_grpc.add_ReasonerServicer_to_server, servicer, "minmo.v1.Reasoner")
-    port = await host.start()
-    await warm_up(runtime, cfg.llm.hidden_size)
-    await host.set_serving()
-    log.info("llm serving on %s:%d (predictor trained: %s)", settings.server.host, port, options.predictor_trained)
-    return host
-
-
-async def warm_up(runtime: ModelRuntime, hidden_size: int) -> None:
+async def warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
     """One short turn through every op a session uses, on a throw-away sequence."""
     sequence_id = f"warmup-{uuid.uuid4().hex}"
     try:
         for op, inputs in [
             (OP_START, {"system_prompt": text_tensor("warm up")}),
-            (OP_APPEND_AUDIO, {"embeddings": torch.zeros(WARMUP_FRAMES, hidden_size)}),
+            (OP_APPEND_AUDIO, {"embeddings": torch.zeros(WARMUP_FRAMES, cfg.llm.hidden_size)}),
             (OP_BEGIN_RESPONSE, {}),
         ]:
             await runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, Sequence(sequence_id, op == OP_START))
@@ -94,13 +60,35 @@ async def warm_up(runtime: ModelRuntime, hidden_size: int) -> None:
         await runtime.end_sequence(MODEL, sequence_id)
 
 
-async def serve(settings: LlmSettings) -> None:
-    host = await start(settings)
-    await host.serve_until_signal()
+SERVICE = ModelService(
+    name="llm",
+    models=(MODEL,),
+    grpc_service="minmo.v1.Reasoner",
+    register=llm_pb2_grpc.add_ReasonerServicer_to_server,
+    warm_up=warm_up,
+    batched=True,
+)
+
+
+async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
+    """Load the model (or serve the given runtime's "llm"), start serving, warm up, then report SERVING."""
+
+    def servicer(parts: ServiceParts) -> ReasonerServicer:
+        cfg = parts.cfg
+        options = ReasonerOptions(
+            hidden_size=cfg.llm.hidden_size,
+            max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
+            predictor_trained=predictor_is_trained(settings.checkpoint),
+            max_positions=cfg.llm.max_positions,
+        )
+        log.info("llm predictor trained: %s", options.predictor_trained)
+        return ReasonerServicer(parts.runtime, load_tokenizer(cfg.llm), parts.limiter, options, parts.telemetry)
+
+    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer, runtime)
 
 
 def main() -> None:
-    asyncio.run(serve(LlmSettings.from_env()))
+    asyncio.run(run_model_service(start, LlmSettings.from_env()))
 
 
 if __name__ == "__main__":

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import torch
 
-from minmo.model.config import MinMoConfig, load_config
+from minmo.model.config import MinMoConfig
 from minmo.runtime.base import ModelRuntime
-from minmo.runtime.factory import open_runtime
 from minmo.services.vocoder.servicer import VocoderServicer
-from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
+from minmo.serving.server import ServiceHost
 from minmo.serving.settings import ServerSettings, env_int, env_str
-from minmo.telemetry import start_telemetry
 from minmo.v1 import vocoder_pb2_grpc
 
 DEFAULT_PORT = 50055
-log = logging.getLogger("minmo.vocoder")
 
 
 @dataclass(frozen=True)
@@ -39,25 +36,6 @@ class VocoderSettings:
         )
 
 
-async def start(settings: VocoderSettings) -> ServiceHost:
-    """Load the model, start serving, warm up, then report SERVING; returns the running host."""
-    telemetry = start_telemetry("minmo-vocoder", settings.server)
-    host = ServiceHost(settings.server, telemetry)
-    cfg = load_config(settings.server.model_config)
-    runtime = await open_runtime(
-        settings.server.runtime, cfg, ["token2wav"], settings.checkpoint, settings.server.triton_url
-    )
-    host.on_stop(runtime.close)
-    limiter = SessionLimiter(settings.server.max_sessions)
-    servicer = VocoderServicer(runtime, limiter, settings.max_tokens_per_message, telemetry)
-    host.add(vocoder_pb2_grpc.add_VocoderServicer_to_server, servicer, "minmo.v1.Vocoder")
-    port = await host.start()
-    await _warm_up(runtime, cfg)
-    await host.set_serving()
-    log.info("vocoder serving on %s:%d", settings.server.host, port)
-    return host
-
-
 async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
     """A chunk with its lookahead, then a flush from the returned state: step, state round trip and flush
     all run once before the first turn, so it does not pay for lazy initialisation."""
@@ -67,13 +45,26 @@ async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
     await runtime.infer("token2wav", {"tokens": tokens[:0], "state": first["state"], "flush": torch.tensor([True])})
 
 
-async def serve(settings: VocoderSettings) -> None:
-    host = await start(settings)
-    await host.serve_until_signal()
+SERVICE = ModelService(
+    name="vocoder",
+    models=("token2wav",),
+    grpc_service="minmo.v1.Vocoder",
+    register=vocoder_pb2_grpc.add_VocoderServicer_to_server,
+    warm_up=_warm_up,
+)
+
+
+async def start(settings: VocoderSettings) -> ServiceHost:
+    """Load the model, start serving, warm up, then report SERVING; returns the running host."""
+
+    def servicer(parts: ServiceParts) -> VocoderServicer:
+        return VocoderServicer(parts.runtime, parts.limiter, settings.max_tokens_per_message, parts.telemetry)
+
+    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer)
 
 
 def main() -> None:
-    asyncio.run(serve(VocoderSettings.from_env()))
+    asyncio.run(run_model_service(start, VocoderSettings.from_env()))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import grpc
 import torch
 
 from minmo.audio.pcm import float_to_pcm16
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.runtime.base import InvalidInput, ModelRuntime
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
 
-VOCODER_SAMPLE_RATE = 24000
+VOCODER_SAMPLE_RATE = VOCODER_SAMPLE_RATE_HZ
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):

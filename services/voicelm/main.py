@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import torch
 
-from minmo.model.config import MinMoConfig, load_config
-from minmo.runtime import batching
+from minmo.model.config import MinMoConfig
 from minmo.runtime.base import ModelRuntime, Sequence
-from minmo.runtime.factory import open_runtime
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
-from minmo.serving.server import ServiceHost, SessionLimiter
+from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
+from minmo.serving.server import ServiceHost
 from minmo.serving.settings import ServerSettings, env_int, env_str
-from minmo.telemetry import start_telemetry
 from minmo.v1 import common_pb2, voicelm_pb2_grpc
 
 DEFAULT_PORT = 50054
 WARM_UP_SEQUENCE = "warm-up"
-log = logging.getLogger("minmo.voicelm")
 
 
 @dataclass(frozen=True)
@@ -41,38 +37,6 @@ class VoiceLmSettings:
         )
 
 
-async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
-    """Load the model (or use `runtime`, e.g. one a test inspects), start serving, warm up, then report SERVING."""
-    telemetry = start_telemetry("minmo-voicelm", settings.server)
-    host = ServiceHost(settings.server, telemetry)
-    cfg = load_config(settings.server.model_config)
-    server = settings.server
-    runtime = runtime or await open_runtime(
-        server.runtime,
-        cfg,
-        [MODEL],
-        settings.checkpoint,
-        server.triton_url,
-        batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
-        lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
-    )
-    host.on_stop(runtime.close)
-    servicer = VoiceDecoderServicer(
-        runtime,
-        SessionLimiter(settings.server.max_sessions),
-        cfg.output_projector.llm_dim,
-        settings.max_positions_per_message,
-        SamplingDefaults(),
-        telemetry,
-    )
-    host.add(voicelm_pb2_grpc.add_VoiceDecoderServicer_to_server, servicer, "minmo.v1.VoiceDecoder")
-    port = await host.start()
-    await _warm_up(runtime, cfg)
-    await host.set_serving()
-    log.info("voicelm serving on %s:%d", settings.server.host, port)
-    return host
-
-
 async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
     """One sampled block of 5 positions, so the first turn pays for no lazy initialisation."""
     positions = torch.zeros(cfg.voice_token_lm.text_block, cfg.output_projector.llm_dim)  # (5, llm_dim)
@@ -84,13 +48,34 @@ async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
         await runtime.end_sequence(MODEL, WARM_UP_SEQUENCE)
 
 
-async def serve(settings: VoiceLmSettings) -> None:
-    host = await start(settings)
-    await host.serve_until_signal()
+SERVICE = ModelService(
+    name="voicelm",
+    models=(MODEL,),
+    grpc_service="minmo.v1.VoiceDecoder",
+    register=voicelm_pb2_grpc.add_VoiceDecoderServicer_to_server,
+    warm_up=_warm_up,
+    batched=True,
+)
+
+
+async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
+    """Load the model (or use `runtime`, e.g. one a test inspects), start serving, warm up, then report SERVING."""
+
+    def servicer(parts: ServiceParts) -> VoiceDecoderServicer:
+        return VoiceDecoderServicer(
+            parts.runtime,
+            parts.limiter,
+            parts.cfg.output_projector.llm_dim,
+            settings.max_positions_per_message,
+            SamplingDefaults(),
+            parts.telemetry,
+        )
+
+    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer, runtime)
 
 
 def main() -> None:
-    asyncio.run(serve(VoiceLmSettings.from_env()))
+    asyncio.run(run_model_service(start, VoiceLmSettings.from_env()))
 
 
 if __name__ == "__main__":

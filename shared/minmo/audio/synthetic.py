@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
+
+SAMPLE_RATE = ENCODER_SAMPLE_RATE_HZ  # what the speech encoder hears
 NOISE_LEVEL = 0.003
 SPEECH_PEAK = 0.3
 VOWEL_FORMANTS_HZ = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410), (300, 870, 2240))

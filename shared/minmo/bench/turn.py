@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from minmo.audio.synthetic import utterance
+from minmo.audio.synthetic import SAMPLE_RATE, utterance
 from minmo.client.chat import ChatRequest, run_chat
 from minmo.client.wav import InputAudio
 from minmo.model.config import load_config
@@ -68,7 +68,7 @@ def bench_services(
         if event.HasField("latency_report"):
             reports.append(event.latency_report)
 
-    request = ChatRequest(audio=InputAudio(utterance(seed=seed), 16000), realtime=True, timeout_s=300)
+    request = ChatRequest(audio=InputAudio(utterance(seed=seed), SAMPLE_RATE), realtime=True, timeout_s=300)
     with (
         log_path.open("ab") as log,
         EmbeddedRedis() as redis_server,

@@ -19,12 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
 from minmo.client.wav import MS_PER_S, InputAudio
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ, VOCODER_SAMPLE_RATE_HZ
 from minmo.v1 import common_pb2, conversation_pb2, conversation_pb2_grpc
 
 CHUNK_MS = 100
 TRAILING_SILENCE_MS = 1500
-OUTPUT_SAMPLE_RATE_HZ = 24000
-TEXT_SESSION_INPUT_RATE_HZ = 16000  # SessionConfig needs an input rate even when only text is sent
+OUTPUT_SAMPLE_RATE_HZ = VOCODER_SAMPLE_RATE_HZ  # the vocoder's own rate: no resampling at the server
+TEXT_SESSION_INPUT_RATE_HZ = ENCODER_SAMPLE_RATE_HZ  # SessionConfig needs an input rate even when only text is sent
 DEFAULT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0  # how long the server may take to close the stream after EndSession
 NO_SPEECH_WAIT_S = 5.0  # after the last audio chunk: no USER_SPEECH_STARTED by then means the audio held no speech

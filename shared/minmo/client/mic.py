@@ -21,10 +21,11 @@ from minmo.audio.pcm import PCM16_BYTES
 from minmo.client.console import ConsoleRenderer
 from minmo.client.session import Session
 from minmo.client.wav import MS_PER_S
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ, VOCODER_SAMPLE_RATE_HZ
 from minmo.v1 import conversation_pb2
 
-INPUT_RATE = 16000  # the speech encoder's rate; PortAudio resamples the microphone to it
-OUTPUT_RATE = 24000  # the vocoder's rate
+INPUT_RATE = ENCODER_SAMPLE_RATE_HZ  # the speech encoder's rate; PortAudio resamples the microphone to it
+OUTPUT_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder's rate
 CHUNK_MS = 100
 POSITION_EVERY_S = 0.2  # PlaybackPosition while a reply plays (the API asks for every 100-250 ms)
 TurnType = conversation_pb2.TurnEvent.Type

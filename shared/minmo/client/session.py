@@ -23,9 +23,10 @@ import grpc
 from minmo.audio.pcm import PCM16_BYTES
 from minmo.client.chat import OUTPUT_SAMPLE_RATE_HZ, ConversationClient, LatencyMs
 from minmo.client.wav import MS_PER_S
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.v1 import common_pb2, conversation_pb2
 
-DEFAULT_INPUT_RATE_HZ = 16000
+DEFAULT_INPUT_RATE_HZ = ENCODER_SAMPLE_RATE_HZ
 READY_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 TurnType = conversation_pb2.TurnEvent.Type

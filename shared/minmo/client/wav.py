@@ -13,8 +13,11 @@ import numpy as np
 import soundfile as sf
 
 from minmo.audio.pcm import PCM16_DTYPE, SUPPORTED_INPUT_RATES, StreamingResampler
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 
-FALLBACK_INPUT_RATE = 16000  # the speech encoder's rate: resampling there avoids a second server-side pass
+FALLBACK_INPUT_RATE = (
+    ENCODER_SAMPLE_RATE_HZ  # the speech encoder's rate: resampling there avoids a second server-side pass
+)
 MS_PER_S = 1000
 
 

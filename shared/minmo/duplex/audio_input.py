@@ -14,8 +14,9 @@ import numpy as np
 from minmo.audio.pcm import StreamingResampler
 from minmo.audio.turn_detection import TurnDetector, TurnEvent, TurnEventType
 from minmo.audio.vad import StreamingVad
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 
-ENCODER_RATE = 16000
+ENCODER_RATE = ENCODER_SAMPLE_RATE_HZ  # also the Silero VAD's rate
 RECENT_AUDIO_S = 3.0  # enough for prefix padding + the VAD's confirmation delay
 
 

@@ -1,12 +1,16 @@
-"""One Converse stream: the per-session state machine of the duplex front door.
+"""One Converse stream: the thin async conductor of a duplex session.
 
-States (also written to Redis): listening -> user_speaking -> responding -> listening, with
-interrupted when the user barges in. Client audio goes through VAD + turn detection; only speech goes
-to the encoder, whose embeddings go to the LLM, whose predictor signals (or, untrained, the VAD's end
-of speech) decide when to respond. A response streams text tokens to voicelm, speech tokens to the
-vocoder and PCM to the client. While its audio is still playing, user speech interrupts it: the
-downstream calls are cancelled, the client learns how much it heard, and the history (Redis and the
-LLM context) keeps only the words actually heard.
+Everything that happens in a session becomes an event for the session's `TurnPolicy` (minmo.duplex.turn_policy),
+a synchronous state machine that owns every rule of turn taking; this module executes its decisions and moves
+messages. Client audio goes through VAD + turn detection (`AudioInput`); only speech goes to the encoder, whose
+embeddings go to the LLM, whose predictor signals (or, untrained, the VAD's end of speech) decide when to
+respond. A response (`Response`) streams text tokens to voicelm, speech tokens to the vocoder and PCM to the
+client. While its audio is still playing, user speech interrupts it: the downstream calls are cancelled, the
+client learns how much it heard, and `History` keeps only the words actually heard, in Redis and in the LLM
+context together. The session's settings are one typed `SessionConfig`, checked when the session starts.
+
+States written to Redis (for observers): listening -> user_speaking -> responding -> listening, with
+interrupted when the user barges in.
 
 Protocol errors end the stream with a gRPC status via `ProtocolError`; the servicer aborts with it.
 
@@ -25,22 +29,46 @@ from dataclasses import dataclass, field
 import grpc
 from redis.exceptions import RedisError
 
-from minmo.audio.pcm import SUPPORTED_INPUT_RATES, float_to_pcm16, pcm16_to_float
+from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16, pcm16_to_float
 from minmo.audio.turn_detection import TurnDetectionConfig, TurnDetector
 from minmo.audio.vad import StreamingVad
 from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, SpeechStopped
+from minmo.duplex.history import ContextLost, History
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trace_context
-from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull, history_turn
+from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull
 from minmo.duplex.response import Response
+from minmo.duplex.session_config import SessionConfig
+from minmo.duplex.turn_policy import (
+    AnswerSpoken,
+    AnswerTyped,
+    CancelRequested,
+    Decision,
+    EncoderLost,
+    FailSpokenTurn,
+    Flushed,
+    FlushEncoder,
+    FlushLost,
+    Interrupt,
+    LlmOpened,
+    OpenUserTurn,
+    Predicted,
+    ResponseEnded,
+    ResponseStarted,
+    ShowBackchannel,
+    TextTyped,
+    TurnPolicy,
+    UserSpeechAudio,
+    UserSpeechStarted,
+    UserSpeechStopped,
+)
 from minmo.duplex.turn_trace import TurnTrace
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule
 from minmo.serving.server import RETRY_AFTER_METADATA
 from minmo.session.store import (
     PermissionDenied,
-    Role,
     SessionEnded,
-    SessionError,
     SessionNotFound,
     SessionState,
     SessionStore,
@@ -51,9 +79,6 @@ from minmo.telemetry import Telemetry
 from minmo.v1 import common_pb2, conversation_pb2, encoder_pb2, llm_pb2
 
 log = logging.getLogger(__name__)
-OUTPUT_RATES = (8000, 16000, 24000, 48000)
-DEFAULT_OUTPUT_RATE = 24000
-RESPOND_THRESHOLD = 0.5
 TurnType = conversation_pb2.TurnEvent.Type
 EndReason = conversation_pb2.TurnEvent.EndReason
 LLM_END_REASONS = {"LENGTH": EndReason.MAX_TOKENS}  # ResponseEnd.Reason name -> the client's; otherwise COMPLETED
@@ -85,6 +110,9 @@ class Peers:
 
 
 class Conversation:
+    """The async conductor of one session: turns what arrives (client events, audio actions, link callbacks)
+    into `TurnPolicy` events and executes the decisions that come back; it moves messages and decides nothing."""
+
     def __init__(
         self, policy: DuplexPolicy, peers: Peers, store: SessionStore, vad: StreamingVad, telemetry: Telemetry
     ) -> None:
@@ -98,17 +126,15 @@ class Conversation:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.session_id = ""
         self.epoch = 0
-        self.config: dict = {}
+        self.config: SessionConfig | None = None  # set by the first message
+        self.history: History | None = None  # set once the session exists
+        self.turns = TurnPolicy(predictor_mode=False)  # replaced with the session's once its config is known
         self.audio_input: AudioInput | None = None
         self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done, self._on_encoder_lost)
         self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript, self._on_context_trimmed)
-        self.user_turn: str | None = None
-        self.user_turn_ms = 0.0
         self.timings: TurnTimings | None = None
-        self.respond_on_flush = False
-        self.response: Response | None = None
+        self.response: Response | None = None  # the last response started (the policy says if it still generates)
         self.response_task: asyncio.Task | None = None
-        self.playing: Response | None = None  # finished or not, until its audio has played out
         self.played_ms: dict[str, float] = {}
 
     async def run(self, requests: AsyncIterator[conversation_pb2.ClientEvent]) -> AsyncIterator:
@@ -147,7 +173,7 @@ class Conversation:
             await self._on_text(event.text_input)
         elif kind == "cancel_response":
             check_id("cancel_response.turn_id", event.cancel_response.turn_id)
-            await self._interrupt()
+            await self._apply(self.turns.handle(CancelRequested(self._audio_playing())))
         elif kind == "playback_position":
             check_id("playback_position.turn_id", event.playback_position.turn_id)
             self.played_ms[event.playback_position.turn_id] = float(event.playback_position.played_ms)
@@ -160,78 +186,64 @@ class Conversation:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "could not parse the message as a ClientEvent")
         return True
 
+    async def _apply(self, decisions: list[Decision]) -> None:
+        """Execute the policy's decisions, in order."""
+        for decision in decisions:
+            match decision:
+                case Interrupt():
+                    await self._interrupt(decision)
+                case OpenUserTurn():
+                    await self._open_user_turn(decision)
+                case FlushEncoder():
+                    await self._flush_encoder(decision)
+                case ShowBackchannel(turn_id=turn_id):
+                    await self.emit(_turn_event(TurnType.BACKCHANNEL, turn_id))
+                case AnswerSpoken():
+                    await self._answer_spoken(decision)
+                case AnswerTyped():
+                    await self._answer_typed(decision)
+                case FailSpokenTurn(turn_id=turn_id):
+                    await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
+
     # --- session set-up -------------------------------------------------------------------------
 
     async def _start(self, first: conversation_pb2.ClientEvent | None) -> None:
         kind = first.WhichOneof("event") if first is not None else None
         if kind == "session_config":
-            resumed, history = False, []
-            self.config = self._validated_config(first.session_config)
-            record, token = await self.store.create(self.config)
+            resumed, turns = False, []
+            self.config = SessionConfig.from_proto(first.session_config, self.policy.turn_detection, self.policy.limits)
+            record, token = await self.store.create(self.config.to_record())
             record = await self.store.claim(record.session_id, token, self.policy.replica_id)
         elif kind == "resume_session":
             resumed = True
             record, token = await self._resume(first.resume_session)
-            history = await self.store.history(record.session_id)
+            turns = await self.store.history(record.session_id)
         else:
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be session_config or resume_session"
             )
         self.session_id, self.epoch = record.session_id, record.epoch
-        detection = self._turn_detection(self.config)
-        self.audio_input = AudioInput(self.vad, TurnDetector(detection), self.config["input_sample_rate_hz"])
+        config = self.config
+        self.history = History(
+            self.store,
+            self.llm,
+            self.session_id,
+            self.epoch,
+            config.system_prompt,
+            self.policy.max_response_tokens,
+            self._open_llm,
+        )
+        self.turns = TurnPolicy(config.predictor_mode)
+        self.audio_input = AudioInput(self.vad, TurnDetector(config.turn_detection), config.input_sample_rate_hz)
         try:
-            await self._open_llm(history)
+            await self._open_llm(turns)
             await self._open_encoder()
         except ProtocolError as refusal:  # refused before any work started: the session is not kept
             if refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.telemetry.metrics.errors.labels(code=refusal.code.name).inc()
                 await self.store.end(self.session_id, self.epoch)
             raise
-        await self.emit(self._session_started(token, resumed, len(history), detection))
-
-    def _validated_config(self, config: conversation_pb2.SessionConfig) -> dict:
-        """The session's config, every field checked before anything is stored (the same answer for the same
-        message, however many sessions open at once)."""
-        self.policy.limits.check_session_config(config)
-        if config.input_sample_rate_hz not in SUPPORTED_INPUT_RATES:
-            raise ProtocolError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input_sample_rate_hz {config.input_sample_rate_hz} is not supported;"
-                f" use one of {SUPPORTED_INPUT_RATES}",
-            )
-        output_rate = config.output_sample_rate_hz or DEFAULT_OUTPUT_RATE
-        if output_rate not in OUTPUT_RATES:
-            raise ProtocolError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"output_sample_rate_hz {output_rate} is not supported; use one of {OUTPUT_RATES}",
-            )
-        detection = config.turn_detection
-        defaults = self.policy.turn_detection
-        validated = {
-            "input_sample_rate_hz": config.input_sample_rate_hz,
-            "output_sample_rate_hz": output_rate,
-            "system_prompt": config.system_prompt,
-            "voice_instruction": config.voice_instruction,
-            "text_only": config.text_only,
-            "mode": conversation_pb2.TurnDetection.Mode.Name(detection.mode),
-            "threshold": detection.vad_threshold or defaults.threshold,
-            "silence_ms": detection.silence_ms or defaults.silence_duration_ms,
-            "prefix_padding_ms": detection.prefix_padding_ms or defaults.prefix_padding_ms,
-        }
-        self._turn_detection(validated)  # the combination must make a detector, too
-        return validated
-
-    def _turn_detection(self, config: dict) -> TurnDetectionConfig:
-        try:
-            return TurnDetectionConfig(
-                threshold=config["threshold"],
-                prefix_padding_ms=config["prefix_padding_ms"],
-                silence_duration_ms=config["silence_ms"],
-                min_speech_duration_ms=self.policy.turn_detection.min_speech_duration_ms,
-            )
-        except ValueError as error:
-            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        await self.emit(self._session_started(token, resumed, len(turns)))
 
     async def _resume(self, resume: conversation_pb2.ResumeSession):
         check_id("resume_session.session_id", resume.session_id)
@@ -244,46 +256,26 @@ class Conversation:
             raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, "the resume token does not match") from error
         except SessionEnded as error:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, "the session has ended") from error
-        config = dict(record.config)
-        if resume.input_sample_rate_hz:
-            config["input_sample_rate_hz"] = resume.input_sample_rate_hz
-        if resume.output_sample_rate_hz:
-            config["output_sample_rate_hz"] = resume.output_sample_rate_hz
-        self._validated_config(_as_session_config(config))
-        self.config = config
+        self.config = SessionConfig.resumed(record.config, resume, self.policy.turn_detection)
         return record, resume.resume_token
 
-    def _session_started(self, token: str, resumed: bool, history_turns: int, detection: TurnDetectionConfig):
-        def audio_format(rate: int) -> common_pb2.AudioFormat:
-            return common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_PCM16LE, sample_rate_hz=rate, channels=1)
-
+    def _session_started(self, token: str, resumed: bool, history_turns: int) -> conversation_pb2.ServerEvent:
         return conversation_pb2.ServerEvent(
             session_started=conversation_pb2.SessionStarted(
                 session_id=self.session_id,
                 resume_token=token,
-                input_format=audio_format(self.config["input_sample_rate_hz"]),
-                output_format=audio_format(self.config["output_sample_rate_hz"]),
+                input_format=self.config.input_format(),
+                output_format=self.config.output_format(),
                 resumed=resumed,
                 history_turns=history_turns,
-                turn_detection=conversation_pb2.TurnDetection(
-                    mode=conversation_pb2.TurnDetection.Mode.Value(self.config["mode"]),
-                    vad_threshold=detection.threshold,
-                    silence_ms=round(detection.silence_duration_ms),
-                    prefix_padding_ms=round(detection.prefix_padding_ms),
-                ),
+                turn_detection=self.config.turn_detection_message(),
             )
         )
 
-    async def _open_llm(self, history: list[Turn]) -> None:
+    async def _open_llm(self, turns: list[Turn]) -> None:
         """Open the LLM stream with the context rebuilt from the history (new replica or new session)."""
-        config = llm_pb2.LlmSessionConfig(
-            session_id=self.session_id,
-            system_prompt=self.config["system_prompt"],
-            history=[history_turn(turn.role, turn.text) for turn in history if turn.text],
-            max_response_tokens=self.policy.max_response_tokens,
-        )
         try:
-            ready = await self.llm.open(config)
+            ready = await self.llm.open(self.history.llm_config(turns))
         except LinkLost as lost:
             log.warning("session %s: %s", self.session_id, lost)
             cause = lost.__cause__
@@ -293,6 +285,7 @@ class Conversation:
             if isinstance(lost, ReplicasFull):
                 raise _refusal(lost) from lost
             raise ProtocolError(grpc.StatusCode.UNAVAILABLE, LLM_LOST) from lost
+        self.turns.handle(LlmOpened(ready.predictor_trained))
         if ready.dropped_history_turns:
             trimmed = common_pb2.ContextTrimmed(
                 dropped_turns=ready.dropped_history_turns,
@@ -312,7 +305,7 @@ class Conversation:
         on and fails at its end with one RESPONSE_DONE (the session stays)."""
         try:
             if not self.llm.usable:
-                await self._open_llm(await self.store.history(self.session_id))
+                await self.history.rebuild_llm()
             if not self.encoder.usable:
                 await self._open_encoder()
         except (ProtocolError, LinkLost, grpc.aio.AioRpcError, RedisError) as error:
@@ -321,8 +314,8 @@ class Conversation:
     # --- user input -----------------------------------------------------------------------------
 
     async def _on_audio(self, audio: bytes) -> None:
-        rate = self.config["input_sample_rate_hz"]
-        limit = 2 * rate * self.policy.max_chunk_ms // 1000
+        rate = self.config.input_sample_rate_hz
+        limit = PCM16_BYTES * rate * self.policy.max_chunk_ms // 1000
         if len(audio) > limit:
             raise ProtocolError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -334,54 +327,56 @@ class Conversation:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
         for action in await asyncio.to_thread(self.audio_input.process, samples):
             if isinstance(action, SpeechStarted):
-                await self._on_speech_started(action)
+                started = UserSpeechStarted(_new_turn_id(), self._audio_playing(), action.event.audio_ms)
+                await self._apply(self.turns.handle(started))
             elif isinstance(action, SpeechAudio):
                 await self._send_speech(action)
             elif isinstance(action, SpeechStopped):
-                await self._on_speech_stopped(action)
+                self.timings = TurnTimings(end_of_speech=now_ms())
+                stopped = _turn_event(
+                    TurnType.USER_SPEECH_STOPPED, self.turns.user_turn, input_offset_ms=action.event.audio_ms
+                )
+                await self.emit(stopped)
+                await self._apply(self.turns.handle(UserSpeechStopped()))
 
-    async def _on_speech_started(self, action: SpeechStarted) -> None:
-        await self._interrupt()
+    async def _open_user_turn(self, decision: OpenUserTurn) -> None:
         await self._ensure_links()
-        self.user_turn = _new_turn_id()
-        self._begin_trace(self.user_turn)
-        self.user_turn_ms = 0.0
-        self.respond_on_flush = False
-        started = _turn_event(TurnType.USER_SPEECH_STARTED, self.user_turn, input_offset_ms=action.event.audio_ms)
+        self._begin_trace(decision.turn_id)
+        started = _turn_event(TurnType.USER_SPEECH_STARTED, decision.turn_id, input_offset_ms=decision.input_offset_ms)
         await self.emit(started)
         await self._set_state(SessionState.USER_SPEAKING)
 
     async def _send_speech(self, action: SpeechAudio) -> None:
-        self.user_turn_ms += 1000 * action.samples.shape[0] / 16000
+        self.turns.handle(UserSpeechAudio(1000 * action.samples.shape[0] / ENCODER_SAMPLE_RATE_HZ))
+        turn_id = self.turns.user_turn
         chunk = encoder_pb2.EncodeAudioChunk(
-            audio=float_to_pcm16(action.samples), turn_id=self.user_turn, trace_context=self._carrier(self.user_turn)
+            audio=float_to_pcm16(action.samples), turn_id=turn_id, trace_context=self._carrier(turn_id)
         )
         with contextlib.suppress(LinkLost):  # a lost encoder is reopened at the next turn
             await self.encoder.write(encoder_pb2.EncodeRequest(audio_chunk=chunk))
 
-    async def _on_speech_stopped(self, action: SpeechStopped) -> None:
-        turn_id = self.user_turn
-        self.timings = TurnTimings(end_of_speech=now_ms())
-        await self.emit(_turn_event(TurnType.USER_SPEECH_STOPPED, turn_id, input_offset_ms=action.event.audio_ms))
-        self.respond_on_flush = self.respond_on_flush or not self._predictor_decides()
-        end = encoder_pb2.EndOfUtterance(turn_id=turn_id, trace_context=self._carrier(turn_id))
+    async def _flush_encoder(self, decision: FlushEncoder) -> None:
+        turn_id = decision.turn_id
+        end = encoder_pb2.EncodeRequest(
+            end_of_utterance=encoder_pb2.EndOfUtterance(turn_id=turn_id, trace_context=self._carrier(turn_id))
+        )
+        if not decision.required:  # the predictor's early flush: the turn ends here, not at the VAD's silence
+            self.timings = self.timings or TurnTimings(end_of_speech=now_ms())
+            with contextlib.suppress(LinkLost):
+                await self.encoder.write(end)
+            return
         try:
-            await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
+            await self.encoder.write(end)
         except LinkLost as lost:
             log.warning("session %s turn %s: %s", self.session_id, turn_id, lost)
-            self.respond_on_flush = False
-            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
+            await self._apply(self.turns.handle(FlushLost()))
 
     async def _on_encoder_lost(self, lost: LinkLost) -> None:
-        """The encoder went away while a user turn waited for its flush: that turn ends, failed."""
-        if self.respond_on_flush and self.response is None and self.user_turn is not None:
-            self.respond_on_flush = False
-            log.warning("session %s turn %s: %s", self.session_id, self.user_turn, lost)
-            await self._fail_turn(self.user_turn, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
-
-    def _predictor_decides(self) -> bool:
-        trained = self.llm.ready is not None and self.llm.ready.predictor_trained
-        return self.config["mode"] == "PREDICTOR" and trained
+        """The encoder went away; a user turn waiting for its flush ends, failed."""
+        decisions = self.turns.handle(EncoderLost())
+        if decisions:
+            log.warning("session %s turn %s: %s", self.session_id, self.turns.user_turn, lost)
+        await self._apply(decisions)
 
     async def _on_embeddings(self, embeddings: encoder_pb2.Embeddings) -> None:
         request = llm_pb2.AudioInput(
@@ -394,16 +389,7 @@ class Conversation:
             await self.llm.write(llm_pb2.LlmRequest(audio_input=request))
 
     async def _on_predictor(self, signal: llm_pb2.PredictorSignal) -> None:
-        if not self._predictor_decides():
-            return
-        if signal.backchannel > RESPOND_THRESHOLD:
-            await self.emit(_turn_event(TurnType.BACKCHANNEL, signal.turn_id))
-        if signal.respond > RESPOND_THRESHOLD and self.response is None and not self.respond_on_flush:
-            self.respond_on_flush = True
-            self.timings = self.timings or TurnTimings(end_of_speech=now_ms())
-            end = encoder_pb2.EndOfUtterance(turn_id=signal.turn_id, trace_context=self._carrier(signal.turn_id))
-            with contextlib.suppress(LinkLost):
-                await self.encoder.write(encoder_pb2.EncodeRequest(end_of_utterance=end))
+        await self._apply(self.turns.handle(Predicted(signal.turn_id, signal.respond, signal.backchannel)))
 
     async def _on_user_transcript(self, transcript: llm_pb2.UserTranscript) -> None:
         """The LLM transcribed a spoken user turn (after its reply): tell the client, complete the history."""
@@ -414,28 +400,24 @@ class Conversation:
                 )
             )
         )
-        try:
-            await self.store.set_turn_text(self.session_id, self.epoch, transcript.turn_id, transcript.text)
-        except (RedisError, SessionError) as error:  # the transcript is a bonus: losing it costs the turn nothing
-            log.warning("session %s: transcript of %s not stored: %s", self.session_id, transcript.turn_id, error)
+        await self.history.user_transcript(transcript.turn_id, transcript.text)
 
     async def _on_context_trimmed(self, trimmed: common_pb2.ContextTrimmed) -> None:
         """The oldest turns left the model's context (the history keeps them): tell the client."""
         await self.emit(conversation_pb2.ServerEvent(context_trimmed=trimmed))
 
     async def _on_flush_done(self, flush: encoder_pb2.FlushDone) -> None:
-        if not self.respond_on_flush or self.response is not None:
-            return
-        self.respond_on_flush = False
+        await self._apply(self.turns.handle(Flushed(flush.turn_id, flush.compute_ms)))
+
+    async def _answer_spoken(self, decision: AnswerSpoken) -> None:
         timings = self.timings or TurnTimings(end_of_speech=now_ms())
-        timings.encoder_flush_ms = flush.compute_ms
+        timings.encoder_flush_ms = decision.encoder_flush_ms
         timings.encoder_done = now_ms()
-        user = Turn(turn_id=flush.turn_id, role=Role.USER, text="", audio_ms=round(self.user_turn_ms))
         try:
-            await self.store.append_turn(self.session_id, self.epoch, user)
+            await self.history.user_spoke(decision.turn_id, decision.audio_ms)
         except RedisError as error:
-            log.warning("session %s turn %s: %s", self.session_id, flush.turn_id, error)
-            await self._fail_turn(flush.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
+            log.warning("session %s turn %s: %s", self.session_id, decision.turn_id, error)
+            await self._fail_turn(decision.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
             return
         await self._start_response(timings)
 
@@ -445,40 +427,33 @@ class Conversation:
         text = text_input.text.strip()
         if not text:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "text_input.text is empty")
-        await self._interrupt()
-        turn_id = _new_turn_id()
-        self._begin_trace(turn_id, text_input.trace_context)
+        typed = TextTyped(_new_turn_id(), text, self._audio_playing(), dict(text_input.trace_context))
+        await self._apply(self.turns.handle(typed))
+
+    async def _answer_typed(self, decision: AnswerTyped) -> None:
+        turn_id = decision.turn_id
+        self._begin_trace(turn_id, decision.trace_parent)
         timings = TurnTimings(end_of_speech=now_ms())
         await self.emit(
             conversation_pb2.ServerEvent(
                 transcript=conversation_pb2.Transcript(
-                    turn_id=turn_id, role=common_pb2.ROLE_USER, text=text, is_final=True
+                    turn_id=turn_id, role=common_pb2.ROLE_USER, text=decision.text, is_final=True
                 )
             )
         )
         try:
-            await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
+            await self.history.user_typed(turn_id, decision.text, self._carrier(turn_id))
         except RedisError as error:
             log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
             await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
             return
-        append = llm_pb2.AppendTurn(
-            role=common_pb2.ROLE_USER, text=text, turn_id=turn_id, trace_context=self._carrier(turn_id)
-        )
-        try:
-            if not self.encoder.usable:
+        except ContextLost as error:
+            log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
+            await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, LLM_LOST)
+            return
+        if not self.encoder.usable:  # ready for the user's next spoken turn
+            with contextlib.suppress(LinkLost, grpc.aio.AioRpcError):
                 await self.encoder.open(self.session_id)
-            if self.llm.usable:
-                await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
-            else:  # the replica died since the last turn: rebuild, the history now holds this turn
-                await self._open_llm(await self.store.history(self.session_id))
-        except (LinkLost, ProtocolError, grpc.aio.AioRpcError, RedisError) as error:
-            try:  # one more try: the write found the stream broken, a rebuild goes to a live replica
-                await self._open_llm(await self.store.history(self.session_id))
-            except (ProtocolError, RedisError):
-                log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
-                await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, LLM_LOST)
-                return
         await self._start_response(timings)
 
     # --- responses ------------------------------------------------------------------------------
@@ -506,7 +481,7 @@ class Conversation:
             self.trace = None
 
     async def _start_response(self, timings: TurnTimings) -> None:
-        speech = not self.config["text_only"]
+        speech = not self.config.text_only
         turn_id = _new_turn_id()
         trace = self.trace or self._begin_trace(turn_id)
         response = Response(
@@ -516,14 +491,15 @@ class Conversation:
             voicelm=self.peers.voicelm if speech else None,
             vocoder=self.peers.vocoder if speech else None,
             emit=self.emit,
-            output_rate=self.config["output_sample_rate_hz"],
-            instruction=self.config["voice_instruction"],
+            output_rate=self.config.output_sample_rate_hz,
+            instruction=self.config.voice_instruction,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,
             trace_context=trace.respond(turn_id),
         )
-        self.response = self.playing = response
+        self.response = response
+        self.turns.handle(ResponseStarted(turn_id))
         await self.emit(_turn_event(TurnType.RESPONSE_STARTED, response.turn_id))
         await self._set_state(SessionState.RESPONDING)
         self.response_task = asyncio.create_task(self._run_response(response), name=f"response-{response.turn_id}")
@@ -534,7 +510,7 @@ class Conversation:
         try:
             await self._complete_response(response)
         except RedisError as error:
-            self.response = None
+            self.turns.handle(ResponseEnded(response.turn_id))
             log.warning("session %s turn %s: %s", self.session_id, response.turn_id, error)
             if not response.ended:
                 await self._fail_turn(response.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, response, store=False)
@@ -543,44 +519,30 @@ class Conversation:
         try:
             result = await response.run()
         except (LinkLost, grpc.aio.AioRpcError) as error:
-            self.response = None
+            self.turns.handle(ResponseEnded(response.turn_id))
             log.warning("session %s turn %s: %s", self.session_id, response.turn_id, _describe(error))
             code = _downstream_code(error)
             await self._fail_turn(response.turn_id, code, _turn_failed_message(code), response)
             return
-        self.response = None
-        text = result.text
-        turn = Turn(response.turn_id, Role.ASSISTANT, text, round(result.audio_ms))
-        await self.store.append_turn(self.session_id, self.epoch, turn)
-        await self._final_transcript(response.turn_id, text)
+        self.turns.handle(ResponseEnded(response.turn_id))
+        await self.history.reply_completed(response.turn_id, result.text, result.audio_ms)
+        await self._final_transcript(response.turn_id, result.text)
         end_reason = LLM_END_REASONS.get(result.end_reason, EndReason.COMPLETED)
         await self._finish_turn(response, TurnType.RESPONSE_DONE, end_reason=end_reason)
 
-    async def _interrupt(self) -> None:
-        """Barge-in or cancel: stop a response that is generating or whose audio is still playing."""
-        response, generating = self.playing, self.response is not None
-        if response is None or not (generating or self._still_playing(response)):
-            return
-        self.playing = self.response = None
+    async def _interrupt(self, decision: Interrupt) -> None:
+        """Barge-in or cancel: stop the response; history and LLM context keep what the user heard."""
+        response, generating = self.response, decision.generating
+        assert response is not None and response.turn_id == decision.turn_id, "the policy interrupts the last response"
         if generating:
             self.response_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.response_task
         await response.cancel()
         heard_ms, heard_text = response.heard(self._played_ms(response), self.schedule)
-        if generating:
-            turn = Turn(response.turn_id, Role.ASSISTANT, heard_text, round(response.audio_ms), True, round(heard_ms))
-            await self.store.append_turn(self.session_id, self.epoch, turn)
-        else:
-            await self.store.truncate_last_assistant_turn(self.session_id, self.epoch, heard_text, round(heard_ms))
-        append = llm_pb2.AppendTurn(
-            role=common_pb2.ROLE_ASSISTANT,
-            text=heard_text,
-            turn_id=response.turn_id,
-            trace_context=response.trace_context,
+        await self.history.reply_interrupted(
+            response.turn_id, heard_text, heard_ms, response.audio_ms, generating, response.trace_context
         )
-        with contextlib.suppress(LinkLost):
-            await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
         interrupted = _turn_event(
             TurnType.RESPONSE_INTERRUPTED,
             response.turn_id,
@@ -596,9 +558,16 @@ class Conversation:
             await self.emit(conversation_pb2.ServerEvent(latency_report=report))
         await self._set_state(SessionState.INTERRUPTED)
 
-    def _still_playing(self, response: Response) -> bool:
-        started = response.timings.first_audio_sent
-        return started is not None and now_ms() < started + response.audio_ms
+    def _generating(self) -> Response | None:
+        response = self.response
+        return response if response is not None and self.turns.generating == response.turn_id else None
+
+    def _audio_playing(self) -> bool:
+        """The last response's audio is still playing at the client (by the time since its first audio)."""
+        response = self.response
+        if response is None or response.timings.first_audio_sent is None:
+            return False
+        return now_ms() < response.timings.first_audio_sent + response.audio_ms
 
     def _played_ms(self, response: Response) -> float | None:
         """What the client played: its own report, else the time since the first audio was sent."""
@@ -643,14 +612,7 @@ class Conversation:
             await response.cancel()
         await self._report_error(code, message, turn_id)
         if store:
-            turn = Turn(turn_id, Role.ASSISTANT, heard_text, round(heard_ms), True, round(heard_ms), "failed")
-            try:
-                await self.store.append_turn(self.session_id, self.epoch, turn)
-            except RedisError as error:
-                log.warning("session %s turn %s: failed turn not stored: %s", self.session_id, turn_id, error)
-            append = llm_pb2.AppendTurn(role=common_pb2.ROLE_ASSISTANT, text=heard_text, turn_id=turn_id)
-            with contextlib.suppress(LinkLost):
-                await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
+            await self.history.reply_failed(turn_id, heard_text, heard_ms)
         await self._final_transcript(turn_id, heard_text)
         if response is not None:
             report = self._report(response)
@@ -699,8 +661,8 @@ class Conversation:
             self.response_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.response_task
-        if self.response is not None:
-            await self.response.cancel()
+        if (generating := self._generating()) is not None:
+            await generating.cancel()
         if self.trace is not None:
             self.trace.abandon("cancelled")
             self.trace = None
@@ -724,12 +686,6 @@ def _turn_event(event_type: int, turn_id: str, **fields) -> conversation_pb2.Ser
     fields = {name: round(value) if isinstance(value, float) else value for name, value in fields.items()}
     return conversation_pb2.ServerEvent(
         turn_event=conversation_pb2.TurnEvent(type=event_type, turn_id=turn_id or "", **fields)
-    )
-
-
-def _as_session_config(config: dict) -> conversation_pb2.SessionConfig:
-    return conversation_pb2.SessionConfig(
-        input_sample_rate_hz=config["input_sample_rate_hz"], output_sample_rate_hz=config["output_sample_rate_hz"]
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.serving.channels import open_channel
 from minmo.serving.server import ADMITTED_METADATA, RETRY_AFTER_METADATA
 from minmo.v1 import common_pb2, encoder_pb2, llm_pb2
@@ -208,7 +209,9 @@ class EncoderLink(_Link):
         await self.close()
         self.lost = None
         self.call = await self.replicas.open("Encode")
-        config = encoder_pb2.EncodeConfig(session_id=session_id, sample_rate_hz=16000, start_position=self.position)
+        config = encoder_pb2.EncodeConfig(
+            session_id=session_id, sample_rate_hz=ENCODER_SAMPLE_RATE_HZ, start_position=self.position
+        )
         await self.call.write(encoder_pb2.EncodeRequest(config=config))
         self.reader = asyncio.create_task(self._read(), name=f"encoder-reader-{session_id}")
 

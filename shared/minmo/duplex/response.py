@@ -29,6 +29,7 @@ from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import LinkLost, LlmLink, Replicas
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
@@ -38,7 +39,7 @@ from minmo.v1 import (
     voicelm_pb2,
 )
 
-VOCODER_RATE = 24000
+VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
 FAILOVER_DELAYS_S = (0.0, 0.5, 1.0, 2.0)  # waits before each reopening of a broken speech hop
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]

@@ -25,9 +25,10 @@ import grpc
 import numpy as np
 
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.v1 import conversation_pb2, conversation_pb2_grpc
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = ENCODER_SAMPLE_RATE_HZ  # the rate the load generator sends (no resampling at the server)
 CHUNK_MS = 100
 CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_MS // 1000
 NOISE_LEVEL = 0.003  # the microphone's floor between turns (the synthetic utterances use the same)

@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SPEECH_CODEBOOK_SIZE = 6561  # FSQ: 8 dims x 3 levels
+# The rates every component and service agrees on, named once here and read from here everywhere else.
+ENCODER_SAMPLE_RATE_HZ = 16_000  # speech input: duplex resamples client audio to it, the fbank reads it
+VOCODER_SAMPLE_RATE_HZ = 24_000  # speech output of HiFT (and a voice prompt's rate)
+SPEECH_TOKEN_RATE_HZ = 25  # speech tokens per second (voice LM output, flow matching input)
 TEXT_BLOCK = 5  # semantic vectors per interleave block
 SPEECH_BLOCK = 15  # speech tokens per interleave block
 
@@ -28,7 +32,7 @@ class FbankConfig:
     """The log-mel front end: kaldi fbank (optional SenseVoice LFR stacking) or Whisper's log-mel."""
 
     kind: str = "kaldi"  # kaldi (SAN-M encoders) | whisper (Whisper encoders: n_fft 400, hop 160, per-utterance norm)
-    sample_rate: int = 16000
+    sample_rate: int = ENCODER_SAMPLE_RATE_HZ
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
@@ -157,7 +161,7 @@ class HiFTConfig:
     24 kHz PCM. Defaults are CosyVoice2-0.5B's `hift.pt`."""
 
     mel_bins: int = 80
-    sample_rate: int = 24000
+    sample_rate: int = VOCODER_SAMPLE_RATE_HZ
     base_channels: int = 512
     upsample_rates: tuple[int, ...] = (8, 5, 3)
     upsample_kernels: tuple[int, ...] = (16, 11, 7)

@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minmo.model.config import FlowMatchingConfig
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ, FlowMatchingConfig
 from minmo.model.state import StreamState
 
-TOKEN_RATE_HZ = 25
 SIGMA_MIN = 1e-6  # the optimal-transport path ends at N(x1, sigma_min^2)
 NOISE_SEED = 0
 TIME_SCALE = 1000.0  # t in [0, 1] is scaled before the sinusoidal embedding (as in Matcha-TTS)
@@ -340,7 +339,7 @@ class FlowMatching(nn.Module):
     def __init__(self, cfg: FlowMatchingConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.frame_rate = TOKEN_RATE_HZ * cfg.token_mel_ratio
+        self.frame_rate = SPEECH_TOKEN_RATE_HZ * cfg.token_mel_ratio
         self.embedding = nn.Embedding(cfg.speech_vocab, cfg.dim)
         self.speaker_affine = nn.Linear(cfg.spk_embed_dim, cfg.mel_bins)
         self.encoder = TokenEncoder(cfg)

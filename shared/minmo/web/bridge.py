@@ -34,7 +34,8 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 from google.protobuf import json_format
 
-from minmo.client.session import Session, SessionError
+from minmo.client.chat import OUTPUT_SAMPLE_RATE_HZ
+from minmo.client.session import DEFAULT_INPUT_RATE_HZ, Session, SessionError
 from minmo.v1 import conversation_pb2
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
         start = await ws.receive_json(timeout=START_TIMEOUT_S)
         session = await Session.open(
             settings.server,
-            input_sample_rate_hz=int(start.get("input_sample_rate_hz", 16000)),
-            output_sample_rate_hz=int(start.get("output_sample_rate_hz", 24000)),
+            input_sample_rate_hz=int(start.get("input_sample_rate_hz", DEFAULT_INPUT_RATE_HZ)),
+            output_sample_rate_hz=int(start.get("output_sample_rate_hz", OUTPUT_SAMPLE_RATE_HZ)),
             system_prompt=str(start.get("system_prompt", "")),
             voice_instruction=str(start.get("voice_instruction", "")),
             ready_timeout_s=settings.ready_timeout_s,

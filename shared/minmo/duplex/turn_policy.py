@@ -1,0 +1,280 @@
+"""Turn taking as a synchronous state machine: what happened in, what to do out.
+
+The conductor (`minmo.duplex.conversation`) turns everything that happens in a session — the VAD heard speech
+start or stop, the encoder flushed an utterance, the LLM's duplex predictor fired, the client typed or cancelled,
+a response began or ended — into an event, hands it to `TurnPolicy.handle`, and executes the decisions it gets
+back in order. The policy owns every rule of turn taking and does no I/O, so each rule is a row in a table test
+(tests/duplex/test_turn_policy.py):
+
+- user speech (or a typed turn, or cancel_response) interrupts the assistant while its response generates or its
+  audio still plays; a response already played out is left alone;
+- a spoken turn is answered once the encoder has flushed it: the end of speech asks for that flush when the VAD
+  decides turns, the predictor's `respond` asks for it (even before the VAD's end of speech) when a trained
+  predictor decides;
+- a backchannel from the predictor is shown to the client and never starts or stops a response;
+- a flush nobody asked for, or one arriving while a response generates, is ignored;
+- a spoken turn whose encoder is lost before its flush fails (its audio never reached the history);
+- a typed turn is answered at once.
+
+Time and audio are observations, not decisions: an event that may interrupt says whether the last response's
+audio is still playing (`audio_playing`), measured by the conductor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+RESPOND_THRESHOLD = 0.5  # predictor probability above which `respond` / `backchannel` counts
+
+
+# --- events: what happened -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmOpened:
+    """The LLM stream (re)opened; its model says whether the duplex predictor is trained."""
+
+    predictor_trained: bool
+
+
+@dataclass(frozen=True)
+class UserSpeechStarted:
+    """The VAD confirmed user speech; `turn_id` names the new user turn, `input_offset_ms` where in the input it
+    started."""
+
+    turn_id: str
+    audio_playing: bool
+    input_offset_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class UserSpeechAudio:
+    """Speech audio of the current user turn went to the encoder."""
+
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class UserSpeechStopped:
+    """The VAD decided the user stopped speaking."""
+
+
+@dataclass(frozen=True)
+class FlushLost:
+    """The end-of-utterance write found the encoder stream broken."""
+
+
+@dataclass(frozen=True)
+class EncoderLost:
+    """The encoder stream broke (its reader ended)."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A duplex predictor signal from the LLM for `turn_id` (probabilities in [0, 1])."""
+
+    turn_id: str
+    respond: float
+    backchannel: float
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The encoder flushed the utterance of `turn_id`: all its embeddings are in the LLM context (`compute_ms`:
+    the encoder's time for the flush, for the latency report)."""
+
+    turn_id: str
+    compute_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class TextTyped:
+    """The client typed a turn (already validated); `turn_id` names it, `trace_parent` is the client's trace
+    context."""
+
+    turn_id: str
+    text: str
+    audio_playing: bool
+    trace_parent: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    """The client sent cancel_response."""
+
+    audio_playing: bool
+
+
+@dataclass(frozen=True)
+class ResponseStarted:
+    turn_id: str
+
+
+@dataclass(frozen=True)
+class ResponseEnded:
+    """The response of `turn_id` stopped generating (completed or failed); its audio may still play."""
+
+    turn_id: str
+
+
+Event = (
+    LlmOpened
+    | UserSpeechStarted
+    | UserSpeechAudio
+    | UserSpeechStopped
+    | FlushLost
+    | EncoderLost
+    | Predicted
+    | Flushed
+    | TextTyped
+    | CancelRequested
+    | ResponseStarted
+    | ResponseEnded
+)
+
+
+# --- decisions: what to do -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop the response of `turn_id`: cancel it if `generating`, keep only what the user heard."""
+
+    turn_id: str
+    generating: bool
+
+
+@dataclass(frozen=True)
+class OpenUserTurn:
+    """A spoken user turn begins: reopen lost streams, start its trace, tell the client."""
+
+    turn_id: str
+    input_offset_ms: float
+
+
+@dataclass(frozen=True)
+class FlushEncoder:
+    """Ask the encoder to flush the utterance of `turn_id`. `required`: the end of speech itself, whose loss fails
+    the turn; otherwise the predictor's early flush, whose loss `EncoderLost` handles."""
+
+    turn_id: str
+    required: bool
+
+
+@dataclass(frozen=True)
+class ShowBackchannel:
+    """Tell the client the predictor heard a backchannel moment; the turn goes on."""
+
+    turn_id: str
+
+
+@dataclass(frozen=True)
+class AnswerSpoken:
+    """Record the spoken user turn (its audio length) and start the response."""
+
+    turn_id: str
+    audio_ms: float
+    encoder_flush_ms: float
+
+
+@dataclass(frozen=True)
+class AnswerTyped:
+    """Record the typed user turn in the history and the LLM context, and start the response."""
+
+    turn_id: str
+    text: str
+    trace_parent: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FailSpokenTurn:
+    """The spoken turn's audio was lost with the encoder: end it failed (the history never got it)."""
+
+    turn_id: str
+
+
+Decision = Interrupt | OpenUserTurn | FlushEncoder | ShowBackchannel | AnswerSpoken | AnswerTyped | FailSpokenTurn
+
+
+# --- the policy ----------------------------------------------------------------------------------------------
+
+
+class TurnPolicy:
+    """One session's turn-taking state. `predictor_mode`: the session asked for turn detection by the LLM's
+    predictor (it decides only once the LLM says its predictor is trained; until then the VAD decides)."""
+
+    def __init__(self, predictor_mode: bool) -> None:
+        self.predictor_mode = predictor_mode
+        self.predictor_trained = False
+        self.user_turn: str | None = None  # the spoken user turn last heard
+        self.user_audio_ms = 0.0  # its speech audio so far
+        self.respond_on_flush = False  # a flush was asked for to answer the user turn
+        self.generating: str | None = None  # turn id of the response generating
+        self.playing: str | None = None  # the last response not interrupted: generating, or its audio may play
+
+    @property
+    def predictor_decides(self) -> bool:
+        return self.predictor_mode and self.predictor_trained
+
+    def handle(self, event: Event) -> list[Decision]:
+        match event:
+            case LlmOpened(predictor_trained=trained):
+                self.predictor_trained = trained
+                return []
+            case UserSpeechStarted(turn_id=turn_id, audio_playing=playing, input_offset_ms=offset):
+                decisions = self._interrupt(playing)
+                self.user_turn, self.user_audio_ms, self.respond_on_flush = turn_id, 0.0, False
+                return [*decisions, OpenUserTurn(turn_id, offset)]
+            case UserSpeechAudio(duration_ms=duration_ms):
+                self.user_audio_ms += duration_ms
+                return []
+            case UserSpeechStopped():
+                self.respond_on_flush = self.respond_on_flush or not self.predictor_decides
+                return [FlushEncoder(self.user_turn, required=True)]
+            case FlushLost():
+                self.respond_on_flush = False
+                return [FailSpokenTurn(self.user_turn)]
+            case EncoderLost():
+                if self.respond_on_flush and self.generating is None and self.user_turn is not None:
+                    self.respond_on_flush = False
+                    return [FailSpokenTurn(self.user_turn)]
+                return []
+            case Predicted():
+                return self._predicted(event)
+            case Flushed(turn_id=turn_id, compute_ms=compute_ms):
+                if not self.respond_on_flush or self.generating is not None:
+                    return []
+                self.respond_on_flush = False
+                return [AnswerSpoken(turn_id, self.user_audio_ms, compute_ms)]
+            case TextTyped(turn_id=turn_id, text=text, audio_playing=playing, trace_parent=parent):
+                return [*self._interrupt(playing), AnswerTyped(turn_id, text, parent)]
+            case CancelRequested(audio_playing=playing):
+                return self._interrupt(playing)
+            case ResponseStarted(turn_id=turn_id):
+                self.generating = self.playing = turn_id
+                return []
+            case ResponseEnded(turn_id=turn_id):
+                if self.generating == turn_id:
+                    self.generating = None
+                return []
+        raise TypeError(f"not a turn-policy event: {event!r}")
+
+    def _interrupt(self, audio_playing: bool) -> list[Decision]:
+        """Barge-in or cancel: stop the last response while it generates or its audio plays."""
+        turn_id, generating = self.playing, self.generating is not None
+        if turn_id is None or not (generating or audio_playing):
+            return []
+        self.playing = self.generating = None
+        return [Interrupt(turn_id, generating)]
+
+    def _predicted(self, signal: Predicted) -> list[Decision]:
+        if not self.predictor_decides:
+            return []
+        decisions: list[Decision] = []
+        if signal.backchannel > RESPOND_THRESHOLD:
+            decisions.append(ShowBackchannel(signal.turn_id))
+        if signal.respond > RESPOND_THRESHOLD and self.generating is None and not self.respond_on_flush:
+            self.respond_on_flush = True
+            decisions.append(FlushEncoder(signal.turn_id, required=False))
+        return decisions

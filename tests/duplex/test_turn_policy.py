@@ -1,0 +1,287 @@
+"""Every rule of turn taking, one row each: a policy brought to a state by earlier events, one event, the
+decisions it must give and the state it must leave (no gRPC, no event loop: `TurnPolicy` is synchronous)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from minmo.duplex.turn_policy import (
+    RESPOND_THRESHOLD,
+    AnswerSpoken,
+    AnswerTyped,
+    CancelRequested,
+    Decision,
+    EncoderLost,
+    Event,
+    FailSpokenTurn,
+    Flushed,
+    FlushEncoder,
+    FlushLost,
+    Interrupt,
+    LlmOpened,
+    OpenUserTurn,
+    Predicted,
+    ResponseEnded,
+    ResponseStarted,
+    ShowBackchannel,
+    TextTyped,
+    TurnPolicy,
+    UserSpeechAudio,
+    UserSpeechStarted,
+    UserSpeechStopped,
+)
+
+HIGH = RESPOND_THRESHOLD + 0.1
+LOW = RESPOND_THRESHOLD - 0.1
+
+# States as the events that lead to them.
+SPEAKING = [UserSpeechStarted("u1", audio_playing=False, input_offset_ms=120.0), UserSpeechAudio(400.0)]
+VAD_ENDED = [*SPEAKING, UserSpeechStopped()]  # VAD decides: the flush was asked for to answer
+GENERATING = [*VAD_ENDED, Flushed("u1", 3.0), ResponseStarted("r1")]
+GENERATED = [*GENERATING, ResponseEnded("r1")]  # its audio may still play
+TRAINED = [LlmOpened(predictor_trained=True)]
+PREDICTOR_SPEAKING = [*TRAINED, *SPEAKING]
+PREDICTOR_FLUSHING = [*PREDICTOR_SPEAKING, Predicted("u1", respond=HIGH, backchannel=LOW)]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    before: list[Event]
+    event: Event
+    decisions: list[Decision]
+    state: dict = field(default_factory=dict)  # TurnPolicy attributes after the event
+    predictor_mode: bool = False
+
+
+ROWS = [
+    # --- user speech -------------------------------------------------------------------------------------------
+    Row(
+        "speech opens a user turn",
+        [],
+        UserSpeechStarted("u1", audio_playing=False, input_offset_ms=120.0),
+        [OpenUserTurn("u1", 120.0)],
+        {"user_turn": "u1", "user_audio_ms": 0.0, "respond_on_flush": False},
+    ),
+    Row("speech audio is counted", SPEAKING, UserSpeechAudio(80.0), [], {"user_audio_ms": 480.0}),
+    Row(
+        "VAD end of speech asks for the flush that answers",
+        SPEAKING,
+        UserSpeechStopped(),
+        [FlushEncoder("u1", required=True)],
+        {"respond_on_flush": True},
+    ),
+    Row(
+        "the flush it asked for starts the response",
+        VAD_ENDED,
+        Flushed("u1", 3.0),
+        [AnswerSpoken("u1", 400.0, 3.0)],
+        {"respond_on_flush": False},
+    ),
+    Row("a flush nobody asked for is ignored", SPEAKING, Flushed("u1", 3.0), []),
+    Row("a flush while a response generates is ignored", [*GENERATING, UserSpeechStopped()], Flushed("u1", 1.0), []),
+    Row(
+        "a new utterance forgets the earlier flush request",
+        VAD_ENDED,
+        UserSpeechStarted("u2", audio_playing=False),
+        [OpenUserTurn("u2", 0.0)],
+        {"user_turn": "u2", "respond_on_flush": False, "user_audio_ms": 0.0},
+    ),
+    # --- barge-in ----------------------------------------------------------------------------------------------
+    Row(
+        "speech interrupts a response that generates",
+        GENERATING,
+        UserSpeechStarted("u2", audio_playing=False),
+        [Interrupt("r1", generating=True), OpenUserTurn("u2", 0.0)],
+        {"generating": None, "playing": None, "user_turn": "u2"},
+    ),
+    Row(
+        "speech interrupts a generated response whose audio still plays",
+        GENERATED,
+        UserSpeechStarted("u2", audio_playing=True),
+        [Interrupt("r1", generating=False), OpenUserTurn("u2", 0.0)],
+        {"playing": None},
+    ),
+    Row(
+        "speech after the audio played out interrupts nothing",
+        GENERATED,
+        UserSpeechStarted("u2", audio_playing=False),
+        [OpenUserTurn("u2", 0.0)],
+        {"playing": "r1"},
+    ),
+    Row(
+        "an interrupted response is not interrupted twice",
+        [*GENERATING, CancelRequested(audio_playing=True)],
+        CancelRequested(audio_playing=True),
+        [],
+    ),
+    Row("cancel with no response does nothing", [], CancelRequested(audio_playing=False), []),
+    Row(
+        "cancel stops a response that generates",
+        GENERATING,
+        CancelRequested(audio_playing=False),
+        [Interrupt("r1", generating=True)],
+        {"generating": None, "playing": None},
+    ),
+    Row(
+        "cancel stops audio still playing",
+        GENERATED,
+        CancelRequested(audio_playing=True),
+        [Interrupt("r1", generating=False)],
+    ),
+    # --- typed turns -------------------------------------------------------------------------------------------
+    Row(
+        "a typed turn is answered at once",
+        [],
+        TextTyped("t1", "hello", audio_playing=False, trace_parent={"traceparent": "00-ab"}),
+        [AnswerTyped("t1", "hello", {"traceparent": "00-ab"})],
+    ),
+    Row(
+        "a typed turn interrupts the response first",
+        GENERATING,
+        TextTyped("t1", "stop", audio_playing=False),
+        [Interrupt("r1", generating=True), AnswerTyped("t1", "stop", {})],
+    ),
+    # --- encoder loss --------------------------------------------------------------------------------------------
+    Row(
+        "a lost end-of-utterance fails the spoken turn",
+        VAD_ENDED,
+        FlushLost(),
+        [FailSpokenTurn("u1")],
+        {"respond_on_flush": False},
+    ),
+    Row(
+        "a lost encoder fails the turn waiting for its flush",
+        VAD_ENDED,
+        EncoderLost(),
+        [FailSpokenTurn("u1")],
+        {"respond_on_flush": False},
+    ),
+    Row("a lost encoder with no turn waiting costs nothing", SPEAKING, EncoderLost(), []),
+    Row("a lost encoder while a response generates costs nothing", GENERATING, EncoderLost(), []),
+    # --- the duplex predictor ------------------------------------------------------------------------------------
+    Row(
+        "a trained predictor's respond flushes early",
+        PREDICTOR_SPEAKING,
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [FlushEncoder("u1", required=False)],
+        {"respond_on_flush": True},
+        predictor_mode=True,
+    ),
+    Row(
+        "a trained predictor's backchannel is shown, the turn goes on",
+        PREDICTOR_SPEAKING,
+        Predicted("u1", respond=LOW, backchannel=HIGH),
+        [ShowBackchannel("u1")],
+        {"respond_on_flush": False},
+        predictor_mode=True,
+    ),
+    Row(
+        "backchannel and respond together",
+        PREDICTOR_SPEAKING,
+        Predicted("u1", respond=HIGH, backchannel=HIGH),
+        [ShowBackchannel("u1"), FlushEncoder("u1", required=False)],
+        predictor_mode=True,
+    ),
+    Row(
+        "respond is asked once per turn",
+        PREDICTOR_FLUSHING,
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "respond while a response generates is ignored",
+        [*TRAINED, *GENERATING],
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "with the predictor deciding, the VAD's end of speech flushes but does not answer",
+        PREDICTOR_SPEAKING,
+        UserSpeechStopped(),
+        [FlushEncoder("u1", required=True)],
+        {"respond_on_flush": False},
+        predictor_mode=True,
+    ),
+    Row(
+        "the flush the predictor asked for starts the response",
+        [*PREDICTOR_FLUSHING, UserSpeechStopped()],
+        Flushed("u1", 2.0),
+        [AnswerSpoken("u1", 400.0, 2.0)],
+        predictor_mode=True,
+    ),
+    Row(
+        "an untrained predictor decides nothing (the VAD does)",
+        [LlmOpened(predictor_trained=False), *SPEAKING],
+        Predicted("u1", respond=HIGH, backchannel=HIGH),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "a trained predictor decides nothing in SERVER_VAD mode",
+        [*TRAINED, *SPEAKING],
+        Predicted("u1", respond=HIGH, backchannel=HIGH),
+        [],
+    ),
+    Row(
+        "an untrained predictor leaves the end of speech to the VAD",
+        [LlmOpened(predictor_trained=False), *SPEAKING],
+        UserSpeechStopped(),
+        [FlushEncoder("u1", required=True)],
+        {"respond_on_flush": True},
+        predictor_mode=True,
+    ),
+    Row(
+        "the LLM says whether its predictor is trained",
+        [],
+        LlmOpened(predictor_trained=True),
+        [],
+        {"predictor_trained": True, "predictor_decides": True},
+        predictor_mode=True,
+    ),
+    Row(
+        "a replica with an untrained predictor hands the decision back to the VAD",
+        TRAINED,
+        LlmOpened(predictor_trained=False),
+        [],
+        {"predictor_decides": False},
+        predictor_mode=True,
+    ),
+    # --- response bookkeeping ------------------------------------------------------------------------------------
+    Row("a response starts", [], ResponseStarted("r1"), [], {"generating": "r1", "playing": "r1"}),
+    Row("a response ends, its audio may play", GENERATING, ResponseEnded("r1"), [], {"generating": None}),
+    Row(
+        "the end of an interrupted response changes nothing",
+        [*GENERATING, CancelRequested(audio_playing=False), ResponseStarted("r2")],
+        ResponseEnded("r1"),
+        [],
+        {"generating": "r2", "playing": "r2"},
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_transition(row: Row) -> None:
+    policy = TurnPolicy(predictor_mode=row.predictor_mode)
+    for event in row.before:
+        policy.handle(event)
+    assert policy.handle(row.event) == row.decisions
+    for name, value in row.state.items():
+        assert getattr(policy, name) == value, name
+
+
+def test_every_event_and_decision_has_a_row() -> None:
+    """The table covers every event type and every decision type the policy knows."""
+    events = {type(row.event) for row in ROWS}
+    decisions = {type(decision) for row in ROWS for decision in row.decisions}
+    assert events == set(Event.__args__)
+    assert decisions == set(Decision.__args__)
+
+
+def test_not_an_event_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a turn-policy event"):
+        TurnPolicy(predictor_mode=False).handle("speech")
