@@ -14,7 +14,7 @@ from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.runtime.factory import open_runtime
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
-from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
 from minmo.telemetry import start_telemetry
 from minmo.v1 import common_pb2, voicelm_pb2_grpc
 
@@ -26,11 +26,17 @@ log = logging.getLogger("minmo.voicelm")
 @dataclass(frozen=True)
 class VoiceLmSettings:
     """MINMO_MAX_POSITIONS_PER_MESSAGE: most text positions accepted in one message (bounds one step's compute);
-    MINMO_CHECKPOINT: trained weights directory."""
+    MINMO_CHECKPOINT: trained weights directory; MINMO_VOICELM_TEMPERATURE: the speech-token sampling temperature
+    when a turn's SamplingParams leaves it unset (default 1.0, CosyVoice 2's; 0: greedy, reproducible)."""
 
     server: ServerSettings
     max_positions_per_message: int
     checkpoint: str | None
+    temperature: float = SamplingDefaults.temperature
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # NaN fails too
+            raise ValueError(f"MINMO_VOICELM_TEMPERATURE must be >= 0 (0: greedy), got {self.temperature}")
 
     @classmethod
     def from_env(cls) -> VoiceLmSettings:
@@ -38,6 +44,7 @@ class VoiceLmSettings:
             server=ServerSettings.from_env(DEFAULT_PORT),
             max_positions_per_message=env_int("MINMO_MAX_POSITIONS_PER_MESSAGE", 64),
             checkpoint=env_str("MINMO_CHECKPOINT", "") or None,
+            temperature=env_float("MINMO_VOICELM_TEMPERATURE", SamplingDefaults.temperature),
         )
 
 
@@ -62,7 +69,7 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
         SessionLimiter(settings.server.max_sessions),
         cfg.output_projector.llm_dim,
         settings.max_positions_per_message,
-        SamplingDefaults(),
+        SamplingDefaults(temperature=settings.temperature),
         telemetry,
     )
     host.add(voicelm_pb2_grpc.add_VoiceDecoderServicer_to_server, servicer, "minmo.v1.VoiceDecoder")

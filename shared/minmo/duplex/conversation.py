@@ -34,7 +34,9 @@ from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trac
 from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull, history_turn
 from minmo.duplex.response import Response
 from minmo.duplex.turn_trace import TurnTrace
+from minmo.duplex.voice_control import VoiceControl, session_voice
 from minmo.model.interleave import VoiceSchedule
+from minmo.model.voice_prompt import VoicePromptModels
 from minmo.serving.server import RETRY_AFTER_METADATA
 from minmo.session.store import (
     PermissionDenied,
@@ -72,6 +74,7 @@ class DuplexPolicy:
     turn_timeout_s: float = 300.0  # deadline of a response's downstream calls
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
     limits: InputLimits = field(default_factory=InputLimits)
+    voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class Conversation:
             )
         self.session_id, self.epoch = record.session_id, record.epoch
         detection = self._turn_detection(self.config)
+        self.voice, self.voice_conditioning = await session_voice(self.config, self.policy.voice_prompt_models)
         self.audio_input = AudioInput(self.vad, TurnDetector(detection), self.config["input_sample_rate_hz"])
         try:
             await self._open_llm(history)
@@ -212,7 +216,7 @@ class Conversation:
             "input_sample_rate_hz": config.input_sample_rate_hz,
             "output_sample_rate_hz": output_rate,
             "system_prompt": config.system_prompt,
-            "voice_instruction": config.voice_instruction,
+            **VoiceControl.from_session_config(config, self.policy.limits).to_record(),
             "text_only": config.text_only,
             "mode": conversation_pb2.TurnDetection.Mode.Name(detection.mode),
             "threshold": detection.vad_threshold or defaults.threshold,
@@ -430,7 +434,7 @@ class Conversation:
         timings = self.timings or TurnTimings(end_of_speech=now_ms())
         timings.encoder_flush_ms = flush.compute_ms
         timings.encoder_done = now_ms()
-        user = Turn(turn_id=flush.turn_id, role=Role.USER, text="", audio_ms=round(self.user_turn_ms))
+        user = Turn(flush.turn_id, Role.USER, "", round(self.user_turn_ms), voice_instruction=self.voice.instruction)
         try:
             await self.store.append_turn(self.session_id, self.epoch, user)
         except RedisError as error:
@@ -442,6 +446,7 @@ class Conversation:
     async def _on_text(self, text_input: conversation_pb2.TextInput) -> None:
         self.policy.limits.check_text(text_input.text)
         check_trace_context("text_input.trace_context", text_input.trace_context)
+        instruction = self.voice.turn_instruction(text_input.voice_instruction, self.policy.limits)
         text = text_input.text.strip()
         if not text:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "text_input.text is empty")
@@ -457,7 +462,8 @@ class Conversation:
             )
         )
         try:
-            await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
+            user = Turn(turn_id, Role.USER, text, 0, voice_instruction=instruction)
+            await self.store.append_turn(self.session_id, self.epoch, user)
         except RedisError as error:
             log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
             await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
@@ -479,7 +485,7 @@ class Conversation:
                 log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
                 await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, LLM_LOST)
                 return
-        await self._start_response(timings)
+        await self._start_response(timings, instruction)
 
     # --- responses ------------------------------------------------------------------------------
 
@@ -505,7 +511,7 @@ class Conversation:
             self.trace.finish(response, report, outcome, failure)
             self.trace = None
 
-    async def _start_response(self, timings: TurnTimings) -> None:
+    async def _start_response(self, timings: TurnTimings, instruction: str | None = None) -> None:
         speech = not self.config["text_only"]
         turn_id = _new_turn_id()
         trace = self.trace or self._begin_trace(turn_id)
@@ -517,7 +523,8 @@ class Conversation:
             vocoder=self.peers.vocoder if speech else None,
             emit=self.emit,
             output_rate=self.config["output_sample_rate_hz"],
-            instruction=self.config["voice_instruction"],
+            instruction=self.voice.instruction if instruction is None else instruction,
+            voice=self.voice_conditioning,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,

@@ -16,6 +16,7 @@ Every refusal is INVALID_ARGUMENT with a message that names the field and never 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 
 from minmo.api.tensors import tensor_to_proto
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16, pcm16_to_float
-from minmo.duplex.limits import ProtocolError
+from minmo.duplex.limits import InputLimits, ProtocolError
 from minmo.model.voice_prompt import SAMPLE_RATE, InvalidPrompt, VoicePromptModels, check_prompt
 from minmo.v1 import conversation_pb2, vocoder_pb2
 
@@ -43,10 +44,10 @@ class VoiceControl:
     prompt: bytes = b""
 
     @classmethod
-    def from_session_config(cls, config: conversation_pb2.SessionConfig, max_instruction_chars: int) -> VoiceControl:
+    def from_session_config(cls, config: conversation_pb2.SessionConfig, limits: InputLimits) -> VoiceControl:
         """Check the SessionConfig's voice fields; raises ProtocolError(INVALID_ARGUMENT) for bad ones."""
-        instruction = check_instruction("session_config.voice_instruction", config.voice_instruction,
-                                        max_instruction_chars)
+        field, limit = "session_config.voice_instruction", limits.max_instruction_chars
+        instruction = check_instruction(field, config.voice_instruction, limit)
         prompt = _checked_prompt(config.voice_prompt) if config.HasField("voice_prompt") else b""
         return cls(instruction, prompt)
 
@@ -59,9 +60,10 @@ class VoiceControl:
         """The JSON-safe fields the session record keeps (the prompt as base64 of its 24 kHz PCM16)."""
         return {"voice_instruction": self.instruction, "voice_prompt_24k": base64.b64encode(self.prompt).decode()}
 
-    def turn_instruction(self, override: str, max_instruction_chars: int) -> str:
+    def turn_instruction(self, override: str, limits: InputLimits) -> str:
         """The instruction for one text turn: TextInput.voice_instruction when given, else the session's."""
-        return check_instruction("text_input.voice_instruction", override, max_instruction_chars) or self.instruction
+        field, limit = "text_input.voice_instruction", limits.max_instruction_chars
+        return check_instruction(field, override, limit) or self.instruction
 
     def conditioning(self, models: VoicePromptModels | None) -> vocoder_pb2.VoiceConditioning | None:
         """What the flow conditions on for this session's replies: derived once per session, sent every turn.
@@ -74,6 +76,15 @@ class VoiceControl:
             prompt_speech_tokens=features.tokens.tolist(),
             prompt_mel=tensor_to_proto(features.mel),
         )
+
+
+async def session_voice(
+    config: dict[str, Any], models: VoicePromptModels | None
+) -> tuple[VoiceControl, vocoder_pb2.VoiceConditioning | None]:
+    """A new or resumed session's voice settings and the conditioning derived from its prompt (once per
+    session, off the event loop: the front-end models take a while on a long prompt)."""
+    voice = VoiceControl.from_record(config)
+    return voice, await asyncio.to_thread(voice.conditioning, models)
 
 
 def check_instruction(field: str, instruction: str, limit: int) -> str:
