@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from minmo.model.build import build_component
-from minmo.model.config import COSYVOICE2_END_OF_PROMPT, COSYVOICE2_TEXT_VOCAB, VoiceTokenLMConfig, load_config
+from minmo.model.config import (
+    COSYVOICE2_END_OF_PROMPT,
+    COSYVOICE2_TEXT_VOCAB,
+    MAX_INSTRUCTION_CHARS,
+    VoiceTokenLMConfig,
+    load_config,
+)
 from minmo.model.interleave import greedy_sampler, init_schedule_state, synthesize_step, teacher_forcing_inputs
 from minmo.model.tokenizer import ByteTokenizer
 from minmo.runtime.base import InvalidInput
 from minmo.runtime.llm_model import text_tensor
-from minmo.runtime.voicelm_model import MAX_INSTRUCTION_CHARS, VoiceLmModel
+from minmo.runtime.voicelm_model import VoiceLmModel
 
 CFG = load_config("tiny")
 TEXT_LENGTH = 7  # one full block and a tail of 2

@@ -21,7 +21,9 @@ import soxr
 from minmo.audio.pcm import PCM16_DTYPE, float_to_pcm16
 from minmo.audio.synthetic import SAMPLE_RATE, speech_like
 from minmo.duplex.limits import InputLimits
-from minmo.model.config import load_config
+from minmo.model.config import MAX_INSTRUCTION_CHARS, load_config
+from minmo.services.voicelm.main import VoiceLmSettings
+from minmo.serving.settings import ServerSettings
 from minmo.session.store import Role
 from minmo.v1 import conversation_pb2
 
@@ -119,3 +121,11 @@ async def test_instruction_and_prompt_go_through_the_whole_stack(voice_stack):
     history = await (await _store(voice_stack.redis_url)).history(session)
     users = [turn.voice_instruction for turn in history if turn.role == Role.USER]
     assert users == [FAST, SAD], "each user turn keeps the instruction its reply followed"
+
+
+def test_limits_and_settings_refuse_what_the_voice_lm_cannot_take():
+    with pytest.raises(ValueError, match="the voice LM's limit"):
+        InputLimits(max_instruction_chars=MAX_INSTRUCTION_CHARS + 1)
+    server = ServerSettings(port=0, model_config="tiny")
+    with pytest.raises(ValueError, match="MINMO_VOICELM_TEMPERATURE"):
+        VoiceLmSettings(server=server, max_positions_per_message=64, checkpoint=None, temperature=-1.0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from minmo.runtime.voicelm_model import MAX_INSTRUCTION_CHARS
+from minmo.model.config import MAX_INSTRUCTION_CHARS
 from minmo.v1 import conversation_pb2
 
 MAX_ID_CHARS = 256

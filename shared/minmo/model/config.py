@@ -218,6 +218,8 @@ class MinMoConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+MAX_INSTRUCTION_CHARS = 500  # longest voice instruction the voice-token LM takes (the front door's limit is no larger)
+
 # CosyVoice2-0.5B's text embedding (`llm.pt` `llm.model.model.embed_tokens`, Qwen2's 151,936 rows) and the id its
 # tokenizer gives <|endofprompt|>: the first special token it adds after Qwen2's <|endoftext|>, <|im_start|>,
 # <|im_end|> (151643-151645). Qwen2.5's tokenizer gives ordinary text the same ids.

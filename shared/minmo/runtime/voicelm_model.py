@@ -20,7 +20,7 @@ import torch
 
 from minmo.model.batch_step import batched_decoder_step
 from minmo.model.build import build_component
-from minmo.model.config import MinMoConfig
+from minmo.model.config import MAX_INSTRUCTION_CHARS, MinMoConfig
 from minmo.model.interleave import (
     RasSampler,
     Sampler,
@@ -37,7 +37,6 @@ from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.batching import BatchSettings, StepBatcher
 from minmo.runtime.models import require
 
-MAX_INSTRUCTION_CHARS = 500  # the front door's default limit (MINMO_MAX_INSTRUCTION_CHARS) is no larger
 UINT64_RANGE = 1 << 64  # seeds travel as int64 bit patterns of the proto's uint64
 DecodeRequest = tuple[torch.Tensor, VoiceLMState]  # a one-position step's input (1, 1, dim) or logits, and cache
 
