@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import numpy as np
@@ -21,7 +22,9 @@ import soxr
 from minmo.audio.pcm import PCM16_DTYPE, float_to_pcm16
 from minmo.audio.synthetic import SAMPLE_RATE, speech_like
 from minmo.duplex.limits import InputLimits
+from minmo.duplex.voice_control import VoiceControl
 from minmo.model.config import MAX_INSTRUCTION_CHARS, load_config
+from minmo.model.voice_prompt import VoicePromptModels
 from minmo.services.voicelm.main import VoiceLmSettings
 from minmo.serving.settings import ServerSettings
 from minmo.session.store import Role
@@ -129,3 +132,17 @@ def test_limits_and_settings_refuse_what_the_voice_lm_cannot_take():
     server = ServerSettings(port=0, model_config="tiny")
     with pytest.raises(ValueError, match="MINMO_VOICELM_TEMPERATURE"):
         VoiceLmSettings(server=server, max_positions_per_message=64, checkpoint=None, temperature=-1.0)
+
+
+def test_the_checked_prompt_survives_the_session_record_and_derives_aligned_conditioning(tmp_path):
+    """A resumed session rebuilds its voice from the stored record: same instruction, same 24 kHz prompt, and
+    conditioning whose mel has two frames per prompt token (what the flow requires)."""
+    config = _config(voice_instruction=FAST, voice_prompt=_prompt(seconds=4.0)).session_config
+    voice = VoiceControl.from_session_config(config, InputLimits())
+    stored = VoiceControl.from_record(json.loads(json.dumps(voice.to_record())))
+    assert stored == voice and len(voice.prompt) == 2 * 4 * 24000, "4 s at 24 kHz, PCM16"
+    models = VoicePromptModels(write_voice_models(tmp_path, load_config("tiny").flow.spk_embed_dim))
+    conditioning = stored.conditioning(models)
+    tokens = len(conditioning.prompt_speech_tokens)
+    assert tokens == 100 and list(conditioning.prompt_mel.shape) == [80, 2 * tokens]
+    assert stored.conditioning(None) is None and VoiceControl().conditioning(models) is None
