@@ -21,6 +21,7 @@ import soxr
 
 from minmo.audio.pcm import PCM16_DTYPE, float_to_pcm16
 from minmo.audio.synthetic import SAMPLE_RATE, speech_like
+from minmo.client.session import Session
 from minmo.duplex.limits import InputLimits
 from minmo.duplex.voice_control import VoiceControl
 from minmo.model.config import MAX_INSTRUCTION_CHARS, load_config
@@ -31,7 +32,7 @@ from minmo.session.store import Role
 from minmo.v1 import conversation_pb2
 
 from .test_bad_input import _status
-from .test_conversation import _config, _events_until, _is_latency, _store
+from .test_conversation import _config, _store
 from .voice_models import write_voice_models
 
 FAST, SAD = "Please speak very fast.", "Speak with a tone of sadness."
@@ -76,23 +77,16 @@ async def test_bad_voice_input_is_invalid_argument_with_a_message(full_stack):
         assert expected in details and "xxxxxxxx" not in details and len(details) < 200, (name, details)
 
 
-async def _turn(stub, config: conversation_pb2.ClientEvent, *texts: conversation_pb2.ClientEvent):
-    """Session id, and per text turn: the assistant's final text and the audio it sent (PCM16 samples)."""
-    call = stub.Converse()
-    await call.write(config)
-    started = (await call.read()).session_started
-    replies = []
-    for text in texts:
-        await call.write(text)
-        events = await _events_until(call, _is_latency, timeout_s=120)
-        assert not any(event.HasField("error") for event in events), events
-        words = [e.transcript.text for e in events if e.HasField("transcript") and e.transcript.is_final]
-        audio = b"".join(e.audio_output.audio for e in events if e.HasField("audio_output"))
-        replies.append((words[-1], np.frombuffer(audio, dtype=PCM16_DTYPE).astype(np.int32)))
-    await call.write(conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession()))
-    while await call.read() is not grpc.aio.EOF:
-        pass
-    return started.session_id, replies
+async def _turns(address: str, instruction: str, prompt: conversation_pb2.VoicePrompt, *texts: tuple[str, str]):
+    """One session through the Python client: its id, and per (text, turn instruction) the reply's text and audio."""
+    async with await Session.open(address, voice_instruction=instruction, voice_prompt=prompt) as session:
+        replies = []
+        for text, turn_instruction in texts:
+            await session.send_text(text, voice_instruction=turn_instruction)
+            reply = await session.reply(timeout_s=120)
+            assert reply.end_reason in ("COMPLETED", "MAX_TOKENS") and not reply.errors, reply
+            replies.append((reply.text, np.frombuffer(bytes(reply.audio), dtype=PCM16_DTYPE).astype(np.int32)))
+        return session.session_id, replies
 
 
 @pytest.fixture
@@ -107,12 +101,11 @@ async def voice_stack(stack, tmp_path):
 
 
 async def test_instruction_and_prompt_go_through_the_whole_stack(voice_stack):
-    _, stub = voice_stack.conversation()
-    config = _config(voice_instruction=FAST, voice_prompt=_prompt(seed=1))
-    session, [(words, audio), (_, sad_audio)] = await _turn(stub, config, _text("Hello there"), _text("Again", SAD))
-    _, [(same_words, same_audio)] = await _turn(stub, config, _text("Hello there"))
-    other_voice = _config(voice_instruction=FAST, voice_prompt=_prompt(seed=2, rate=24000))
-    _, [(other_words, other_audio)] = await _turn(stub, other_voice, _text("Hello there"))
+    address = voice_stack.address("duplex")
+    hello = ("Hello there", "")
+    session, [(words, audio), (_, sad_audio)] = await _turns(address, FAST, _prompt(seed=1), hello, ("Again", SAD))
+    _, [(same_words, same_audio)] = await _turns(address, FAST, _prompt(seed=1), hello)
+    _, [(other_words, other_audio)] = await _turns(address, FAST, _prompt(seed=2, rate=24000), hello)
 
     assert audio.size > 0 and sad_audio.size > 0
     assert (same_words, same_audio.tolist()) == (words, audio.tolist()), "the same config speaks the same"
