@@ -14,6 +14,7 @@ from minmo.duplex.limits import InputLimits
 from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
+from minmo.model.voice_prompt import VoicePromptModels
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
 from minmo.serving.auth import ApiKeys
 from minmo.serving.channels import open_channel
@@ -37,7 +38,9 @@ class DuplexSettings:
     MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls),
     MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
     (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
-    MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth)."""
+    MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth).
+    MINMO_VOICE_PROMPT_MODELS: a folder with CosyVoice 2's speech_tokenizer_v2.onnx and campplus.onnx (unset: voice
+    prompts are checked and kept but do not change the voice; README "Voice control")."""
 
     server: ServerSettings
     encoder_addr: str
@@ -52,6 +55,7 @@ class DuplexSettings:
     turn_detection: TurnDetectionConfig
     limits: InputLimits
     api_keys_file: str | None
+    voice_prompt_models: str | None = None
 
     @classmethod
     def from_env(cls) -> DuplexSettings:
@@ -80,6 +84,7 @@ class DuplexSettings:
                 max_instruction_chars=env_int("MINMO_MAX_INSTRUCTION_CHARS", InputLimits.max_instruction_chars),
             ),
             api_keys_file=env_str("MINMO_API_KEYS_FILE", "") or None,
+            voice_prompt_models=env_str("MINMO_VOICE_PROMPT_MODELS", "") or None,
         )
 
 
@@ -111,6 +116,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         turn_timeout_s=settings.turn_timeout_s,
         turn_detection=settings.turn_detection,
         limits=settings.limits,
+        voice_prompt_models=VoicePromptModels(settings.voice_prompt_models) if settings.voice_prompt_models else None,
     )
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 import grpc
 import torch
 
+from minmo.api.tensors import tensor_from_proto
 from minmo.audio.pcm import float_to_pcm16
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
-from minmo.runtime.base import InvalidInput, ModelRuntime
+from minmo.runtime.base import InvalidInput, ModelRuntime, TensorMap
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
@@ -36,7 +37,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     ) -> AsyncIterator[vocoder_pb2.VocodeResponse]:
         async with self.limiter.admit(context):
             config = await self._read_config(request_iterator, context)
-            stream = _VocoderStream(self.runtime, context)
+            stream = _VocoderStream(self.runtime, context, await _voice_inputs(config.voice, context))
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
             with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
                 async for request in request_iterator:
@@ -111,12 +112,29 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             )
 
 
-class _VocoderStream:
-    """One turn's token count, sample position, timings and token2wav state (a uint8 blob the runtime returns)."""
+async def _voice_inputs(voice: vocoder_pb2.VoiceConditioning, context: grpc.aio.ServicerContext) -> TensorMap:
+    """VocodeConfig.voice as the model's turn-start inputs (`speaker`, `prompt_tokens`, `prompt_mel`); the model
+    checks their shapes against its config. Unset fields are left out (the default voice)."""
+    inputs: TensorMap = {}
+    try:
+        if voice.HasField("speaker_embedding"):
+            inputs["speaker"] = tensor_from_proto(voice.speaker_embedding).float()
+        if voice.prompt_speech_tokens or voice.HasField("prompt_mel"):
+            inputs["prompt_tokens"] = torch.tensor(list(voice.prompt_speech_tokens), dtype=torch.int64)
+            inputs["prompt_mel"] = tensor_from_proto(voice.prompt_mel).float()
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"voice: {error}")
+    return inputs
 
-    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext) -> None:
+
+class _VocoderStream:
+    """One turn's token count, sample position, timings and token2wav state (a uint8 blob the runtime returns).
+    The turn's voice conditioning goes with the first chunk only: after it the state carries it."""
+
+    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, voice: TensorMap) -> None:
         self.runtime = runtime
         self.context = context
+        self.voice = voice
         self.state = torch.zeros(0, dtype=torch.uint8)
         self.tokens = 0
         self.samples = 0
@@ -131,9 +149,10 @@ class _VocoderStream:
         if self.first_tokens_at is None and ids:
             self.first_tokens_at = started
         try:
+            tokens = torch.tensor(ids, dtype=torch.int64)
+            voice = self.voice if self.state.numel() == 0 else {}
             outputs = await self.runtime.infer(
-                "token2wav",
-                {"tokens": torch.tensor(ids, dtype=torch.int64), "state": self.state, "flush": torch.tensor([flush])},
+                "token2wav", {"tokens": tokens, "state": self.state, "flush": torch.tensor([flush]), **voice}
             )
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

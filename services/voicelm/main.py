@@ -12,7 +12,7 @@ from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
 from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
 from minmo.serving.server import ServiceHost
-from minmo.serving.settings import ServerSettings, env_int, env_str
+from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
 from minmo.v1 import common_pb2, voicelm_pb2_grpc
 
 DEFAULT_PORT = 50054
@@ -22,11 +22,17 @@ WARM_UP_SEQUENCE = "warm-up"
 @dataclass(frozen=True)
 class VoiceLmSettings:
     """MINMO_MAX_POSITIONS_PER_MESSAGE: most text positions accepted in one message (bounds one step's compute);
-    MINMO_CHECKPOINT: trained weights directory."""
+    MINMO_CHECKPOINT: trained weights directory; MINMO_VOICELM_TEMPERATURE: the speech-token sampling temperature
+    when a turn's SamplingParams leaves it unset (default 1.0, CosyVoice 2's; 0: greedy, reproducible)."""
 
     server: ServerSettings
     max_positions_per_message: int
     checkpoint: str | None
+    temperature: float = SamplingDefaults.temperature
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # NaN fails too
+            raise ValueError(f"MINMO_VOICELM_TEMPERATURE must be >= 0 (0: greedy), got {self.temperature}")
 
     @classmethod
     def from_env(cls) -> VoiceLmSettings:
@@ -34,6 +40,7 @@ class VoiceLmSettings:
             server=ServerSettings.from_env(DEFAULT_PORT),
             max_positions_per_message=env_int("MINMO_MAX_POSITIONS_PER_MESSAGE", 64),
             checkpoint=env_str("MINMO_CHECKPOINT", "") or None,
+            temperature=env_float("MINMO_VOICELM_TEMPERATURE", SamplingDefaults.temperature),
         )
 
 
@@ -67,7 +74,7 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
             parts.limiter,
             parts.cfg.output_projector.llm_dim,
             settings.max_positions_per_message,
-            SamplingDefaults(),
+            SamplingDefaults(temperature=settings.temperature),
             parts.telemetry,
         )
 

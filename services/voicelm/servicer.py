@@ -1,4 +1,5 @@
 """VoiceDecoder servicer: one stream per response turn; LLM text positions in, 15 speech tokens per 5 out.
+The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequence with the sampling settings.
 
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
 stream ends (TextEnd, client cancel, barge-in, an error) the sequence is ended, so no state outlives its turn.
@@ -19,6 +20,7 @@ import torch
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
+from minmo.runtime.llm_model import text_tensor
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
@@ -72,7 +74,7 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
             try:
                 with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
-                    await turn.start(self.sampling.resolve(config.sampling))
+                    await turn.start({**self.sampling.resolve(config.sampling), **_instruction(config)})
                     async for request in request_iterator:
                         kind = request.WhichOneof("request")
                         if kind == "text_positions":
@@ -193,6 +195,11 @@ class _Turn:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         self.compute_ms += 1000 * (time.perf_counter() - started)
         return outputs
+
+
+def _instruction(config: voicelm_pb2.SynthesizeConfig) -> TensorMap:
+    """The turn's voice instruction as the model's `instruction` input (none when empty; the model checks it)."""
+    return {"instruction": text_tensor(config.voice_instruction)} if config.voice_instruction else {}
 
 
 async def _check_total(text_end: voicelm_pb2.TextEnd, received: int, context: grpc.aio.ServicerContext) -> None:

@@ -52,12 +52,17 @@ def chat(
         Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (PEM): connect over TLS")
     ] = None,
     api_key: Annotated[str | None, typer.Option(envvar="MINMO_API_KEY", help="API key for the server")] = None,
+    voice_prompt: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="a 3-30 s WAV of the voice the assistant should mimic"),
+    ] = None,
 ) -> None:
     """Talk to a running MinMo server: live (--mic), a WAV file, or typed text; show the reply, save its speech."""
     from minmo.client.command import ChatOptions, chat_command
 
     options = ChatOptions(
-        server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic, tls_ca, api_key
+        server, wav, text, out, realtime, as_json, system_prompt, voice_instruction, timeout, mic, tls_ca, api_key,
+        voice_prompt,
     )
     raise typer.Exit(chat_command(options))
 

@@ -336,3 +336,16 @@ def test_cli_needs_exactly_one_input(serve) -> None:
     target, _ = serve()
     outcome = CliRunner().invoke(app, ["chat", "--server", target])
     assert outcome.exit_code == 2 and "exactly one of --mic, --wav or --text" in outcome.output
+
+
+def test_cli_sends_the_voice_instruction_and_prompt(serve, tmp_path: Path) -> None:
+    target, peer = serve()
+    prompt = tmp_path / "voice.wav"
+    sf.write(prompt, _tone(3.5, rate=24000, hz=220.0), 24000, subtype="PCM_16")
+    args = ["chat", "--server", target, "--text", "hi", "--voice-instruction", "Please speak very fast."]
+    outcome = CliRunner().invoke(app, [*args, "--voice-prompt", str(prompt), "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    sent = peer.config.voice_prompt
+    assert (peer.config.voice_instruction, sent.sample_rate_hz) == ("Please speak very fast.", 24000)
+    expected = np.round(_tone(3.5, rate=24000, hz=220.0) * 32767).astype("<i2")
+    assert np.abs(np.frombuffer(sent.audio, dtype="<i2").astype(int) - expected).max() <= 1

@@ -46,6 +46,7 @@ FLOW_SIZES = {
 QWEN = {"hidden_size": 896, "num_hidden_layers": 2, "num_attention_heads": 14, "num_key_value_heads": 2,
         "intermediate_size": 4864, "vocab_size": 1000, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6}
 CHUNK_TOKENS = 25
+END_OF_PROMPT = QWEN["vocab_size"] - 1  # <|endofprompt|> stands at the reference Qwen's last id
 TOKEN_MEL_RATIO = 2
 SEED = 1234
 
@@ -121,7 +122,19 @@ def llm_outputs(llm: Qwen2LM) -> dict[str, torch.Tensor]:
     sos, task = llm.llm_embedding.weight[llm.sos_eos][None, None], llm.llm_embedding.weight[llm.task_id][None, None]
     inputs = torch.cat([sos, semantic, task, llm.speech_embedding(speech)], dim=1)
     hidden, _ = llm.llm(inputs, torch.tensor([inputs.shape[1]]))
-    return {"semantic": semantic, "speech": speech, "logits": llm.llm_decoder(hidden)}
+    # instruct mode (`inference_instruct2`): the text side is embed_tokens(instruction + <|endofprompt|> + text);
+    # in MinMo the semantic vectors stand in for the text's embeddings
+    instruction = torch.randint(0, END_OF_PROMPT, (1, 9), generator=generator)
+    prompt_ids = torch.cat([instruction, torch.tensor([[END_OF_PROMPT]])], dim=1)
+    instructed = torch.cat([sos, llm.llm.model.model.embed_tokens(prompt_ids), inputs[:, 1:]], dim=1)
+    instructed_hidden, _ = llm.llm(instructed, torch.tensor([instructed.shape[1]]))
+    return {
+        "semantic": semantic,
+        "speech": speech,
+        "logits": llm.llm_decoder(hidden),
+        "instruction": instruction,
+        "instructed_logits": llm.llm_decoder(instructed_hidden),
+    }
 
 
 def legacy_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -38,7 +38,8 @@ CONFIG = MinMoConfig(
         first_chunk_tokens=CHUNK, encoder_layers=2, decoder_channels=64, decoder_blocks=1, decoder_mid_blocks=2
     ),
     hift=HiFTConfig(),
-    voice_token_lm=VoiceTokenLMConfig(num_layers=2),  # the reference's Qwen2: 0.5B's widths, 2 of 24 layers
+    # the reference's Qwen2: 0.5B's widths, 2 of 24 layers, a 1000-token text table whose last id is <|endofprompt|>
+    voice_token_lm=VoiceTokenLMConfig(num_layers=2, instruction_vocab=1000, end_of_prompt_id=999),
 )
 
 
@@ -147,4 +148,19 @@ def test_voice_token_lm_matches_qwen2lm(converted: Path, reference: dict) -> Non
     )
     logits, _ = voice_lm.step(inputs, voice_lm.init_state())
     expected = reference["llm.logits"][:, :, : voice_lm.end_of_speech_id + 1]
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_instructed_voice_token_lm_matches_qwen2lm_instruct_mode(converted: Path, reference: dict) -> None:
+    """Qwen2LM's logits for [SOS, embed_tokens(instruction + <|endofprompt|>), semantic vectors, task id, speech
+    tokens] (its instruct mode, semantic vectors in place of the text) = ours for [SOS, the instruction prefix
+    from the converted text table, semantic vectors, TURN_OF_SPEECH, speech tokens]."""
+    voice_lm = build_component(CONFIG, "voice_token_lm", checkpoint=converted)
+    sos, turn = (voice_lm.embed_speech(torch.tensor([[i]])) for i in (voice_lm.sos_id, voice_lm.turn_of_speech_id))
+    prefix = voice_lm.embed_instruction(reference["llm.instruction"][0].tolist())
+    speech = voice_lm.embed_speech(reference["llm.speech"])
+    inputs = torch.cat([sos, prefix, reference["llm.semantic"], turn, speech], dim=1)
+    logits, _ = voice_lm.step(inputs, voice_lm.init_state())
+    expected = reference["llm.instructed_logits"][:, :, : voice_lm.end_of_speech_id + 1]
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)

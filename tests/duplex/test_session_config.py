@@ -65,7 +65,7 @@ def test_client_values_are_kept() -> None:
         ),
         (
             {"input_sample_rate_hz": 16000, "voice_instruction": "y" * 11},
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.INVALID_ARGUMENT,
             "session_config.voice_instruction has 11 characters",
         ),
         (
@@ -96,6 +96,7 @@ def test_the_stored_record_resumes_to_the_same_config() -> None:
         "output_sample_rate_hz",
         "system_prompt",
         "voice_instruction",
+        "voice_prompt_24k",
         "text_only",
         "mode",
         "threshold",

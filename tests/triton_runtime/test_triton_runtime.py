@@ -111,10 +111,16 @@ async def test_encoder_chunks_with_state_round_trips_match_local(triton: TritonR
 
 
 async def test_token2wav_chunks_match_local(triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig) -> None:
-    tokens = torch.randint(0, cfg.flow.speech_vocab, (40,), generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, cfg.flow.speech_vocab, (40,), generator=generator)
+    voice = {  # the turn's prompt voice, with its first chunk only (VocodeConfig.voice)
+        "speaker": torch.randn(cfg.flow.spk_embed_dim, generator=generator),
+        "prompt_tokens": torch.randint(0, cfg.flow.speech_vocab, (10,), generator=generator),
+        "prompt_mel": torch.randn(cfg.flow.mel_bins, 10 * cfg.flow.token_mel_ratio, generator=generator),
+    }
     triton_state = local_state = torch.zeros(0, dtype=torch.uint8)
     for index, chunk in enumerate(tokens.split(15)):
-        inputs = {"tokens": chunk, "flush": torch.tensor([index == 2])}
+        inputs = {"tokens": chunk, "flush": torch.tensor([index == 2]), **(voice if index == 0 else {})}
         triton_out = await triton.infer("token2wav", {**inputs, "state": triton_state})
         local_out = await local.infer("token2wav", {**inputs, "state": local_state})
         assert_same(triton_out, local_out)
@@ -130,6 +136,7 @@ def _voice_requests(cfg: MinMoConfig) -> list[TensorMap]:
         "top_p": torch.tensor([0.9]),
         "top_k": torch.tensor([20]),
         "seed": torch.tensor([1234]),
+        "instruction": text_tensor("Please speak very fast."),
     }
     requests = []
     for count, text_end in ((7, False), (8, False), (2, True)):

@@ -50,6 +50,7 @@ class ChatRequest:
     text: str | None = None
     system_prompt: str = ""
     voice_instruction: str = ""
+    voice_prompt: InputAudio | None = None  # the voice to mimic, 3-30 s (SessionConfig.voice_prompt)
     realtime: bool = True  # pace audio like a microphone; False sends it as fast as the stream takes it
     trailing_silence_ms: int = TRAILING_SILENCE_MS
     timeout_s: float = DEFAULT_TIMEOUT_S  # for SessionStarted, and for the reply once the input is sent
@@ -443,6 +444,11 @@ def _session_config(request: ChatRequest) -> conversation_pb2.ClientEvent:
         system_prompt=request.system_prompt,
         voice_instruction=request.voice_instruction,
     )
+    if request.voice_prompt is not None:
+        prompt = request.voice_prompt
+        config.voice_prompt.CopyFrom(
+            conversation_pb2.VoicePrompt(audio=float_to_pcm16(prompt.samples), sample_rate_hz=prompt.sample_rate)
+        )
     return conversation_pb2.ClientEvent(session_config=config)
 
 

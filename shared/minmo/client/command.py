@@ -43,6 +43,7 @@ class ChatOptions:
     mic: bool = False
     tls_ca: Path | None = None  # PEM of the server certificate's CA: connect over TLS
     api_key: str | None = None
+    voice_prompt: Path | None = None  # WAV of the voice to mimic (sent in the session config)
 
 
 def chat_command(options: ChatOptions) -> int:
@@ -51,6 +52,8 @@ def chat_command(options: ChatOptions) -> int:
         raise typer.BadParameter("give exactly one of --mic, --wav or --text")
     stdout, stderr = Console(), Console(stderr=True)
     if options.mic:
+        if options.voice_prompt is not None:
+            raise typer.BadParameter("--voice-prompt goes with --wav or --text (not yet with --mic)")
         return _live(options, stderr)
     try:
         request = _request(options)
@@ -95,6 +98,7 @@ def _request(options: ChatOptions) -> ChatRequest:
         text=options.text,
         system_prompt=options.system_prompt,
         voice_instruction=options.voice_instruction,
+        voice_prompt=load_wav(options.voice_prompt) if options.voice_prompt is not None else None,
         realtime=options.realtime,
         timeout_s=options.timeout_s,
     )

@@ -93,6 +93,7 @@ class Session:
         voice_instruction: str = "",
         text_only: bool = False,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        voice_prompt: conversation_pb2.VoicePrompt | None = None,
     ) -> Session:
         """Connect to `target` ("host:port"), waiting up to `ready_timeout_s` for the server to be SERVING, and
         start a session; raises SessionError when it cannot."""
@@ -108,6 +109,7 @@ class Session:
                 system_prompt=system_prompt,
                 voice_instruction=voice_instruction,
                 text_only=text_only,
+                voice_prompt=voice_prompt,
             )
             try:
                 await call.write(conversation_pb2.ClientEvent(session_config=config))
@@ -134,9 +136,11 @@ class Session:
         """Microphone audio: PCM16LE mono at the session's input rate, in chunks of 20-100 ms as captured."""
         await self._send(conversation_pb2.ClientEvent(audio_chunk=conversation_pb2.AudioChunk(audio=pcm16)))
 
-    async def send_text(self, text: str) -> None:
-        """A whole typed user turn; the assistant answers it as if it had been spoken."""
-        await self._send(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
+    async def send_text(self, text: str, voice_instruction: str = "") -> None:
+        """A whole typed user turn; the assistant answers it as if it had been spoken (in the voice
+        `voice_instruction` asks for, this turn only; empty: the session's)."""
+        text_input = conversation_pb2.TextInput(text=text, voice_instruction=voice_instruction)
+        await self._send(conversation_pb2.ClientEvent(text_input=text_input))
 
     async def cancel_response(self) -> None:
         """Stop the current response (as if the user had spoken over it)."""

@@ -63,8 +63,10 @@ from minmo.duplex.turn_policy import (
     UserSpeechStopped,
 )
 from minmo.duplex.turn_trace import TurnTrace
+from minmo.duplex.voice_control import session_conditioning
 from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule
+from minmo.model.voice_prompt import VoicePromptModels
 from minmo.serving.server import RETRY_AFTER_METADATA
 from minmo.session.store import (
     PermissionDenied,
@@ -97,6 +99,7 @@ class DuplexPolicy:
     turn_timeout_s: float = 300.0  # deadline of a response's downstream calls
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
     limits: InputLimits = field(default_factory=InputLimits)
+    voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,8 @@ class Conversation:
         )
         self.turns = TurnPolicy(config.predictor_mode)
         self.audio_input = AudioInput(self.vad, TurnDetector(config.turn_detection), config.input_sample_rate_hz)
+        self.voice = config.voice
+        self.voice_conditioning = await session_conditioning(self.voice, self.policy.voice_prompt_models)
         try:
             await self._open_llm(turns)
             await self._open_encoder()
@@ -414,7 +419,7 @@ class Conversation:
         timings.encoder_flush_ms = decision.encoder_flush_ms
         timings.encoder_done = now_ms()
         try:
-            await self.history.user_spoke(decision.turn_id, decision.audio_ms)
+            await self.history.user_spoke(decision.turn_id, decision.audio_ms, self.voice.instruction)
         except RedisError as error:
             log.warning("session %s turn %s: %s", self.session_id, decision.turn_id, error)
             await self._fail_turn(decision.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
@@ -424,10 +429,11 @@ class Conversation:
     async def _on_text(self, text_input: conversation_pb2.TextInput) -> None:
         self.policy.limits.check_text(text_input.text)
         check_trace_context("text_input.trace_context", text_input.trace_context)
+        instruction = self.voice.turn_instruction(text_input.voice_instruction, self.policy.limits)
         text = text_input.text.strip()
         if not text:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "text_input.text is empty")
-        typed = TextTyped(_new_turn_id(), text, self._audio_playing(), dict(text_input.trace_context))
+        typed = TextTyped(_new_turn_id(), text, self._audio_playing(), dict(text_input.trace_context), instruction)
         await self._apply(self.turns.handle(typed))
 
     async def _answer_typed(self, decision: AnswerTyped) -> None:
@@ -442,7 +448,7 @@ class Conversation:
             )
         )
         try:
-            await self.history.user_typed(turn_id, decision.text, self._carrier(turn_id))
+            await self.history.user_typed(turn_id, decision.text, self._carrier(turn_id), decision.voice_instruction)
         except RedisError as error:
             log.warning("session %s turn %s: %s", self.session_id, turn_id, error)
             await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, store=False)
@@ -454,7 +460,7 @@ class Conversation:
         if not self.encoder.usable:  # ready for the user's next spoken turn
             with contextlib.suppress(LinkLost, grpc.aio.AioRpcError):
                 await self.encoder.open(self.session_id)
-        await self._start_response(timings)
+        await self._start_response(timings, decision.voice_instruction)
 
     # --- responses ------------------------------------------------------------------------------
 
@@ -480,7 +486,7 @@ class Conversation:
             self.trace.finish(response, report, outcome, failure)
             self.trace = None
 
-    async def _start_response(self, timings: TurnTimings) -> None:
+    async def _start_response(self, timings: TurnTimings, instruction: str | None = None) -> None:
         speech = not self.config.text_only
         turn_id = _new_turn_id()
         trace = self.trace or self._begin_trace(turn_id)
@@ -492,7 +498,8 @@ class Conversation:
             vocoder=self.peers.vocoder if speech else None,
             emit=self.emit,
             output_rate=self.config.output_sample_rate_hz,
-            instruction=self.config.voice_instruction,
+            instruction=self.voice.instruction if instruction is None else instruction,
+            voice=self.voice_conditioning,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,

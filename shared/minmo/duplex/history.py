@@ -77,9 +77,12 @@ class History:
 
     # --- user turns ----------------------------------------------------------------------------------------
 
-    async def user_typed(self, turn_id: str, text: str, trace_context: dict[str, str]) -> None:
+    async def user_typed(
+        self, turn_id: str, text: str, trace_context: dict[str, str], voice_instruction: str = ""
+    ) -> None:
         """Raises RedisError when the store failed (neither has the turn), ContextLost when only the store has it."""
-        await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, text, 0))
+        user = Turn(turn_id, Role.USER, text, 0, voice_instruction=voice_instruction)
+        await self.store.append_turn(self.session_id, self.epoch, user)
         append = llm_pb2.AppendTurn(role=common_pb2.ROLE_USER, text=text, turn_id=turn_id, trace_context=trace_context)
         try:
             if self.llm.usable:
@@ -92,10 +95,11 @@ class History:
             except (LinkLost, ProtocolError, RedisError) as rebuild_error:
                 raise ContextLost(str(error)) from rebuild_error
 
-    async def user_spoke(self, turn_id: str, audio_ms: float) -> None:
+    async def user_spoke(self, turn_id: str, audio_ms: float, voice_instruction: str = "") -> None:
         """The spoken turn's audio is in the LLM context already (its embeddings); the store gets its length now and
         its text when the LLM transcribes it. Raises RedisError."""
-        await self.store.append_turn(self.session_id, self.epoch, Turn(turn_id, Role.USER, "", round(audio_ms)))
+        user = Turn(turn_id, Role.USER, "", round(audio_ms), voice_instruction=voice_instruction)
+        await self.store.append_turn(self.session_id, self.epoch, user)
 
     async def user_transcript(self, turn_id: str, text: str) -> None:
         """The transcript is a bonus: losing it costs the turn nothing (logged)."""

@@ -8,7 +8,8 @@ The limits (README "Input limits"; env variables in `DuplexSettings`):
 - text_input.text: MINMO_MAX_TEXT_CHARS characters (default 1,000; the tiny model's context is 4,096 bytes);
 - session_config.system_prompt: MINMO_MAX_SYSTEM_PROMPT_CHARS (default 1,000; the llm also refuses a prompt
   over half its context, and trims the oldest turns to keep the context under its limit);
-- session_config.voice_instruction: MINMO_MAX_INSTRUCTION_CHARS (default 500);
+- session_config.voice_instruction and text_input.voice_instruction: MINMO_MAX_INSTRUCTION_CHARS (default 500),
+  checked in `voice_control.py` (INVALID_ARGUMENT, as the voice prompt's checks there);
 - ids and tokens (session_id, resume_token, turn_id, trace_context keys and values): 256 characters,
   at most 8 trace_context entries;
 - audio chunks: MINMO_MAX_CHUNK_MS of audio (the duplex policy's max_chunk_ms);
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from minmo.model.config import MAX_INSTRUCTION_CHARS
 from minmo.v1 import conversation_pb2
 
 MAX_ID_CHARS = 256
@@ -55,13 +57,17 @@ class InputLimits:
         for name in ("max_text_chars", "max_system_prompt_chars", "max_instruction_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_instruction_chars > MAX_INSTRUCTION_CHARS:
+            raise ValueError(
+                f"max_instruction_chars must be <= {MAX_INSTRUCTION_CHARS} (the voice LM's limit), "
+                f"got {self.max_instruction_chars}"
+            )
 
     def check_text(self, text: str) -> None:
         check_length("text_input.text", text, self.max_text_chars)
 
     def check_session_config(self, config: conversation_pb2.SessionConfig) -> None:
         check_length("session_config.system_prompt", config.system_prompt, self.max_system_prompt_chars)
-        check_length("session_config.voice_instruction", config.voice_instruction, self.max_instruction_chars)
         check_turn_detection(config.turn_detection)
 
 

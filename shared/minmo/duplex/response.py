@@ -67,11 +67,12 @@ class Response:
     vocoder: Replicas | None
     emit: Emit
     output_rate: int
-    instruction: str
+    instruction: str  # the turn's voice instruction (to the LLM and the voice-token LM)
     max_tokens: int
     timings: TurnTimings
     timeout_s: float  # deadline of the per-turn voicelm and vocoder calls
     trace_context: dict[str, str] = field(default_factory=dict)
+    voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
     pieces: list[str] = field(default_factory=list)
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
@@ -180,7 +181,10 @@ class Response:
         await synth.write(
             voicelm_pb2.SynthesizeRequest(
                 config=voicelm_pb2.SynthesizeConfig(
-                    session_id=self.session_id, turn_id=self.turn_id, trace_context=self.trace_context
+                    session_id=self.session_id,
+                    turn_id=self.turn_id,
+                    trace_context=self.trace_context,
+                    voice_instruction=self.instruction,
                 )
             )
         )
@@ -191,6 +195,7 @@ class Response:
                     turn_id=self.turn_id,
                     trace_context=self.trace_context,
                     sample_rate_hz=VOCODER_RATE,
+                    voice=self.voice,
                 )
             )
         )

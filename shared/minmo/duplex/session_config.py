@@ -17,6 +17,7 @@ import grpc
 from minmo.audio.pcm import SUPPORTED_INPUT_RATES
 from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.duplex.limits import InputLimits, ProtocolError
+from minmo.duplex.voice_control import VoiceControl
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.v1 import common_pb2, conversation_pb2
 
@@ -32,7 +33,7 @@ class SessionConfig:
     input_sample_rate_hz: int
     output_sample_rate_hz: int
     system_prompt: str
-    voice_instruction: str
+    voice: VoiceControl  # the voice instruction and the prompt recording (checked in `voice_control`)
     text_only: bool
     mode: str  # conversation_pb2.TurnDetection.Mode name
     turn_detection: TurnDetectionConfig  # the client's values, the server's defaults where it sent 0
@@ -52,7 +53,7 @@ class SessionConfig:
             input_sample_rate_hz=message.input_sample_rate_hz,
             output_sample_rate_hz=output_rate,
             system_prompt=message.system_prompt,
-            voice_instruction=message.voice_instruction,
+            voice=VoiceControl.from_session_config(message, limits),
             text_only=message.text_only,
             mode=conversation_pb2.TurnDetection.Mode.Name(detection.mode),
             turn_detection=turn_detection(
@@ -76,7 +77,7 @@ class SessionConfig:
             input_sample_rate_hz=input_rate,
             output_sample_rate_hz=output_rate,
             system_prompt=record["system_prompt"],
-            voice_instruction=record["voice_instruction"],
+            voice=VoiceControl.from_record(record),
             text_only=record["text_only"],
             mode=record["mode"],
             turn_detection=turn_detection(
@@ -90,13 +91,17 @@ class SessionConfig:
             "input_sample_rate_hz": self.input_sample_rate_hz,
             "output_sample_rate_hz": self.output_sample_rate_hz,
             "system_prompt": self.system_prompt,
-            "voice_instruction": self.voice_instruction,
+            **self.voice.to_record(),
             "text_only": self.text_only,
             "mode": self.mode,
             "threshold": self.turn_detection.threshold,
             "silence_ms": self.turn_detection.silence_duration_ms,
             "prefix_padding_ms": self.turn_detection.prefix_padding_ms,
         }
+
+    @property
+    def voice_instruction(self) -> str:
+        return self.voice.instruction
 
     @property
     def predictor_mode(self) -> bool:

@@ -97,6 +97,7 @@ class TextTyped:
     text: str
     audio_playing: bool
     trace_parent: Mapping[str, str] = field(default_factory=dict)
+    voice_instruction: str = ""  # how to speak this turn's reply (the session's instruction when not overridden)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class AnswerTyped:
     turn_id: str
     text: str
     trace_parent: Mapping[str, str]
+    voice_instruction: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class TurnPolicy:
                 self.respond_on_flush = False
                 return [AnswerSpoken(turn_id, self.user_audio_ms, compute_ms)]
             case TextTyped(turn_id=turn_id, text=text, audio_playing=playing, trace_parent=parent):
-                return [*self._interrupt(playing), AnswerTyped(turn_id, text, parent)]
+                return [*self._interrupt(playing), AnswerTyped(turn_id, text, parent, event.voice_instruction)]
             case CancelRequested(audio_playing=playing):
                 return self._interrupt(playing)
             case ResponseStarted(turn_id=turn_id):

@@ -126,6 +126,14 @@ class VoiceTokenLMConfig:
     speech_block: int = SPEECH_BLOCK
     rope_theta: float = 1_000_000.0
     max_positions: int = 4096
+    # Voice instructions in CosyVoice 2's instruct form: a text-token table the instruction is embedded with, and
+    # the id of <|endofprompt|> in it. 0 rows: no table, the instruction reaches the voice only through the LLM.
+    instruction_vocab: int = 0
+    end_of_prompt_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.instruction_vocab and not 0 <= self.end_of_prompt_id < self.instruction_vocab:
+            raise ValueError(f"end_of_prompt_id {self.end_of_prompt_id} outside the {self.instruction_vocab} rows")
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,15 @@ class MinMoConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+MAX_INSTRUCTION_CHARS = 500  # longest voice instruction the voice-token LM takes (the front door's limit is no larger)
+
+# CosyVoice2-0.5B's text embedding (`llm.pt` `llm.model.model.embed_tokens`, Qwen2's 151,936 rows) and the id its
+# tokenizer gives <|endofprompt|>: the first special token it adds after Qwen2's <|endoftext|>, <|im_start|>,
+# <|im_end|> (151643-151645). Qwen2.5's tokenizer gives ordinary text the same ids.
+COSYVOICE2_TEXT_VOCAB = 151_936
+COSYVOICE2_END_OF_PROMPT = 151_646
+
+
 def _minmo_8b() -> MinMoConfig:
     return MinMoConfig(name="minmo-8b")
 
@@ -254,7 +271,12 @@ def _tiny() -> MinMoConfig:
         arch="qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
         vocab_size=260, max_positions=4096, tokenizer="bytes",
     )
-    return _small_speech_modules("tiny", llm, max_response_tokens=24)
+    tiny = _small_speech_modules("tiny", llm, max_response_tokens=24)
+    # the instruction table: the LLM's byte tokenizer (260 ids) and one more row for <|endofprompt|>
+    voice_lm = dataclasses.replace(
+        tiny.voice_token_lm, instruction_vocab=llm.vocab_size + 1, end_of_prompt_id=llm.vocab_size
+    )
+    return dataclasses.replace(tiny, voice_token_lm=voice_lm)
 
 
 def _nano() -> MinMoConfig:
@@ -294,6 +316,9 @@ def _minmo_public() -> MinMoConfig:
         ),
         input_projector=InputProjectorConfig(input_dim=512),
         llm=LLMConfig(source="hf"),
+        voice_token_lm=VoiceTokenLMConfig(
+            instruction_vocab=COSYVOICE2_TEXT_VOCAB, end_of_prompt_id=COSYVOICE2_END_OF_PROMPT
+        ),
     )
 
 

@@ -144,8 +144,9 @@ def cosyvoice2_voice_token_lm(llm: dict[str, torch.Tensor], cfg: MinMoConfig) ->
     """CosyVoice 2 `llm.pt` (Qwen2LM) -> our VoiceTokenLM state dict: the Qwen2 decoder layers and final norm;
     the token table from `speech_embedding` (speech tokens, then END_OF_SPEECH = its end-of-speech row)
     and `llm_embedding` (SOS = its sos/eos row, TURN_OF_SPEECH = its task-id row, the position where its
-    speech begins); the head is `llm_decoder` restricted to speech tokens + end of speech. The Qwen text
-    embedding and LM head are dropped: in MinMo the output projector feeds the LM instead of text."""
+    speech begins); the head is `llm_decoder` restricted to speech tokens + end of speech. In MinMo the output
+    projector feeds the LM instead of text, so the Qwen text embedding is kept only as the instruction table
+    (when the config has one: voice instructions in CosyVoice 2's instruct form); the text LM head is dropped."""
     from minmo.model.voice_token_lm import VoiceTokenLM
 
     vocab = cfg.voice_token_lm.speech_vocab
@@ -159,6 +160,8 @@ def cosyvoice2_voice_token_lm(llm: dict[str, torch.Tensor], cfg: MinMoConfig) ->
     state["decoder.embed_tokens.weight"] = torch.cat([speech[: vocab + 1], special[:2]])  # + EOS, SOS, TURN
     state["head.weight"] = llm["llm_decoder.weight"][: vocab + 1]
     state["head.bias"] = llm["llm_decoder.bias"][: vocab + 1]
+    if cfg.voice_token_lm.instruction_vocab:
+        state["instruction_embedding.weight"] = llm[prefix + "embed_tokens.weight"]
     with torch.device("meta"):
         module = VoiceTokenLM(cfg.voice_token_lm)
     return check_against(module, state, "CosyVoice 2 llm.pt")

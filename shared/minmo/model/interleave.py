@@ -113,11 +113,18 @@ class ScheduleState(StreamState):
     finished: bool  # END_OF_SPEECH was sampled, or the safety bound was reached
 
 
-def init_schedule_state(voice_lm: VoiceTokenLM) -> ScheduleState:
-    """A new turn: nothing fed yet; SOS goes in with the first semantic vectors."""
+@torch.no_grad()
+def init_schedule_state(voice_lm: VoiceTokenLM, instruction: torch.Tensor | None = None) -> ScheduleState:
+    """A new turn: nothing fed yet; SOS goes in with the first semantic vectors. With an instruction prefix
+    (1, T, dim) from `VoiceTokenLM.embed_instruction`, SOS and the prefix are fed now (CosyVoice 2's instruct form)."""
+    voice, pending = voice_lm.init_state(batch=1), voice_lm.sos_id
+    if instruction is not None:
+        sos = voice_lm.embed_speech(_ids(voice_lm, [voice_lm.sos_id]))
+        _, voice = voice_lm.step(torch.cat([sos, instruction], dim=1), voice)
+        pending = NO_TOKEN
     return ScheduleState(
-        voice=voice_lm.init_state(batch=1),
-        pending_token=voice_lm.sos_id,
+        voice=voice,
+        pending_token=pending,
         fed_in_block=0,
         text_positions=0,
         speech_tokens=0,
@@ -215,12 +222,16 @@ def synthesize_step(
 
 
 def teacher_forcing_inputs(
-    voice_lm: VoiceTokenLM, semantic: torch.Tensor, speech_tokens: Sequence[int]
+    voice_lm: VoiceTokenLM,
+    semantic: torch.Tensor,
+    speech_tokens: Sequence[int],
+    instruction: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole interleaved stream of one finished turn, offline: inputs (1, L, dim) and targets (1, L).
 
     `speech_tokens` is the turn's speech without END_OF_SPEECH (at least 15 per full block). targets[i] is the
     token to predict at position i (END_OF_SPEECH after the last one), IGNORE_INDEX where nothing is predicted.
+    `instruction` (1, T, dim), from `VoiceTokenLM.embed_instruction`, follows SOS and predicts nothing.
     """
     schedule = VoiceSchedule.from_config(voice_lm.cfg)
     text_length = semantic.shape[1]
@@ -229,6 +240,9 @@ def teacher_forcing_inputs(
     assert len(speech_tokens) >= block_tokens, f"{len(speech_tokens)} speech tokens, the blocks need {block_tokens}"
     pieces = [voice_lm.embed_speech(_ids(voice_lm, [voice_lm.sos_id]))]
     targets = [IGNORE_INDEX]
+    if instruction is not None:
+        pieces.append(instruction)
+        targets += [IGNORE_INDEX] * instruction.shape[1]
     for block in range(blocks):
         chunk = list(speech_tokens[block * schedule.speech_block : (block + 1) * schedule.speech_block])
         pieces += [semantic[:, block * schedule.text_block : (block + 1) * schedule.text_block]]

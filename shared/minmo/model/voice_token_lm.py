@@ -6,6 +6,13 @@ stream starts with SOS; after every 5 semantic vectors the LM writes 15 speech t
 text ends, the leftover vectors and TURN_OF_SPEECH follow and the LM writes tokens until END_OF_SPEECH
 (the schedule lives in `interleave.py`). Like CosyVoice 2's LM it has no text embedding of its own: the
 decoder's token table *is* the speech embedding, and a separate head scores speech tokens + END_OF_SPEECH.
+
+Voice instructions ("Speak with a tone of sadness") enter as CosyVoice 2's instruct mode has them (its
+`inference_instruct2`: the instruction text + <|endofprompt|> before the text to speak): when the config has an
+instruction table (`instruction_vocab`, CosyVoice 2's text embedding for `minmo-public`), the stream becomes
+SOS, the instruction's token embeddings, END_OF_PROMPT, then the semantic vectors that stand in for the text.
+The LLM also reads the instruction (inside the user turn), so its hidden states carry it too; without a table
+that is the only way the instruction reaches the voice.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class VoiceTokenLM(nn.Module):
         )
         self.decoder = Qwen2Model(config)
         self.head = nn.Linear(cfg.dim, cfg.speech_vocab + 1)  # speech tokens + END_OF_SPEECH
+        self.instruction_embedding = nn.Embedding(cfg.instruction_vocab, cfg.dim) if cfg.instruction_vocab else None
 
     @property
     def end_of_speech_id(self) -> int:
@@ -71,6 +79,13 @@ class VoiceTokenLM(nn.Module):
     def embed_speech(self, ids: torch.Tensor) -> torch.Tensor:
         """Speech token / special ids (B, T) -> input embeddings (B, T, dim)."""
         return self.decoder.embed_tokens(ids)
+
+    def embed_instruction(self, ids: list[int]) -> torch.Tensor:
+        """An instruction's text token ids -> its prefix (1, len(ids) + 1, dim), END_OF_PROMPT last."""
+        assert self.instruction_embedding is not None, "this voice LM has no instruction table (instruction_vocab 0)"
+        assert all(0 <= i < self.cfg.instruction_vocab for i in ids), f"ids outside [0, {self.cfg.instruction_vocab})"
+        weight = self.instruction_embedding.weight
+        return self.instruction_embedding(torch.tensor([[*ids, self.cfg.end_of_prompt_id]], device=weight.device))
 
     def step(self, inputs_embeds: torch.Tensor, state: VoiceLMState) -> tuple[torch.Tensor, VoiceLMState]:
         """Feed T positions (B, T, dim); logits over speech tokens + END_OF_SPEECH (B, T, speech_vocab + 1)."""

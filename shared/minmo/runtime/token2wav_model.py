@@ -12,11 +12,18 @@ from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.models import flag, require, state_from_tensor, state_to_tensor
 
+MAX_PROMPT_TOKENS = 750  # 30 s of prompt at 25 tokens/s (voice_prompt.PROMPT_MAX_S)
+
 
 class Token2WavModel(RuntimeModel):
     """Stateless chunk model: `tokens` int64 (N,) ids in [0, speech_vocab), `state` uint8 (empty = start of a
     turn), `flush` bool (1,) -> `pcm` float32 (S,) at 24 kHz (S a multiple of 960), `state` uint8 (empty after
-    a flush: the turn is over, and an empty state starts the next one)."""
+    a flush: the turn is over, and an empty state starts the next one).
+
+    At the start of a turn, optionally the voice to speak in (CosyVoice 2 zero-shot, see `voice_prompt.py`):
+    `speaker` float32 (spk_embed_dim,) x-vector, `prompt_tokens` int64 (P,) the prompt's speech tokens (at most
+    MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. Later chunks
+    carry the conditioning in their state, so it is sent once per turn."""
 
     name = "token2wav"
 
@@ -30,16 +37,44 @@ class Token2WavModel(RuntimeModel):
         if blob is not None and blob.numel():
             stream = state_from_tensor(Token2WavState, blob)
         else:
-            stream = self.token2wav.init_state()
+            stream = self.token2wav.init_state(**self._voice(inputs))
         pcm, stream = self.token2wav.step(tokens[None], stream)  # (1, S)
         if not flag(inputs, "flush"):
             return {"pcm": pcm[0], "state": state_to_tensor(stream)}, None
         tail, _ = self.token2wav.flush(stream)
         return {"pcm": torch.cat([pcm, tail], dim=1)[0], "state": torch.zeros(0, dtype=torch.uint8)}, None
 
+    def _voice(self, inputs: TensorMap) -> dict[str, torch.Tensor]:
+        """The turn's speaker and voice prompt as `Token2Wav.init_state` arguments (batch of one), each checked."""
+        cfg = self.token2wav.flow.cfg
+        voice = {}
+        if "speaker" in inputs:
+            speaker = require(inputs, "speaker", torch.float32, 1)
+            if speaker.shape != (cfg.spk_embed_dim,) or not torch.isfinite(speaker).all():
+                raise InvalidInput(
+                    f"input 'speaker' must be {cfg.spk_embed_dim} finite floats, got {tuple(speaker.shape)}"
+                )
+            voice["speaker"] = speaker[None]
+        if "prompt_tokens" in inputs or "prompt_mel" in inputs:
+            prompt_tokens = self._ids(inputs, "prompt_tokens")
+            if prompt_tokens.numel() > MAX_PROMPT_TOKENS:
+                raise InvalidInput(f"{prompt_tokens.numel()} prompt tokens exceed {MAX_PROMPT_TOKENS} (30 s)")
+            prompt_mel = require(inputs, "prompt_mel", torch.float32, 2)
+            frames = prompt_tokens.numel() * cfg.token_mel_ratio
+            if prompt_mel.shape != (cfg.mel_bins, frames) or not torch.isfinite(prompt_mel).all():
+                raise InvalidInput(
+                    f"input 'prompt_mel' must be ({cfg.mel_bins}, {frames}) finite floats for "
+                    f"{prompt_tokens.numel()} prompt tokens, got {tuple(prompt_mel.shape)}"
+                )
+            voice["prompt_tokens"], voice["prompt_mel"] = prompt_tokens[None], prompt_mel[None]
+        return voice
+
     def _tokens(self, inputs: TensorMap) -> torch.Tensor:
         """The `tokens` input, with every id checked: an out-of-range id would index past the embedding."""
-        tokens = require(inputs, "tokens", torch.int64, 1)
+        return self._ids(inputs, "tokens")
+
+    def _ids(self, inputs: TensorMap, name: str) -> torch.Tensor:
+        tokens = require(inputs, name, torch.int64, 1)
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.speech_vocab):
             bad = tokens[(tokens < 0) | (tokens >= self.speech_vocab)]
             raise InvalidInput(

@@ -14,12 +14,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from minmo.model.batch_step import batched_decoder_step
 from minmo.model.build import build_component
-from minmo.model.config import MinMoConfig
+from minmo.model.config import MAX_INSTRUCTION_CHARS, MinMoConfig
 from minmo.model.interleave import (
     RasSampler,
     Sampler,
@@ -30,6 +31,7 @@ from minmo.model.interleave import (
 )
 from minmo.model.output_projector import OutputProjector
 from minmo.model.state import StreamState
+from minmo.model.tokenizer import Tokenizer, load_tokenizer
 from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.batching import BatchSettings, StepBatcher
@@ -56,7 +58,10 @@ class VoiceLmModel(RuntimeModel):
     Inputs: `hidden` float32 (N, llm_dim) and `token_embedding` float32 (N, llm_dim), the LLM's last hidden
     states and input embeddings of N new text positions (N may be 0); `text_end` bool (1,): no more text.
     At sequence start also `temperature` float32 (1,) (0: greedy), `top_p` float32 (1,) in (0, 1],
-    `top_k` int64 (1,) (0: no limit), `seed` int64 (1,) (the uint64 seed's bit pattern); later they are ignored.
+    `top_k` int64 (1,) (0: no limit), `seed` int64 (1,) (the uint64 seed's bit pattern), and optionally
+    `instruction` uint8 (N,): a UTF-8 voice instruction of at most MAX_INSTRUCTION_CHARS characters, tokenised with
+    the LLM's tokenizer and fed after SOS as CosyVoice 2's instruct prefix (`VoiceTokenLM.embed_instruction`; a
+    voice LM without an instruction table ignores it); later they are ignored.
     Outputs: `speech_tokens` int64 (K,): 15 per completed block of 5 positions, the rest after `text_end`;
     `finished` bool (1,): the turn's speech is complete (only after `text_end`).
     """
@@ -65,9 +70,11 @@ class VoiceLmModel(RuntimeModel):
     stateful = True
     batches_execute = True  # with a batcher, `execute` submits its decode steps to it
 
-    def __init__(self, projector: OutputProjector, voice_lm: VoiceTokenLM) -> None:
+    def __init__(self, projector: OutputProjector, voice_lm: VoiceTokenLM, tokenizer: Tokenizer | None = None) -> None:
+        assert tokenizer is not None or voice_lm.instruction_embedding is None, "an instruction table needs a tokenizer"
         self.projector = projector.eval()
         self.voice_lm = voice_lm.eval()
+        self.tokenizer = tokenizer  # the LLM's: instruction text -> ids of the instruction table
         self.llm_dim = projector.cfg.llm_dim
         self.device = voice_lm.head.weight.device
         self.batcher: StepBatcher | None = None  # set by a batching runtime: decode steps of turns run together
@@ -92,9 +99,14 @@ class VoiceLmModel(RuntimeModel):
     @classmethod
     def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> VoiceLmModel:
         """Both components built as every process builds them (same seeded weights, or the checkpoint's)."""
-        return cls(
-            build_component(cfg, "output_projector", checkpoint), build_component(cfg, "voice_token_lm", checkpoint)
-        )
+        voice_lm = build_component(cfg, "voice_token_lm", checkpoint)
+        tokenizer = None
+        if voice_lm.instruction_embedding is not None:
+            llm = cfg.llm
+            if llm.source == "hf" and not llm.path and checkpoint is not None:  # where build_component finds the LLM
+                llm = dataclasses.replace(llm, path=str(Path(checkpoint) / "llm"))
+            tokenizer = load_tokenizer(llm)
+        return cls(build_component(cfg, "output_projector", checkpoint), voice_lm, tokenizer)
 
     def execute(self, inputs: TensorMap, state: VoiceSynthesisState | None) -> tuple[TensorMap, VoiceSynthesisState]:
         hidden, token_embedding = self._positions(inputs)
@@ -142,8 +154,28 @@ class VoiceLmModel(RuntimeModel):
         rng = torch.zeros(0, dtype=torch.uint8)
         if temperature > 0:
             rng = torch.Generator(device=self.device).manual_seed(seed % UINT64_RANGE).get_state()
-        schedule = init_schedule_state(self.voice_lm)
+        schedule = init_schedule_state(self.voice_lm, self._instruction(inputs))
         return VoiceSynthesisState(schedule=schedule, temperature=temperature, top_p=top_p, top_k=top_k, rng=rng)
+
+    def _instruction(self, inputs: TensorMap) -> torch.Tensor | None:
+        """The instruct prefix (1, T, dim) of the `instruction` input; None without one (or without a table)."""
+        if "instruction" not in inputs or self.voice_lm.instruction_embedding is None:
+            return None
+        try:
+            text = bytes(require(inputs, "instruction", torch.uint8, 1).numpy()).decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"input 'instruction' is not valid UTF-8: {error}") from error
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            raise InvalidInput(
+                f"the voice instruction has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}"
+            )
+        if not text:
+            return None
+        ids = self.tokenizer.encode(text)
+        vocab = self.voice_lm.cfg.instruction_vocab
+        if any(not 0 <= i < vocab for i in ids):
+            raise InvalidInput(f"the voice instruction tokenises to ids outside the instruction table's {vocab} rows")
+        return self.voice_lm.embed_instruction(ids)
 
     def _generator(self, state: VoiceSynthesisState) -> torch.Generator | None:
         """The turn's generator, restored from its saved state (None when greedy: nothing to draw)."""

@@ -94,6 +94,7 @@ class Turn:
     interrupted: bool = False
     heard_ms: int | None = None
     outcome: str = "completed"  # "failed": the reply broke off (text: what was heard); older records lack it
+    voice_instruction: str = ""  # user turns: the voice instruction the reply was asked to follow
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)

@@ -64,7 +64,14 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             "token2wav",
-            (_t("tokens", torch.int64), _t("state", torch.uint8, optional=True), _flag("flush")),
+            (
+                _t("tokens", torch.int64),
+                _t("state", torch.uint8, optional=True),
+                _flag("flush"),
+                _t("speaker", torch.float32, (cfg.flow.spk_embed_dim,), optional=True),
+                _t("prompt_tokens", torch.int64, optional=True),
+                _t("prompt_mel", torch.float32, (cfg.flow.mel_bins, VARIABLE), optional=True),
+            ),
             (_t("pcm", torch.float32), _t("state", torch.uint8)),
             stateful=False,
         ),
@@ -78,6 +85,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _scalar("top_p", torch.float32),
                 _scalar("top_k", torch.int64),
                 _scalar("seed", torch.int64),
+                _t("instruction", torch.uint8, optional=True),
             ),
             (_t("speech_tokens", torch.int64), _scalar("finished", torch.bool)),
             stateful=True,

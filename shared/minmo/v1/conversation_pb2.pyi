@@ -27,20 +27,30 @@ class ClientEvent(_message.Message):
     def __init__(self, session_config: _Optional[_Union[SessionConfig, _Mapping]] = ..., resume_session: _Optional[_Union[ResumeSession, _Mapping]] = ..., audio_chunk: _Optional[_Union[AudioChunk, _Mapping]] = ..., text_input: _Optional[_Union[TextInput, _Mapping]] = ..., cancel_response: _Optional[_Union[CancelResponse, _Mapping]] = ..., playback_position: _Optional[_Union[PlaybackPosition, _Mapping]] = ..., end_session: _Optional[_Union[EndSession, _Mapping]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("input_sample_rate_hz", "output_sample_rate_hz", "system_prompt", "voice_instruction", "turn_detection", "text_only")
+    __slots__ = ("input_sample_rate_hz", "output_sample_rate_hz", "system_prompt", "voice_instruction", "turn_detection", "text_only", "voice_prompt")
     INPUT_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     VOICE_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     TURN_DETECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    VOICE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     input_sample_rate_hz: int
     output_sample_rate_hz: int
     system_prompt: str
     voice_instruction: str
     turn_detection: TurnDetection
     text_only: bool
-    def __init__(self, input_sample_rate_hz: _Optional[int] = ..., output_sample_rate_hz: _Optional[int] = ..., system_prompt: _Optional[str] = ..., voice_instruction: _Optional[str] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ..., text_only: _Optional[bool] = ...) -> None: ...
+    voice_prompt: VoicePrompt
+    def __init__(self, input_sample_rate_hz: _Optional[int] = ..., output_sample_rate_hz: _Optional[int] = ..., system_prompt: _Optional[str] = ..., voice_instruction: _Optional[str] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ..., text_only: _Optional[bool] = ..., voice_prompt: _Optional[_Union[VoicePrompt, _Mapping]] = ...) -> None: ...
+
+class VoicePrompt(_message.Message):
+    __slots__ = ("audio", "sample_rate_hz")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    sample_rate_hz: int
+    def __init__(self, audio: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
 
 class TurnDetection(_message.Message):
     __slots__ = ("mode", "vad_threshold", "silence_ms", "prefix_padding_ms")
@@ -81,7 +91,7 @@ class AudioChunk(_message.Message):
     def __init__(self, audio: _Optional[bytes] = ...) -> None: ...
 
 class TextInput(_message.Message):
-    __slots__ = ("text", "trace_context")
+    __slots__ = ("text", "trace_context", "voice_instruction")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,9 +101,11 @@ class TextInput(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    VOICE_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, text: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    voice_instruction: str
+    def __init__(self, text: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., voice_instruction: _Optional[str] = ...) -> None: ...
 
 class CancelResponse(_message.Message):
     __slots__ = ("turn_id",)

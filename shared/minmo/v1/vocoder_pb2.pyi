@@ -2,7 +2,7 @@ from minmo.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -18,7 +18,7 @@ class VocodeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[VocodeConfig, _Mapping]] = ..., speech_tokens: _Optional[_Union[_common_pb2.SpeechTokens, _Mapping]] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ...) -> None: ...
 
 class VocodeConfig(_message.Message):
-    __slots__ = ("session_id", "turn_id", "trace_context", "sample_rate_hz")
+    __slots__ = ("session_id", "turn_id", "trace_context", "sample_rate_hz", "voice")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,11 +30,23 @@ class VocodeConfig(_message.Message):
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     sample_rate_hz: int
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
+    voice: VoiceConditioning
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sample_rate_hz: _Optional[int] = ..., voice: _Optional[_Union[VoiceConditioning, _Mapping]] = ...) -> None: ...
+
+class VoiceConditioning(_message.Message):
+    __slots__ = ("speaker_embedding", "prompt_speech_tokens", "prompt_mel")
+    SPEAKER_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SPEECH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MEL_FIELD_NUMBER: _ClassVar[int]
+    speaker_embedding: _common_pb2.Tensor
+    prompt_speech_tokens: _containers.RepeatedScalarFieldContainer[int]
+    prompt_mel: _common_pb2.Tensor
+    def __init__(self, speaker_embedding: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., prompt_speech_tokens: _Optional[_Iterable[int]] = ..., prompt_mel: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class Flush(_message.Message):
     __slots__ = ("total_tokens",)

@@ -18,7 +18,7 @@ class SynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SynthesizeConfig, _Mapping]] = ..., text_positions: _Optional[_Union[TextPositions, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ...) -> None: ...
 
 class SynthesizeConfig(_message.Message):
-    __slots__ = ("session_id", "turn_id", "trace_context", "sampling")
+    __slots__ = ("session_id", "turn_id", "trace_context", "sampling", "voice_instruction")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,11 +30,13 @@ class SynthesizeConfig(_message.Message):
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VOICE_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     sampling: _common_pb2.SamplingParams
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    voice_instruction: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., voice_instruction: _Optional[str] = ...) -> None: ...
 
 class TextPositions(_message.Message):
     __slots__ = ("hidden", "token_embedding", "first_index")
