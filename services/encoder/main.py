@@ -43,7 +43,8 @@ async def start(settings: EncoderSettings) -> ServiceHost:
     host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
     runtime = await open_runtime(
-        settings.server.runtime, cfg, ["encoder"], settings.checkpoint, settings.server.triton_url
+        settings.server.runtime, cfg, ["encoder"], settings.checkpoint, settings.server.triton_url,
+        placement=settings.server.placement,
     )
     host.on_stop(runtime.close)
     limiter = SessionLimiter(settings.server.max_sessions)

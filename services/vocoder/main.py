@@ -45,7 +45,8 @@ async def start(settings: VocoderSettings) -> ServiceHost:
     host = ServiceHost(settings.server, telemetry)
     cfg = load_config(settings.server.model_config)
     runtime = await open_runtime(
-        settings.server.runtime, cfg, ["token2wav"], settings.checkpoint, settings.server.triton_url
+        settings.server.runtime, cfg, ["token2wav"], settings.checkpoint, settings.server.triton_url,
+        placement=settings.server.placement,
     )
     host.on_stop(runtime.close)
     limiter = SessionLimiter(settings.server.max_sessions)

@@ -55,6 +55,7 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
         server.triton_url,
         batching.BatchSettings(server.batch_max_size, server.batch_window_ms),
         lambda model, size: telemetry.metrics.batch_size.labels(model=model).observe(size),
+        placement=server.placement,
     )
     host.on_stop(runtime.close)
     servicer = VoiceDecoderServicer(

@@ -313,12 +313,14 @@ def triton_export(
     kind: Annotated[str, typer.Option(help="instance kind: cpu or gpu")] = "cpu",
     instances: Annotated[int, typer.Option(min=1, help="instances per model (per GPU with --kind gpu)")] = 1,
     checkpoint: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trained weights")] = None,
+    dtype: Annotated[str, typer.Option(help="the models' float type: float32, bfloat16 or float16")] = "float32",
 ) -> None:
-    """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model."""
+    """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model. With --kind gpu
+    each instance builds its model on the GPU Triton gives it, in --dtype."""
     from minmo.model.config import load_config
     from minmo.triton.repository import ExportOptions, export_repository
 
-    options = ExportOptions(kind=kind, instances=instances, checkpoint=checkpoint)
+    options = ExportOptions(kind=kind, instances=instances, checkpoint=checkpoint, dtype=dtype)
     for model_dir in export_repository(load_config(config), out, options):
         typer.echo(model_dir)
 

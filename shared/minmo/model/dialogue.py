@@ -250,7 +250,7 @@ class Dialogue:
         )
         length = embeddings.shape[1]
         opening = self._embed([] if state.user_turn_open else self.format.user_prefix)
-        inputs = torch.cat([opening, embeddings.to(opening.dtype)], dim=1)  # (1, P + T, D)
+        inputs = torch.cat([opening, embeddings.to(opening)], dim=1)  # (1, P + T, D) on the LLM's device and dtype
         output, llm_state = self.llm.step(inputs, state.llm)
         probs, predictor_state = self.predictor.step(output.hidden[:, -length:], state.predictor)
         return probs[0], dataclasses.replace(

@@ -175,14 +175,15 @@ def build_llm(cfg: LLMConfig, device: str = "cpu", dtype: torch.dtype = torch.fl
     """Random weights from the sizes in `cfg`, or load gguf / hf weights.
 
     On the "meta" device nothing is allocated or loaded, whatever the source: the model is built from the
-    sizes in `cfg`, for counting parameters.
+    sizes in `cfg`, for counting parameters. Random weights are drawn in float32 and then cast, so every dtype
+    holds the same weights (rounded).
     """
     if cfg.source == "random" or device == "meta":
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(
-                _hf_config(cfg), attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype
+                _hf_config(cfg), attn_implementation=ATTENTION_IMPLEMENTATION, dtype=torch.float32
             )
-        return LLM(cfg, model)
+        return LLM(cfg, model.to(dtype))
     path = resolve_path(cfg.path)
     if cfg.source == "gguf":
         model = AutoModelForCausalLM.from_pretrained(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from minmo.model.placement import module_placement, to_host
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.models import flag, require, state_from_tensor, state_to_tensor
@@ -23,19 +24,21 @@ class Token2WavModel(RuntimeModel):
     def __init__(self, token2wav: Token2Wav) -> None:
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
+        self.device, _ = module_placement(token2wav)
 
     def execute(self, inputs: TensorMap, state: None = None) -> tuple[TensorMap, None]:
         tokens = self._tokens(inputs)
         blob = inputs.get("state")
         if blob is not None and blob.numel():
-            stream = state_from_tensor(Token2WavState, blob)
+            stream = state_from_tensor(Token2WavState, blob, self.device)
         else:
             stream = self.token2wav.init_state()
-        pcm, stream = self.token2wav.step(tokens[None], stream)  # (1, S)
+        pcm, stream = self.token2wav.step(tokens[None].to(self.device), stream)  # (1, S)
         if not flag(inputs, "flush"):
-            return {"pcm": pcm[0], "state": state_to_tensor(stream)}, None
+            return {"pcm": to_host(pcm[0]), "state": state_to_tensor(stream)}, None
         tail, _ = self.token2wav.flush(stream)
-        return {"pcm": torch.cat([pcm, tail], dim=1)[0], "state": torch.zeros(0, dtype=torch.uint8)}, None
+        pcm = to_host(torch.cat([pcm, tail], dim=1)[0])
+        return {"pcm": pcm, "state": torch.zeros(0, dtype=torch.uint8)}, None
 
     def _tokens(self, inputs: TensorMap) -> torch.Tensor:
         """The `tokens` input, with every id checked: an out-of-range id would index past the embedding."""

@@ -29,6 +29,7 @@ from minmo.model.interleave import (
     synthesize_step,
 )
 from minmo.model.output_projector import OutputProjector
+from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.model.state import StreamState
 from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
@@ -90,10 +91,13 @@ class VoiceLmModel(RuntimeModel):
         return self.batcher((inputs_embeds, state))
 
     @classmethod
-    def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> VoiceLmModel:
+    def from_config(
+        cls, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32
+    ) -> VoiceLmModel:
         """Both components built as every process builds them (same seeded weights, or the checkpoint's)."""
         return cls(
-            build_component(cfg, "output_projector", checkpoint), build_component(cfg, "voice_token_lm", checkpoint)
+            build_component(cfg, "output_projector", checkpoint, placement=placement),
+            build_component(cfg, "voice_token_lm", checkpoint, placement=placement),
         )
 
     def execute(self, inputs: TensorMap, state: VoiceSynthesisState | None) -> tuple[TensorMap, VoiceSynthesisState]:
@@ -102,7 +106,10 @@ class VoiceLmModel(RuntimeModel):
         state = self._start(inputs) if state is None else state
         if state.schedule.finished:
             raise InvalidInput("this turn's speech is already finished; start a new sequence for the next turn")
-        semantic = self.projector(hidden[None].to(self.device), token_embedding[None].to(self.device))  # (1, N, dim)
+        dtype = self.voice_lm.head.weight.dtype
+        semantic = self.projector(
+            hidden[None].to(self.device, dtype), token_embedding[None].to(self.device, dtype)
+        )  # (1, N, dim)
         generator = self._generator(state)
         sampler = _sampler(state, generator)
         decode = self._decode if self.batcher is not None else None
