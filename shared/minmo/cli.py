@@ -302,6 +302,31 @@ def bench_batch(
     print_batch_bench(levels, config, tokens)
 
 
+@bench_app.command("decode")
+def bench_decode(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    contexts: Annotated[str, typer.Option(help="context lengths (positions) to decode after, comma-separated")] = (
+        "64,1024"
+    ),
+    tokens: Annotated[int, typer.Option(min=1, help="decode steps timed per run")] = 64,
+    repeats: Annotated[int, typer.Option(min=1, help="runs per context and path (the median is reported)")] = 3,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (as MINMO_DTYPE)")] = "float32",
+) -> None:
+    """One session's LLM decode tokens/s: the in-place KV cache vs concatenating it per token, in one run."""
+    from minmo.bench.decode import run_decode_bench
+    from minmo.bench.report import print_decode_bench
+    from minmo.load.command import parse_levels
+    from minmo.model.placement import Placement, PlacementError
+
+    try:
+        placement = Placement(device, dtype)
+    except PlacementError as error:
+        raise typer.BadParameter(str(error)) from None
+    levels = run_decode_bench(config, parse_levels(contexts), tokens, repeats, placement)
+    print_decode_bench(levels, config, tokens, f"{device} {dtype}")
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 
