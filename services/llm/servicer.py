@@ -45,6 +45,7 @@ import grpc
 import torch
 
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.detokenizer import IncrementalDetokenizer
 from minmo.model.tokenizer import Tokenizer
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
 from minmo.runtime.llm_model import (
@@ -65,7 +66,6 @@ from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 MODEL = "llm"
 FIVE_TOKENS = 5  # ResponseEnd.five_tokens_ms: the paper's latency budget counts 5 text tokens per speech block
-REPLACEMENT_CHARACTER = "\ufffd"  # what decode gives for a multi-byte character cut short
 log = logging.getLogger("minmo.llm")
 
 Job = Callable[[], Awaitable[None]]
@@ -159,9 +159,14 @@ class _Generation:
     hop: HopSpan
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     token_ids: list[int] = field(default_factory=list)
-    text: str = ""
+    detokenizer: IncrementalDetokenizer | None = None  # set when the generation starts: this session's tokenizer
     first_token_ms: float = 0.0
     five_tokens_ms: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """The response text sent so far (a character still cut at the end is not)."""
+        return self.detokenizer.text if self.detokenizer is not None else ""
 
 
 class _Session:
@@ -468,8 +473,10 @@ class _Session:
             generation.five_tokens_ms = _ms_since(generation.received)
 
     def _text_piece(self, generation: _Generation) -> str:
-        piece, generation.text = text_piece(self.tokenizer, generation.token_ids, generation.text)
-        return piece
+        """The text the newest token completes (never a cut character), decoded incrementally."""
+        if generation.detokenizer is None:
+            generation.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        return generation.detokenizer.push(generation.token_ids[-1])
 
     def _send_end(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
         end = llm_pb2.ResponseEnd(
@@ -557,15 +564,6 @@ def _sampling(params: common_pb2.SamplingParams) -> dict[str, torch.Tensor]:
     if params.HasField("top_k"):
         inputs["top_k"] = torch.tensor([params.top_k], dtype=torch.int64)
     return inputs
-
-
-def text_piece(tokenizer: Tokenizer, token_ids: list[int], emitted: str) -> tuple[str, str]:
-    """(new piece, text emitted so far) after the last token: the whole response is decoded each time, so a
-    character spanning several tokens comes out whole; while the text ends in a cut character, nothing is."""
-    text = tokenizer.decode(token_ids)
-    if text.endswith(REPLACEMENT_CHARACTER):
-        return "", emitted
-    return text[len(emitted) :], text
 
 
 def _ms_since(started: float) -> float:

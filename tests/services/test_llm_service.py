@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
+from minmo.model.detokenizer import IncrementalDetokenizer
 from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue, DialogueState
 from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 from minmo.runtime.factory import build_local_runtime
 from minmo.services.llm.main import LlmSettings, start
-from minmo.services.llm.servicer import text_piece
 from minmo.serving.settings import ServerSettings
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
@@ -313,11 +313,9 @@ async def test_client_cancel_ends_the_sequence(llm_service):
 
 def test_text_pieces_never_split_a_character():
     """Characters of several byte tokens ("é", "🇫") come out whole, once their last byte arrives."""
-    tokenizer, emitted, pieces = ByteTokenizer(), "", []
-    ids = tokenizer.encode("né🇫!")
-    for end in range(1, len(ids) + 1):
-        piece, emitted = text_piece(tokenizer, ids[:end], emitted)
-        pieces.append(piece)
+    tokenizer = ByteTokenizer()
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.push(token_id) for token_id in tokenizer.encode("né🇫!")]
     assert pieces == ["n", "", "é", "", "", "", "🇫", "!"]
 
 
