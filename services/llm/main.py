@@ -67,6 +67,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
         max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
         predictor_trained=predictor_is_trained(settings.checkpoint),
         max_positions=cfg.llm.max_positions,
+        slow_caller_s=settings.server.slow_client_s,
     )
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), limiter, options, telemetry)
