@@ -32,15 +32,15 @@ step() {  # step NAME LIMIT_S COMMAND...: run it with a time limit, log to $OUT_
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT_DIR/gpu.txt" 2>&1 || true
 cat "$OUT_DIR/gpu.txt"
-step cuda-available 60 "$PYTHON" -c "import torch, sys; print(torch.__version__, torch.cuda.is_available())
+step cuda-available 30 "$PYTHON" -c "import torch, sys; print(torch.__version__, torch.cuda.is_available())
 sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == 'cpu' else 'no CUDA device')" "$DEVICE"
-step cuda-tests 150 "$PYTHON" -m pytest -q -rs tests/model/test_placement.py tests/model/test_kv_cache.py
-step services-turn-cuda-bf16 120 env MINMO_DEVICE="$DEVICE" MINMO_DTYPE=bfloat16 \
-    "$PYTHON" -m minmo.cli bench turn --config tiny --runs 3
-step first-audio-8b 240 "$PYTHON" -m minmo.cli bench first-audio --config "$BIG" --device "$DEVICE" --dtype bfloat16 \
+step cuda-tests 100 "$PYTHON" -m pytest -q -rs tests/model/test_placement.py tests/model/test_kv_cache.py
+step services-turn-cuda-bf16 150 env MINMO_DEVICE="$DEVICE" MINMO_DTYPE=bfloat16 \
+    "$PYTHON" -m minmo.cli bench turn --config tiny --runs 2
+step first-audio-8b 150 "$PYTHON" -m minmo.cli bench first-audio --config "$BIG" --device "$DEVICE" --dtype bfloat16 \
     --sessions 1,8 --runs 3 --json "$OUT_DIR/first-audio-8b.json"
-step decode-8b 90 "$PYTHON" -m minmo.cli bench decode --config "$BIG" --device "$DEVICE" --dtype bfloat16 \
-    --contexts 64,2048 --tokens 32 --repeats 2
+step decode-8b 50 "$PYTHON" -m minmo.cli bench decode --config "$BIG" --device "$DEVICE" --dtype bfloat16 \
+    --contexts 64,2048 --tokens 32 --repeats 1
 
 {
     echo "{"

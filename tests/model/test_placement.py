@@ -165,6 +165,15 @@ def test_cuda_runtime_models_build_on_the_gpu(name: str) -> None:
 def test_cuda_runtime_outputs_are_cpu_float32() -> None:
     cuda_bf16, cuda_fp32 = Placement("cuda", "bfloat16"), Placement("cuda")
     _close(_encoder_outputs(cuda_bf16)["embeddings"], _encoder_outputs(cuda_fp32)["embeddings"])
+    pcm = torch.from_numpy(utterance(seed=0, lead_s=0.0, speech_s=1.0, tail_s=0.0))
+    encoder = MODEL_FACTORIES["encoder"](CFG, None, cuda_bf16)
+    first, _ = encoder.execute({"pcm": pcm[:8000]})
+    second, _ = encoder.execute({"pcm": pcm[8000:], "state": first["state"], "flush": torch.tensor([True])})
+    assert second["embeddings"].device.type == "cpu" and second["embeddings"].dtype == torch.float32
+    token2wav = MODEL_FACTORIES["token2wav"](CFG, None, cuda_bf16)
+    chunk, _ = token2wav.execute({"tokens": torch.arange(30)})
+    rest, _ = token2wav.execute({"tokens": torch.arange(30), "state": chunk["state"], "flush": torch.tensor([True])})
+    assert rest["pcm"].device.type == "cpu" and rest["pcm"].numel() > 0
     for outputs in _llm_turn(cuda_bf16):
         for value in outputs.values():
             assert value.device.type == "cpu"

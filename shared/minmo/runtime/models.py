@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from minmo.model.placement import module_placement, to_host
+from minmo.model.placement import to_host
 from minmo.model.speech_encoder import SpeechEncoder, SpeechEncoderState
 from minmo.model.state import StreamState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
@@ -58,7 +58,7 @@ class EncoderModel(RuntimeModel):
         pcm = require(inputs, "pcm", torch.float32, 1)
         blob = inputs.get("state")
         stream = (
-            state_from_tensor(SpeechEncoderState, blob, module_placement(self.encoder)[0])
+            self.encoder.placed_state(state_from_tensor(SpeechEncoderState, blob, torch.device("cpu")))
             if blob is not None and blob.numel()
             else self.encoder.init_state()
         )
