@@ -120,7 +120,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     )
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)
-    servicer = ConversationServicer(policy, peers, store, vad, limiter, telemetry)
+    servicer = ConversationServicer(policy, peers, store, vad, limiter, telemetry, settings.server.slow_client_s)
     api_keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
     host = ServiceHost(settings.server, telemetry, front_door=True, api_keys=api_keys)
     host.add_handler(conversation_handler(servicer), SERVICE_NAME, servicer)

@@ -26,7 +26,9 @@ class ConversationServicer:
         vad: StreamingVad,
         limiter: SessionLimiter,
         telemetry: Telemetry,
+        slow_client_s: float = 5.0,
     ) -> None:
+        self.slow_client_s = slow_client_s  # MINMO_SLOW_CLIENT_S: a client that stops reading fails after this long
         self.policy = policy
         self.peers = peers
         self.store = store
@@ -38,7 +40,9 @@ class ConversationServicer:
         self, request_iterator: AsyncIterator[conversation_pb2.ClientEvent | None], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[conversation_pb2.ServerEvent]:
         async with self.limiter.admit(context):
-            conversation = Conversation(self.policy, self.peers, self.store, self.vad, self.telemetry)
+            conversation = Conversation(
+                self.policy, self.peers, self.store, self.vad, self.telemetry, self.slow_client_s
+            )
             try:
                 async for event in conversation.run(request_iterator):
                     yield event

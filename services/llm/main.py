@@ -80,6 +80,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
             max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
             predictor_trained=predictor_is_trained(settings.checkpoint),
             max_positions=cfg.llm.max_positions,
+            slow_caller_s=settings.server.slow_client_s,
         )
         log.info("llm predictor trained: %s", options.predictor_trained)
         return ReasonerServicer(parts.runtime, load_tokenizer(cfg.llm), parts.limiter, options, parts.telemetry)

@@ -45,6 +45,7 @@ import grpc
 import torch
 
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.detokenizer import IncrementalDetokenizer
 from minmo.model.tokenizer import Tokenizer
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
 from minmo.runtime.llm_model import (
@@ -58,14 +59,16 @@ from minmo.runtime.llm_model import (
     history_tensors,
     text_tensor,
 )
+from minmo.serving.backpressure import Outbox, slow_reader_message
 from minmo.serving.errors import status_for
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 MODEL = "llm"
+QUEUED_JOBS = 256  # requests read ahead of the worker; past it the reader waits (backpressure on the caller)
+QUEUED_RESPONSES = 1024  # responses the caller has not read yet; past it the worker waits, then the session fails
 FIVE_TOKENS = 5  # ResponseEnd.five_tokens_ms: the paper's latency budget counts 5 text tokens per speech block
-REPLACEMENT_CHARACTER = "\ufffd"  # what decode gives for a multi-byte character cut short
 log = logging.getLogger("minmo.llm")
 
 Job = Callable[[], Awaitable[None]]
@@ -82,6 +85,7 @@ class ReasonerOptions:
     max_response_tokens: int
     predictor_trained: bool
     max_positions: int = 4096  # the model's context limit, in positions
+    slow_caller_s: float = 5.0  # MINMO_SLOW_CLIENT_S: how long a full queue may wait before the session fails
 
     @property
     def trim_at(self) -> int:
@@ -101,6 +105,19 @@ class SessionFailed(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def _slow(capacity: int, stall_s: float) -> SessionFailed:
+    message = slow_reader_message("the caller", f"{capacity} queued responses", stall_s)
+    return SessionFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def _behind(capacity: int, stall_s: float) -> SessionFailed:
+    return SessionFailed(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the llm is {capacity} requests behind this session and none was taken for {stall_s:g} s: send audio no "
+        "faster than real time",
+    )
 
 
 class ReasonerServicer(llm_pb2_grpc.ReasonerServicer):
@@ -159,9 +176,14 @@ class _Generation:
     hop: HopSpan
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     token_ids: list[int] = field(default_factory=list)
-    text: str = ""
+    detokenizer: IncrementalDetokenizer | None = None  # set when the generation starts: this session's tokenizer
     first_token_ms: float = 0.0
     five_tokens_ms: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """The response text sent so far (a character still cut at the end is not)."""
+        return self.detokenizer.text if self.detokenizer is not None else ""
 
 
 class _Session:
@@ -177,8 +199,11 @@ class _Session:
         self.sequence_id = f"{config.session_id}-{uuid.uuid4().hex}"
         self.max_tokens = config.max_response_tokens or self.options.max_response_tokens
         self.sampling = _sampling(config.sampling)
-        self.jobs: asyncio.Queue[Job | None] = asyncio.Queue()
-        self.out: asyncio.Queue[llm_pb2.LlmResponse | SessionFailed | None] = asyncio.Queue()
+        stall_s = servicer.options.slow_caller_s
+        self.jobs: Outbox[Job] = Outbox(QUEUED_JOBS, stall_s, lambda: _behind(QUEUED_JOBS, stall_s))
+        self.out: Outbox[llm_pb2.LlmResponse] = Outbox(
+            QUEUED_RESPONSES, stall_s, lambda: _slow(QUEUED_RESPONSES, stall_s)
+        )
         self.generation: _Generation | None = None  # read and not yet ended
         self.last_finished: _Generation | None = None  # the last response that finished (not cancelled)
         self.audio_inputs = 0
@@ -240,13 +265,11 @@ class _Session:
             dropped_turns=dropped, context_tokens=self.position, max_context_tokens=self.options.max_positions
         )
         log.info("session %s: context trimmed by %d turns to %d positions", self.sequence_id, dropped, self.position)
-        self.out.put_nowait(llm_pb2.LlmResponse(context_trimmed=trimmed))
+        await self.out.put(llm_pb2.LlmResponse(context_trimmed=trimmed))
 
     async def run(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> AsyncIterator[llm_pb2.LlmResponse]:
         self.tasks = [asyncio.create_task(self._read(requests)), asyncio.create_task(self._work())]
-        while (item := await self.out.get()) is not None:
-            if isinstance(item, SessionFailed):
-                raise item
+        while (item := await self.out.get()) is not None:  # raises the SessionFailed that ended the session
             yield item
 
     async def close(self) -> None:
@@ -261,33 +284,35 @@ class _Session:
     async def _read(self, requests: AsyncIterator[llm_pb2.LlmRequest]) -> None:
         try:
             async for request in requests:
-                self._dispatch(request)
-            self.jobs.put_nowait(None)
+                await self._dispatch(request)
+            self.jobs.close()
         except SessionFailed as failure:
-            self.out.put_nowait(failure)
+            self.out.close(failure)
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            self.out.put_nowait(SessionFailed(*status_for(error, "the llm's request reader")))
+            self.out.close(SessionFailed(*status_for(error, "the llm's request reader")))
 
-    def _dispatch(self, request: llm_pb2.LlmRequest) -> None:
+    async def _dispatch(self, request: llm_pb2.LlmRequest) -> None:
+        """Queue the request's job (waiting while the worker is QUEUED_JOBS behind: backpressure on the caller);
+        a cancel of the running generation takes effect at once."""
         kind = request.WhichOneof("request")
         if kind == "audio_input":
             index, self.audio_inputs = self.audio_inputs, self.audio_inputs + 1
             embeddings = self._embeddings(request.audio_input)
             audio = self._audio_turn(request.audio_input)
             received = time.perf_counter()
-            self.jobs.put_nowait(lambda: self._audio(audio, index, embeddings, received))
+            await self.jobs.put(lambda: self._audio(audio, index, embeddings, received))
         elif kind == "generate_response":
-            self.jobs.put_nowait(self._generate_job(request.generate_response))
+            await self.jobs.put(self._generate_job(request.generate_response))
         elif kind == "cancel_generation":
             cancel = request.cancel_generation
             if self.generation is not None and self.generation.turn_id == cancel.turn_id:
                 self.generation.cancelled.set()
             else:
-                self.jobs.put_nowait(lambda: self._drop_finished(cancel.turn_id, cancel.trace_context))
+                await self.jobs.put(lambda: self._drop_finished(cancel.turn_id, cancel.trace_context))
         elif kind == "append_turn":
             turn = request.append_turn
             _check_role(turn.role, "AppendTurn")
-            self.jobs.put_nowait(lambda: self._append_turn(turn))
+            await self.jobs.put(lambda: self._append_turn(turn))
         else:
             raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after config")
 
@@ -331,11 +356,15 @@ class _Session:
             while (job := await self.jobs.get()) is not None:
                 await job()
                 await self._trim_if_full()
-            self.out.put_nowait(None)
+            self.out.close()
+        except SessionFailed as failure:  # the caller stopped reading: its responses overflowed their queue
+            self.out.close(failure)
+            # The stream ends once the caller reads up to the status, which may be never: free the context now.
+            await self.runtime.end_sequence(MODEL, self.sequence_id)
         except InvalidInput as error:
-            self.out.put_nowait(SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)))
+            self.out.close(SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)))
         except Exception as error:  # a dead task must end the stream, not leave it waiting for responses
-            self.out.put_nowait(SessionFailed(*status_for(error, "the llm")))
+            self.out.close(SessionFailed(*status_for(error, "the llm")))
 
     def _begin(self, name: str, trace_context: Mapping[str, str], turn_id: str) -> HopSpan:
         return self.telemetry.begin(name, trace_context, session_id=self.config.session_id, turn_id=turn_id)
@@ -377,7 +406,7 @@ class _Session:
             backchannel=backchannel,
             compute_ms=_ms_since(started),
         )
-        self.out.put_nowait(llm_pb2.LlmResponse(predictor_signal=signal))
+        await self.out.put(llm_pb2.LlmResponse(predictor_signal=signal))
 
     async def _generate(self, generation: _Generation) -> None:
         """Begin, stream tokens until the end, the cap or a cancel, then send ResponseEnd — and then, off the
@@ -398,7 +427,7 @@ class _Session:
                 reason = await self._stream_tokens(generation)
                 if reason == llm_pb2.ResponseEnd.CANCELLED:
                     await self._infer(OP_DROP_RESPONSE, {})
-            self._send_end(generation, reason)
+            await self._send_end(generation, reason)
         except BaseException as error:
             generation.hop.fail_with(error)
             raise
@@ -420,7 +449,7 @@ class _Session:
         if spoken:
             spoken[-1][1] = text
         transcript = llm_pb2.UserTranscript(turn_id=turn_id, text=text, compute_ms=_ms_since(started))
-        self.out.put_nowait(llm_pb2.LlmResponse(user_transcript=transcript))
+        await self.out.put(llm_pb2.LlmResponse(user_transcript=transcript))
 
     def _record(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
         tokens = len(generation.token_ids)
@@ -445,12 +474,12 @@ class _Session:
                     return llm_pb2.ResponseEnd.CANCELLED
                 if outputs["is_end"][0]:
                     return llm_pb2.ResponseEnd.EOS
-                self._send_token(generation, outputs)
+                await self._send_token(generation, outputs)
                 if outputs["finished"][0]:
                     return llm_pb2.ResponseEnd.LENGTH
         return llm_pb2.ResponseEnd.CANCELLED  # the stream ended without a finished token
 
-    def _send_token(self, generation: _Generation, outputs: dict[str, torch.Tensor]) -> None:
+    async def _send_token(self, generation: _Generation, outputs: dict[str, torch.Tensor]) -> None:
         generation.token_ids.append(int(outputs["token_id"][0]))
         token = llm_pb2.TextToken(
             turn_id=generation.turn_id,
@@ -460,7 +489,7 @@ class _Session:
             token_embedding=tensor_to_proto(outputs["token_embedding"]),
             index=len(generation.token_ids) - 1,
         )
-        self.out.put_nowait(llm_pb2.LlmResponse(text_token=token))
+        await self.out.put(llm_pb2.LlmResponse(text_token=token))
         count = len(generation.token_ids)
         if count == 1:
             generation.first_token_ms = _ms_since(generation.received)
@@ -468,10 +497,12 @@ class _Session:
             generation.five_tokens_ms = _ms_since(generation.received)
 
     def _text_piece(self, generation: _Generation) -> str:
-        piece, generation.text = text_piece(self.tokenizer, generation.token_ids, generation.text)
-        return piece
+        """The text the newest token completes (never a cut character), decoded incrementally."""
+        if generation.detokenizer is None:
+            generation.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        return generation.detokenizer.push(generation.token_ids[-1])
 
-    def _send_end(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
+    async def _send_end(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
         end = llm_pb2.ResponseEnd(
             turn_id=generation.turn_id,
             reason=reason,
@@ -480,7 +511,7 @@ class _Session:
             five_tokens_ms=generation.five_tokens_ms,
             text=self.tokenizer.decode(generation.token_ids),
         )
-        self.out.put_nowait(llm_pb2.LlmResponse(response_end=end))
+        await self.out.put(llm_pb2.LlmResponse(response_end=end))
 
     async def _append_turn(self, turn: llm_pb2.AppendTurn) -> None:
         cost = self._cost(turn.text)
@@ -514,7 +545,7 @@ class _Session:
             assistant = [index for index, turn in enumerate(self.turns) if turn[0] == common_pb2.ROLE_ASSISTANT]
             if assistant:
                 del self.turns[assistant[-1]]
-            self._send_end(last, llm_pb2.ResponseEnd.CANCELLED)
+            await self._send_end(last, llm_pb2.ResponseEnd.CANCELLED)
         else:
             log.info("session %s: turn %r was followed by other turns; it stays", self.sequence_id, turn_id)
 
@@ -557,15 +588,6 @@ def _sampling(params: common_pb2.SamplingParams) -> dict[str, torch.Tensor]:
     if params.HasField("top_k"):
         inputs["top_k"] = torch.tensor([params.top_k], dtype=torch.int64)
     return inputs
-
-
-def text_piece(tokenizer: Tokenizer, token_ids: list[int], emitted: str) -> tuple[str, str]:
-    """(new piece, text emitted so far) after the last token: the whole response is decoded each time, so a
-    character spanning several tokens comes out whole; while the text ends in a cut character, nothing is."""
-    text = tokenizer.decode(token_ids)
-    if text.endswith(REPLACEMENT_CHARACTER):
-        return "", emitted
-    return text[len(emitted) :], text
 
 
 def _ms_since(started: float) -> float:

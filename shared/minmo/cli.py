@@ -307,6 +307,68 @@ def bench_batch(
     print_batch_bench(levels, config, tokens)
 
 
+@bench_app.command("decode")
+def bench_decode(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    contexts: Annotated[str, typer.Option(help="context lengths (positions) to decode after, comma-separated")] = (
+        "64,1024"
+    ),
+    tokens: Annotated[int, typer.Option(min=1, help="decode steps timed per run")] = 64,
+    repeats: Annotated[int, typer.Option(min=1, help="runs per context and path (the median is reported)")] = 3,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (as MINMO_DTYPE)")] = "float32",
+) -> None:
+    """One session's LLM decode tokens/s: the in-place KV cache vs concatenating it per token, in one run."""
+    from minmo.bench.decode import run_decode_bench
+    from minmo.bench.report import print_decode_bench
+    from minmo.load.command import parse_levels
+    from minmo.model.placement import Placement, PlacementError
+
+    try:
+        placement = Placement(device, dtype)
+    except PlacementError as error:
+        raise typer.BadParameter(str(error)) from None
+    levels = run_decode_bench(config, parse_levels(contexts), tokens, repeats, placement)
+    print_decode_bench(levels, config, tokens, f"{device} {dtype}")
+
+
+@bench_app.command("first-audio")
+def bench_first_audio(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,8",
+    runs: Annotated[int, typer.Option(min=1, help="responses per session and level")] = 3,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (as MINMO_DTYPE)")] = "float32",
+    as_json: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the numbers here")] = None,
+) -> None:
+    """Decision to respond -> first audio (llm -> voice LM -> token2wav in process), p50/p95 per session count."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from minmo.bench.first_audio import levels_as_json, run_first_audio_bench
+    from minmo.load.command import parse_levels
+    from minmo.model.placement import Placement, PlacementError
+
+    try:
+        placement = Placement(device, dtype)
+    except PlacementError as error:
+        raise typer.BadParameter(str(error)) from None
+    levels = run_first_audio_bench(config, parse_levels(sessions), runs, placement)
+    table = Table(title=f"decision -> first audio, config {config} on {device} {dtype} (ms)")
+    for column in ("sessions", "responses", "p50", "p95"):
+        table.add_column(column, justify="right")
+    for level in levels:
+        table.add_row(
+            str(level.sessions), str(len(level.first_audio_ms)), f"{level.percentile(0.5):.1f}",
+            f"{level.percentile(0.95):.1f}",
+        )  # fmt: skip
+    Console().print(table)
+    if as_json is not None:
+        as_json.write_text(json.dumps(levels_as_json(levels, config, placement), indent=2))
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 
@@ -318,12 +380,14 @@ def triton_export(
     kind: Annotated[str, typer.Option(help="instance kind: cpu or gpu")] = "cpu",
     instances: Annotated[int, typer.Option(min=1, help="instances per model (per GPU with --kind gpu)")] = 1,
     checkpoint: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trained weights")] = None,
+    dtype: Annotated[str, typer.Option(help="the models' float type: float32, bfloat16 or float16")] = "float32",
 ) -> None:
-    """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model."""
+    """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model. With --kind gpu
+    each instance builds its model on the GPU Triton gives it, in --dtype."""
     from minmo.model.config import load_config
     from minmo.triton.repository import ExportOptions, export_repository
 
-    options = ExportOptions(kind=kind, instances=instances, checkpoint=checkpoint)
+    options = ExportOptions(kind=kind, instances=instances, checkpoint=checkpoint, dtype=dtype)
     for model_dir in export_repository(load_config(config), out, options):
         typer.echo(model_dir)
 

@@ -25,10 +25,10 @@ PREFIXES = ("MINMO_", "OTEL_", "REDIS_URL")
 OTEL_SDK = frozenset(name for name in dir(otel_variables) if name.startswith("OTEL_"))
 # ServerSettings reads the runtime and batching fields for every service, but the duplex runs no model (DESIGN.md
 # section 2).
-NOT_APPLICABLE = {"duplex": {"MINMO_RUNTIME", "MINMO_TRITON_URL", "MINMO_BATCH_MAX_SIZE", "MINMO_BATCH_WINDOW_MS"}}
-# Names the team agreed on for work still to land (device and dtype). The chart sets them already; once the code
-# that reads one has landed, delete it here and the test checks it both ways.
-AGREED_NOT_YET_READ = frozenset({"MINMO_DEVICE", "MINMO_DTYPE"})
+NOT_APPLICABLE = {
+    "duplex": {"MINMO_RUNTIME", "MINMO_TRITON_URL", "MINMO_BATCH_MAX_SIZE", "MINMO_BATCH_WINDOW_MS"}
+    | {"MINMO_DEVICE", "MINMO_DTYPE"}
+}
 
 
 def _source_files() -> Iterator[Path]:
@@ -106,7 +106,7 @@ def test_the_scan_finds_what_the_settings_read() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_the_chart_sets_only_variables_the_service_reads(component: str, scenario: str) -> None:
-    unknown = chart_sets(component, scenario) - service_reads(component) - OTEL_SDK - AGREED_NOT_YET_READ
+    unknown = chart_sets(component, scenario) - service_reads(component) - OTEL_SDK
     assert not unknown, f"the chart sets {sorted(unknown)} on {component}, which its settings never read"
 
 

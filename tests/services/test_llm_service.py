@@ -8,6 +8,7 @@ so only the summation order inside matmul / SDPA kernels differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -18,11 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
+from minmo.model.detokenizer import IncrementalDetokenizer
 from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue, DialogueState
 from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 from minmo.runtime.factory import build_local_runtime
 from minmo.services.llm.main import LlmSettings, start
-from minmo.services.llm.servicer import text_piece
+from minmo.services.llm.servicer import QUEUED_RESPONSES
 from minmo.serving.settings import ServerSettings
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
@@ -313,11 +315,9 @@ async def test_client_cancel_ends_the_sequence(llm_service):
 
 def test_text_pieces_never_split_a_character():
     """Characters of several byte tokens ("é", "🇫") come out whole, once their last byte arrives."""
-    tokenizer, emitted, pieces = ByteTokenizer(), "", []
-    ids = tokenizer.encode("né🇫!")
-    for end in range(1, len(ids) + 1):
-        piece, emitted = text_piece(tokenizer, ids[:end], emitted)
-        pieces.append(piece)
+    tokenizer = ByteTokenizer()
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.push(token_id) for token_id in tokenizer.encode("né🇫!")]
     assert pieces == ["n", "", "é", "", "", "", "🇫", "!"]
 
 
@@ -412,3 +412,36 @@ async def test_a_system_prompt_over_half_the_context_is_invalid_argument(llm_ser
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await call.read()
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "system prompt" in error.value.details()
+
+
+async def test_a_caller_that_stops_reading_fails_its_own_session_with_resource_exhausted():
+    """A predictor signal answers every audio input; a caller that reads none fills its bounded queue
+    (QUEUED_RESPONSES), and its session then fails with RESOURCE_EXHAUSTED and frees its context at once, while
+    another session on the same replica keeps working."""
+    server = ServerSettings(port=0, model_config="tiny", grace_s=1.0, slow_client_s=0.5)
+    runtime = build_local_runtime(CFG, ["llm"])
+    host = await start(LlmSettings(server=server, checkpoint=None, max_response_tokens=0), runtime)
+    stalled_options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]  # holds few bytes
+    frame = _audio_input(_audio(1, seed=0))
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{host.port}", options=stalled_options) as stalled_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel,
+        ):
+            stalled = await _open(llm_pb2_grpc.ReasonerStub(stalled_channel), _config())
+            for _ in range(QUEUED_RESPONSES + 100):
+                await stalled.write(frame)
+            async with asyncio.timeout(60):
+                while any(key[0] == "llm" for key in runtime._states):  # ended on the server, unread
+                    await asyncio.sleep(0.1)
+            other = await _open(llm_pb2_grpc.ReasonerStub(channel), _config(), _generate("r2"))
+            tokens, end = await _response(other)
+            assert tokens and end.reason in (llm_pb2.ResponseEnd.EOS, llm_pb2.ResponseEnd.LENGTH)
+            other.cancel()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while await stalled.read() is not grpc.aio.EOF:  # what was in flight, then the status
+                    pass
+            assert await stalled.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"the caller reads too slowly: {QUEUED_RESPONSES} queued responses" in await stalled.details()
+    finally:
+        await host.stop()

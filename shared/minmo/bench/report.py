@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minmo.bench.batch import BatchLevel
+from minmo.bench.decode import DecodeLevel
 from minmo.bench.runtime import CONCURRENT_CHUNKS, RuntimeBench
 from minmo.bench.turn import BenchResult
 
@@ -67,5 +68,17 @@ def print_batch_bench(levels: list[BatchLevel], config: str, tokens: int) -> Non
         table.add_row(
             str(level.sessions), f"{level.unbatched_tokens_per_s:.1f}", f"{level.batched_tokens_per_s:.1f}",
             f"{level.gain:.2f}x", f"{level.mean_batch:.2f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def print_decode_bench(levels: list[DecodeLevel], config: str, tokens: int, placement: str) -> None:
+    table = Table(title=f"llm decode, one session, config {config} on {placement}, {tokens} tokens (tokens/s, median)")
+    for column in ("context", "concatenating", "in place", "in place / concatenating"):
+        table.add_column(column, justify="right")
+    for level in levels:
+        table.add_row(
+            str(level.context), f"{level.concatenating_tokens_per_s:.1f}", f"{level.in_place_tokens_per_s:.1f}",
+            f"{level.gain:.2f}x",
         )  # fmt: skip
     Console().print(table)

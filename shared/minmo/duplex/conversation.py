@@ -37,6 +37,7 @@ from minmo.duplex.history import ContextLost, History
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trace_context
 from minmo.duplex.links import EncoderLink, LinkLost, LlmLink, Replicas, ReplicasFull
+from minmo.duplex.outbox import client_outbox
 from minmo.duplex.response import Response
 from minmo.duplex.session_config import SessionConfig
 from minmo.duplex.turn_policy import (
@@ -117,7 +118,13 @@ class Conversation:
     into `TurnPolicy` events and executes the decisions that come back; it moves messages and decides nothing."""
 
     def __init__(
-        self, policy: DuplexPolicy, peers: Peers, store: SessionStore, vad: StreamingVad, telemetry: Telemetry
+        self,
+        policy: DuplexPolicy,
+        peers: Peers,
+        store: SessionStore,
+        vad: StreamingVad,
+        telemetry: Telemetry,
+        slow_client_s: float = 5.0,
     ) -> None:
         self.policy = policy
         self.peers = peers
@@ -126,7 +133,7 @@ class Conversation:
         self.telemetry = telemetry
         self.trace: TurnTrace | None = None  # the user turn being heard or answered
         self.schedule = VoiceSchedule()
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.outbox = client_outbox(slow_client_s)  # bounded: a client that stops reading fails its own session
         self.session_id = ""
         self.epoch = 0
         self.config: SessionConfig | None = None  # set by the first message
@@ -166,7 +173,7 @@ class Conversation:
             raise ProtocolError(grpc.StatusCode.ABORTED, "this session was resumed on another connection") from error
         finally:
             await self._shutdown()
-            self.outbox.put_nowait(None)
+            self.outbox.close()
 
     async def _handle(self, event: conversation_pb2.ClientEvent | None) -> bool:
         kind = event.WhichOneof("event") if event is not None else None

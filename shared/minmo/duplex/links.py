@@ -230,6 +230,13 @@ class EncoderLink(_Link):
             await self.on_lost(self.lost)
 
 
+TURN_END_MESSAGES = 3  # besides its tokens, a turn's queue holds up to two ResponseEnds and one LinkLost
+
+
+class TooManyTokens(Exception):
+    """The llm broke the stream's contract: more messages for a turn than it asked for."""
+
+
 class LlmLink(_Link):
     """The session's Session stream: predictor signals and user transcripts go to callbacks, text tokens to the
     turn's queue."""
@@ -269,9 +276,12 @@ class LlmLink(_Link):
         self.reader = asyncio.create_task(self._read(), name=f"llm-reader-{config.session_id}")
         return self.ready
 
-    def subscribe(self, turn_id: str) -> asyncio.Queue:
-        """The queue that will receive this turn's TextToken and ResponseEnd messages (or a LinkLost)."""
-        queue: asyncio.Queue = asyncio.Queue()
+    def subscribe(self, turn_id: str, max_tokens: int) -> asyncio.Queue:
+        """The queue that will receive this turn's TextToken and ResponseEnd messages (or a LinkLost): bounded by
+        what the turn may produce: its `max_tokens` tokens, its ResponseEnds (a second one when a finished response
+        is dropped) and one LinkLost."""
+        assert max_tokens > 0, f"a turn's token queue needs its max_tokens, got {max_tokens}"
+        queue: asyncio.Queue = asyncio.Queue(maxsize=max_tokens + TURN_END_MESSAGES)
         self.turns[turn_id] = queue
         return queue
 
@@ -291,10 +301,12 @@ class LlmLink(_Link):
                 elif kind in ("text_token", "response_end"):
                     message = getattr(response, kind)
                     queue = self.turns.get(message.turn_id)
-                    if queue is not None:
+                    if queue is not None and queue.qsize() < queue.maxsize - 1:  # the last slot is the LinkLost's
                         queue.put_nowait(message)
+                    elif queue is not None:
+                        raise TooManyTokens(f"the llm sent more than the {queue.maxsize} messages a turn may have")
             self._mark_lost(RuntimeError("the llm closed the stream"))
-        except grpc.aio.AioRpcError as error:
+        except (grpc.aio.AioRpcError, TooManyTokens) as error:
             self._mark_lost(error)
         for queue in self.turns.values():
             queue.put_nowait(self.lost)

@@ -97,7 +97,7 @@ class Response:
         return heard_ms, "".join(self.pieces[:positions])
 
     async def run(self) -> ResponseResult:
-        queue = self.llm.subscribe(self.turn_id)
+        queue = self.llm.subscribe(self.turn_id, self.max_tokens)
         try:
             await self.llm.write(
                 llm_pb2.LlmRequest(

@@ -3,15 +3,14 @@
 Each session's cache keeps its own length. For a batched step the caches are left-padded to the longest one and an
 attention mask hides the padding, and every row gets its own position id, so row b computes exactly what an
 unbatched step on session b computes (equal within float tolerance: the padding's attention weights are exactly 0).
-Keys in a cache already carry their rotary positions, so left padding does not move them. Afterwards each session
-gets its own cache back, the padding cut off, one position longer.
+Keys in a cache already carry their rotary positions, so left padding does not move them. Afterwards each session's
+new key/value entry is appended to its own cache buffers in place (`append_kv`).
 
 Works for any transformers base decoder driven through `decoder_step`'s conventions (the LLM, the voice-token LM).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from torch.nn import functional
 from transformers.cache_utils import DynamicCache
 
-from minmo.model.llm import S
+from minmo.model.llm import S, append_kv
 
 
 def batched_decoder_step(
@@ -45,13 +44,12 @@ def batched_decoder_step(
         inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
     )
     new_states = [
-        dataclasses.replace(
+        append_kv(
             state,
-            keys=[layer.keys[row : row + 1, :, pad:].clone() for layer in cache.layers],
-            values=[layer.values[row : row + 1, :, pad:].clone() for layer in cache.layers],
-            position=state.position + 1,
+            [layer.keys[row : row + 1, :, -1:] for layer in cache.layers],
+            [layer.values[row : row + 1, :, -1:] for layer in cache.layers],
         )
-        for row, (state, pad) in enumerate(zip(states, pads, strict=True))
+        for row, state in enumerate(states)
     ]
     return output.last_hidden_state, new_states
 

@@ -22,6 +22,7 @@ from minmo.model.config import MinMoConfig
 from minmo.model.duplex_predictor import DuplexPredictor
 from minmo.model.llm import build_llm, resolve_path
 from minmo.model.output_projector import OutputProjector
+from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.model.speech_encoder import SpeechEncoder
 from minmo.model.token2wav import Token2Wav
 from minmo.model.voice_token_lm import VoiceTokenLM
@@ -29,14 +30,15 @@ from minmo.model.voice_token_lm import VoiceTokenLM
 LORA_FILE = "llm_lora.safetensors"  # LoRA adapters of the LLM, named as in the transformers model (peft's names)
 LORA_CONFIG_FILE = "llm_lora.json"  # {"rank": r, "alpha": a}
 
-# name -> constructor(config, device); in the order of the paper's data flow.
-BUILDERS: dict[str, Callable[[MinMoConfig, str], nn.Module]] = {
-    "speech_encoder": lambda cfg, device: SpeechEncoder(cfg, load_pretrained=device != "meta"),
-    "llm": lambda cfg, device: build_llm(cfg.llm, device=device),
-    "duplex_predictor": lambda cfg, device: DuplexPredictor(cfg.duplex_predictor),
-    "output_projector": lambda cfg, device: OutputProjector(cfg.output_projector),
-    "voice_token_lm": lambda cfg, device: VoiceTokenLM(cfg.voice_token_lm),
-    "token2wav": lambda cfg, device: Token2Wav.from_config(cfg),
+# name -> constructor(config, device, dtype); in the order of the paper's data flow. Only the LLM is big enough to
+# be built in its dtype directly; the others are cast after they are built.
+BUILDERS: dict[str, Callable[[MinMoConfig, str, torch.dtype], nn.Module]] = {
+    "speech_encoder": lambda cfg, device, dtype: SpeechEncoder(cfg, load_pretrained=device != "meta"),
+    "llm": lambda cfg, device, dtype: build_llm(cfg.llm, device=device, dtype=dtype),
+    "duplex_predictor": lambda cfg, device, dtype: DuplexPredictor(cfg.duplex_predictor),
+    "output_projector": lambda cfg, device, dtype: OutputProjector(cfg.output_projector),
+    "voice_token_lm": lambda cfg, device, dtype: VoiceTokenLM(cfg.voice_token_lm),
+    "token2wav": lambda cfg, device, dtype: Token2Wav.from_config(cfg),
 }
 
 # Parts of a component that public weights provide on their own (`minmo convert`): <part>.safetensors is loaded
@@ -45,15 +47,24 @@ PARTS: dict[str, dict[str, str]] = {"speech_encoder": {"voice_encoder": "voice_e
 
 
 def build_component(
-    cfg: MinMoConfig, name: str, checkpoint: str | Path | None = None, device: str = "cpu"
+    cfg: MinMoConfig,
+    name: str,
+    checkpoint: str | Path | None = None,
+    device: str | None = None,
+    placement: Placement = CPU_FLOAT32,
 ) -> nn.Module:
-    """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them."""
+    """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them, on the
+    placement's device in its dtype. `device="meta"` builds an empty shell for counting parameters.
+
+    Random weights are drawn on the device they live on, so a CUDA build holds other random numbers than a CPU
+    build of the same seed; every process of one placement agrees, which is what the services need."""
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
     if name == "llm" and cfg.llm.source == "hf" and not cfg.llm.path and checkpoint is not None:
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
+    device = device or placement.device
     with torch.device(device), _seeded(name):
-        module = BUILDERS[name](cfg, device)
+        module = BUILDERS[name](cfg, device, placement.torch_dtype)
     if checkpoint is None and cfg.checkpoint:
         checkpoint = resolve_path(cfg.checkpoint)
     if checkpoint is not None and device != "meta":
@@ -62,6 +73,8 @@ def build_component(
         load_checkpoint(module, Path(checkpoint) / f"{name}.safetensors")
         if name == "llm":
             merge_lora(module, Path(checkpoint))
+    if device != "meta":
+        module = placement.place(module)
     return module.eval()
 
 
@@ -82,7 +95,7 @@ def merge_lora(llm: nn.Module, folder: Path) -> bool:
             target = key.split(".lora_A.")[0]
             up = adapters[key.replace(".lora_A.", ".lora_B.")]
             assert target in modules, f"{weights_path}: the LLM has no module {target!r}"
-            modules[target].weight += scale * (up.float() @ down.float()).to(modules[target].weight.dtype)
+            modules[target].weight += scale * (up.float() @ down.float()).to(modules[target].weight)
     return True
 
 

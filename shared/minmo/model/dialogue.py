@@ -250,7 +250,7 @@ class Dialogue:
         )
         length = embeddings.shape[1]
         opening = self._embed([] if state.user_turn_open else self.format.user_prefix)
-        inputs = torch.cat([opening, embeddings.to(opening.dtype)], dim=1)  # (1, P + T, D)
+        inputs = torch.cat([opening, embeddings.to(opening)], dim=1)  # (1, P + T, D) on the LLM's device and dtype
         output, llm_state = self.llm.step(inputs, state.llm)
         probs, predictor_state = self.predictor.step(output.hidden[:, -length:], state.predictor)
         return probs[0], dataclasses.replace(
@@ -390,12 +390,13 @@ class Dialogue:
 
 
 def _crop(state: LLMState, position: int) -> LLMState:
-    """The KV cache cut back to its first `position` entries (copied: a view would keep, and serialise, the
-    whole buffer)."""
+    """The KV cache cut back to its first `position` entries: views of the same buffers, behind their frontier, so
+    the next append copies them into new buffers (copy on write) instead of overwriting what other states view.
+    Serialising a state copies only what it views."""
     assert 0 <= position <= state.position, f"cannot crop a context of {state.position} to {position}"
     return dataclasses.replace(
         state,
-        keys=[keys[:, :, :position].clone() for keys in state.keys],
-        values=[values[:, :, :position].clone() for values in state.values],
+        keys=[keys[:, :, :position] for keys in state.keys],
+        values=[values[:, :, :position] for values in state.values],
         position=position,
     )

@@ -57,8 +57,8 @@ class DuplexPredictor(nn.Module):
 
     def _run(self, hidden: torch.Tensor, state: DuplexPredictorState) -> tuple[torch.Tensor, DuplexPredictorState]:
         length = hidden.shape[1]
-        queries = torch.arange(state.position, state.position + length)
-        keys = torch.arange(0, state.position + length)
+        queries = torch.arange(state.position, state.position + length, device=hidden.device)
+        keys = torch.arange(0, state.position + length, device=hidden.device)
         cache = (state.keys, state.values) if state.keys is not None else None
         x, (new_keys, new_values) = self.layer(self.input_proj(hidden), causal_mask(queries, keys), cache)
         logits = self.classifier(self.norm(x))  # (B, T, classes)

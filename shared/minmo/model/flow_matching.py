@@ -437,8 +437,9 @@ class FlowMatching(nn.Module):
 
     def _blocks(self, prompt_tokens: int, total: int) -> torch.Tensor:
         """Chunk index of each of `total` token positions."""
-        ends = torch.tensor(self.chunk_ends(prompt_tokens, total))
-        return torch.bucketize(torch.arange(total), ends, right=True)
+        device = self.embedding.weight.device
+        ends = torch.tensor(self.chunk_ends(prompt_tokens, total), device=device)
+        return torch.bucketize(torch.arange(total, device=device), ends, right=True)
 
     def _advance(
         self, tokens: torch.Tensor, state: FlowMatchingState, final: bool

@@ -200,7 +200,12 @@ class SourceModule(nn.Module):
 
 
 class HiFT(nn.Module):
-    """Mel -> PCM, offline (`forward`) or streaming (`init_state` / `step` / `flush`)."""
+    """Mel -> PCM, offline (`forward`) or streaming (`init_state` / `step` / `flush`).
+
+    Stays float32 whatever MINMO_DTYPE says (`keeps_float32`): the STFT pair and the float64 harmonic phases
+    need it, and the vocoder is a small share of the compute."""
+
+    keeps_float32 = True
 
     def __init__(self, cfg: HiFTConfig) -> None:
         super().__init__()

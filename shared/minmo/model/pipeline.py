@@ -20,6 +20,7 @@ from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
 from minmo.model.dialogue import Dialogue, DialogueState
 from minmo.model.interleave import Sampler, greedy_sampler, init_schedule_state, synthesize_step
+from minmo.model.placement import CPU_FLOAT32, Placement, to_host
 from minmo.model.tokenizer import load_tokenizer
 
 PcmCallback = Callable[[torch.Tensor], None]
@@ -54,17 +55,18 @@ class TurnResult:
 class MinMoPipeline:
     """All of MinMo in this process: the components `minmo.model.build` makes for the services."""
 
-    def __init__(self, cfg: MinMoConfig, checkpoint: str | None = None) -> None:
+    def __init__(self, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32) -> None:
         self.cfg = cfg
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint)
+        self.placement = placement
+        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=placement)
         self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint),
-            build_component(cfg, "duplex_predictor", checkpoint),
+            build_component(cfg, "llm", checkpoint, placement=placement),
+            build_component(cfg, "duplex_predictor", checkpoint, placement=placement),
             load_tokenizer(cfg.llm),
         )
-        self.output_projector = build_component(cfg, "output_projector", checkpoint)
-        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint)
-        self.token2wav = build_component(cfg, "token2wav", checkpoint)
+        self.output_projector = build_component(cfg, "output_projector", checkpoint, placement=placement)
+        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=placement)
+        self.token2wav = build_component(cfg, "token2wav", checkpoint, placement=placement)
 
     @torch.no_grad()
     def run_turn(
@@ -83,12 +85,12 @@ class MinMoPipeline:
             embeddings, encoder_state = self.speech_encoder.step(chunk, encoder_state)
             if embeddings.shape[1]:
                 probs, state = self.dialogue.append_audio(state, embeddings)
-                signals.append(probs)
+                signals.append(to_host(probs))
         end_of_speech = time.monotonic()
         embeddings, _ = self.speech_encoder.flush(encoder_state)
         if embeddings.shape[1]:
             probs, state = self.dialogue.append_audio(state, embeddings)
-            signals.append(probs)
+            signals.append(to_host(probs))
         result = TurnResult(signals, "", [], [], torch.zeros(0), self.token2wav.sample_rate, end_of_speech)
         self._respond(self.dialogue.begin_response(state, instruction), sampler, result, on_audio)
         return result
@@ -101,10 +103,12 @@ class MinMoPipeline:
         def vocode(speech_tokens: list[int], last: bool) -> None:
             nonlocal vocoder
             result.speech_tokens += speech_tokens
-            pcm, vocoder = self.token2wav.step(torch.tensor([speech_tokens], dtype=torch.long), vocoder)
+            tokens = torch.tensor([speech_tokens], dtype=torch.long, device=self.placement.torch_device)
+            pcm, vocoder = self.token2wav.step(tokens, vocoder)
             if last:
                 tail, vocoder = self.token2wav.flush(vocoder)
                 pcm = torch.cat([pcm, tail], dim=1)
+            pcm = to_host(pcm)
             if pcm.shape[1]:
                 result.first_audio_s = result.first_audio_s or time.monotonic()
                 result.chunk_times_s.append(time.monotonic())
@@ -122,7 +126,7 @@ class MinMoPipeline:
             speech_tokens, schedule = synthesize_step(self.voice_lm, semantic, False, schedule, sampler)
             vocode(speech_tokens, last=False)
         self.dialogue.finish_response(state)
-        empty = torch.zeros(1, 0, self.voice_lm.cfg.dim)
+        empty = self.placement.to_model(torch.zeros(1, 0, self.voice_lm.cfg.dim))
         speech_tokens, schedule = synthesize_step(self.voice_lm, empty, True, schedule, sampler)
         vocode(speech_tokens, last=True)
         result.text = self.dialogue.tokenizer.decode(result.text_token_ids)

@@ -14,6 +14,7 @@ from torch import nn
 from minmo.model.config import MinMoConfig
 from minmo.model.fbank import Fbank, FbankState
 from minmo.model.input_projector import InputProjector, InputProjectorState
+from minmo.model.placement import module_placement
 from minmo.model.sensevoice import SenseVoiceEncoder, SenseVoiceState
 from minmo.model.state import StreamState
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderState
@@ -81,14 +82,29 @@ class SpeechEncoder(nn.Module):
     def step(self, pcm: torch.Tensor, state: SpeechEncoderState) -> tuple[torch.Tensor, SpeechEncoderState]:
         """Feed samples (T,); returns the embeddings (1, N, llm_dim) of every encoder chunk now complete."""
         feats, fbank_state = self.fbank.step(pcm, state.fbank)
-        frames, encoder_state = self.voice_encoder.step(feats.unsqueeze(0), state.voice_encoder)
+        frames, encoder_state = self.voice_encoder.step(self._to_encoder(feats), state.voice_encoder)
         embeddings, projector_state = self.input_projector.step(frames, state.input_projector)
         return embeddings, SpeechEncoderState(fbank_state, encoder_state, projector_state)
+
+    def placed_state(self, state: SpeechEncoderState) -> SpeechEncoderState:
+        """A state read from bytes (on the CPU) with the model caches on the encoder's device; the front end's stay
+        on the CPU, where the front end runs."""
+        device, _ = module_placement(self.voice_encoder)
+        if device.type == "cpu":
+            return state
+        voice_encoder = state.voice_encoder.map_tensors(lambda tensor: tensor.to(device))
+        return SpeechEncoderState(state.fbank, voice_encoder, state.input_projector.map_tensors(lambda t: t.to(device)))
+
+    def _to_encoder(self, feats: torch.Tensor) -> torch.Tensor:
+        """Front-end features (F, mel), computed in float32 on the CPU, as a batch of one on the encoder's device
+        in its dtype (MINMO_DEVICE / MINMO_DTYPE)."""
+        device, dtype = module_placement(self.voice_encoder)
+        return feats.unsqueeze(0).to(device=device, dtype=dtype)
 
     def flush(self, state: SpeechEncoderState) -> tuple[torch.Tensor, SpeechEncoderState]:
         """End of utterance: everything pending, as the offline pass computes it; returns a fresh state."""
         feats, _ = self.fbank.flush(state.fbank)
-        frames, encoder_state = self.voice_encoder.step(feats.unsqueeze(0), state.voice_encoder)
+        frames, encoder_state = self.voice_encoder.step(self._to_encoder(feats), state.voice_encoder)
         last_frames, _ = self.voice_encoder.flush(encoder_state)
         frames = torch.cat([frames, last_frames], dim=1)
         embeddings, projector_state = self.input_projector.step(frames, state.input_projector)

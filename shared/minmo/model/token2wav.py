@@ -60,13 +60,13 @@ class Token2Wav(nn.Module):
     def step(self, tokens: torch.Tensor, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
         """tokens: (B, n), any n >= 0 -> the PCM (B, S) that became final (S a multiple of 960), new state."""
         mel, flow_state = self.flow.step(tokens, state.flow)
-        pcm, hift_state = self.hift.step(mel, state.hift)
+        pcm, hift_state = self.hift.step(mel.float(), state.hift)
         return pcm, Token2WavState(flow_state, hift_state)
 
     def flush(self, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
         """End of stream: the rest of the PCM."""
         mel, flow_state = self.flow.flush(state.flow)
-        pcm, hift_state = self.hift.step(mel, state.hift)
+        pcm, hift_state = self.hift.step(mel.float(), state.hift)
         tail, hift_state = self.hift.flush(hift_state)
         return torch.cat([pcm, tail], dim=1), Token2WavState(flow_state, hift_state)
 
@@ -78,4 +78,4 @@ class Token2Wav(nn.Module):
         prompt_mel: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Offline: tokens (B, N) -> pcm (B, N·960)."""
-        return self.hift(self.flow(tokens, speaker, prompt_tokens, prompt_mel))
+        return self.hift(self.flow(tokens, speaker, prompt_tokens, prompt_mel).float())

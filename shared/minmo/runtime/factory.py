@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
+from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.runtime.base import ModelRuntime, RuntimeModel
 from minmo.runtime.batching import BatchSettings
 from minmo.runtime.llm_model import LlmModel
@@ -14,10 +15,15 @@ from minmo.runtime.models import EncoderModel
 from minmo.runtime.token2wav_model import Token2WavModel
 from minmo.runtime.voicelm_model import VoiceLmModel
 
-MODEL_FACTORIES: dict[str, Callable[[MinMoConfig, str | None], RuntimeModel]] = {
-    "encoder": lambda cfg, checkpoint: EncoderModel(build_component(cfg, "speech_encoder", checkpoint)),
+# name -> constructor(config, checkpoint, placement): the model on MINMO_DEVICE in MINMO_DTYPE.
+MODEL_FACTORIES: dict[str, Callable[[MinMoConfig, str | None, Placement], RuntimeModel]] = {
+    "encoder": lambda cfg, checkpoint, placement: EncoderModel(
+        build_component(cfg, "speech_encoder", checkpoint, placement=placement)
+    ),
     "llm": LlmModel.from_config,
-    "token2wav": lambda cfg, checkpoint: Token2WavModel(build_component(cfg, "token2wav", checkpoint)),
+    "token2wav": lambda cfg, checkpoint, placement: Token2WavModel(
+        build_component(cfg, "token2wav", checkpoint, placement=placement)
+    ),
     "voice_lm": VoiceLmModel.from_config,
 }
 
@@ -29,9 +35,10 @@ def build_local_runtime(
     workers: int = 2,
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
+    placement: Placement = CPU_FLOAT32,
 ) -> ModelRuntime:
     """An in-process runtime serving `models` (names from MODEL_FACTORIES), batching across sessions if asked."""
-    built = [MODEL_FACTORIES[name](cfg, checkpoint) for name in models]
+    built = [MODEL_FACTORIES[name](cfg, checkpoint, placement) for name in models]
     return LocalRuntime(built, workers=workers, batching=batching, on_batch=on_batch)
 
 
@@ -46,11 +53,13 @@ def build_runtime(
     triton_url: str | None = None,
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
+    placement: Placement = CPU_FLOAT32,
 ) -> ModelRuntime:
-    """The runtime a service's configuration selects: `local` builds `models` in process; `triton` talks to the
-    Triton server at `triton_url` (HOST:PORT), whose repository holds the models (cfg and checkpoint are its)."""
+    """The runtime a service's configuration selects: `local` builds `models` in process on `placement`; `triton`
+    talks to the Triton server at `triton_url` (HOST:PORT), whose repository holds the models (cfg, checkpoint and
+    placement are its)."""
     if kind == "local":
-        return build_local_runtime(cfg, models, checkpoint, batching=batching, on_batch=on_batch)
+        return build_local_runtime(cfg, models, checkpoint, batching=batching, on_batch=on_batch, placement=placement)
     if kind != "triton":
         raise ValueError(f"runtime kind must be one of {RUNTIME_KINDS}, got {kind!r}")
     if not triton_url:
@@ -71,9 +80,10 @@ async def open_runtime(
     triton_url: str | None = None,
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
+    placement: Placement = CPU_FLOAT32,
 ) -> ModelRuntime:
     """`build_runtime`, then wait until a Triton server has `models` loaded (a no-op for the local runtime)."""
-    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url, batching, on_batch)
+    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url, batching, on_batch, placement)
     wait_ready = getattr(runtime, "wait_ready", None)
     if wait_ready is not None:
         await wait_ready(models, TRITON_READY_TIMEOUT_S)

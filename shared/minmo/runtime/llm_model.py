@@ -32,6 +32,7 @@ import torch
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
 from minmo.model.dialogue import Dialogue, DialogueState, TokenStep
+from minmo.model.placement import CPU_FLOAT32, Placement, to_host
 from minmo.model.tokenizer import load_tokenizer
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.batching import BatchSettings, StepBatcher
@@ -89,9 +90,11 @@ class LlmModel(RuntimeModel):
         return self.batcher
 
     @classmethod
-    def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> LlmModel:
-        llm = build_component(cfg, "llm", checkpoint)
-        predictor = build_component(cfg, "duplex_predictor", checkpoint)
+    def from_config(
+        cls, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32
+    ) -> LlmModel:
+        llm = build_component(cfg, "llm", checkpoint, placement=placement)
+        predictor = build_component(cfg, "duplex_predictor", checkpoint, placement=placement)
         return cls(Dialogue(llm, predictor, load_tokenizer(cfg.llm)))
 
     def execute(self, inputs: TensorMap, state: DialogueState | None) -> tuple[TensorMap, DialogueState]:
@@ -105,7 +108,7 @@ class LlmModel(RuntimeModel):
                 return self._respond(self.dialogue.append_text_turn(state, role, _text(inputs, "text")))
             if op == OP_APPEND_AUDIO:
                 probs, state = self.dialogue.append_audio(state, self._embeddings(inputs)[None])
-                return self._respond(state, probs=probs.float())
+                return self._respond(state, probs=to_host(probs))
             if op == OP_BEGIN_RESPONSE:
                 return self._respond(self.dialogue.begin_response(state, _text(inputs, "instruction", required=False)))
             if op == OP_TRANSCRIBE:
@@ -139,8 +142,8 @@ class LlmModel(RuntimeModel):
                     state = self.dialogue.finish_response(state)
                 outputs = {
                     "token_id": torch.tensor([step.token_id]),
-                    "hidden": step.hidden.float(),
-                    "token_embedding": step.token_embedding.float(),
+                    "hidden": to_host(step.hidden),
+                    "token_embedding": to_host(step.token_embedding),
                     "is_end": torch.tensor([step.is_end]),
                     "finished": torch.tensor([finished]),
                 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from minmo.model.placement import to_host
 from minmo.model.speech_encoder import SpeechEncoder, SpeechEncoderState
 from minmo.model.state import StreamState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
@@ -18,11 +19,13 @@ def state_to_tensor(state: StreamState) -> torch.Tensor:
     return torch.frombuffer(bytearray(state.to_bytes()), dtype=torch.uint8)
 
 
-def state_from_tensor(state_type: type[StreamState], blob: torch.Tensor) -> StreamState:
+def state_from_tensor(state_type: type[StreamState], blob: torch.Tensor, device: torch.device) -> StreamState:
+    """The state a `state_to_tensor` blob holds, its tensors on the model's `device`."""
     try:
-        return state_type.from_bytes(blob.numpy().tobytes())
+        state = state_type.from_bytes(blob.numpy().tobytes())
     except Exception as error:  # a corrupt or foreign blob must not take the model down
         raise InvalidInput(f"input 'state' is not a {state_type.__name__}: {error}") from error
+    return state if device.type == "cpu" else state.map_tensors(lambda tensor: tensor.to(device))
 
 
 def require(inputs: TensorMap, name: str, dtype: torch.dtype, dims: int) -> torch.Tensor:
@@ -55,7 +58,7 @@ class EncoderModel(RuntimeModel):
         pcm = require(inputs, "pcm", torch.float32, 1)
         blob = inputs.get("state")
         stream = (
-            state_from_tensor(SpeechEncoderState, blob)
+            self.encoder.placed_state(state_from_tensor(SpeechEncoderState, blob, torch.device("cpu")))
             if blob is not None and blob.numel()
             else self.encoder.init_state()
         )
@@ -63,4 +66,4 @@ class EncoderModel(RuntimeModel):
         if flag(inputs, "flush"):
             last, stream = self.encoder.flush(stream)
             embeddings = torch.cat([embeddings, last], dim=1)
-        return {"embeddings": embeddings[0], "state": state_to_tensor(stream)}, None
+        return {"embeddings": to_host(embeddings[0]), "state": state_to_tensor(stream)}, None

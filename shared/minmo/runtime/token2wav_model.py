@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from minmo.model.placement import module_placement, to_host
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
 from minmo.runtime.models import flag, require, state_from_tensor, state_to_tensor
@@ -30,19 +31,21 @@ class Token2WavModel(RuntimeModel):
     def __init__(self, token2wav: Token2Wav) -> None:
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
+        self.device, self.flow_dtype = module_placement(token2wav.flow)
 
     def execute(self, inputs: TensorMap, state: None = None) -> tuple[TensorMap, None]:
         tokens = self._tokens(inputs)
         blob = inputs.get("state")
         if blob is not None and blob.numel():
-            stream = state_from_tensor(Token2WavState, blob)
+            stream = state_from_tensor(Token2WavState, blob, self.device)
         else:
             stream = self.token2wav.init_state(**self._voice(inputs))
-        pcm, stream = self.token2wav.step(tokens[None], stream)  # (1, S)
+        pcm, stream = self.token2wav.step(tokens[None].to(self.device), stream)  # (1, S)
         if not flag(inputs, "flush"):
-            return {"pcm": pcm[0], "state": state_to_tensor(stream)}, None
+            return {"pcm": to_host(pcm[0]), "state": state_to_tensor(stream)}, None
         tail, _ = self.token2wav.flush(stream)
-        return {"pcm": torch.cat([pcm, tail], dim=1)[0], "state": torch.zeros(0, dtype=torch.uint8)}, None
+        pcm = to_host(torch.cat([pcm, tail], dim=1)[0])
+        return {"pcm": pcm, "state": torch.zeros(0, dtype=torch.uint8)}, None
 
     def _voice(self, inputs: TensorMap) -> dict[str, torch.Tensor]:
         """The turn's speaker and voice prompt as `Token2Wav.init_state` arguments (batch of one), each checked."""
@@ -54,7 +57,7 @@ class Token2WavModel(RuntimeModel):
                 raise InvalidInput(
                     f"input 'speaker' must be {cfg.spk_embed_dim} finite floats, got {tuple(speaker.shape)}"
                 )
-            voice["speaker"] = speaker[None]
+            voice["speaker"] = speaker[None].to(self.device, self.flow_dtype)
         if "prompt_tokens" in inputs or "prompt_mel" in inputs:
             prompt_tokens = self._ids(inputs, "prompt_tokens")
             if prompt_tokens.numel() > MAX_PROMPT_TOKENS:
@@ -66,7 +69,8 @@ class Token2WavModel(RuntimeModel):
                     f"input 'prompt_mel' must be ({cfg.mel_bins}, {frames}) finite floats for "
                     f"{prompt_tokens.numel()} prompt tokens, got {tuple(prompt_mel.shape)}"
                 )
-            voice["prompt_tokens"], voice["prompt_mel"] = prompt_tokens[None], prompt_mel[None]
+            voice["prompt_tokens"] = prompt_tokens[None].to(self.device)
+            voice["prompt_mel"] = prompt_mel[None].to(self.device, self.flow_dtype)
         return voice
 
     def _tokens(self, inputs: TensorMap) -> torch.Tensor:

@@ -30,6 +30,7 @@ from minmo.model.interleave import (
     synthesize_step,
 )
 from minmo.model.output_projector import OutputProjector
+from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.model.state import StreamState
 from minmo.model.tokenizer import Tokenizer, load_tokenizer
 from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
@@ -97,16 +98,18 @@ class VoiceLmModel(RuntimeModel):
         return self.batcher((inputs_embeds, state))
 
     @classmethod
-    def from_config(cls, cfg: MinMoConfig, checkpoint: str | None = None) -> VoiceLmModel:
+    def from_config(
+        cls, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32
+    ) -> VoiceLmModel:
         """Both components built as every process builds them (same seeded weights, or the checkpoint's)."""
-        voice_lm = build_component(cfg, "voice_token_lm", checkpoint)
+        voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=placement)
         tokenizer = None
         if voice_lm.instruction_embedding is not None:
             llm = cfg.llm
             if llm.source == "hf" and not llm.path and checkpoint is not None:  # where build_component finds the LLM
                 llm = dataclasses.replace(llm, path=str(Path(checkpoint) / "llm"))
             tokenizer = load_tokenizer(llm)
-        return cls(build_component(cfg, "output_projector", checkpoint), voice_lm, tokenizer)
+        return cls(build_component(cfg, "output_projector", checkpoint, placement=placement), voice_lm, tokenizer)
 
     def execute(self, inputs: TensorMap, state: VoiceSynthesisState | None) -> tuple[TensorMap, VoiceSynthesisState]:
         hidden, token_embedding = self._positions(inputs)
@@ -114,7 +117,10 @@ class VoiceLmModel(RuntimeModel):
         state = self._start(inputs) if state is None else state
         if state.schedule.finished:
             raise InvalidInput("this turn's speech is already finished; start a new sequence for the next turn")
-        semantic = self.projector(hidden[None].to(self.device), token_embedding[None].to(self.device))  # (1, N, dim)
+        dtype = self.voice_lm.head.weight.dtype
+        semantic = self.projector(
+            hidden[None].to(self.device, dtype), token_embedding[None].to(self.device, dtype)
+        )  # (1, N, dim)
         generator = self._generator(state)
         sampler = _sampler(state, generator)
         decode = self._decode if self.batcher is not None else None

@@ -71,7 +71,8 @@ async def start_model_service(
                 telemetry.metrics.batch_size.labels(model=model).observe(size)
 
         runtime = await open_runtime(
-            server.runtime, cfg, list(service.models), checkpoint, server.triton_url, batch, on_batch
+            server.runtime, cfg, list(service.models), checkpoint, server.triton_url, batch, on_batch,
+            placement=server.placement,
         )
     host.on_stop(runtime.close)
     parts = ServiceParts(cfg, runtime, SessionLimiter(server.max_sessions), telemetry)

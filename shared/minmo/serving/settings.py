@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from minmo.model.placement import CPU_FLOAT32, Placement, PlacementError
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable and what it expects."""
@@ -114,8 +116,12 @@ class ServerSettings:
     """What every service's gRPC server needs. Variables: MINMO_HOST, MINMO_PORT, MINMO_MAX_SESSIONS,
     MINMO_MAX_MESSAGE_BYTES, MINMO_GRACE_S, MINMO_CONFIG (model preset or JSON path), MINMO_REPLICA_ID,
     MINMO_RUNTIME (local: PyTorch in this process; triton: the server at MINMO_TRITON_URL, HOST:PORT),
-    MINMO_REFLECTION (1: serve gRPC reflection; default 0), the TLS variables of `TlsSettings` and the telemetry
-    variables of `TelemetrySettings`.
+    MINMO_REFLECTION (1: serve gRPC reflection; default 0), MINMO_SLOW_CLIENT_S (how long a stream's writer may be
+    held up by a caller that does not read before that session fails with RESOURCE_EXHAUSTED; default 5),
+    MINMO_DEVICE (cpu, cuda, cuda:N; default cpu) and
+    MINMO_DTYPE (float32, bfloat16, float16; default float32): where a model service builds its models and in which
+    float type (`Placement`; a value this machine cannot run fails at start), the TLS variables of `TlsSettings` and
+    the telemetry variables of `TelemetrySettings`.
 
     MINMO_MAX_SESSIONS is the replica's capacity in session slots: set it to what `minmo load --find-capacity`
     measured for this component on this machine kind (past it, new streams get RESOURCE_EXHAUSTED; the autoscaler
@@ -136,6 +142,8 @@ class ServerSettings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     reflection: bool = False
+    placement: Placement = CPU_FLOAT32
+    slow_client_s: float = 5.0
 
     @classmethod
     def from_env(cls, default_port: int, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -155,4 +163,14 @@ class ServerSettings:
             telemetry=TelemetrySettings.from_env(port, environ),
             tls=TlsSettings.from_env(environ),
             reflection=env_flag("MINMO_REFLECTION", False, environ),
+            placement=placement_from_env(environ),
+            slow_client_s=env_float("MINMO_SLOW_CLIENT_S", 5.0, environ),
         )
+
+
+def placement_from_env(environ: Mapping[str, str] | None = None) -> Placement:
+    """MINMO_DEVICE and MINMO_DTYPE, checked against this machine (no CUDA device: a clear error at start)."""
+    try:
+        return Placement(env_str("MINMO_DEVICE", "cpu", environ), env_str("MINMO_DTYPE", "float32", environ))
+    except PlacementError as error:
+        raise SettingsError(str(error)) from None

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from minmo.model.config import MinMoConfig, load_config
+from minmo.model.placement import Placement
 from minmo.runtime.base import RuntimeModel, TensorMap, UnknownSequence
 from minmo.runtime.factory import MODEL_FACTORIES
 from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENERATE, OP_START, text_tensor
-from minmo.triton.spec import PARAM_CHECKPOINT, PARAM_CONFIG, PARAM_MODEL, ModelSpec, model_specs
+from minmo.triton.spec import PARAM_CHECKPOINT, PARAM_CONFIG, PARAM_DTYPE, PARAM_MODEL, ModelSpec, model_specs
 
 WARMUP_PCM_SAMPLES = 3200  # 0.2 s at 16 kHz
 WARMUP_TOKENS = 15  # one MinMo token2wav chunk
@@ -47,8 +48,16 @@ class SequenceRequest:
     inputs: TensorMap  # empty: an end-of-sequence marker (TritonRuntime.end_sequence), nothing to compute
 
 
-def load_model(model_config: dict[str, Any], model_dir: Path) -> LoadedModel:
-    """The runtime model named in the model config's parameters; raises ValueError when the config does not fit it."""
+def instance_device(args: dict[str, Any]) -> str:
+    """The device Triton gave this instance (the `args` of `initialize`): cuda:<id> for KIND_GPU, else cpu."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args['model_instance_device_id'])}"
+    return "cpu"
+
+
+def load_model(model_config: dict[str, Any], model_dir: Path, device: str = "cpu") -> LoadedModel:
+    """The runtime model named in the model config's parameters, built on `device` in the config's minmo_dtype;
+    raises ValueError when the config does not fit it (or the device or dtype cannot be used here)."""
     params = {key: value.get("string_value", "") for key, value in model_config.get("parameters", {}).items()}
     name = params.get(PARAM_MODEL, "")
     if name not in MODEL_FACTORIES:
@@ -59,7 +68,8 @@ def load_model(model_config: dict[str, Any], model_dir: Path) -> LoadedModel:
     cfg = load_config(str(config_path))
     spec = model_specs(cfg)[name]
     check_model_config(model_config, spec)
-    return LoadedModel(MODEL_FACTORIES[name](cfg, params.get(PARAM_CHECKPOINT) or None), spec, cfg)
+    placement = Placement(device, params.get(PARAM_DTYPE) or "float32")
+    return LoadedModel(MODEL_FACTORIES[name](cfg, params.get(PARAM_CHECKPOINT) or None, placement), spec, cfg)
 
 
 def check_model_config(model_config: dict[str, Any], spec: ModelSpec) -> None:

@@ -30,7 +30,8 @@ class TritonPythonModel:
         """Build and warm the model; a config that does not fit the model fails the load with the reason."""
         model_config = json.loads(args["model_config"])
         try:
-            self.loaded = backend.load_model(model_config, Path(args["model_repository"]))
+            device = backend.instance_device(args)
+            self.loaded = backend.load_model(model_config, Path(args["model_repository"]), device)
         except ValueError as error:
             raise pb_utils.TritonModelException(f"model {args['model_name']!r}: {error}") from error
         self.input_names = [tensor.name for tensor in self.loaded.spec.inputs]

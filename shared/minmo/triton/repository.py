@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minmo.model.config import MinMoConfig
+from minmo.model.placement import DTYPES
 from minmo.triton.spec import (
     CONTROL_CORRID,
     CONTROL_END,
     CONTROL_START,
     PARAM_CHECKPOINT,
     PARAM_CONFIG,
+    PARAM_DTYPE,
     PARAM_MODEL,
     VARIABLE,
     ModelSpec,
@@ -45,8 +47,9 @@ class ExportOptions:
     """Serving knobs of the generated config.pbtxt files."""
 
     # Instance kind, cpu or gpu. KIND_GPU makes Triton place `instances` per visible GPU and hand model.py the
-    # device id; the runtime models (MODEL_FACTORIES) build on the CPU, so compute stays there until they take one.
+    # device id, on which the instance builds its model (`minmo.triton.backend.instance_device`).
     kind: str = "cpu"
+    dtype: str = "float32"  # the models' float type (MINMO_DTYPE), written as the minmo_dtype parameter
     instances: int = 1  # model instances (stub processes) per model, per GPU with kind gpu
     max_batch_size: int = 16  # most requests one execute() gets; stateless and stateful alike
     max_queue_delay_us: int = 500  # how long a stateless request may wait for others to batch with
@@ -62,6 +65,8 @@ def export_repository(
     options = options or ExportOptions()
     if options.kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {options.kind!r}")
+    if options.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {options.dtype!r}")
     specs = model_specs(cfg)
     unknown = sorted(set(models or []) - set(specs))
     if unknown:
@@ -78,7 +83,7 @@ def export_repository(
 
 
 def config_pbtxt(spec: ModelSpec, options: ExportOptions) -> str:
-    parameters = {PARAM_MODEL: spec.name, PARAM_CONFIG: CONFIG_FILE}
+    parameters = {PARAM_MODEL: spec.name, PARAM_CONFIG: CONFIG_FILE, PARAM_DTYPE: options.dtype}
     if options.checkpoint is not None:
         parameters[PARAM_CHECKPOINT] = str(options.checkpoint.resolve())
     lines = [

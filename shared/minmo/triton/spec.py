@@ -26,6 +26,7 @@ VARIABLE = -1
 PARAM_MODEL = "minmo_model"  # config.pbtxt parameter: the runtime model's name (MODEL_FACTORIES)
 PARAM_CONFIG = "minmo_config"  # config.pbtxt parameter: the MinMo config JSON, relative to the model directory
 PARAM_CHECKPOINT = "minmo_checkpoint"  # config.pbtxt parameter: trained weights directory (absent: seeded weights)
+PARAM_DTYPE = "minmo_dtype"  # config.pbtxt parameter: float32, bfloat16 or float16 (MINMO_DTYPE; absent: float32)
 STREAM_PARAMETER = "minmo_stream"  # request parameter: true for infer_stream (execute_stream), else execute
 CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
 

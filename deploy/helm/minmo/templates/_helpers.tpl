@@ -180,6 +180,7 @@ grpc:
   "MINMO_GRACE_S" $root.Values.drain.graceSeconds
   "MINMO_CONFIG" $root.Values.model.config
   "MINMO_REFLECTION" (ternary "1" "0" $root.Values.grpc.reflection)
+  "MINMO_SLOW_CLIENT_S" $root.Values.grpc.slowClientSeconds
 }}
 {{- if $isModel }}
 {{- $_ := set $env "MINMO_CHECKPOINT" $root.Values.model.checkpoint }}
