@@ -63,11 +63,19 @@ def _definitions() -> dict[str, list[ast.AST]]:
 
 
 def _referenced_names(node: ast.AST) -> set[str]:
+    """Bare names, and attributes of `self`/`cls` or of a bare name (`ServerSettings.from_env`); an attribute of
+    something else (`torch.load`, `conversation_pb2.SessionConfig`) is another library's, whatever its name."""
     return {
         child.id if isinstance(child, ast.Name) else child.attr
         for child in ast.walk(node)
-        if isinstance(child, ast.Name | ast.Attribute)
+        if isinstance(child, ast.Name)
+        or (isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name) and _ours(child.value.id))
     }
+
+
+def _ours(base: str) -> bool:
+    """A base name whose attributes may be our own definitions: self, cls, or a CamelCase class name."""
+    return base in ("self", "cls") or base[:1].isupper()
 
 
 def service_reads(component: str) -> set[str]:
