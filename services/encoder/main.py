@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 
 import torch
 
 from minmo.model.config import load_config
+from minmo.runtime.base import Sequence
 from minmo.runtime.factory import open_runtime
 from minmo.services.encoder.servicer import ENCODER_SAMPLE_RATE, AudioEncoderServicer
 from minmo.serving.server import ServiceHost, SessionLimiter
@@ -50,7 +52,8 @@ async def start(settings: EncoderSettings) -> ServiceHost:
     servicer = AudioEncoderServicer(runtime, limiter, settings.max_chunk_ms, telemetry)
     host.add(encoder_pb2_grpc.add_AudioEncoderServicer_to_server, servicer, "minmo.v1.AudioEncoder")
     port = await host.start()
-    await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE), "flush": torch.tensor([True])})
+    warm_up = Sequence(f"warm-up-{uuid.uuid4().hex}", start=True, end=True)  # opens and closes its sequence
+    await runtime.infer("encoder", {"pcm": torch.zeros(ENCODER_SAMPLE_RATE), "flush": torch.tensor([True])}, warm_up)
     await host.set_serving()
     log.info("encoder serving on %s:%d", settings.server.host, port)
     return host

@@ -1,5 +1,9 @@
 """Vocoder servicer: one stream per response turn; speech tokens in, 24 kHz PCM16 chunks out as they complete.
 
+The turn's token2wav caches live in the runtime under a sequence id unique to the stream (each runtime call
+carries only the new tokens); whatever way the stream ends (Flush, client cancel, barge-in, disconnect, an error)
+the sequence is ended, so no state outlives its turn.
+
 The stream is one `vocoder.vocode` span, a child of the response context in VocodeConfig, with the turn's
 first-chunk latency, chunks, audio and RTF.
 """
@@ -7,18 +11,20 @@ first-chunk latency, chunks, audio and RTF.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import torch
 
 from minmo.audio.pcm import float_to_pcm16
-from minmo.runtime.base import InvalidInput, ModelRuntime
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
 
 VOCODER_SAMPLE_RATE = 24000
+MODEL = "token2wav"
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
@@ -37,24 +43,28 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             config = await self._read_config(request_iterator, context)
             stream = _VocoderStream(self.runtime, context)
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
-            with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
-                async for request in request_iterator:
-                    kind = request.WhichOneof("request")
-                    if kind == "speech_tokens":
-                        await self._check_tokens(request.speech_tokens, stream.tokens, context)
-                        response = await stream.vocode(list(request.speech_tokens.ids), False)
-                        if response is not None:
-                            yield response
-                    elif kind == "flush":
-                        await self._check_total(request.flush, stream.tokens, context)
-                        response = await stream.vocode([], True)
-                        if response is not None:
-                            yield response
-                        self._record(hop, stream)
-                        yield stream.done()
-                        return
-                    else:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+            try:
+                with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
+                    async for request in request_iterator:
+                        kind = request.WhichOneof("request")
+                        if kind == "speech_tokens":
+                            await self._check_tokens(request.speech_tokens, stream.tokens, context)
+                            response = await stream.vocode(list(request.speech_tokens.ids), False)
+                            if response is not None:
+                                yield response
+                        elif kind == "flush":
+                            await self._check_total(request.flush, stream.tokens, context)
+                            response = await stream.vocode([], True)
+                            if response is not None:
+                                yield response
+                            self._record(hop, stream)
+                            yield stream.done()
+                            return
+                        else:
+                            message = f"unexpected {kind or 'empty'} message"
+                            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            finally:
+                await stream.end()
 
     def _record(self, hop: HopSpan, stream: _VocoderStream) -> None:
         audio_ms = 1000 * stream.samples / VOCODER_SAMPLE_RATE
@@ -111,12 +121,14 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
 
 
 class _VocoderStream:
-    """One turn's token count, sample position, timings and token2wav state (a uint8 blob the runtime returns)."""
+    """One turn's token count, sample position, timings and its sequence in the runtime (which keeps the caches)."""
 
     def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext) -> None:
         self.runtime = runtime
         self.context = context
-        self.state = torch.zeros(0, dtype=torch.uint8)
+        self.sequence_id = uuid.uuid4().hex
+        self.started = False
+        self.ended = False
         self.tokens = 0
         self.samples = 0
         self.chunks = 0
@@ -130,14 +142,14 @@ class _VocoderStream:
         if self.first_tokens_at is None and ids:
             self.first_tokens_at = started
         try:
-            outputs = await self.runtime.infer(
-                "token2wav",
-                {"tokens": torch.tensor(ids, dtype=torch.int64), "state": self.state, "flush": torch.tensor([flush])},
-            )
+            sequence = Sequence(self.sequence_id, start=not self.started, end=flush)
+            self.started = True  # from here on the runtime may hold state for it: `end` drops it
+            inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush])}
+            outputs = await self.runtime.infer(MODEL, inputs, sequence)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self.ended = flush  # a completed flush ended the sequence in the runtime
         compute_ms = 1000 * (time.perf_counter() - started)
-        self.state = outputs["state"]
         self.tokens += len(ids)
         self.compute_ms += compute_ms
         pcm = outputs["pcm"]
@@ -150,6 +162,11 @@ class _VocoderStream:
         return vocoder_pb2.VocodeResponse(
             pcm_chunk=vocoder_pb2.PcmChunk(audio=float_to_pcm16(pcm.numpy()), start_sample=start, compute_ms=compute_ms)
         )
+
+    async def end(self) -> None:
+        """Drop the turn's caches unless its flush already ended the sequence (a cancelled flush may not have)."""
+        if self.started and not self.ended:
+            await self.runtime.end_sequence(MODEL, self.sequence_id)
 
     def done(self) -> vocoder_pb2.VocodeResponse:
         return vocoder_pb2.VocodeResponse(

@@ -1,7 +1,8 @@
-"""The token2wav chunk model the runtime serves: speech tokens in, 24 kHz PCM out, state passed through.
+"""The token2wav chunk model the runtime serves: speech tokens in, 24 kHz PCM out, one response turn per sequence.
 
-Stateless like the encoder chunk: the stream's flow-matching and HiFT caches travel as the `state`
-tensor, so any replica or Triton instance vocodes any turn, and one set of weights serves every turn.
+Stateful like the voice-token LM: the turn's flow-matching and HiFT caches stay in the runtime (or Triton
+instance) that computes them, keyed by the sequence; a request carries only its new tokens, so the payload is
+O(chunk) however long the turn grows. One set of weights serves every turn.
 """
 
 from __future__ import annotations
@@ -10,32 +11,29 @@ import torch
 
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
-from minmo.runtime.models import flag, require, state_from_tensor, state_to_tensor
+from minmo.runtime.models import flag, require
 
 
 class Token2WavModel(RuntimeModel):
-    """Stateless chunk model: `tokens` int64 (N,) ids in [0, speech_vocab), `state` uint8 (empty = start of a
-    turn), `flush` bool (1,) -> `pcm` float32 (S,) at 24 kHz (S a multiple of 960), `state` uint8 (empty after
-    a flush: the turn is over, and an empty state starts the next one)."""
+    """Stateful per sequence (= one response turn): `tokens` int64 (N,) ids in [0, speech_vocab), `flush` bool (1,)
+    -> `pcm` float32 (S,) at 24 kHz (S a multiple of 960). A flush gives the rest of the turn's audio; a request
+    after it starts a new turn from a fresh state (callers end the sequence with the flush)."""
 
     name = "token2wav"
+    stateful = True
 
     def __init__(self, token2wav: Token2Wav) -> None:
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
 
-    def execute(self, inputs: TensorMap, state: None = None) -> tuple[TensorMap, None]:
+    def execute(self, inputs: TensorMap, state: Token2WavState | None) -> tuple[TensorMap, Token2WavState | None]:
         tokens = self._tokens(inputs)
-        blob = inputs.get("state")
-        if blob is not None and blob.numel():
-            stream = state_from_tensor(Token2WavState, blob)
-        else:
-            stream = self.token2wav.init_state()
+        stream = self.token2wav.init_state() if state is None else state
         pcm, stream = self.token2wav.step(tokens[None], stream)  # (1, S)
         if not flag(inputs, "flush"):
-            return {"pcm": pcm[0], "state": state_to_tensor(stream)}, None
+            return {"pcm": pcm[0]}, stream
         tail, _ = self.token2wav.flush(stream)
-        return {"pcm": torch.cat([pcm, tail], dim=1)[0], "state": torch.zeros(0, dtype=torch.uint8)}, None
+        return {"pcm": torch.cat([pcm, tail], dim=1)[0]}, None
 
     def _tokens(self, inputs: TensorMap) -> torch.Tensor:
         """The `tokens` input, with every id checked: an out-of-range id would index past the embedding."""
@@ -47,4 +45,3 @@ class Token2WavModel(RuntimeModel):
                 f"({bad.numel()} of {tokens.numel()} ids out of range)"
             )
         return tokens
-
