@@ -184,10 +184,15 @@ class _Link:
 
     def _mark_lost(self, error: BaseException) -> None:
         if self.lost is None:
-            rpc_error = isinstance(error, grpc.aio.AioRpcError)
-            detail = f"{error.code().name}: {error.details()}" if rpc_error else repr(error)
-            self.lost = LinkLost(f"{self.hop} stream lost ({detail})")
+            self.lost = LinkLost(f"{self.hop} stream lost ({_describe(error)})")
             log.warning("%s", self.lost)
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a log or a LinkLost: the gRPC status and its details, else the exception's repr."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return repr(error)
 
 
 class EncoderLink(_Link):
@@ -261,7 +266,7 @@ class EncoderLink(_Link):
                 for request in self.log.requests:
                     await call.write(request)
             except (LinkLost, grpc.aio.AioRpcError, asyncio.InvalidStateError) as reopen_error:
-                log.warning("session %s: encoder failover attempt failed: %s", self.session_id, reopen_error)
+                log.warning("session %s: encoder failover attempt failed: %s", self.session_id, _describe(reopen_error))
                 continue
             self.call = call
             self.failovers += 1
@@ -269,7 +274,7 @@ class EncoderLink(_Link):
             log.warning(
                 "session %s: encoder stream lost (%s); replayed the utterance on another replica",
                 self.session_id,
-                error,
+                _describe(error),
             )
             return True
         self._mark_lost(error)
