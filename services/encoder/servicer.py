@@ -1,5 +1,9 @@
 """AudioEncoder servicer: one stream per session; audio chunks in, embeddings out as chunks complete.
 
+The session's encoder caches live in the runtime under a sequence id unique to the stream (the stream is the
+affinity; each runtime call carries only the new chunk). Whatever way the stream ends (the client closes it,
+cancels, disconnects, or sends bad input) the sequence is ended, so no state outlives its session.
+
 Each user turn's audio (its chunks up to the EndOfUtterance) is one `encoder.utterance` span, a child of the
 turn context the chunks carry, with the turn's chunk count, audio and frames, compute and RTF.
 """
@@ -7,6 +11,7 @@ turn context the chunks carry, with the turn's chunk count, audio and frames, co
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -15,12 +20,13 @@ import torch
 from minmo.api.tensors import tensor_to_proto
 from minmo.audio.pcm import PCM16_BYTES, pcm16_to_float
 from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
-from minmo.runtime.base import InvalidInput, ModelRuntime
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import encoder_pb2, encoder_pb2_grpc
 
 ENCODER_SAMPLE_RATE = ENCODER_SAMPLE_RATE_HZ
+MODEL = "encoder"
 
 
 class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
@@ -44,6 +50,8 @@ class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
             except BaseException as error:
                 utterance.fail(error, context)
                 raise
+            finally:
+                await stream.end()
             utterance.close()
 
     async def _handle(
@@ -98,24 +106,29 @@ class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
 
 
 class _EncoderStream:
-    """One session's position and streaming state (a uint8 blob the runtime hands back each chunk)."""
+    """One session's position and its sequence in the runtime (which keeps the encoder caches)."""
 
     def __init__(self, runtime: ModelRuntime, start_position: int) -> None:
         self.runtime = runtime
         self.position = start_position
-        self.state = torch.zeros(0, dtype=torch.uint8)
+        self.sequence_id = uuid.uuid4().hex
+        self.started = False
+
+    async def end(self) -> None:
+        """Drop the session's caches (idempotent; a sequence never started has none)."""
+        if self.started:
+            await self.runtime.end_sequence(MODEL, self.sequence_id)
 
     async def encode(
         self, pcm: torch.Tensor, turn_id: str, flush: bool, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse | None:
         started = time.perf_counter()
         try:
-            outputs = await self.runtime.infer(
-                "encoder", {"pcm": pcm.float(), "state": self.state, "flush": torch.tensor([flush])}
-            )
+            sequence = Sequence(self.sequence_id, start=not self.started)
+            self.started = True  # from here on the runtime may hold state for it: `end` drops it
+            outputs = await self.runtime.infer(MODEL, {"pcm": pcm.float(), "flush": torch.tensor([flush])}, sequence)
         except InvalidInput as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        self.state = outputs["state"]
         embeddings = outputs["embeddings"]
         if embeddings.shape[0] == 0:
             return None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 
 import torch
 
 from minmo.model.config import MinMoConfig
-from minmo.runtime.base import ModelRuntime
+from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.services.vocoder.servicer import VocoderServicer
 from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
 from minmo.serving.server import ServiceHost
@@ -37,12 +38,12 @@ class VocoderSettings:
 
 
 async def _warm_up(runtime: ModelRuntime, cfg: MinMoConfig) -> None:
-    """A chunk with its lookahead, then a flush from the returned state: step, state round trip and flush
-    all run once before the first turn, so it does not pay for lazy initialisation."""
-    tokens = torch.zeros(cfg.flow.chunk_tokens + cfg.flow.lookahead_tokens, dtype=torch.int64)
-    empty = torch.zeros(0, dtype=torch.uint8)
-    first = await runtime.infer("token2wav", {"tokens": tokens, "state": empty, "flush": torch.tensor([False])})
-    await runtime.infer("token2wav", {"tokens": tokens[:0], "state": first["state"], "flush": torch.tensor([True])})
+    """A first chunk with its lookahead, then a flush that ends the sequence: step, kept state and flush all run
+    once before the first turn, so it does not pay for lazy initialisation."""
+    tokens = torch.zeros(cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens, dtype=torch.int64)
+    turn = f"warm-up-{uuid.uuid4().hex}"  # unique: replicas may share one Triton
+    await runtime.infer("token2wav", {"tokens": tokens, "flush": torch.tensor([False])}, Sequence(turn, start=True))
+    await runtime.infer("token2wav", {"tokens": tokens[:0], "flush": torch.tensor([True])}, Sequence(turn, end=True))
 
 
 SERVICE = ModelService(

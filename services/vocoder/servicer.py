@@ -1,5 +1,9 @@
 """Vocoder servicer: one stream per response turn; speech tokens in, 24 kHz PCM16 chunks out as they complete.
 
+The turn's token2wav caches live in the runtime under a sequence id unique to the stream (each runtime call
+carries only the new tokens); whatever way the stream ends (Flush, client cancel, barge-in, disconnect, an error)
+the sequence is ended, so no state outlives its turn.
+
 The stream is one `vocoder.vocode` span, a child of the response context in VocodeConfig, with the turn's
 first-chunk latency, chunks, audio and RTF.
 """
@@ -7,6 +11,7 @@ first-chunk latency, chunks, audio and RTF.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,12 +20,13 @@ import torch
 from minmo.api.tensors import tensor_from_proto
 from minmo.audio.pcm import float_to_pcm16
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
-from minmo.runtime.base import InvalidInput, ModelRuntime, TensorMap
+from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
 
 VOCODER_SAMPLE_RATE = VOCODER_SAMPLE_RATE_HZ
+MODEL = "token2wav"
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
@@ -39,24 +45,28 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             config = await self._read_config(request_iterator, context)
             stream = _VocoderStream(self.runtime, context, await _voice_inputs(config.voice, context))
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
-            with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
-                async for request in request_iterator:
-                    kind = request.WhichOneof("request")
-                    if kind == "speech_tokens":
-                        await self._check_tokens(request.speech_tokens, stream.tokens, context)
-                        response = await stream.vocode(list(request.speech_tokens.ids), False)
-                        if response is not None:
-                            yield response
-                    elif kind == "flush":
-                        await self._check_total(request.flush, stream.tokens, context)
-                        response = await stream.vocode([], True)
-                        if response is not None:
-                            yield response
-                        self._record(hop, stream)
-                        yield stream.done()
-                        return
-                    else:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+            try:
+                with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
+                    async for request in request_iterator:
+                        kind = request.WhichOneof("request")
+                        if kind == "speech_tokens":
+                            await self._check_tokens(request.speech_tokens, stream.tokens, context)
+                            response = await stream.vocode(list(request.speech_tokens.ids), False)
+                            if response is not None:
+                                yield response
+                        elif kind == "flush":
+                            await self._check_total(request.flush, stream.tokens, context)
+                            response = await stream.vocode([], True)
+                            if response is not None:
+                                yield response
+                            self._record(hop, stream)
+                            yield stream.done()
+                            return
+                        else:
+                            message = f"unexpected {kind or 'empty'} message"
+                            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            finally:
+                await stream.end()
 
     def _record(self, hop: HopSpan, stream: _VocoderStream) -> None:
         audio_ms = 1000 * stream.samples / VOCODER_SAMPLE_RATE
@@ -128,14 +138,16 @@ async def _voice_inputs(voice: vocoder_pb2.VoiceConditioning, context: grpc.aio.
 
 
 class _VocoderStream:
-    """One turn's token count, sample position, timings and token2wav state (a uint8 blob the runtime returns).
-    The turn's voice conditioning goes with the first chunk only: after it the state carries it."""
+    """One turn's token count, sample position, timings and its sequence in the runtime (which keeps the caches).
+    The turn's voice conditioning goes with the first chunk only: the runtime's state carries it after that."""
 
     def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, voice: TensorMap) -> None:
         self.runtime = runtime
         self.context = context
         self.voice = voice
-        self.state = torch.zeros(0, dtype=torch.uint8)
+        self.sequence_id = uuid.uuid4().hex
+        self.started = False
+        self.ended = False
         self.tokens = 0
         self.samples = 0
         self.chunks = 0
@@ -149,15 +161,15 @@ class _VocoderStream:
         if self.first_tokens_at is None and ids:
             self.first_tokens_at = started
         try:
-            tokens = torch.tensor(ids, dtype=torch.int64)
-            voice = self.voice if self.state.numel() == 0 else {}
-            outputs = await self.runtime.infer(
-                "token2wav", {"tokens": tokens, "state": self.state, "flush": torch.tensor([flush]), **voice}
-            )
+            sequence = Sequence(self.sequence_id, start=not self.started, end=flush)
+            voice = self.voice if not self.started else {}
+            self.started = True  # from here on the runtime may hold state for it: `end` drops it
+            inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **voice}
+            outputs = await self.runtime.infer(MODEL, inputs, sequence)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        self.ended = flush  # a completed flush ended the sequence in the runtime
         compute_ms = 1000 * (time.perf_counter() - started)
-        self.state = outputs["state"]
         self.tokens += len(ids)
         self.compute_ms += compute_ms
         pcm = outputs["pcm"]
@@ -170,6 +182,11 @@ class _VocoderStream:
         return vocoder_pb2.VocodeResponse(
             pcm_chunk=vocoder_pb2.PcmChunk(audio=float_to_pcm16(pcm.numpy()), start_sample=start, compute_ms=compute_ms)
         )
+
+    async def end(self) -> None:
+        """Drop the turn's caches unless its flush already ended the sequence (a cancelled flush may not have)."""
+        if self.started and not self.ended:
+            await self.runtime.end_sequence(MODEL, self.sequence_id)
 
     def done(self) -> vocoder_pb2.VocodeResponse:
         return vocoder_pb2.VocodeResponse(

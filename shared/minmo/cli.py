@@ -237,6 +237,18 @@ def bench_runtime(
     print_runtime_bench(run_runtime_bench(config, calls, turns), config)
 
 
+@bench_app.command("state")
+def bench_state(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "minmo-8b",
+    seconds: Annotated[float, typer.Option(min=1, help="seconds into the utterance / reply when measured")] = 10.0,
+) -> None:
+    """Encoder and vocoder hops: bytes per call and state handling, state in every call (before) vs kept (now)."""
+    from minmo.bench.report import print_state_bench
+    from minmo.bench.state import run_state_bench
+
+    print_state_bench(run_state_bench(config, seconds), config)
+
+
 @app.command("load")
 def load(
     server: Annotated[str, typer.Option(help="the Conversation service, HOST:PORT")],

@@ -5,7 +5,6 @@ the same `RuntimeModel` with the same seeded weights. One server serves the whol
 """
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -61,56 +60,38 @@ async def triton(server: LocalTritonServer) -> AsyncIterator[TritonRuntime]:
 
 def assert_same(triton_out: TensorMap, local_out: TensorMap) -> None:
     """Equal outputs: float tensors within 1e-5 (the two processes may run kernels on different thread counts,
-    so only summation order differs), state blobs by the tensors they hold, everything else exactly."""
+    so only summation order differs), everything else exactly."""
     assert sorted(triton_out) == sorted(local_out)
     for name, expected in local_out.items():
         actual = triton_out[name]
         assert actual.dtype == expected.dtype, name
-        if name == "state":
-            _assert_close_tree(_state_tree(actual), _state_tree(expected), name)
-        elif expected.is_floating_point():
+        if expected.is_floating_point():
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=name)
         else:
             assert torch.equal(actual, expected), name
 
 
-def _state_tree(blob: torch.Tensor):
-    """A `StreamState.to_bytes` blob as the plain containers of tensors it encodes."""
-    return torch.load(io.BytesIO(blob.numpy().tobytes()), weights_only=True) if blob.numel() else None
-
-
-def _assert_close_tree(actual, expected, where: str) -> None:
-    if isinstance(expected, torch.Tensor):
-        if expected.is_floating_point():
-            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=where)
-        else:
-            assert torch.equal(actual, expected), where
-    elif isinstance(expected, dict):
-        assert sorted(actual) == sorted(expected), where
-        for key in expected:
-            _assert_close_tree(actual[key], expected[key], f"{where}.{key}")
-    elif isinstance(expected, list):
-        assert len(actual) == len(expected), where
-        for index, (left, right) in enumerate(zip(actual, expected, strict=True)):
-            _assert_close_tree(left, right, f"{where}[{index}]")
-    else:
-        assert actual == expected, where
-
-
-async def test_encoder_chunks_with_state_round_trips_match_local(triton: TritonRuntime, local: ModelRuntime) -> None:
+async def test_encoder_stream_keeps_its_state_in_triton_and_matches_local(
+    triton: TritonRuntime, local: ModelRuntime
+) -> None:
     pcm = torch.randn(3 * CHUNK_SAMPLES + 700, generator=torch.Generator().manual_seed(1)) * 0.1
     chunks = list(pcm.split(CHUNK_SAMPLES))
-    triton_state = local_state = torch.zeros(0, dtype=torch.uint8)
     for index, chunk in enumerate(chunks):
-        flush = torch.tensor([index == len(chunks) - 1])
-        triton_out = await triton.infer("encoder", {"pcm": chunk, "state": triton_state, "flush": flush})
-        local_out = await local.infer("encoder", {"pcm": chunk, "state": local_state, "flush": flush})
-        assert_same(triton_out, local_out)
-        triton_state, local_state = triton_out["state"], local_out["state"]
+        inputs = {"pcm": chunk, "flush": torch.tensor([index == len(chunks) - 1])}
+        sequence = Sequence("encoder-stream", start=index == 0)
+        triton_out = await triton.infer("encoder", inputs, sequence)
+        assert sorted(triton_out) == ["embeddings"], "only the new embeddings come back: the state stays in Triton"
+        assert_same(triton_out, await local.infer("encoder", inputs, sequence))
     assert triton_out["embeddings"].shape[0] > 0
+    await triton.end_sequence("encoder", "encoder-stream")
+    await local.end_sequence("encoder", "encoder-stream")
+    with pytest.raises(UnknownSequence):
+        await triton.infer("encoder", {"pcm": chunks[0]}, Sequence("encoder-stream"))
 
 
-async def test_token2wav_chunks_match_local(triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig) -> None:
+async def test_token2wav_turn_keeps_its_state_in_triton_and_matches_local(
+    triton: TritonRuntime, local: ModelRuntime, cfg: MinMoConfig
+) -> None:
     generator = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, cfg.flow.speech_vocab, (40,), generator=generator)
     voice = {  # the turn's prompt voice, with its first chunk only (VocodeConfig.voice)
@@ -118,14 +99,12 @@ async def test_token2wav_chunks_match_local(triton: TritonRuntime, local: ModelR
         "prompt_tokens": torch.randint(0, cfg.flow.speech_vocab, (10,), generator=generator),
         "prompt_mel": torch.randn(cfg.flow.mel_bins, 10 * cfg.flow.token_mel_ratio, generator=generator),
     }
-    triton_state = local_state = torch.zeros(0, dtype=torch.uint8)
     for index, chunk in enumerate(tokens.split(15)):
         inputs = {"tokens": chunk, "flush": torch.tensor([index == 2]), **(voice if index == 0 else {})}
-        triton_out = await triton.infer("token2wav", {**inputs, "state": triton_state})
-        local_out = await local.infer("token2wav", {**inputs, "state": local_state})
-        assert_same(triton_out, local_out)
-        triton_state, local_state = triton_out["state"], local_out["state"]
-    assert triton_state.numel() == 0, "a flush ends the turn: the returned state is empty"
+        sequence = Sequence("vocoder-turn", start=index == 0, end=index == 2)
+        assert_same(await triton.infer("token2wav", inputs, sequence), await local.infer("token2wav", inputs, sequence))
+    with pytest.raises(UnknownSequence):  # the flush ended the turn's sequence
+        await triton.infer("token2wav", {"tokens": tokens[:15]}, Sequence("vocoder-turn"))
 
 
 def _voice_requests(cfg: MinMoConfig) -> list[TensorMap]:
@@ -200,9 +179,10 @@ async def test_closing_a_generate_stream_cancels_it_and_keeps_the_sequence(
     await triton.end_sequence("llm", sequence_id)
 
 
-async def test_concurrent_stateless_requests_are_batched(triton: TritonRuntime, server: LocalTritonServer) -> None:
+async def test_concurrent_sequences_are_batched(triton: TritonRuntime, server: LocalTritonServer) -> None:
     pcm = torch.zeros(CHUNK_SAMPLES)
-    await asyncio.gather(*(triton.infer("encoder", {"pcm": pcm}) for _ in range(CONCURRENT_REQUESTS)))
+    streams = [Sequence(f"batched-{index}", start=True, end=True) for index in range(CONCURRENT_REQUESTS)]
+    await asyncio.gather(*(triton.infer("encoder", {"pcm": pcm}, stream) for stream in streams))
     async with tritonclient.grpc.aio.InferenceServerClient(server.url) as client:
         stats = await client.get_inference_statistics("encoder", as_json=True)
     batch_sizes = {int(entry["batch_size"]) for entry in stats["model_stats"][0]["batch_stats"]}
@@ -224,9 +204,10 @@ async def test_sequence_end_frees_the_state(triton: TritonRuntime, cfg: MinMoCon
 async def test_bad_input_gives_a_clear_error(triton: TritonRuntime, cfg: MinMoConfig) -> None:
     bad_tokens = torch.tensor([0, cfg.flow.speech_vocab + 5])
     with pytest.raises(InvalidInput, match="speech token ids must be in"):
-        await triton.infer("token2wav", {"tokens": bad_tokens})
+        await triton.infer("token2wav", {"tokens": bad_tokens}, Sequence("bad-turn", start=True, end=True))
     with pytest.raises(InvalidInput, match="pcm"):
-        await triton.infer("encoder", {"pcm": torch.zeros(10, dtype=torch.int64)})
+        await triton.infer("encoder", {"pcm": torch.zeros(10, dtype=torch.int64)}, Sequence("bad-stream", start=True))
+    await triton.end_sequence("encoder", "bad-stream")
     await triton.infer("llm", {"op": torch.tensor([OP_START])}, Sequence("bad", start=True))
     await triton.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence("bad"))
     with pytest.raises(InvalidInput, match="missing input 'max_tokens'"):

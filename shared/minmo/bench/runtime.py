@@ -1,8 +1,8 @@
 """`minmo bench runtime`: the in-process runtime vs Triton, in one run.
 
-1. Per call: the same encoder chunk (0.32 s of audio, with its streaming state) through `LocalRuntime`
-   and through `TritonRuntime` against a local tritonserver, called one after another.
-2. Under load: concurrent encoder chunks, and the batch sizes Triton's statistics say it executed.
+1. Per call: the same encoder chunk (0.32 s of audio, on one stream whose state stays in the runtime) through
+   `LocalRuntime` and through `TritonRuntime` against a local tritonserver, called one after another.
+2. Under load: concurrent encoder chunks of many streams, and the batch sizes Triton's statistics say it executed.
 3. End of speech -> first audio: the five services (separate processes) on each runtime, the same
    synthetic utterance streamed at real-time pace, as `minmo bench turn` does.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import tritonclient.grpc.aio
 from minmo.audio.synthetic import utterance
 from minmo.bench.turn import bench_services, free_port_block, service_log_path
 from minmo.model.config import load_config
-from minmo.runtime.base import ModelRuntime
+from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.runtime.factory import build_local_runtime
 from minmo.runtime.triton import TritonRuntime
 from minmo.triton.repository import export_repository
@@ -41,23 +42,27 @@ class RuntimeBench:
 
 
 async def time_calls(runtime: ModelRuntime, calls: int) -> list[float]:
-    """ms per encoder chunk call, each carrying the state the previous call returned."""
+    """ms per encoder chunk call, all on one stream (the runtime keeps its state between calls)."""
     pcm = torch.from_numpy(utterance(seed=0, lead_s=0.0, speech_s=1.0, tail_s=0.0)[:CHUNK_SAMPLES])
-    state = torch.zeros(0, dtype=torch.uint8)
-    await runtime.infer("encoder", {"pcm": pcm, "state": state})  # warm-up
+    stream = f"bench-{uuid.uuid4().hex}"
+    await runtime.infer("encoder", {"pcm": pcm}, Sequence(stream, start=True))  # warm-up
     timings = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        outputs = await runtime.infer("encoder", {"pcm": pcm, "state": state})
-        timings.append(1000 * (time.perf_counter() - started))
-        state = outputs["state"]
+    try:
+        for _ in range(calls):
+            started = time.perf_counter()
+            await runtime.infer("encoder", {"pcm": pcm}, Sequence(stream))
+            timings.append(1000 * (time.perf_counter() - started))
+    finally:
+        await runtime.end_sequence("encoder", stream)
     return timings
 
 
 async def batch_sizes_under_load(runtime: TritonRuntime, url: str) -> dict[int, int]:
     pcm = torch.from_numpy(utterance(seed=1, lead_s=0.0, speech_s=1.0, tail_s=0.0)[:CHUNK_SAMPLES])
-    empty = torch.zeros(0, dtype=torch.uint8)
-    await asyncio.gather(*(runtime.infer("encoder", {"pcm": pcm, "state": empty}) for _ in range(CONCURRENT_CHUNKS)))
+    streams = [
+        Sequence(f"bench-load-{index}-{uuid.uuid4().hex}", start=True, end=True) for index in range(CONCURRENT_CHUNKS)
+    ]
+    await asyncio.gather(*(runtime.infer("encoder", {"pcm": pcm}, stream) for stream in streams))
     client = tritonclient.grpc.aio.InferenceServerClient(url)
     try:
         stats = await client.get_inference_statistics("encoder", as_json=True)

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.duplex.replay import UtteranceLog
 from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.serving.channels import open_channel
 from minmo.serving.server import ADMITTED_METADATA, RETRY_AFTER_METADATA
@@ -31,6 +33,9 @@ from minmo.v1 import common_pb2, encoder_pb2, llm_pb2
 log = logging.getLogger(__name__)
 DNS_SCHEME = "dns:///"
 RETRY_NEXT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)  # at open: try the next replica
+FAILOVER_DELAYS_S = (0.0, 0.5, 1.0, 2.0)  # waits before each reopening of a stream broken mid-turn
+# A hop that answers these refuses the turn itself (bad input, a deadline spent): another replica would too.
+NOT_RETRIED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 class LinkLost(RuntimeError):
@@ -180,14 +185,26 @@ class _Link:
 
     def _mark_lost(self, error: BaseException) -> None:
         if self.lost is None:
-            rpc_error = isinstance(error, grpc.aio.AioRpcError)
-            detail = f"{error.code().name}: {error.details()}" if rpc_error else repr(error)
-            self.lost = LinkLost(f"{self.hop} stream lost ({detail})")
+            self.lost = LinkLost(f"{self.hop} stream lost ({_describe(error)})")
             log.warning("%s", self.lost)
 
 
+def _describe(error: BaseException) -> str:
+    """One line for a log or a LinkLost: the gRPC status and its details, else the exception's repr."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return repr(error)
+
+
 class EncoderLink(_Link):
-    """The session's Encode stream; embeddings and flush markers go to the callbacks in order."""
+    """The session's Encode stream; embeddings and flush markers go to the callbacks in order.
+
+    Failover: the encoder keeps the session's caches in its replica, so when that replica dies mid-utterance the
+    link reopens the stream on another replica and replays the utterance's audio from its `UtteranceLog`
+    (`minmo.duplex.replay`); the embeddings the LLM already has are dropped, so the turn goes on as if nothing
+    happened. Only when no replica takes the stream (FAILOVER_DELAYS_S spent) or the utterance outgrew the log is
+    the link lost (and `on_lost` told).
+    """
 
     hop = "encoder"
 
@@ -203,31 +220,102 @@ class EncoderLink(_Link):
         self.on_embeddings = on_embeddings
         self.on_flush_done = on_flush_done
         self.on_lost = on_lost  # told when the stream breaks (a turn waiting for its flush must end)
-        self.position = 0
+        self.position = 0  # embeddings delivered so far (the next one's position)
+        self.log = UtteranceLog()
+        self.failovers = 0  # streams rebuilt on another replica
+        self.session_id = ""
+        self._lock = asyncio.Lock()  # one writer or one failover at a time: the log and the call change together
 
     async def open(self, session_id: str) -> None:
         await self.close()
         self.lost = None
-        self.call = await self.replicas.open("Encode")
-        config = encoder_pb2.EncodeConfig(
-            session_id=session_id, sample_rate_hz=ENCODER_SAMPLE_RATE_HZ, start_position=self.position
-        )
-        await self.call.write(encoder_pb2.EncodeRequest(config=config))
-        self.reader = asyncio.create_task(self._read(), name=f"encoder-reader-{session_id}")
+        self.session_id = session_id
+        self.log.restart(self.position)
+        self.call = await self._start(self.position)
+        self.reader = asyncio.create_task(self._read(self.call), name=f"encoder-reader-{session_id}")
 
-    async def _read(self) -> None:
-        try:
-            while (response := await self.call.read()) is not grpc.aio.EOF:
-                if response.HasField("embeddings"):
-                    self.position = response.embeddings.start_position + response.embeddings.embeddings.shape[0]
-                    await self.on_embeddings(response.embeddings)
-                else:
-                    await self.on_flush_done(response.flush_done)
-            self._mark_lost(RuntimeError("the encoder closed the stream"))
-        except grpc.aio.AioRpcError as error:
+    async def write(self, request: encoder_pb2.EncodeRequest) -> None:
+        async with self._lock:
+            if not self.usable:
+                raise self.lost or LinkLost(f"{self.hop} stream is not open")
+            self.log.add(request)
+            try:
+                await self.call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                if not await self._failover(self.call, error):
+                    raise self.lost from error
+
+    async def _start(self, position: int) -> grpc.aio.StreamStreamCall:
+        call = await self.replicas.open("Encode")
+        config = encoder_pb2.EncodeConfig(
+            session_id=self.session_id, sample_rate_hz=ENCODER_SAMPLE_RATE_HZ, start_position=position
+        )
+        await call.write(encoder_pb2.EncodeRequest(config=config))
+        return call
+
+    async def _failover(self, broken: grpc.aio.StreamStreamCall, error: BaseException) -> bool:
+        """Rebuild the stream on a live replica from the log (the caller holds the lock); False: the link is lost."""
+        if broken is not self.call or self.lost is not None:
+            return self.usable  # another task already rebuilt it (or gave up)
+        retried = not isinstance(error, grpc.aio.AioRpcError) or error.code() not in NOT_RETRIED
+        if not (retried and self.log.replayable):
             self._mark_lost(error)
+            return False
+        broken.cancel()
+        for delay in FAILOVER_DELAYS_S:
+            await asyncio.sleep(delay)
+            try:
+                call = await self._start(self.log.start_position)
+                for request in self.log.requests:
+                    await call.write(request)
+            except (LinkLost, grpc.aio.AioRpcError, asyncio.InvalidStateError) as reopen_error:
+                log.warning("session %s: encoder failover attempt failed: %s", self.session_id, _describe(reopen_error))
+                continue
+            self.call = call
+            self.failovers += 1
+            self.reader = asyncio.create_task(self._read(call), name=f"encoder-reader-{self.session_id}")
+            log.warning(
+                "session %s: encoder stream lost (%s); replayed the utterance on another replica",
+                self.session_id,
+                _describe(error),
+            )
+            return True
+        self._mark_lost(error)
+        return False
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                if response.HasField("embeddings"):
+                    embeddings = self._new_frames(response.embeddings)
+                    if embeddings is not None:
+                        self.position = embeddings.start_position + embeddings.embeddings.shape[0]
+                        await self.on_embeddings(embeddings)
+                else:
+                    self.log.flushed(response.flush_done.end_position)
+                    await self.on_flush_done(response.flush_done)
+            error: BaseException = RuntimeError("the encoder closed the stream")
+        except grpc.aio.AioRpcError as rpc_error:
+            error = rpc_error
+        async with self._lock:
+            if await self._failover(call, error) or call is not self.call:
+                return
         if self.on_lost is not None:
             await self.on_lost(self.lost)
+
+    def _new_frames(self, embeddings: encoder_pb2.Embeddings) -> encoder_pb2.Embeddings | None:
+        """The frames not delivered yet: after a replay the new stream recomputes the utterance from its start."""
+        skip = self.position - embeddings.start_position
+        if skip <= 0:
+            return embeddings
+        frames = tensor_from_proto(embeddings.embeddings)
+        if skip >= frames.shape[0]:
+            return None
+        rest = encoder_pb2.Embeddings()
+        rest.CopyFrom(embeddings)
+        rest.embeddings.CopyFrom(tensor_to_proto(frames[skip:]))
+        rest.start_position = self.position
+        return rest
 
 
 TURN_END_MESSAGES = 3  # besides its tokens, a turn's queue holds up to two ResponseEnds and one LinkLost

@@ -28,7 +28,7 @@ import numpy as np
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
-from minmo.duplex.links import LinkLost, LlmLink, Replicas
+from minmo.duplex.links import FAILOVER_DELAYS_S, NOT_RETRIED, LinkLost, LlmLink, Replicas
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
@@ -40,12 +40,9 @@ from minmo.v1 import (
 )
 
 VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
-FAILOVER_DELAYS_S = (0.0, 0.5, 1.0, 2.0)  # waits before each reopening of a broken speech hop
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
 log = logging.getLogger(__name__)
-# A hop that answers these refuses the turn itself (bad input, a deadline spent): another replica would too.
-NOT_RETRIED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 @dataclass

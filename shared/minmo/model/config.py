@@ -66,7 +66,7 @@ class VoiceEncoderConfig:
     fsmn_kernel: int = 11  # causal memory taps (left context, frames)
     downsample: int = 4  # 100 Hz fbank -> 25 Hz
     chunk_frames: int = 4  # encoder output frames per streaming chunk (4 x 40 ms = 160 ms)
-    left_chunks: int = -1  # attention left context in chunks; -1 = unlimited
+    left_chunks: int = 16  # attention left context in chunks: bounds the streaming cache (-1: unlimited, unbounded)
     tp_layers: int = 0  # sensevoice: layers after the first norm (SenseVoiceSmall: 20)
     right_context: int = 0  # sensevoice streaming: frames that must follow a chunk before it is emitted
 
@@ -241,7 +241,9 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     return MinMoConfig(
         name=name,
         fbank=FbankConfig(num_mel_bins=80),
-        voice_encoder=VoiceEncoderConfig(input_dim=80, dim=64, num_layers=2, num_heads=4, ffn_dim=128, fsmn_kernel=5),
+        voice_encoder=VoiceEncoderConfig(
+            input_dim=80, dim=64, num_layers=2, num_heads=4, ffn_dim=128, fsmn_kernel=5, left_chunks=8,
+        ),
         input_projector=InputProjectorConfig(input_dim=64, output_dim=width, num_heads=4, ffn_dim=2 * width),
         llm=llm,
         output_projector=OutputProjectorConfig(llm_dim=width, output_dim=64),
@@ -293,7 +295,7 @@ def _nano() -> MinMoConfig:
         fbank=FbankConfig(kind="whisper", num_mel_bins=80),
         voice_encoder=VoiceEncoderConfig(
             kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,
-            downsample=2, chunk_frames=8,
+            downsample=2, chunk_frames=8, left_chunks=64,
         ),
         input_projector=InputProjectorConfig(
             input_dim=512, output_dim=llm.hidden_size, num_layers=2, num_heads=4, ffn_dim=2 * llm.hidden_size,

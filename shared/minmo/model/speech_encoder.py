@@ -86,15 +86,6 @@ class SpeechEncoder(nn.Module):
         embeddings, projector_state = self.input_projector.step(frames, state.input_projector)
         return embeddings, SpeechEncoderState(fbank_state, encoder_state, projector_state)
 
-    def placed_state(self, state: SpeechEncoderState) -> SpeechEncoderState:
-        """A state read from bytes (on the CPU) with the model caches on the encoder's device; the front end's stay
-        on the CPU, where the front end runs."""
-        device, _ = module_placement(self.voice_encoder)
-        if device.type == "cpu":
-            return state
-        voice_encoder = state.voice_encoder.map_tensors(lambda tensor: tensor.to(device))
-        return SpeechEncoderState(state.fbank, voice_encoder, state.input_projector.map_tensors(lambda t: t.to(device)))
-
     def _to_encoder(self, feats: torch.Tensor) -> torch.Tensor:
         """Front-end features (F, mel), computed in float32 on the CPU, as a batch of one on the encoder's device
         in its dtype (MINMO_DEVICE / MINMO_DTYPE)."""

@@ -1,9 +1,9 @@
 """Runtime interface: models addressed by name, inputs and outputs as named tensors.
 
-Stateless chunk models (encoder chunk, token2wav chunk) take their streaming caches as an input
-tensor and return the new one, so any replica or instance serves any session. Stateful decoders
-(LLM, voice-token LM) keep their state where they run, keyed by a sequence (correlation) id that the
-caller opens with `start` and closes with `end` — as Triton's sequence batcher does.
+Every streaming model (encoder, LLM, voice-token LM, token2wav) is stateful: it keeps its caches where it
+runs, keyed by a sequence (correlation) id that the caller opens with `start` and closes with `end` — as
+Triton's sequence batcher does — so a request carries only its new chunk, never the history (DESIGN.md §5).
+The caller's stream is the affinity; when it breaks, the caller replays what it logged on another replica.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class RuntimeModel(ABC):
 
     `execute` serves one request with one response; `execute_stream` yields several responses
     (decoupled models), each with the state after it, so a cancelled stream keeps what it produced.
-    `state` is None for stateless models and at the start of a sequence.
+    `state` is None for stateless models and at the start of a sequence; the returned state is kept for the
+    sequence's next request.
     """
 
     name: str

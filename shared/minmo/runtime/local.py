@@ -83,6 +83,10 @@ class LocalRuntime(ModelRuntime):
     async def end_sequence(self, model: str, sequence_id: str) -> None:
         self._states.pop((model, sequence_id), None)
 
+    def live_sequences(self, model: str) -> dict[str, Any]:
+        """The states this runtime holds for `model`, by sequence id: where a leak or an unbounded cache shows."""
+        return {sequence_id: state for (name, sequence_id), state in self._states.items() if name == model}
+
     async def close(self) -> None:
         for batcher in self._batchers.values():
             batcher.close()

@@ -1,7 +1,8 @@
-"""The token2wav chunk model the runtime serves: speech tokens in, 24 kHz PCM out, state passed through.
+"""The token2wav chunk model the runtime serves: speech tokens in, 24 kHz PCM out, one response turn per sequence.
 
-Stateless like the encoder chunk: the stream's flow-matching and HiFT caches travel as the `state`
-tensor, so any replica or Triton instance vocodes any turn, and one set of weights serves every turn.
+Stateful like the voice-token LM: the turn's flow-matching and HiFT caches stay in the runtime (or Triton
+instance) that computes them, keyed by the sequence; a request carries only its new tokens, so the payload is
+O(chunk) however long the turn grows. One set of weights serves every turn.
 """
 
 from __future__ import annotations
@@ -11,41 +12,37 @@ import torch
 from minmo.model.placement import module_placement, to_host
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
-from minmo.runtime.models import flag, require, state_from_tensor, state_to_tensor
+from minmo.runtime.models import flag, require
 
 MAX_PROMPT_TOKENS = 750  # 30 s of prompt at 25 tokens/s (voice_prompt.PROMPT_MAX_S)
 
 
 class Token2WavModel(RuntimeModel):
-    """Stateless chunk model: `tokens` int64 (N,) ids in [0, speech_vocab), `state` uint8 (empty = start of a
-    turn), `flush` bool (1,) -> `pcm` float32 (S,) at 24 kHz (S a multiple of 960), `state` uint8 (empty after
-    a flush: the turn is over, and an empty state starts the next one).
+    """Stateful per sequence (= one response turn): `tokens` int64 (N,) ids in [0, speech_vocab), `flush` bool (1,)
+    -> `pcm` float32 (S,) at 24 kHz (S a multiple of 960). A flush gives the rest of the turn's audio; a request
+    after it starts a new turn from a fresh state (callers end the sequence with the flush).
 
     At the start of a turn, optionally the voice to speak in (CosyVoice 2 zero-shot, see `voice_prompt.py`):
     `speaker` float32 (spk_embed_dim,) x-vector, `prompt_tokens` int64 (P,) the prompt's speech tokens (at most
-    MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. Later chunks
-    carry the conditioning in their state, so it is sent once per turn."""
+    MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. The sequence's
+    state carries the conditioning after its first request, so it is sent once per turn."""
 
     name = "token2wav"
+    stateful = True
 
     def __init__(self, token2wav: Token2Wav) -> None:
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
         self.device, self.flow_dtype = module_placement(token2wav.flow)
 
-    def execute(self, inputs: TensorMap, state: None = None) -> tuple[TensorMap, None]:
+    def execute(self, inputs: TensorMap, state: Token2WavState | None) -> tuple[TensorMap, Token2WavState | None]:
         tokens = self._tokens(inputs)
-        blob = inputs.get("state")
-        if blob is not None and blob.numel():
-            stream = state_from_tensor(Token2WavState, blob, self.device)
-        else:
-            stream = self.token2wav.init_state(**self._voice(inputs))
+        stream = self.token2wav.init_state(**self._voice(inputs)) if state is None else state
         pcm, stream = self.token2wav.step(tokens[None].to(self.device), stream)  # (1, S)
         if not flag(inputs, "flush"):
-            return {"pcm": to_host(pcm[0]), "state": state_to_tensor(stream)}, None
+            return {"pcm": to_host(pcm[0])}, stream
         tail, _ = self.token2wav.flush(stream)
-        pcm = to_host(torch.cat([pcm, tail], dim=1)[0])
-        return {"pcm": pcm, "state": torch.zeros(0, dtype=torch.uint8)}, None
+        return {"pcm": to_host(torch.cat([pcm, tail], dim=1)[0])}, None
 
     def _voice(self, inputs: TensorMap) -> dict[str, torch.Tensor]:
         """The turn's speaker and voice prompt as `Token2Wav.init_state` arguments (batch of one), each checked."""
@@ -86,4 +83,3 @@ class Token2WavModel(RuntimeModel):
                 f"({bad.numel()} of {tokens.numel()} ids out of range)"
             )
         return tokens
-

@@ -1,9 +1,10 @@
 """`ModelRuntime` on NVIDIA Triton over gRPC: the model names, tensor names and dtypes of `LocalRuntime`.
 
-Stateless models (encoder, token2wav) take one unary ModelInfer per call. Stateful models (llm, voice_lm) are
-decoupled in our repository (`minmo.triton.repository`), so each call on a sequence is one short ModelStreamInfer:
-`infer` takes its single response, `infer_stream` yields responses as they arrive, and closing the iterator early
-cancels the call, which the model sees through `is_cancelled()`.
+Every streaming model (encoder, token2wav, llm, voice_lm) is stateful and decoupled in our repository
+(`minmo.triton.repository`), so each call on a sequence is one short ModelStreamInfer: `infer` takes its single
+response, `infer_stream` yields responses as they arrive, and closing the iterator early cancels the call, which
+the model sees through `is_cancelled()`. A model outside `stateful_models` (none of ours) would take one unary
+ModelInfer per call.
 
 Requests are tritonclient's generated protobuf messages sent on a `grpc.aio` channel, not `tritonclient.grpc.aio`
 calls: that client cannot ask for the empty final response (its `triton_` parameters are reserved), and without
@@ -29,7 +30,7 @@ from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap, UnknownSequence
 from minmo.triton.spec import STATEFUL_MODELS, STREAM_PARAMETER, TRITON_DTYPES
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a long utterance's PCM or a long turn's states fit with room to spare
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a request carries one chunk (states stay in Triton): ample room
 READY_POLL_S = 0.2
 FINAL_RESPONSE = "triton_final_response"
 EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"

@@ -56,12 +56,16 @@ async def start_model_service(
     checkpoint: str | None,
     build_servicer: Callable[[ServiceParts], object],
     runtime: ModelRuntime | None = None,
+    configure: Callable[[MinMoConfig], MinMoConfig] | None = None,
 ) -> ServiceHost:
     """Start `service` and return its host once it is SERVING. `runtime`: serve this one (a test inspects it)
-    instead of opening the configured one."""
+    instead of opening the configured one; `configure`: this replica's changes to the preset (e.g. the encoder's
+    left context)."""
     telemetry = start_telemetry(f"minmo-{service.name}", server)
     host = ServiceHost(server, telemetry)
     cfg = load_config(server.model_config)
+    if configure is not None:
+        cfg = configure(cfg)
     if runtime is None:
         batch, on_batch = None, None
         if service.batched:

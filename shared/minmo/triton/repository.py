@@ -6,11 +6,13 @@ Layout, one self-contained directory per model (any subset can be deployed):
     <out>/<model>/minmo_config.json   the MinMo config the model is built from
     <out>/<model>/1/model.py          `minmo.triton.python_model`, the same file for every model
 
-Stateless chunk models (encoder, token2wav) use dynamic batching: their streaming caches travel in the request,
-so any instance serves any stream. Stateful decoders (llm, voice_lm) are decoupled and use the sequence batcher's
-`oldest` strategy, so one instance holds many live sequences (`direct` would pin one slot per sequence for its
-whole life — one conversation per instance). Their correlation id is a uint64 CORRID: string ids are rejected by
-this Triton once requests are batched, so `TritonRuntime` hashes the caller's string id to 63 bits.
+Every model is stateful (DESIGN.md §5: state stays where the compute is): the encoder's and token2wav's stream
+caches, like the LLM's and voice LM's KV caches, live in the instance that computes them, keyed by the sequence,
+and a request carries only its new chunk. All four are decoupled and use the sequence batcher's `oldest`
+strategy, so one instance holds many live sequences (`direct` would pin one slot per sequence for its whole life —
+one conversation per instance) and batches the ready requests of several. Their correlation id is a uint64
+CORRID: string ids are rejected by this Triton once requests are batched, so `TritonRuntime` hashes the caller's
+string id to 63 bits. (A stateless model, `ModelSpec.stateful` off, would get dynamic batching instead.)
 """
 
 from __future__ import annotations

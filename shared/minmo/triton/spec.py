@@ -59,22 +59,21 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
     specs = [
         ModelSpec(
             "encoder",
-            (_t("pcm", torch.float32), _t("state", torch.uint8, optional=True), _flag("flush")),
-            (_t("embeddings", torch.float32, (VARIABLE, llm_dim)), _t("state", torch.uint8)),
-            stateful=False,
+            (_t("pcm", torch.float32, optional=True), _flag("flush")),
+            (_t("embeddings", torch.float32, (VARIABLE, llm_dim)),),
+            stateful=True,
         ),
         ModelSpec(
             "token2wav",
             (
-                _t("tokens", torch.int64),
-                _t("state", torch.uint8, optional=True),
+                _t("tokens", torch.int64, optional=True),
                 _flag("flush"),
                 _t("speaker", torch.float32, (cfg.flow.spk_embed_dim,), optional=True),
                 _t("prompt_tokens", torch.int64, optional=True),
                 _t("prompt_mel", torch.float32, (cfg.flow.mel_bins, VARIABLE), optional=True),
             ),
-            (_t("pcm", torch.float32), _t("state", torch.uint8)),
-            stateful=False,
+            (_t("pcm", torch.float32),),
+            stateful=True,
         ),
         ModelSpec(
             "voice_lm",
@@ -119,7 +118,8 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
     return {spec.name: spec for spec in specs}
 
 
-STATEFUL_MODELS = frozenset({"voice_lm", "llm"})  # the same split as model_specs, for clients without a config
+# the same split as model_specs, for clients without a config
+STATEFUL_MODELS = frozenset({"encoder", "token2wav", "voice_lm", "llm"})
 
 
 def _t(name: str, dtype: torch.dtype, dims: tuple[int, ...] = (VARIABLE,), optional: bool = False) -> TensorSpec:
