@@ -22,13 +22,12 @@ import torch
 
 from minmo.audio.synthetic import speech_like
 from minmo.model.build import build_component
-from minmo.model.config import MinMoConfig, load_config
-from minmo.model.flow_matching import TOKEN_RATE_HZ
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ, SPEECH_TOKEN_RATE_HZ, MinMoConfig, load_config
 from minmo.model.speech_encoder import SpeechEncoder
 from minmo.model.state import StreamState
 from minmo.model.token2wav import Token2WavState
 
-ENCODER_RATE = 16000
+ENCODER_RATE = ENCODER_SAMPLE_RATE_HZ
 EMBEDDING_HZ = 12.5  # the encoder's output rate (LLM input)
 FEED_SAMPLES = 10240  # 640 ms of client audio per encoder step while building the state (fewer, bigger forwards)
 CALL_SAMPLES = 2560  # 160 ms: one encoder chunk, the payload of one call in the table
@@ -94,7 +93,7 @@ def encoder_state(cfg: MinMoConfig, seconds: float, left_chunks: int) -> StreamS
 def token2wav_state(cfg: MinMoConfig, seconds: float) -> Token2WavState:
     """token2wav's state `seconds` into a turn: every token so far in the flow state, HiFT's after that many frames."""
     token2wav = build_component(cfg, "token2wav")
-    tokens = torch.randint(0, cfg.flow.speech_vocab, (1, round(seconds * TOKEN_RATE_HZ)))
+    tokens = torch.randint(0, cfg.flow.speech_vocab, (1, round(seconds * SPEECH_TOKEN_RATE_HZ)))
     flow = token2wav.flow.init_state()
     flow.tokens = torch.cat([flow.tokens, tokens], dim=1)
     flow.emitted = tokens.shape[1]

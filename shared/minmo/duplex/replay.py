@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minmo.audio.pcm import PCM16_BYTES
+from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.v1 import encoder_pb2
 
-ENCODER_RATE = 16000
+ENCODER_RATE = ENCODER_SAMPLE_RATE_HZ
 MAX_REPLAY_S = 60.0  # audio of one utterance kept for replay (1.9 MB of PCM16 per session at most)
 
 
