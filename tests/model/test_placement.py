@@ -72,7 +72,7 @@ def test_place_keeps_the_vocoder_in_float32() -> None:
 def _encoder_outputs(placement: Placement) -> dict[str, torch.Tensor]:
     model = MODEL_FACTORIES["encoder"](CFG, None, placement)
     pcm = torch.from_numpy(utterance(seed=0, lead_s=0.0, speech_s=1.0, tail_s=0.0))
-    outputs, _ = model.execute({"pcm": pcm, "flush": torch.tensor([True])})
+    outputs, _ = model.execute({"pcm": pcm, "flush": torch.tensor([True])}, None)
     return outputs
 
 
@@ -128,7 +128,7 @@ def test_voice_lm_in_bfloat16_is_close_to_float32_and_serves_tokens() -> None:
 def _token2wav_pcm(placement: Placement) -> torch.Tensor:
     model = MODEL_FACTORIES["token2wav"](CFG, None, placement)
     tokens = torch.randint(0, CFG.flow.speech_vocab, (30,), generator=torch.Generator().manual_seed(2))
-    outputs, _ = model.execute({"tokens": tokens, "flush": torch.tensor([True])})
+    outputs, _ = model.execute({"tokens": tokens, "flush": torch.tensor([True])}, None)
     return outputs["pcm"]
 
 
@@ -167,12 +167,12 @@ def test_cuda_runtime_outputs_are_cpu_float32() -> None:
     _close(_encoder_outputs(cuda_bf16)["embeddings"], _encoder_outputs(cuda_fp32)["embeddings"])
     pcm = torch.from_numpy(utterance(seed=0, lead_s=0.0, speech_s=1.0, tail_s=0.0))
     encoder = MODEL_FACTORIES["encoder"](CFG, None, cuda_bf16)
-    first, _ = encoder.execute({"pcm": pcm[:8000]})
-    second, _ = encoder.execute({"pcm": pcm[8000:], "state": first["state"], "flush": torch.tensor([True])})
+    _, state = encoder.execute({"pcm": pcm[:8000]}, None)  # the stream's state stays with the model, on the GPU
+    second, _ = encoder.execute({"pcm": pcm[8000:], "flush": torch.tensor([True])}, state)
     assert second["embeddings"].device.type == "cpu" and second["embeddings"].dtype == torch.float32
     token2wav = MODEL_FACTORIES["token2wav"](CFG, None, cuda_bf16)
-    chunk, _ = token2wav.execute({"tokens": torch.arange(30)})
-    rest, _ = token2wav.execute({"tokens": torch.arange(30), "state": chunk["state"], "flush": torch.tensor([True])})
+    _, state = token2wav.execute({"tokens": torch.arange(30)}, None)
+    rest, _ = token2wav.execute({"tokens": torch.arange(30), "flush": torch.tensor([True])}, state)
     assert rest["pcm"].device.type == "cpu" and rest["pcm"].numel() > 0
     for outputs in _llm_turn(cuda_bf16):
         for value in outputs.values():

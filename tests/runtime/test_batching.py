@@ -122,7 +122,7 @@ async def test_voice_lm_turns_batched_together_speak_as_they_do_alone():
     expected = [await _synthesize(alone, f"alone-{i}", text) for i, text in enumerate(texts)]
     await alone.close()
     sizes: list[int] = []
-    batched_model = VoiceLmModel(model.projector, model.voice_lm)
+    batched_model = VoiceLmModel(model.projector, model.voice_lm, model.tokenizer)
     runtime = LocalRuntime([batched_model], batching=BatchSettings(4, 50), on_batch=lambda _, n: sizes.append(n))
     try:
         got = await asyncio.gather(*(_synthesize(runtime, f"together-{i}", t) for i, t in enumerate(texts)))

@@ -48,12 +48,11 @@ async def _prepare(runtime: ModelRuntime, sequence: str, hidden_size: int, audio
 
 async def _first_audio_ms(runtime: ModelRuntime, sequence: str) -> float:
     """Decision -> first PCM of one response (then the rest of it is cancelled)."""
-    voice = f"{sequence}-voice"
+    voice, turn = f"{sequence}-voice", f"{sequence}-vocoder"
     started = time.perf_counter()
     await runtime.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence(sequence))
     generate = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([MAX_TOKENS])}
-    vocoder_state = torch.zeros(0, dtype=torch.uint8)
-    first = True
+    first, vocoding = True, False
     try:
         async for outputs in runtime.infer_stream("llm", generate, Sequence(sequence)):
             end = bool(outputs["is_end"][0] or outputs["finished"][0])
@@ -70,15 +69,16 @@ async def _first_audio_ms(runtime: ModelRuntime, sequence: str) -> float:
             speech = await runtime.infer("voice_lm", inputs, Sequence(voice, start=first))
             first = False
             if speech["speech_tokens"].numel() or end:
-                chunk = {"tokens": speech["speech_tokens"], "state": vocoder_state, "flush": torch.tensor([end])}
-                vocoded = await runtime.infer("token2wav", chunk)
-                vocoder_state = vocoded["state"]
+                chunk = {"tokens": speech["speech_tokens"], "flush": torch.tensor([end])}
+                vocoded = await runtime.infer("token2wav", chunk, Sequence(turn, start=not vocoding))
+                vocoding = True
                 if vocoded["pcm"].numel():
                     return 1000 * (time.perf_counter() - started)
             if end:
                 break
     finally:
         await runtime.end_sequence("voice_lm", voice)
+        await runtime.end_sequence("token2wav", turn)
     raise RuntimeError(f"no audio came out of {MAX_TOKENS} tokens")
 
 
