@@ -24,17 +24,26 @@ from minmo.v1 import llm_pb2_grpc
 DEFAULT_PORT = 50053
 WARMUP_FRAMES = 4  # audio frames (12.5 Hz) in the warm-up turn
 WARMUP_TOKENS = 4
+DEFAULT_PREFILL_TOKENS = 128  # one slice of a long prefill: ~10 ms on the tiny model, about a decode step's worth
 log = logging.getLogger("minmo.llm")
 
 
 @dataclass(frozen=True)
 class LlmSettings:
     """MINMO_CHECKPOINT: trained weights directory; MINMO_MAX_RESPONSE_TOKENS: default cap per response
-    (0 or unset: the model config's max_response_tokens). Session limit: MINMO_MAX_SESSIONS (ServerSettings)."""
+    (0 or unset: the model config's max_response_tokens); MINMO_PREFILL_TOKENS: positions per prefill slice of a
+    long text turn or rebuilt context (0: at once). Session limit: MINMO_MAX_SESSIONS (ServerSettings)."""
 
     server: ServerSettings
     checkpoint: str | None
     max_response_tokens: int  # 0: the model config's default
+    # A long prompt is prefilled in slices of this many positions, each its own compute task, so other sessions'
+    # steps run in between and a cancel stops within one slice (0: one task however long)
+    prefill_tokens: int = DEFAULT_PREFILL_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.prefill_tokens < 0:
+            raise ValueError(f"MINMO_PREFILL_TOKENS must be >= 0 (0: at once), got {self.prefill_tokens}")
 
     @classmethod
     def from_env(cls) -> LlmSettings:
@@ -42,6 +51,7 @@ class LlmSettings:
             server=ServerSettings.from_env(DEFAULT_PORT),
             checkpoint=env_str("MINMO_CHECKPOINT", "") or None,
             max_response_tokens=env_int("MINMO_MAX_RESPONSE_TOKENS", 0),
+            prefill_tokens=env_int("MINMO_PREFILL_TOKENS", DEFAULT_PREFILL_TOKENS),
         )
 
 
@@ -67,6 +77,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
         max_response_tokens=settings.max_response_tokens or cfg.max_response_tokens,
         predictor_trained=predictor_is_trained(settings.checkpoint),
         max_positions=cfg.llm.max_positions,
+        prefill_tokens=settings.prefill_tokens,
     )
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = ReasonerServicer(runtime, load_tokenizer(cfg.llm), limiter, options, telemetry)

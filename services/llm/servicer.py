@@ -23,6 +23,8 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
   system prompt and the newest turns that fit in half (their text; a spoken turn by its transcript) and a
   ContextTrimmed says so; a response is capped to the room left; a system prompt over half of it is INVALID_ARGUMENT
   and a single turn that cannot fit is RESOURCE_EXHAUSTED.
+- A text turn and a (re)built context are prefilled in slices of MINMO_PREFILL_TOKENS positions, each its own compute
+  task: other sessions' steps run between a long prompt's slices, and a stream ending mid-prefill stops within one.
 
 Spans (children of the context each request carries): a user turn's AudioInputs are one `llm.audio` span
 (ended when a response, a text turn or another turn's audio comes next), a response is `llm.generate` (from the
@@ -82,6 +84,7 @@ class ReasonerOptions:
     max_response_tokens: int
     predictor_trained: bool
     max_positions: int = 4096  # the model's context limit, in positions
+    prefill_tokens: int = 0  # positions per prefill slice of a text turn or a (re)built context; 0: at once
 
     @property
     def trim_at(self) -> int:
@@ -225,7 +228,11 @@ class _Session:
             keep -= 1
         while True:
             kept = turns[len(turns) - keep :] if keep else []
-            inputs = {"system_prompt": text_tensor(self.config.system_prompt), **history_tensors(kept)}
+            inputs = {
+                "system_prompt": text_tensor(self.config.system_prompt),
+                **history_tensors(kept),
+                "prefill_tokens": torch.tensor([self.options.prefill_tokens]),
+            }
             outputs = await self._infer(OP_START, inputs, start=True)
             self.position = int(outputs["position"][0])
             if self.position <= self.options.trimmed_size or not keep:
@@ -501,7 +508,11 @@ class _Session:
         with self.telemetry.hop(
             "llm.append_turn", turn.trace_context, session_id=self.config.session_id, turn_id=turn.turn_id
         ) as hop:
-            inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
+            inputs = {
+                "role": torch.tensor([turn.role]),
+                "text": text_tensor(turn.text),
+                "prefill_tokens": torch.tensor([self.options.prefill_tokens]),
+            }
             outputs = await self._infer(OP_APPEND_TEXT_TURN, inputs)
             self.turns.append([turn.role, turn.text])  # an open user turn joins the log when its response begins
             hop.set(role=common_pb2.Role.Name(turn.role), context_tokens=int(outputs["position"][0]))

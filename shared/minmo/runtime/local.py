@@ -8,13 +8,17 @@ With batching on (`BatchSettings.max_size` > 1), every model that can batch (`at
 worker (`minmo.runtime.batching`), and the calls that submit steps to it (streams; `execute` too for models with
 `batches_execute`) run on a second pool of `max_size` threads: a session waiting for its batch holds its thread, so
 that pool holds a whole batch of waiters, while all other calls keep the bounded compute pool.
+
+A model with `execute_slices` (the llm: a long prompt's prefill) has its requests run slice by slice, each slice its
+own task on the pool: the pool is first come, first served, so other sessions' steps queued meanwhile run between a
+long prefill's slices instead of after all of it, and a cancelled request stops after the slice that is running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -52,7 +56,10 @@ class LocalRuntime(ModelRuntime):
         state = self._state_for(handler, sequence)
         loop = asyncio.get_running_loop()
         pool = self._pool_for(handler, getattr(handler, "batches_execute", False))
-        outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
+        if hasattr(handler, "execute_slices"):
+            outputs, new_state = await _run_slices(pool, handler.execute_slices(inputs, state))
+        else:
+            outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
         self._keep_state(handler, sequence, new_state)
         return outputs
 
@@ -118,6 +125,32 @@ class LocalRuntime(ModelRuntime):
             self._states.pop(key, None)
         elif sequence.start or key in self._states:  # a sequence ended meanwhile stays ended
             self._states[key] = state
+
+
+async def _run_slices(pool: ThreadPoolExecutor, slices: Generator) -> Any:
+    """Drive a generator that yields between slices of work, one pool task per slice; its return value.
+
+    Cancelled (or failed), the slice already running finishes, then the generator is closed (its later slices never
+    run) on a thread of its own, as `infer_stream` closes its responses."""
+    step: Future | None = None
+    try:
+        while True:
+            step = pool.submit(_no_grad_call, _next_slice, slices)
+            finished, value = await asyncio.wrap_future(step)
+            if finished:
+                return value
+    except BaseException:
+        await asyncio.to_thread(_close_after, step, slices)
+        raise
+
+
+def _next_slice(slices: Generator) -> tuple[bool, Any]:
+    """Run one slice: (False, None) when more follow, (True, the result) after the last."""
+    try:
+        next(slices)
+    except StopIteration as done:
+        return True, done.value
+    return False, None
 
 
 def _close_after(step: Future | None, responses) -> None:
