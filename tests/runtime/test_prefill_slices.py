@@ -1,6 +1,6 @@
-"""Chunked prefill: a long prompt fed in slices equals the one-shot prefill, the local runtime runs each slice as
-its own pool task (another session's request runs between them), and a cancel stops it within one slice (tiny
-model, real threads)."""
+"""Chunked prefill: a long prompt fed in slices equals the one-shot prefill (and a rebuilt context a fresh one), the
+local runtime runs each slice as its own pool task (another session's request runs between them), and a cancel stops
+it within one slice (tiny model, real threads)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def test_sliced_prefill_equals_one_shot(model, slice_positions):
         (step, whole), (sliced_step, sliced) = dialogue.generate_step(whole), dialogue.generate_step(sliced)
         assert sliced_step.token_id == step.token_id
         torch.testing.assert_close(sliced_step.hidden, step.hidden, atol=ATOL, rtol=0)
+
+
+def test_a_rebuilt_context_keeps_the_system_prompt_and_equals_a_fresh_start(model):
+    """Trimming old turns (OP_REBUILD) reuses the system block's KV entries and prefills only the kept turns."""
+    dialogue: Dialogue = model.dialogue
+    state = dialogue.append_text_turn(dialogue.start(SYSTEM_PROMPT, HISTORY), "user", LONG_TEXT)
+    kept = [("user", LONG_TEXT)]
+    rebuilt = run_slices(dialogue.rebuild_slices(state, kept, 7))
+    fresh = dialogue.start(SYSTEM_PROMPT, kept)
+    assert rebuilt.system_end == fresh.system_end > 0
+    _assert_same_context(rebuilt, fresh)
 
 
 def test_the_slices_of_a_request_are_separate_steps(model):

@@ -171,6 +171,7 @@ class DialogueState(StreamState):
 
     llm: LLMState
     predictor: DuplexPredictorState
+    system_end: int = 0  # positions of the system block, kept by `rebuild`
     user_turn_start: int = -1  # position where the open user turn begins; -1: no user turn open
     user_turn_inputs: list[torch.Tensor] = field(default_factory=list)  # its inputs (1, T, D) each, to re-run
     response_start: int = -1  # position before the droppable response's assistant prefix; -1: none
@@ -230,10 +231,23 @@ class Dialogue:
     ) -> Slices[DialogueState]:
         """`start`, prefilled `slice_positions` at a time (0: at once); see `_feed_slices`."""
         ids = self.format.system_block(system_prompt)
-        for role, text in history or []:
-            ids += self.format.text_turn(role, text)
-        state = DialogueState(llm=self.llm.init_state(), predictor=self.predictor.init_state())
-        return (yield from self._feed_slices(state, self._embed(ids), slice_positions))
+        state = DialogueState(llm=self.llm.init_state(), predictor=self.predictor.init_state(), system_end=len(ids))
+        return (yield from self._feed_slices(state, self._embed(ids + self._history_ids(history)), slice_positions))
+
+    def rebuild_slices(
+        self, state: DialogueState, history: list[tuple[str, str]], slice_positions: int = 0
+    ) -> Slices[DialogueState]:
+        """The context `start` would build from this conversation's system prompt and `history`, reusing the system
+        block's KV entries (it is the context's prefix, so they do not change): trimming old turns away costs the
+        kept turns' prefill, not the system prompt's again."""
+        self._require_idle(state, "rebuild the context")
+        kept = DialogueState(
+            llm=_crop(state.llm, state.system_end), predictor=self.predictor.init_state(), system_end=state.system_end
+        )
+        return (yield from self._feed_slices(kept, self._embed(self._history_ids(history)), slice_positions))
+
+    def _history_ids(self, history: list[tuple[str, str]] | None) -> list[int]:
+        return [token for role, text in history or [] for token in self.format.text_turn(role, text)]
 
     def append_text_turn(self, state: DialogueState, role: str, text: str) -> DialogueState:
         """Append a complete text turn; while a user turn is open, it goes before that turn (see module doc)."""
