@@ -5,6 +5,7 @@ it within one slice (tiny model, real threads)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -21,7 +22,7 @@ from minmo.runtime.llm_model import (
     LlmModel,
     text_tensor,
 )
-from minmo.runtime.local import LocalRuntime
+from minmo.runtime.local import BACKGROUND_NICE, LocalRuntime
 
 ATOL = 1e-5
 SYSTEM_PROMPT = "You answer briefly. " * 3
@@ -170,3 +171,29 @@ def test_cancelling_a_long_prefill_stops_within_one_slice_and_keeps_the_context(
             await runtime.close()
 
     asyncio.run(run())
+
+
+def test_the_rest_of_a_long_prefill_runs_at_a_lower_os_priority(model):
+    """Every slice after the first runs on the background pool, `BACKGROUND_NICE` levels nicer, so the steps of other
+    sessions (and of other services on the same CPUs) come first."""
+    nice_per_slice = []
+
+    def record(module, args, kwargs) -> None:
+        nice_per_slice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    async def run() -> None:
+        runtime = _runtime(model)
+        try:
+            await _start(runtime, "long")
+            hook = model.dialogue.llm.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+            try:
+                await runtime.infer("llm", _long_turn(SLICE), Sequence("long"))
+            finally:
+                hook.remove()
+        finally:
+            await runtime.close()
+
+    asyncio.run(run())
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert len(nice_per_slice) > 2
+    assert nice_per_slice == [base] + [min(19, base + BACKGROUND_NICE)] * (len(nice_per_slice) - 1)
