@@ -12,9 +12,10 @@ that pool holds a whole batch of waiters, while all other calls keep the bounded
 A model with `execute_slices` (the llm: a long prompt's prefill) has its requests run slice by slice, each slice its
 own task, and a cancelled request stops after the slice that is running. The first slice runs on the compute pool
 like any request; the rest of a long one runs on a background pool whose threads have a lower OS priority
-(`background_nice`): one session's megabyte of prompt is throughput work, and the steps of every other session — in
+(`background_nice`): one session's longest prompt is throughput work, and the steps of every other session — in
 this process and in the other services on the same CPUs (the vocoder, the voice LM) — run first, so its cost to them
-stays bounded while it still uses all the CPU they leave idle.
+stays bounded while it still uses the CPU they leave idle. Only the pool's own threads are niced: a kernel that torch
+spreads over its intra-op threads (large matrices) runs those at normal priority.
 """
 
 from __future__ import annotations
