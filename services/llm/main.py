@@ -22,17 +22,26 @@ from minmo.v1 import llm_pb2_grpc
 DEFAULT_PORT = 50053
 WARMUP_FRAMES = 4  # audio embeddings (LLM frames, 12.5 Hz for SAN-M) in the warm-up turn
 WARMUP_TOKENS = 4
+DEFAULT_PREFILL_TOKENS = 128  # one slice of a long prefill: ~10 ms on the tiny model, about a decode step's worth
 log = logging.getLogger("minmo.llm")
 
 
 @dataclass(frozen=True)
 class LlmSettings:
     """MINMO_CHECKPOINT: trained weights directory; MINMO_MAX_RESPONSE_TOKENS: default cap per response
-    (0 or unset: the model config's max_response_tokens). Session limit: MINMO_MAX_SESSIONS (ServerSettings)."""
+    (0 or unset: the model config's max_response_tokens); MINMO_PREFILL_TOKENS: positions per prefill slice of a
+    long text turn or rebuilt context (0: at once). Session limit: MINMO_MAX_SESSIONS (ServerSettings)."""
 
     server: ServerSettings
     checkpoint: str | None
     max_response_tokens: int  # 0: the model config's default
+    # A long prompt is prefilled in slices of this many positions, each its own compute task, so other sessions'
+    # steps run in between and a cancel stops within one slice (0: one task however long)
+    prefill_tokens: int = DEFAULT_PREFILL_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.prefill_tokens < 0:
+            raise ValueError(f"MINMO_PREFILL_TOKENS must be >= 0 (0: at once), got {self.prefill_tokens}")
 
     @classmethod
     def from_env(cls) -> LlmSettings:
@@ -40,6 +49,7 @@ class LlmSettings:
             server=ServerSettings.from_env(DEFAULT_PORT),
             checkpoint=env_str("MINMO_CHECKPOINT", "") or None,
             max_response_tokens=env_int("MINMO_MAX_RESPONSE_TOKENS", 0),
+            prefill_tokens=env_int("MINMO_PREFILL_TOKENS", DEFAULT_PREFILL_TOKENS),
         )
 
 
@@ -81,6 +91,7 @@ async def start(settings: LlmSettings, runtime: ModelRuntime | None = None) -> S
             predictor_trained=predictor_is_trained(settings.checkpoint),
             max_positions=cfg.llm.max_positions,
             slow_caller_s=settings.server.slow_client_s,
+            prefill_tokens=settings.prefill_tokens,
         )
         log.info("llm predictor trained: %s", options.predictor_trained)
         return ReasonerServicer(parts.runtime, load_tokenizer(cfg.llm), parts.limiter, options, parts.telemetry)

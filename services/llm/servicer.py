@@ -20,9 +20,11 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
 - The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
 - Context length never exceeds the model's max_positions: the config's history is trimmed oldest first to half of it
   (LlmSessionReady.dropped_history_turns); when, between turns, the context passes 3/4 of it, it is rebuilt from the
-  system prompt and the newest turns that fit in half (their text; a spoken turn by its transcript) and a
-  ContextTrimmed says so; a response is capped to the room left; a system prompt over half of it is INVALID_ARGUMENT
-  and a single turn that cannot fit is RESOURCE_EXHAUSTED.
+  system prompt (its KV entries kept) and the newest turns that fit in half (their text; a spoken turn by its
+  transcript) and a ContextTrimmed says so; a response is capped to the room left; a system prompt over half of it
+  is INVALID_ARGUMENT and a single turn that cannot fit is RESOURCE_EXHAUSTED.
+- A text turn and a (re)built context are prefilled in slices of MINMO_PREFILL_TOKENS positions, each its own compute
+  task: other sessions' steps run between a long prompt's slices, and a stream ending mid-prefill stops within one.
 
 Spans (children of the context each request carries): a user turn's AudioInputs are one `llm.audio` span
 (ended when a response, a text turn or another turn's audio comes next), a response is `llm.generate` (from the
@@ -54,6 +56,7 @@ from minmo.runtime.llm_model import (
     OP_BEGIN_RESPONSE,
     OP_DROP_RESPONSE,
     OP_GENERATE,
+    OP_REBUILD,
     OP_START,
     OP_TRANSCRIBE,
     history_tensors,
@@ -86,6 +89,7 @@ class ReasonerOptions:
     predictor_trained: bool
     max_positions: int = 4096  # the model's context limit, in positions
     slow_caller_s: float = 5.0  # MINMO_SLOW_CLIENT_S: how long a full queue may wait before the session fails
+    prefill_tokens: int = 0  # positions per prefill slice of a text turn or a (re)built context; 0: at once
 
     @property
     def trim_at(self) -> int:
@@ -236,17 +240,22 @@ class _Session:
         """Positions a text turn takes (its tokens and the chat format's markers around them)."""
         return len(self.tokenizer.encode(text)) + TURN_MARKUP_POSITIONS
 
-    async def _rebuild(self, turns: list[list]) -> int:
+    async def _rebuild(self, turns: list[list], started: bool = False) -> int:
         """Start the context over from the system prompt and the newest of `turns` that fit in half the model's
-        limit; returns how many of the oldest were left out."""
+        limit; returns how many of the oldest were left out. Once `started`, the system prompt's KV entries are kept
+        (OP_REBUILD) and only the kept turns are prefilled again."""
         budget = self.options.trimmed_size - self._cost(self.config.system_prompt)
         keep = len(turns)
         while keep and sum(self._cost(text) for _, text in turns[len(turns) - keep :]) > budget:
             keep -= 1
         while True:
             kept = turns[len(turns) - keep :] if keep else []
-            inputs = {"system_prompt": text_tensor(self.config.system_prompt), **history_tensors(kept)}
-            outputs = await self._infer(OP_START, inputs, start=True)
+            inputs = {**history_tensors(kept), "prefill_tokens": torch.tensor([self.options.prefill_tokens])}
+            if started:
+                outputs = await self._infer(OP_REBUILD, inputs)
+            else:
+                inputs["system_prompt"] = text_tensor(self.config.system_prompt)
+                outputs = await self._infer(OP_START, inputs, start=True)
             self.position = int(outputs["position"][0])
             if self.position <= self.options.trimmed_size or not keep:
                 break
@@ -260,7 +269,7 @@ class _Session:
         say so. Runs between jobs (no response is in flight then), never while a user turn's audio is open."""
         if (self.position <= self.options.trim_at and not force) or self.user_turn_open:
             return
-        dropped = await self._rebuild(self.turns)
+        dropped = await self._rebuild(self.turns, started=True)
         trimmed = common_pb2.ContextTrimmed(
             dropped_turns=dropped, context_tokens=self.position, max_context_tokens=self.options.max_positions
         )
@@ -525,7 +534,11 @@ class _Session:
         with self.telemetry.hop(
             "llm.append_turn", turn.trace_context, session_id=self.config.session_id, turn_id=turn.turn_id
         ) as hop:
-            inputs = {"role": torch.tensor([turn.role]), "text": text_tensor(turn.text)}
+            inputs = {
+                "role": torch.tensor([turn.role]),
+                "text": text_tensor(turn.text),
+                "prefill_tokens": torch.tensor([self.options.prefill_tokens]),
+            }
             outputs = await self._infer(OP_APPEND_TEXT_TURN, inputs)
             self.turns.append([turn.role, turn.text])  # an open user turn joins the log when its response begins
             hop.set(role=common_pb2.Role.Name(turn.role), context_tokens=int(outputs["position"][0]))

@@ -381,6 +381,24 @@ def bench_first_audio(
         as_json.write_text(json.dumps(levels_as_json(levels, config, placement), indent=2))
 
 
+@bench_app.command("prefill")
+def bench_prefill(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
+    rounds: Annotated[int, typer.Option(min=1, help="rounds; each runs every mode in turn")] = 4,
+    turns: Annotated[int, typer.Option(min=2, help="probe turns per mode and round")] = 10,
+    tokens: Annotated[int, typer.Option(min=1, help="tokens of each probe reply")] = 24,
+    chars: Annotated[int, typer.Option(min=1, help="characters of the heavy session's prompts")] = 1000,
+    slice_tokens: Annotated[int, typer.Option(min=1, help="MINMO_PREFILL_TOKENS of the sliced mode")] = 128,
+) -> None:
+    """A session's turn time beside one sending the largest inputs: long prefills at once vs in slices, in process."""
+    from rich.console import Console
+
+    from minmo.bench.prefill import print_prefill_bench, run_prefill_bench
+
+    modes = run_prefill_bench(config, rounds, turns, tokens, chars, slice_tokens)
+    print_prefill_bench(modes, Console(), chars, slice_tokens)
+
+
 triton_app = typer.Typer(help="Serve the models through NVIDIA Triton.", no_args_is_help=True)
 app.add_typer(triton_app, name="triton")
 

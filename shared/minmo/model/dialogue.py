@@ -20,14 +20,15 @@ serve full duplex:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
 from minmo.model.batch_step import batched_decoder_step
 from minmo.model.duplex_predictor import DuplexPredictor, DuplexPredictorState
-from minmo.model.llm import LLM, LLMState, next_token
+from minmo.model.llm import LLM, LLMState, decoder_step, next_token
 from minmo.model.state import StreamState
 from minmo.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
@@ -170,6 +171,7 @@ class DialogueState(StreamState):
 
     llm: LLMState
     predictor: DuplexPredictorState
+    system_end: int = 0  # positions of the system block, kept by `rebuild`
     user_turn_start: int = -1  # position where the open user turn begins; -1: no user turn open
     user_turn_inputs: list[torch.Tensor] = field(default_factory=list)  # its inputs (1, T, D) each, to re-run
     response_start: int = -1  # position before the droppable response's assistant prefix; -1: none
@@ -222,20 +224,46 @@ class Dialogue:
 
     def start(self, system_prompt: str = "", history: list[tuple[str, str]] | None = None) -> DialogueState:
         """A context from a system prompt and earlier (role, text) turns, oldest first."""
+        return run_slices(self.start_slices(system_prompt, history))
+
+    def start_slices(
+        self, system_prompt: str = "", history: list[tuple[str, str]] | None = None, slice_positions: int = 0
+    ) -> Slices[DialogueState]:
+        """`start`, prefilled `slice_positions` at a time (0: at once); see `_feed_slices`."""
         ids = self.format.system_block(system_prompt)
-        for role, text in history or []:
-            ids += self.format.text_turn(role, text)
-        state = DialogueState(llm=self.llm.init_state(), predictor=self.predictor.init_state())
-        return self._feed(state, self._embed(ids))
+        state = DialogueState(llm=self.llm.init_state(), predictor=self.predictor.init_state(), system_end=len(ids))
+        return (yield from self._feed_slices(state, self._embed(ids + self._history_ids(history)), slice_positions))
+
+    def rebuild_slices(
+        self, state: DialogueState, history: list[tuple[str, str]], slice_positions: int = 0
+    ) -> Slices[DialogueState]:
+        """The context `start` would build from this conversation's system prompt and `history`, reusing the system
+        block's KV entries (it is the context's prefix, so they do not change): trimming old turns away costs the
+        kept turns' prefill, not the system prompt's again."""
+        self._require_idle(state, "rebuild the context")
+        kept = DialogueState(
+            llm=_crop(state.llm, state.system_end), predictor=self.predictor.init_state(), system_end=state.system_end
+        )
+        return (yield from self._feed_slices(kept, self._embed(self._history_ids(history)), slice_positions))
+
+    def _history_ids(self, history: list[tuple[str, str]] | None) -> list[int]:
+        return [token for role, text in history or [] for token in self.format.text_turn(role, text)]
 
     def append_text_turn(self, state: DialogueState, role: str, text: str) -> DialogueState:
         """Append a complete text turn; while a user turn is open, it goes before that turn (see module doc)."""
+        return run_slices(self.append_text_turn_slices(state, role, text))
+
+    def append_text_turn_slices(
+        self, state: DialogueState, role: str, text: str, slice_positions: int = 0
+    ) -> Slices[DialogueState]:
+        """`append_text_turn`, the text prefilled `slice_positions` at a time (0: at once); see `_feed_slices`."""
         self._require_idle(state, "append a text turn")
         inputs = self._embed(self.format.text_turn(role, text))
         if not state.user_turn_open:
-            return dataclasses.replace(self._feed(state, inputs), response_start=-1, response_end=-1)
+            fed = yield from self._feed_slices(state, inputs, slice_positions)
+            return dataclasses.replace(fed, response_start=-1, response_end=-1)
         before = dataclasses.replace(state, llm=_crop(state.llm, state.user_turn_start))
-        before = self._feed(before, inputs)
+        before = yield from self._feed_slices(before, inputs, slice_positions)
         return self._replay_user_turn(dataclasses.replace(before, response_start=-1, response_end=-1), state)
 
     @torch.no_grad()
@@ -367,11 +395,26 @@ class Dialogue:
 
     @torch.no_grad()
     def _feed(self, state: DialogueState, inputs: torch.Tensor) -> DialogueState:
-        """Run the LLM over inputs (1, T, D) for their KV entries; T may be 0."""
+        """Run the LLM's decoder over inputs (1, T, D) for their KV entries (no logits: nothing reads them); T may
+        be 0."""
         if inputs.shape[1] == 0:
             return state
-        _, llm_state = self.llm.step(inputs, state.llm)
+        _, llm_state = decoder_step(self.llm.model.get_decoder(), inputs, state.llm)
         return dataclasses.replace(state, llm=llm_state)
+
+    def _feed_slices(self, state: DialogueState, inputs: torch.Tensor, slice_positions: int) -> Slices[DialogueState]:
+        """`_feed` in slices of `slice_positions` positions (0: one slice), yielding between them.
+
+        A long prompt is one long computation; in slices, whoever drives the generator (`LocalRuntime`) runs each
+        slice as its own task, so other sessions' steps run in between, and can stop between slices (a cancel).
+        Causal attention over the KV cache makes the result equal to one-shot prefill within float tolerance.
+        """
+        size = slice_positions if slice_positions > 0 else max(1, inputs.shape[1])
+        for begin in range(0, inputs.shape[1], size):
+            if begin:
+                yield
+            state = self._feed(state, inputs[:, begin : begin + size])
+        return state
 
     @torch.no_grad()
     def _embed(self, ids: list[int]) -> torch.Tensor:
@@ -387,6 +430,19 @@ class Dialogue:
     def _require_idle(state: DialogueState, action: str) -> None:
         if state.generating:
             raise ValueError(f"cannot {action} while a response is being generated: finish or drop it first")
+
+
+T = TypeVar("T")
+Slices = Generator[None, None, T]  # yields between slices of work, returns the result
+
+
+def run_slices(slices: Slices[T]) -> T:
+    """Run every slice at once; the result."""
+    while True:
+        try:
+            next(slices)
+        except StopIteration as done:
+            return done.value
 
 
 def _crop(state: LLMState, position: int) -> LLMState:

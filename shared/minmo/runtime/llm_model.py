@@ -10,6 +10,12 @@ context length after the request, in LLM positions):
 - OP_START (sequence start): `system_prompt` uint8 (N,); optional `history_roles` int64 (H,) of ROLE_*,
   `history_lengths` int64 (H,) bytes per turn, `history_text` uint8 (sum of lengths,) -> `position`.
 - OP_APPEND_TEXT_TURN: `role` int64 (1,) ROLE_*, `text` uint8 (N,) -> `position`.
+- OP_REBUILD: optional `history_*` as in OP_START -> `position`: the context OP_START would build from the
+  sequence's system prompt and this history, reusing the system prompt's KV entries (dropping old turns).
+- These three take an optional `prefill_tokens` int64 (1,): prefill the text in slices of that many positions (0 or
+  absent: at once). `execute_slices` yields between slices, so `LocalRuntime` runs each slice as its own compute task
+  (other sessions' steps interleave) and a cancel stops the request after the slice that is running, the sequence's
+  state unchanged. The result equals the one-shot prefill within float tolerance.
 - OP_APPEND_AUDIO: `embeddings` float32 (T>0, D) -> `probs` float32 (4,) (the predictor's classes), `position`.
 - OP_BEGIN_RESPONSE: optional `instruction` uint8 (N,) -> `position`.
 - OP_GENERATE (`execute_stream`): `max_tokens` int64 (1,) >= 1, optional `temperature` float32 (1,), `top_k`
@@ -31,7 +37,7 @@ import torch
 
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
-from minmo.model.dialogue import Dialogue, DialogueState, TokenStep
+from minmo.model.dialogue import Dialogue, DialogueState, Slices, TokenStep, run_slices
 from minmo.model.placement import CPU_FLOAT32, Placement, to_host
 from minmo.model.tokenizer import load_tokenizer
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
@@ -45,6 +51,7 @@ OP_BEGIN_RESPONSE = 3
 OP_GENERATE = 4
 OP_DROP_RESPONSE = 5
 OP_TRANSCRIBE = 6
+OP_REBUILD = 7
 
 # The values of minmo.v1.Role, so services pass proto roles straight through.
 ROLE_USER = 1
@@ -98,14 +105,23 @@ class LlmModel(RuntimeModel):
         return cls(Dialogue(llm, predictor, load_tokenizer(cfg.llm)))
 
     def execute(self, inputs: TensorMap, state: DialogueState | None) -> tuple[TensorMap, DialogueState]:
+        return run_slices(self.execute_slices(inputs, state))
+
+    def execute_slices(self, inputs: TensorMap, state: DialogueState | None) -> Slices[tuple[TensorMap, DialogueState]]:
+        """`execute` as a generator that yields between prefill slices (`prefill_tokens`; see the module doc)."""
         op = _op(inputs)
+        slice_positions = _prefill_tokens(inputs)
         if op == OP_START:
-            return self._respond(self._start(inputs))
+            return self._respond((yield from self._start(inputs, slice_positions)))
         state = self._require_state(state, op)
         try:
+            if op == OP_REBUILD:
+                rebuilt = self.dialogue.rebuild_slices(state, _history(inputs), slice_positions)
+                return self._respond((yield from rebuilt))
             if op == OP_APPEND_TEXT_TURN:
                 role = _role(require(inputs, "role", torch.int64, 1))
-                return self._respond(self.dialogue.append_text_turn(state, role, _text(inputs, "text")))
+                turn = self.dialogue.append_text_turn_slices(state, role, _text(inputs, "text"), slice_positions)
+                return self._respond((yield from turn))
             if op == OP_APPEND_AUDIO:
                 probs, state = self.dialogue.append_audio(state, self._embeddings(inputs)[None])
                 return self._respond(state, probs=to_host(probs))
@@ -156,20 +172,9 @@ class LlmModel(RuntimeModel):
             return self.dialogue.generate_step(state, temperature, top_k)
         return self.batcher((state, temperature, top_k))
 
-    def _start(self, inputs: TensorMap) -> DialogueState:
-        roles = inputs.get("history_roles", torch.zeros(0, dtype=torch.int64))
-        lengths = inputs.get("history_lengths", torch.zeros(0, dtype=torch.int64))
-        data = bytes(inputs.get("history_text", _EMPTY_TEXT).numpy())
-        if roles.shape != lengths.shape or roles.dim() != 1 or int(lengths.sum()) != len(data):
-            raise InvalidInput(
-                f"history_roles {tuple(roles.shape)} and history_lengths {tuple(lengths.shape)} must be (H,), and "
-                f"the lengths must add up to the {len(data)} bytes of history_text"
-            )
-        history, offset = [], 0
-        for role, length in zip(roles.tolist(), lengths.tolist(), strict=True):
-            history.append((_role(torch.tensor([role])), _decode(data[offset : offset + length], "history_text")))
-            offset += length
-        return self.dialogue.start(_text(inputs, "system_prompt", required=False), history)
+    def _start(self, inputs: TensorMap, slice_positions: int) -> Slices[DialogueState]:
+        system_prompt = _text(inputs, "system_prompt", required=False)
+        return (yield from self.dialogue.start_slices(system_prompt, _history(inputs), slice_positions))
 
     def _embeddings(self, inputs: TensorMap) -> torch.Tensor:
         embeddings = require(inputs, "embeddings", torch.float32, 2)
@@ -200,6 +205,32 @@ def _max_tokens(inputs: TensorMap) -> int:
     if max_tokens < 1:
         raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")
     return max_tokens
+
+
+def _history(inputs: TensorMap) -> list[tuple[str, str]]:
+    """The (role, text) turns of the `history_*` inputs."""
+    roles = inputs.get("history_roles", torch.zeros(0, dtype=torch.int64))
+    lengths = inputs.get("history_lengths", torch.zeros(0, dtype=torch.int64))
+    data = bytes(inputs.get("history_text", _EMPTY_TEXT).numpy())
+    if roles.shape != lengths.shape or roles.dim() != 1 or int(lengths.sum()) != len(data):
+        raise InvalidInput(
+            f"history_roles {tuple(roles.shape)} and history_lengths {tuple(lengths.shape)} must be (H,), and "
+            f"the lengths must add up to the {len(data)} bytes of history_text"
+        )
+    history, offset = [], 0
+    for role, length in zip(roles.tolist(), lengths.tolist(), strict=True):
+        history.append((_role(torch.tensor([role])), _decode(data[offset : offset + length], "history_text")))
+        offset += length
+    return history
+
+
+def _prefill_tokens(inputs: TensorMap) -> int:
+    if "prefill_tokens" not in inputs:
+        return 0
+    prefill_tokens = int(require(inputs, "prefill_tokens", torch.int64, 1)[0])
+    if prefill_tokens < 0:
+        raise InvalidInput(f"prefill_tokens must be >= 0 (0: at once), got {prefill_tokens}")
+    return prefill_tokens
 
 
 def _role(role: torch.Tensor) -> str:

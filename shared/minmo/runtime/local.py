@@ -8,13 +8,23 @@ With batching on (`BatchSettings.max_size` > 1), every model that can batch (`at
 worker (`minmo.runtime.batching`), and the calls that submit steps to it (streams; `execute` too for models with
 `batches_execute`) run on a second pool of `max_size` threads: a session waiting for its batch holds its thread, so
 that pool holds a whole batch of waiters, while all other calls keep the bounded compute pool.
+
+A model with `execute_slices` (the llm: a long prompt's prefill) has its requests run slice by slice, each slice its
+own task, and a cancelled request stops after the slice that is running. The first slice runs on the compute pool
+like any request; the rest of a long one runs on a background pool whose threads have a lower OS priority
+(`background_nice`): one session's longest prompt is throughput work, and the steps of every other session — in
+this process and in the other services on the same CPUs (the vocoder, the voice LM) — run first, so its cost to them
+stays bounded while it still uses the CPU they leave idle. Only the pool's own threads are niced: a kernel that torch
+spreads over its intra-op threads (large matrices) runs those at normal priority.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -24,6 +34,7 @@ from minmo.runtime.base import ModelRuntime, RuntimeModel, Sequence, TensorMap, 
 from minmo.runtime.batching import BatchSettings, StepBatcher
 
 _DONE = object()
+BACKGROUND_NICE = 10  # nice levels below the compute pool for the rest of a long prefill (~1/10 of the CPU share)
 
 
 class LocalRuntime(ModelRuntime):
@@ -33,8 +44,10 @@ class LocalRuntime(ModelRuntime):
         workers: int = 2,
         batching: BatchSettings | None = None,
         on_batch: Callable[[str, int], None] | None = None,
+        background_nice: int = BACKGROUND_NICE,
     ) -> None:
-        """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics)."""
+        """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics);
+        `background_nice`: how much lower (in nice levels) the background pool's threads run (0: the same)."""
         self.models = {model.name: model for model in models}
         self._batchers: dict[str, StepBatcher] = {}
         if batching is not None and batching.enabled:
@@ -45,6 +58,12 @@ class LocalRuntime(ModelRuntime):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minmo-runtime")
         batch_threads = batching.max_size if self._batchers else 1
         self._batch_pool = ThreadPoolExecutor(max_workers=batch_threads, thread_name_prefix="minmo-runtime-batch")
+        self._background_pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="minmo-runtime-background",
+            initializer=_lower_priority,
+            initargs=(background_nice,),
+        )
         self._states: dict[tuple[str, str], Any] = {}
 
     async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
@@ -52,7 +71,10 @@ class LocalRuntime(ModelRuntime):
         state = self._state_for(handler, sequence)
         loop = asyncio.get_running_loop()
         pool = self._pool_for(handler, getattr(handler, "batches_execute", False))
-        outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
+        if hasattr(handler, "execute_slices"):
+            outputs, new_state = await _run_slices(pool, self._background_pool, handler.execute_slices(inputs, state))
+        else:
+            outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
         self._keep_state(handler, sequence, new_state)
         return outputs
 
@@ -93,6 +115,7 @@ class LocalRuntime(ModelRuntime):
         self._states.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
+        self._background_pool.shutdown(wait=False, cancel_futures=True)
 
     def _pool_for(self, handler: RuntimeModel, batches: bool) -> ThreadPoolExecutor:
         """The waiting pool for a call that submits steps to a batcher, else the bounded compute pool."""
@@ -124,10 +147,46 @@ class LocalRuntime(ModelRuntime):
             self._states[key] = state
 
 
+async def _run_slices(pool: ThreadPoolExecutor, background: ThreadPoolExecutor, slices: Generator) -> Any:
+    """Drive a generator that yields between slices of work, one task per slice (the first on `pool`, the rest on
+    `background`); its return value.
+
+    Cancelled (or failed), the slice already running finishes, then the generator is closed (its later slices never
+    run) on a thread of its own, as `infer_stream` closes its responses."""
+    step: Future | None = None
+    try:
+        while True:
+            step = pool.submit(_no_grad_call, _next_slice, slices)
+            finished, value = await asyncio.wrap_future(step)
+            if finished:
+                return value
+            pool = background
+    except BaseException:
+        await asyncio.to_thread(_close_after, step, slices)
+        raise
+
+
+def _next_slice(slices: Generator) -> tuple[bool, Any]:
+    """Run one slice: (False, None) when more follow, (True, the result) after the last."""
+    try:
+        next(slices)
+    except StopIteration as done:
+        return True, done.value
+    return False, None
+
+
 def _close_after(step: Future | None, responses) -> None:
     if step is not None and not step.cancel():
         wait([step])
     responses.close()
+
+
+def _lower_priority(levels: int) -> None:
+    """Raise this thread's nice value by `levels` (Linux schedules threads one by one; raising needs no privilege)."""
+    if levels <= 0 or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + levels))
 
 
 def _no_grad_call(fn, *args):

@@ -102,6 +102,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _scalar("max_tokens", torch.int64),
                 _scalar("temperature", torch.float32),
                 _scalar("top_k", torch.int64),
+                _scalar("prefill_tokens", torch.int64),
             ),
             (
                 _scalar("position", torch.int64),
