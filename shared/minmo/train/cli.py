@@ -87,3 +87,19 @@ def eval_qa(
     from minmo.train.evaluate import evaluate, print_report
 
     print_report(evaluate("qa", config, checkpoint, data, limit, real=False), out)
+
+
+@train_app.command("tokenizer")
+def train_tokenizer(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="TOML file (configs/train/*.toml)")],
+    data: Annotated[str | None, typer.Option(help="override the config's data folder")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
+) -> None:
+    """Supervised semantic speech tokenizer: FSQ (8 dims x 3 levels) inside a CTC ASR model; resumes a run folder."""
+    import dataclasses
+
+    from minmo.train.tokenizer import TokenizerTrainConfig, train
+
+    cfg = TokenizerTrainConfig.from_toml(config)
+    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
+    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
