@@ -193,6 +193,11 @@ class HiFiGANConfig:
     context_frames: int = 24  # 86 Hz frames re-run before new ones while streaming (> the receptive field)
     lookahead_frames: int = 16  # 86 Hz frames held back until the frames after them arrive
 
+    @property
+    def samples_per_frame(self) -> int:
+        """PCM samples per 50 Hz flow frame (441)."""
+        return self.sample_rate // 50
+
 
 @dataclass(frozen=True)
 class DuplexPredictorConfig:
@@ -279,9 +284,19 @@ def _nano() -> MinMoConfig:
     )
     small = _small_speech_modules("nano", llm, max_response_tokens=64)
     # Whisper-base's pretrained encoder (50 Hz) and a projector that downsamples 4x to the LLM's 12.5 Hz.
+    # Speech out: a voice-token LM and flow wide enough to learn one voice (`minmo train stage2`), and the
+    # pretrained HiFi-GAN V1 vocoder (22,050 Hz) instead of an untrained HiFT.
+    voice_width = 256
     return dataclasses.replace(
         small,
         checkpoint=NANO_CHECKPOINT,
+        output_projector=OutputProjectorConfig(llm_dim=llm.hidden_size, output_dim=voice_width),
+        voice_token_lm=VoiceTokenLMConfig(dim=voice_width, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=768),
+        flow=FlowMatchingConfig(
+            dim=128, encoder_layers=3, up_layers=1, encoder_heads=4, encoder_ffn_dim=512, spk_embed_dim=16,
+            decoder_channels=128, decoder_mid_blocks=2, decoder_blocks=1, decoder_heads=4, decoder_head_dim=32,
+        ),
+        vocoder="hifigan",
         fbank=FbankConfig(kind="whisper", num_mel_bins=80),
         voice_encoder=VoiceEncoderConfig(
             kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,

@@ -94,7 +94,7 @@ class HiFiGAN(nn.Module):
         with warnings.catch_warnings():  # its weight_norm is torch's deprecated one; removed again just below
             warnings.simplefilter("ignore", FutureWarning)
             self.generator = _generator_class()(SimpleNamespace(**settings))
-        if load_weights:
+        if load_weights and next(self.generator.parameters()).device.type != "meta":
             from minmo.model.llm import resolve_path
 
             checkpoint = torch.load(resolve_path(cfg.path), map_location="cpu", weights_only=True)
@@ -102,7 +102,7 @@ class HiFiGAN(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Removing weight norm..."
             self.generator.remove_weight_norm()
         self.generator.eval()
-        self.samples_per_frame = cfg.sample_rate // FLOW_FRAME_RATE_HZ  # per 50 Hz flow frame: 441
+        self.samples_per_frame = cfg.samples_per_frame  # per 50 Hz flow frame: 441
 
     def frames_for(self, flow_frames: int) -> int:
         """86 Hz vocoder frames that `flow_frames` 50 Hz frames determine (the last at u <= flow_frames - 1)."""

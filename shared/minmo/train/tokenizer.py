@@ -99,7 +99,7 @@ def train(cfg: TokenizerTrainConfig) -> Path:
         export_tokenizer(model, out / "export")
 
     settings = RunSettings(out, f"speech tokenizer ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every,
-                           cfg.stop_after_steps)
+                           cfg.stop_after_steps, cfg.seed)
     run_phases(model, cfg.phases, settings, lambda phase: list(model.parameters()), step_loss, export)
     model.eval()
     report = evaluate_tokenizer(model, frames_of, cfg.data, cfg.eval_items)
