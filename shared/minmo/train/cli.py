@@ -138,3 +138,22 @@ def train_stage2(
     cfg = Stage2Config.from_toml(config)
     overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
     typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@eval_app.command("tts")
+def eval_tts(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own; none: untrained)")
+    ] = None,
+    data: Annotated[str, typer.Option(help="data folder with an `eval` split (minmo data build)")] = "data/nano",
+    speech_data: Annotated[
+        str | None, typer.Option(help="stage-2 data (minmo data speech-out): also judge token2wav and the vocoder")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="spoken turns (and recorded replies)")] = 20,
+    out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,
+) -> None:
+    """Whisper's transcript of our spoken replies against their text (WER), and the first-audio time."""
+    from minmo.train.evaluate import evaluate_tts, print_report
+
+    print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)

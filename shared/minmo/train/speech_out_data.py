@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from minmo.model.config import MinMoConfig, load_config
+from minmo.train import texts
 from minmo.train.voices import ASSISTANT_VOICE, SAMPLE_RATE
 
 REPEAT_PROMPT = "Repeat after me: "
@@ -55,12 +56,15 @@ class SpokenReply:
 
 def reply_pairs(data: str | Path) -> list[tuple[str, str]]:
     """(prompt, reply) pairs from a stage-1 data folder, unique, in a stable order: the ASR sentences first (as
-    replies to "Repeat after me"), then the text LLM's answers and the QA targets."""
+    replies to "Repeat after me"), then the text LLM's answers and the QA targets, then every question and
+    instruction of the templates (repeated too: more words in the one voice)."""
     folder = Path(data)
     items = [row for path in sorted(folder.glob("items-*.jsonl")) for row in _read_jsonl(path)]
     pairs = [(REPEAT_PROMPT + row["text"], row["text"]) for row in items if row["task"] == "asr"]
     pairs += [(row["prompt"], row["answer"]) for row in _read_jsonl(folder / "answers.jsonl")]
     pairs += [(row["text"], row["target"]) for row in items if row["task"] == "qa"]
+    spoken = [q.text for q in texts.all_questions()] + texts.instructions("train") + texts.instructions("heldout")
+    pairs += [(REPEAT_PROMPT + text, text) for text in spoken]
     return [pair for pair in dict.fromkeys(pairs) if pair[1].strip()]
 
 
