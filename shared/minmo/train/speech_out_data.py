@@ -148,10 +148,10 @@ def target_mel(model_cfg: MinMoConfig, audio: np.ndarray, rate: int, tokens: int
     format at the flow's 50 Hz (HiFi-GAN: 22,050 Hz, n_fft 1024, hop 441; HiFT: CosyVoice 2's 24 kHz, n_fft
     1920, hop 480; both 80 bins up to 8 kHz)."""
     from minmo.model.config import HiFiGANConfig
-    from minmo.model.hifigan import log_mel
+    from minmo.model.hifigan import FLOW_FRAME_RATE_HZ, log_mel
 
     if model_cfg.vocoder == "hifigan":
-        mel_format, hop = model_cfg.hifigan, model_cfg.hifigan.samples_per_frame
+        mel_format, hop = model_cfg.hifigan, model_cfg.hifigan.sample_rate // FLOW_FRAME_RATE_HZ
     else:
         hift = model_cfg.hift
         mel_format = HiFiGANConfig(
