@@ -4,8 +4,9 @@ For a fixed set of typed questions the model speaks its reply with no instructio
 fast / slowly / in a high / low voice", on the in-process serving path (`MinMoPipeline`'s components: the LLM's
 greedy text, its hidden states through the output projector into the voice-token LM, token2wav to 24 kHz). The
 instruction goes where the served turn puts it:
-- into the user turn the LLM reads (after the question, before the turn closes, as `Dialogue.begin_response`
-  places it in a spoken turn), so the LLM's hidden states, the voice LM's semantic input, carry it;
+- into the user turn the LLM reads: the typed turn is the question followed by the instruction, the order
+  `Dialogue.begin_response` gives a spoken turn (audio, instruction, end of turn), so the LLM's hidden states, the
+  voice LM's semantic input, carry it;
 - into the voice-token LM in CosyVoice 2's instruct form (SOS, the instruction's embeddings, END_OF_PROMPT) when
   the voice LM has an instruction table (`instruction_vocab` > 0; `tiny` has one, `nano` has none).
 Speech tokens are drawn with CosyVoice 2's repetition-aware sampling from a fixed seed per question, the same seed
