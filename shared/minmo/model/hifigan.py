@@ -128,7 +128,11 @@ class SincResampler:
 
 
 class HiFiGAN(nn.Module):
-    """50 Hz log-mel (B, mels, T) -> PCM (B, S) at the output rate; offline (`forward`) or streaming."""
+    """50 Hz log-mel (B, mels, T) -> PCM (B, S) at the output rate; offline (`forward`) or streaming.
+
+    Stays float32 whatever MINMO_DTYPE says (`keeps_float32`), like HiFT: Token2Wav hands it float32 mels."""
+
+    keeps_float32 = True
 
     def __init__(self, cfg: HiFiGANConfig, load_weights: bool = True) -> None:
         super().__init__()
