@@ -191,3 +191,12 @@ def test_the_triton_repository_carries_the_dtype_and_gpu_instances_build_on_thei
     assert instance_device({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == "cpu"
     with pytest.raises(ValueError, match="dtype must be one of"):
         export_repository(CFG, tmp_path, ExportOptions(dtype="fp8"), ["llm"])
+
+
+
+def test_nanos_hifigan_vocoder_stays_float32_and_speaks_in_bfloat16() -> None:
+    model = MODEL_FACTORIES["token2wav"](load_config("nano"), None, CPU_BF16)
+    assert model.token2wav.flow.embedding.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.token2wav.hift.parameters()} == {torch.float32}
+    outputs, _ = model.execute({"tokens": torch.arange(30), "flush": torch.tensor([True])}, None)
+    assert outputs["pcm"].dtype == torch.float32 and outputs["pcm"].numel() > 0

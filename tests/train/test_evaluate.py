@@ -25,3 +25,21 @@ def test_asr_and_qa_on_tiny(data: Path, tmp_path: Path):
     assert all(s.typed_correct is not None for s in qa.samples)
     print_report(qa, tmp_path / "qa.json")
     assert json.loads((tmp_path / "qa.json").read_text())["task"] == "qa"
+
+
+def test_tts_on_tiny(data: Path, tmp_path: Path):
+    """The whole spoken turn on tiny (a 4-token reply, so its random voice LM stops soon), timed end to end."""
+    import dataclasses
+
+    from minmo.model.config import load_config
+    from minmo.train.evaluate import evaluate_tts
+
+    config = tmp_path / "tiny-short.json"
+    config.write_text(dataclasses.replace(load_config("tiny"), max_response_tokens=4).to_json())
+    report = evaluate_tts(str(config), None, str(data), limit=1)
+    (sample,) = report.samples
+    assert sample.group == "spoken reply to a held-out voice" and sample.first_audio_ms is not None
+    row = report.groups["spoken reply to a held-out voice"]
+    assert row["n"] == 1 and row["first_audio_p50_ms"] > 0
+    print_report(report, tmp_path / "tts.json")
+    assert json.loads((tmp_path / "tts.json").read_text())["samples"][0]["first_audio_ms"] > 0

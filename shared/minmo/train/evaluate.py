@@ -1,4 +1,4 @@
-"""`minmo eval asr|qa`: speech→text scores of a model, judged on the audio, with faster-whisper beside it.
+"""`minmo eval asr|qa|tts`: scores of a model, judged on the audio, with faster-whisper beside it.
 
 The model runs the serving path (SpeechEncoder offline pass = its streaming result, then `Dialogue`: the
 spoken user turn, `begin_response`, greedy `generate_step`s), so the numbers are those of the deployed
@@ -10,6 +10,13 @@ model, not of a training shortcut.
   reported beside ours: the pretrained Whisper encoder sets our ceiling.
 - qa: the share of spoken questions whose reply contains a right answer (gold words), beside the share the
   same text LLM reaches when the question is typed. The issue's target is spoken >= 0.9 x typed.
+
+- tts: the whole spoken turn (`MinMoPipeline.run_turn`, the services' streaming steps in one process) on the
+  held-out voices' spoken questions: the judge transcribes our spoken reply and its WER against the reply's
+  text says whether the voice is understood; first audio is the time from the end of the user's speech to
+  the first PCM. With stage-2 data (`--speech-data`), the flow + vocoder alone are judged too, on the
+  tokenizer's tokens of the assistant's recorded replies (what token2wav can do with perfect tokens), and
+  the vocoder alone on those recordings' mel (the ceiling the vocoder sets).
 
 Results are grouped: held-out voices (split `eval`) and, for qa, whether the fact was held out of training
 too; `--real` adds real recorded speech (Debian's pocketsphinx-testdata: LibriVox excerpts and short
@@ -55,6 +62,7 @@ class Sample:
     correct: bool | None = None  # qa: our reply contains a gold word
     typed_correct: bool | None = None  # qa: the typed question's reply does
     seconds: float = 0.0
+    first_audio_ms: float | None = None  # tts: end of the user's speech -> first PCM of the reply
 
 
 @dataclass
@@ -203,6 +211,58 @@ def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: i
     return report
 
 
+def evaluate_tts(config: str, checkpoint: str | None, data: str, limit: int, speech_data: str | None = None,
+                 threads: int = 1, seed: int = 0) -> Report:
+    """Judge the model's spoken replies to `limit` held-out-voice spoken questions (and, with `speech_data`, its
+    token2wav and vocoder on the assistant's recorded replies)."""
+    import soxr
+
+    from minmo.model.config import load_config
+    from minmo.model.interleave import RasSampler
+    from minmo.model.pipeline import MinMoPipeline
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(config)
+    if checkpoint == NO_CHECKPOINT:
+        cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
+    pipeline = MinMoPipeline(cfg, checkpoint)
+    referee = Judge()
+    report = Report("tts", config, checkpoint or "")
+    chunk = SAMPLE_RATE * 16 // 100  # 160 ms of the user's audio per streaming step
+
+    def judged(pcm: torch.Tensor, rate: int) -> str:
+        return referee.transcribe(soxr.resample(pcm.float().numpy(), rate, SAMPLE_RATE).astype(np.float32))
+
+    utterances = [u for u in read_split(data, "eval") if u.item.task == "qa"][:limit]
+    for utterance in tqdm(utterances, desc="eval tts (spoken turns)", unit="turn"):
+        audio = torch.from_numpy(utterance.audio.float().numpy() / 32767.0)
+        sampler = RasSampler(generator=torch.Generator().manual_seed(seed))
+        started = time.perf_counter()
+        result = pipeline.run_turn(audio.split(chunk), sampler=sampler)
+        sample = Sample(utterance.item.id, "spoken reply to a held-out voice", result.text.strip(), result.text.strip(),
+                        first_audio_ms=result.first_audio_ms)
+        sample.judge = judged(result.pcm, result.sample_rate) if result.pcm.numel() else ""
+        sample.seconds = round(time.perf_counter() - started, 2)
+        report.samples.append(sample)
+    if speech_data:
+        from minmo.model.hifigan import HiFiGAN
+        from minmo.train.speech_out_data import read_replies
+
+        token2wav = pipeline.token2wav
+        for index, reply in enumerate(tqdm(read_replies(speech_data)[:limit], desc="eval tts (token2wav)")):
+            with torch.no_grad():
+                pcm = token2wav(reply.tokens[None])[0]
+            report.samples.append(Sample(f"reply-{index}", "token2wav on the tokenizer's tokens", reply.reply,
+                                         reply.reply, judge=judged(pcm, token2wav.sample_rate)))
+            if isinstance(token2wav.hift, HiFiGAN):
+                pcm = token2wav.hift(reply.mel.float()[None])[0]
+                report.samples.append(Sample(f"reply-{index}", "vocoder on the recording's mel (ceiling)",
+                                             reply.reply, reply.reply, judge=judged(pcm, token2wav.sample_rate)))
+    report.groups = _summarise(report)
+    return report
+
+
 def _contains(reply: str, gold: tuple[str, ...]) -> bool:
     words = f" {normalise(reply)} "
     return any(f" {normalise(g)} " in words for g in gold)
@@ -224,7 +284,13 @@ def _summarise(report: Report) -> dict[str, dict[str, float]]:
     summary = {}
     for name, samples in sorted(groups.items()):
         row: dict[str, float] = {"n": len(samples)}
-        if report.task == "asr":
+        if report.task == "tts":
+            row["judge_wer"] = _wer([s.reference for s in samples], [s.judge for s in samples])
+            latencies = [s.first_audio_ms for s in samples if s.first_audio_ms is not None]
+            if latencies:
+                row["first_audio_p50_ms"] = float(np.percentile(latencies, 50))
+                row["first_audio_p90_ms"] = float(np.percentile(latencies, 90))
+        elif report.task == "asr":
             row["wer"] = _wer([s.reference for s in samples], [s.ours for s in samples])
             if any(s.judge for s in samples):
                 row["judge_wer"] = _wer([s.reference for s in samples], [s.judge for s in samples])

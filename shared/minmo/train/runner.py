@@ -1,0 +1,149 @@
+"""A resumable phase-by-phase training loop for the small speech-out models (tokenizer, stage 2, flow).
+
+Each run folder holds `checkpoint/` (the module's weights and AdamW's state as safetensors, and a progress
+JSON with every loss), rewritten every `checkpoint_every` steps and at each phase's end, `loss.png`, and
+whatever the `export` callback writes. Started again on the same folder, a run continues at the step it
+stopped at, with the same batches and random draws (the torch seed of a step is a function of the run's seed
+and the step), so an interrupted run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from minmo.train.stage1 import Phase, learning_rate
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: Path
+    title: str
+    warmup_steps: int = 20
+    checkpoint_every: int = 50
+    stop_after_steps: int = 0  # stop (with a checkpoint) after this many steps in one run; 0: run to the end
+    seed: int = 0
+
+
+StepLoss = Callable[[Phase, int], torch.Tensor]  # (phase, step within the phase) -> loss of that step's batch
+
+
+def run_phases(
+    model: nn.Module,
+    phases: tuple[Phase, ...],
+    settings: RunSettings,
+    trainable: Callable[[Phase], list[nn.Parameter]],
+    step_loss: StepLoss,
+    export: Callable[[], None],
+) -> dict:
+    """Train (or resume) every phase; returns the progress record (losses per step)."""
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    progress = _load(out, model)
+    for index, phase in enumerate(phases):
+        if index < progress["phase"]:
+            continue
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = trainable(phase)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.01)
+        if progress["step"] > 0:
+            _load_optimizer(out, model, optimizer)
+        model.train()
+        bar = tqdm(total=phase.steps, initial=progress["step"], desc=f"{settings.title} {phase.name}")
+        while progress["step"] < phase.steps:
+            if progress["steps_this_run"] == settings.stop_after_steps > 0:
+                _save(out, model, optimizer, progress, phases, settings.title, export)
+                return progress
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(phase, progress["step"], settings.warmup_steps)
+            started = time.perf_counter()
+            torch.manual_seed(settings.seed * 1_000_003 + progress["global_step"])  # a resumed step draws alike
+            loss = step_loss(phase, progress["step"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            progress["losses"].append([progress["global_step"], index, loss.item()])
+            progress["step"] += 1
+            progress["global_step"] += 1
+            progress["steps_this_run"] += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", s_per_step=f"{time.perf_counter() - started:.2f}")
+            bar.update(1)
+            if progress["step"] % settings.checkpoint_every == 0 and progress["step"] < phase.steps:
+                _save(out, model, optimizer, progress, phases, settings.title, export)
+        bar.close()
+        progress["phase"], progress["step"] = index + 1, 0
+        _save(out, model, optimizer, progress, phases, settings.title, export)
+    return progress
+
+
+def _save(out: Path, model: nn.Module, optimizer, progress: dict, phases, title: str, export) -> None:
+    folder = out / "checkpoint"
+    folder.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors.partial"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    optim = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                optim[f"{names[id(p)]}|{key}"] = value.detach().clone().reshape(-1) if value.dim() == 0 else value
+    save_file(optim, str(folder / "optimizer.safetensors.partial"))
+    (folder / "progress.json.partial").write_text(json.dumps(progress))
+    for name in ("weights.safetensors", "optimizer.safetensors", "progress.json"):
+        (folder / f"{name}.partial").rename(folder / name)
+    export()
+    plot(progress, phases, title, out / "loss.png")
+
+
+def _load(out: Path, model: nn.Module) -> dict:
+    folder = out / "checkpoint"
+    if not (folder / "progress.json").is_file():
+        return {"phase": 0, "step": 0, "global_step": 0, "steps_this_run": 0, "losses": []}
+    model.load_state_dict(load_file(str(folder / "weights.safetensors")))
+    progress = json.loads((folder / "progress.json").read_text()) | {"steps_this_run": 0}
+    print(f"resuming {out}: phase {progress['phase']}, step {progress['step']}")
+    return progress
+
+
+def _load_optimizer(out: Path, model: nn.Module, optimizer) -> None:
+    params = dict(model.named_parameters())
+    for key, value in load_file(str(out / "checkpoint" / "optimizer.safetensors")).items():
+        name, _, slot = key.partition("|")
+        optimizer.state[params[name]][slot] = value.reshape(()) if slot == "step" else value
+
+
+def plot(progress: dict, phases: tuple[Phase, ...], title: str, path: Path) -> None:
+    """Loss per step (faint) and its moving average, one colour per phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 4))
+    for index, phase in enumerate(phases):
+        points = [(step, loss) for step, i, loss in progress["losses"] if i == index]
+        if not points:
+            continue
+        steps, values = zip(*points, strict=True)
+        window = max(1, len(values) // 50)
+        smooth = [sum(values[max(0, i - window) : i + 1]) / (i + 1 - max(0, i - window)) for i in range(len(values))]
+        axes.plot(steps, values, alpha=0.3)
+        axes.plot(steps, smooth, label=phase.name)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    pyplot.close(figure)

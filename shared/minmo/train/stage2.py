@@ -1,0 +1,166 @@
+"""Stage 2, text→speech (paper §4.2): the output projector, then + the voice-token LM; and token2wav's flow.
+
+Data: `minmo data speech-out` (the assistant's replies in its one voice: LLM hidden states and token
+embeddings per reply token, the 25 Hz speech tokens of the trained tokenizer, the 50 Hz mel). Objectives,
+summed over what a phase trains (their parameters never overlap):
+- voice LM (trainable `projector` and/or `voice_lm`): cross-entropy of the speech tokens (and END_OF_SPEECH)
+  in the exact 5:15 interleaved stream that serving decodes (`interleave.teacher_forcing_inputs`), with
+  logits only at the predicted positions;
+- flow (trainable `flow`): CosyVoice 2's conditional flow-matching loss on random crops of `flow_crop_tokens`
+  tokens of the tokens → mel pairs, with its streaming chunk masks.
+The LLM is frozen (its states come from the data) and the vocoder is pretrained. Checkpoints resume
+(minmo.train.runner); `export/` holds output_projector / voice_token_lm / token2wav safetensors in float16,
+the layout `build_component(checkpoint=...)` loads (token2wav: the flow only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from minmo.model.config import MinMoConfig, load_config
+from minmo.model.flow_matching import FlowMatching
+from minmo.model.interleave import IGNORE_INDEX, VoiceSchedule, teacher_forcing_inputs
+from minmo.model.output_projector import OutputProjector
+from minmo.model.voice_token_lm import VoiceTokenLM
+from minmo.train.runner import RunSettings, run_phases
+from minmo.train.speech_out_data import SpokenReply, read_replies
+from minmo.train.stage1 import Phase
+
+PARTS = ("projector", "voice_lm", "flow")
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    model: str = "nano"
+    data: str = "data/nano-speech"
+    out: str = "runs/nano-stage2"
+    phases: tuple[Phase, ...] = (
+        Phase("projector", 200, ("projector",), 1e-3),
+        Phase("voice-lm+flow", 3000, ("projector", "voice_lm", "flow"), 5e-4),
+    )
+    batch_size: int = 8
+    flow_crop_tokens: int = 50  # 2 s crops for the flow (its chunk masks make longer contexts unnecessary)
+    warmup_steps: int = 20
+    checkpoint_every: int = 25
+    threads: int = 0
+    seed: int = 0
+    stop_after_steps: int = 0
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Stage2Config:
+        raw = tomllib.loads(Path(path).read_text())
+        if "phases" in raw:
+            raw["phases"] = tuple(Phase(**(p | {"train": tuple(p["train"])})) for p in raw["phases"])
+        return cls(**raw)
+
+
+class SpeechOut(nn.Module):
+    """The trained speech-out modules, with the stage's two losses."""
+
+    def __init__(self, cfg: MinMoConfig) -> None:
+        super().__init__()
+        self.output_projector = OutputProjector(cfg.output_projector)
+        self.voice_token_lm = VoiceTokenLM(cfg.voice_token_lm)
+        self.flow = FlowMatching(cfg.flow)
+
+    def parts(self, names: tuple[str, ...]) -> list[nn.Parameter]:
+        modules = {"projector": self.output_projector, "voice_lm": self.voice_token_lm, "flow": self.flow}
+        unknown = set(names) - set(modules)
+        assert not unknown, f"unknown trainable parts {sorted(unknown)}: expected a subset of {PARTS}"
+        return [p for name in names for p in modules[name].parameters()]
+
+    def lm_loss(self, batch: list[SpokenReply]) -> torch.Tensor:
+        """Speech-token cross-entropy over the interleaved streams of `batch` (right-padded)."""
+        streams, targets = [], []
+        for reply in batch:
+            semantic = self.output_projector(reply.hidden.float()[None], reply.embed.float()[None])
+            inputs, target = teacher_forcing_inputs(self.voice_token_lm, semantic, reply.tokens.tolist())
+            streams.append(inputs[0])
+            targets.append(target[0])
+        inputs = pad_sequence(streams, batch_first=True)
+        target = pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)
+        lengths = torch.tensor([s.shape[0] for s in streams])
+        attention = (torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).long()
+        hidden = self.voice_token_lm.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
+        predicted = target != IGNORE_INDEX
+        logits = self.voice_token_lm.head(hidden[predicted])
+        return F.cross_entropy(logits.float(), target[predicted])
+
+    def flow_loss(self, batch: list[SpokenReply], crop: int, rng: random.Random) -> torch.Tensor:
+        """Flow matching on a random `crop`-token window of each reply (shorter replies padded and masked)."""
+        ratio = self.flow.cfg.token_mel_ratio
+        tokens, mels, masks = [], [], []
+        for reply in batch:
+            count = reply.tokens.shape[0]
+            start = rng.randrange(0, max(1, count - crop + 1))
+            stop = min(count, start + crop)
+            tokens.append(F.pad(reply.tokens[start:stop], (0, crop - (stop - start))))
+            mel = reply.mel[:, start * ratio : stop * ratio].float()
+            mels.append(F.pad(mel, (0, crop * ratio - mel.shape[1])))
+            masks.append((torch.arange(crop * ratio) < mel.shape[1]).float())
+        return self.flow.training_loss(torch.stack(tokens), torch.stack(mels), mel_mask=torch.stack(masks))
+
+
+def usable(reply: SpokenReply, schedule: VoiceSchedule) -> bool:
+    """Whether the reply's speech fills every full 5:15 block (a reply spoken faster than 3 tokens per text
+    token cannot be taught in the interleave) and has tokens at all."""
+    blocks = schedule.full_blocks(reply.hidden.shape[0])
+    return reply.tokens.shape[0] >= max(1, blocks * schedule.speech_block)
+
+
+def train(cfg: Stage2Config) -> Path:
+    """Train (or resume) stage 2; returns the run folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    model_cfg = load_config(cfg.model)
+    model = SpeechOut(model_cfg)
+    schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
+    replies = [r for r in read_replies(cfg.data) if usable(r, schedule)]
+    assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    print(f"stage 2: {len(replies)} spoken replies, run folder {out}")
+
+    def step_loss(phase: Phase, step: int) -> torch.Tensor:
+        rng = random.Random(f"{cfg.seed}:{phase.name}:{step}")
+        batch = [replies[i] for i in rng.sample(range(len(replies)), min(cfg.batch_size, len(replies)))]
+        loss = torch.zeros(())
+        if {"projector", "voice_lm"} & set(phase.train):
+            loss = loss + model.lm_loss(batch)
+        if "flow" in phase.train:
+            loss = loss + model.flow_loss(batch, cfg.flow_crop_tokens, rng)
+        return loss
+
+    settings = RunSettings(out, f"stage 2 ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
+                           cfg.seed)
+    run_phases(model, cfg.phases, settings, lambda phase: model.parts(phase.train), step_loss,
+               lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}"))
+    return out
+
+
+def export_weights(model: SpeechOut, folder: Path, run: str) -> None:
+    """float16 weights where `build_component(cfg, name, checkpoint=folder)` finds them; token2wav: the flow only
+    (the vocoder is pretrained)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {"dtype": "float16 (trained in float32)", "run": run}
+    for name, module, prefix in (
+        ("output_projector", model.output_projector, ""),
+        ("voice_token_lm", model.voice_token_lm, ""),
+        ("token2wav", model.flow, "flow."),
+    ):
+        state = {f"{prefix}{k}": v.detach().half().contiguous() for k, v in module.state_dict().items()
+                 if v.is_floating_point()}
+        save_file(state, str(folder / f"{name}.safetensors"), metadata=metadata)

