@@ -157,3 +157,20 @@ def eval_tts(
     from minmo.train.evaluate import evaluate_tts, print_report
 
     print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)
+
+
+@eval_app.command("voice")
+def eval_voice(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own; none: untrained)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="typed questions (each spoken under every instruction)")] = 6,
+    judge: Annotated[bool, typer.Option(help="words per second from faster-whisper's word timestamps")] = True,
+    seed: Annotated[int, typer.Option(help="speech-token sampling seed of the first question (+1 per question)")] = 0,
+    out: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="write the JSON report here")] = None,
+) -> None:
+    """Speaking rate and pitch of spoken replies with no voice instruction and with fast/slow/high/low ones."""
+    from minmo.train.voice_eval import evaluate_voice, print_voice_report
+
+    print_voice_report(evaluate_voice(config, checkpoint, limit, judge, seed), out)
