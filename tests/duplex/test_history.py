@@ -98,3 +98,15 @@ async def test_a_failed_reply_is_stored_with_what_was_heard_and_marked_failed(hi
         300,
         "failed",
     )
+
+
+async def test_the_llm_reads_a_typed_turns_voice_instruction_inside_the_turn_and_again_after_a_rebuild(
+    history,
+) -> None:
+    history, rebuilt = history
+    with pytest.raises(ContextLost):  # no llm listens; the store has the turn and the rebuild shows the context
+        await history.user_typed("t1", "Tell me a joke.", {}, "Please speak very fast.")
+    stored = (await history.turns())[0]
+    assert (stored.text, stored.voice_instruction) == ("Tell me a joke.", "Please speak very fast.")
+    config = history.llm_config(rebuilt[-1])
+    assert [turn.text for turn in config.history] == ["Tell me a joke. Please speak very fast."]

@@ -67,7 +67,9 @@ class History:
         return llm_pb2.LlmSessionConfig(
             session_id=self.session_id,
             system_prompt=self.system_prompt,
-            history=[history_turn(turn.role, turn.text) for turn in turns if turn.text],
+            history=[
+                history_turn(turn.role, llm_text(turn.text, turn.voice_instruction)) for turn in turns if turn.text
+            ],
             max_response_tokens=self.max_response_tokens,
         )
 
@@ -83,6 +85,7 @@ class History:
         """Raises RedisError when the store failed (neither has the turn), ContextLost when only the store has it."""
         user = Turn(turn_id, Role.USER, text, 0, voice_instruction=voice_instruction)
         await self.store.append_turn(self.session_id, self.epoch, user)
+        text = llm_text(text, voice_instruction)
         append = llm_pb2.AppendTurn(role=common_pb2.ROLE_USER, text=text, turn_id=turn_id, trace_context=trace_context)
         try:
             if self.llm.usable:
@@ -151,3 +154,10 @@ class History:
         )
         with contextlib.suppress(LinkLost):
             await self.llm.write(llm_pb2.LlmRequest(append_turn=append))
+
+
+def llm_text(text: str, voice_instruction: str) -> str:
+    """A user turn as the LLM reads it: its text, then the voice instruction inside the same turn, as a spoken turn
+    has it after its audio (`Dialogue.begin_response`), so the reply's wording can follow it too. The history keeps
+    the two apart; a context rebuilt from it reads them the same way again."""
+    return f"{text} {voice_instruction}" if voice_instruction else text
