@@ -70,15 +70,27 @@ def test_up_stops_with_one_line_when_a_service_dies():
     up = subprocess.Popen([*MINMO, "up", "--config", "tiny", "--port", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         wait_until_serving(f"127.0.0.1:{port}", up, timeout_s=240)
+        started = _read_until(up, "MinMo is up")  # duplex serves a moment before `up` has checked every service
         vocoder = next(pid for pid in _children(up.pid) if "minmo.services.vocoder" in _cmdline(pid))
         os.kill(vocoder, signal.SIGKILL)
         out, _ = up.communicate(timeout=STACK_STOP_S)
+        out = started + out
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
             up.communicate(timeout=60)
     assert up.returncode == 1, out
     assert "vocoder (exit code -9) stopped; stopping the stack" in out
+
+
+def _read_until(process: subprocess.Popen, marker: str) -> str:
+    """What `process` printed up to and including the line with `marker` (all of it, if it exits first)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    return "".join(lines)
 
 
 def _children(pid: int) -> list[int]:
