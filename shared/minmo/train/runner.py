@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from minmo.train.stage1 import Phase, learning_rate
+from minmo.train.stage1 import Phase, learning_rate, optimizer_tensors
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,7 @@ def _save(out: Path, model: nn.Module, optimizer, progress: dict, phases, title:
     folder = out / "checkpoint"
     folder.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors.partial"))
-    names = {id(p): n for n, p in model.named_parameters()}
-    optim = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                optim[f"{names[id(p)]}|{key}"] = value.detach().clone().reshape(-1) if value.dim() == 0 else value
-    save_file(optim, str(folder / "optimizer.safetensors.partial"))
+    save_file(optimizer_tensors(model, optimizer), str(folder / "optimizer.safetensors.partial"))
     (folder / "progress.json.partial").write_text(json.dumps(progress))
     for name in ("weights.safetensors", "optimizer.safetensors", "progress.json"):
         (folder / f"{name}.partial").rename(folder / name)
@@ -147,3 +141,4 @@ def plot(progress: dict, phases: tuple[Phase, ...], title: str, path: Path) -> N
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
+

@@ -364,13 +364,7 @@ def _save(out: Path, model: SpeechToText, optimizer, progress: dict, phase_index
     folder = out / "checkpoint"
     folder.mkdir(exist_ok=True)
     save_file(model.trainable_state(), str(folder / "trainable.safetensors.partial"))
-    names = {id(p): n for n, p in model.named_parameters()}
-    optim = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                optim[f"{names[id(p)]}|{key}"] = value.detach().clone().reshape(-1) if value.dim() == 0 else value
-    save_file(optim, str(folder / "optimizer.safetensors.partial"))
+    save_file(optimizer_tensors(model, optimizer), str(folder / "optimizer.safetensors.partial"))
     (folder / "progress.json.partial").write_text(json.dumps(progress))
     for name in ("trainable.safetensors", "optimizer.safetensors", "progress.json"):
         (folder / f"{name}.partial").rename(folder / name)
@@ -439,3 +433,13 @@ def plot_losses(progress: dict, cfg: Stage1Config, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
+
+def optimizer_tensors(model: torch.nn.Module, optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's state as safetensors can hold it: "<parameter name>|<key>" -> tensor (scalars as 1-d)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}|{key}"] = value.detach().clone().reshape(-1) if value.dim() == 0 else value
+    return tensors
