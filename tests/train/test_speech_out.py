@@ -1,8 +1,13 @@
 """The speech-out side of the recipe on `tiny`, a few steps each: the speech tokenizer, the spoken-reply data,
 stage 2 (output projector + voice-token LM + flow). Loss goes down, an interrupted run resumes to the same
-weights, and the exported weights load into the served components."""
+weights, the exported weights load into the served components, and both trainers run as two processes under
+torchrun (DDP on gloo)."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,7 @@ from minmo.model.speech_tokenizer import SpeechTokenizer, character_ids
 from minmo.train.data import read_split
 from minmo.train.speech_out_data import SpeechOutDataConfig, build, read_replies, reply_pairs
 from minmo.train.stage1 import Phase
-from minmo.train.stage2 import SpeechOut, Stage2Config, usable
+from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable
 from minmo.train.stage2 import train as train_stage2
 from minmo.train.tokenizer import EncoderFrames, TokenizerTrainConfig, load_tokenizer_from
 from minmo.train.tokenizer import train as train_tokenizer
@@ -135,3 +140,50 @@ def test_stage2_loss_goes_down_resumes_and_exports(speech_data: Path, tmp_path: 
     second = load_file(str(tmp_path / "resumed" / "checkpoint" / "weights.safetensors"))
     for name, value in first.items():
         torch.testing.assert_close(second[name], value, msg=f"{name} differs after resuming")
+
+
+def _torchrun(config: Path, stage: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "minmo.cli", "train", stage, "--config", str(config)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    return result
+
+
+def test_tokenizer_trains_with_two_processes_under_torchrun(data: Path, tmp_path: Path):
+    config = tmp_path / "tokenizer.toml"
+    tiny = (ROOT / "configs/train/tiny-tokenizer.toml").read_text()
+    config.write_text(tiny.replace('data = "data/tiny"', f'data = "{data}"')
+                      .replace('out = "runs/tiny-tokenizer"', f'out = "{tmp_path / "run"}"')
+                      .replace("steps = 6", "steps = 2"))
+    _torchrun(config, "tokenizer")
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert progress["phase"] == 1 and len(progress["losses"]) == 2
+    assert load_tokenizer_from(tmp_path / "run" / "export").state_dict()
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["utterances"] > 0
+
+
+def test_stage2_flow_phase_from_exported_weights_with_two_processes(speech_data: Path, tmp_path: Path,
+                                                                     model_json: str):
+    """A flow-only run (prior loss on) that starts from exported weights, under torchrun: the flow trains, the
+    voice LM and projector it did not train are exported exactly as they came in."""
+    model_cfg = load_config(model_json)
+    torch.manual_seed(1)
+    start = SpeechOut(model_cfg)
+    export_weights(start, tmp_path / "start", "a fresh model")
+    config = tmp_path / "stage2.toml"
+    config.write_text(
+        f'model = "{model_json}"\ndata = "{speech_data}"\nout = "{tmp_path / "run"}"\ninit = "{tmp_path / "start"}"\n'
+        "batch_size = 2\nflow_crop_tokens = 20\nflow_prior_weight = 1.0\nwarmup_steps = 1\ncheckpoint_every = 1\n"
+        'threads = 1\n[[phases]]\nname = "flow"\nsteps = 2\ntrain = ["flow"]\nlr = 3e-3\n'
+    )
+    _torchrun(config, "stage2")
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert progress["phase"] == 1 and len(progress["losses"]) == 2
+    for name in ("output_projector", "voice_token_lm", "token2wav"):
+        before = load_file(str(tmp_path / "start" / f"{name}.safetensors"))
+        after = load_file(str(tmp_path / "run" / "export" / f"{name}.safetensors"))
+        same = all(torch.equal(before[key], after[key]) for key in before)
+        assert same == (name != "token2wav"), f"{name}: trained {not same}"

@@ -413,10 +413,16 @@ class FlowMatching(nn.Module):
         mel: torch.Tensor,
         speaker: torch.Tensor | None = None,
         mel_mask: torch.Tensor | None = None,
+        prior_weight: float = 0.0,
     ) -> torch.Tensor:
         """Conditional flow-matching loss (optimal-transport path, cosine time schedule, condition dropout
         for guidance, random mel-prompt prefix), with the streaming chunk masks. tokens: (B, N);
-        mel: (B, M, N*ratio); speaker: (B, spk_embed_dim); mel_mask: (B, T)."""
+        mel: (B, M, N*ratio); speaker: (B, spk_embed_dim); mel_mask: (B, T).
+
+        prior_weight > 0 adds Matcha-TTS's prior loss, the mean squared error of the token encoder's `mu` to the
+        target mel, times the weight: CosyVoice 2 trains `mu` only through the estimator, which a small flow on a
+        CPU budget learns slowly; asking `mu` to be the mel itself gives the encoder a direct signal (the
+        architecture and inference are unchanged)."""
         batch, bins, length = mel.shape
         assert length == tokens.shape[1] * self.cfg.token_mel_ratio, f"{length} mel frames for {tokens.shape[1]} tokens"
         blocks = self._blocks(0, tokens.shape[1]).to(mel.device)
@@ -433,7 +439,10 @@ class FlowMatching(nn.Module):
         mask = block_mask(blocks.repeat_interleave(self.cfg.token_mel_ratio))
         velocity = self.estimator(x_t, mu * keep[:, None, None], speaker, cond, t, mask)
         mel_mask = torch.ones(batch, length, device=mel.device) if mel_mask is None else mel_mask.to(mel.dtype)
-        return ((velocity - target).square() * mel_mask[:, None, :]).sum() / (mel_mask.sum() * bins)
+        loss = ((velocity - target).square() * mel_mask[:, None, :]).sum() / (mel_mask.sum() * bins)
+        if prior_weight:
+            loss = loss + prior_weight * ((mu - mel).square() * mel_mask[:, None, :]).sum() / (mel_mask.sum() * bins)
+        return loss
 
     def _blocks(self, prompt_tokens: int, total: int) -> torch.Tensor:
         """Chunk index of each of `total` token positions."""

@@ -5,6 +5,11 @@ JSON with every loss), rewritten every `checkpoint_every` steps and at each phas
 whatever the `export` callback writes. Started again on the same folder, a run continues at the step it
 stopped at, with the same batches and random draws (the torch seed of a step is a function of the run's seed
 and the step), so an interrupted run ends with the weights of an uninterrupted one.
+
+Under torchrun (WORLD_SIZE > 1; gloo on the CPU, NCCL on GPUs) every process draws its own batch of
+`batch_size` (the step's loss function is told the process's rank), DistributedDataParallel averages the
+gradients, and process 0 alone writes the checkpoint, the export and the plot; the loss shown is the mean over
+the processes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from minmo.train.stage1 import Phase, learning_rate, optimizer_tensors
+from minmo.train.stage1 import Phase, init_distributed, learning_rate, mean_across, optimizer_tensors
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,20 @@ class RunSettings:
     seed: int = 0
 
 
-StepLoss = Callable[[Phase, int], torch.Tensor]  # (phase, step within the phase) -> loss of that step's batch
+# (phase, step within the phase, process rank) -> loss of that process's batch at that step
+StepLoss = Callable[[Phase, int, int], torch.Tensor]
+
+
+class _Steps(nn.Module):
+    """The model with its step's loss as `forward`, so DistributedDataParallel sees the training pass."""
+
+    def __init__(self, model: nn.Module, step_loss: StepLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.step_loss = step_loss
+
+    def forward(self, phase: Phase, step: int, rank: int) -> torch.Tensor:
+        return self.step_loss(phase, step, rank)
 
 
 def run_phases(
@@ -45,9 +63,15 @@ def run_phases(
     export: Callable[[], None],
 ) -> dict:
     """Train (or resume) every phase; returns the progress record (losses per step)."""
+    rank, world = init_distributed()
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     progress = _load(out, model)
+
+    def save(optimizer) -> None:
+        if rank == 0:
+            _save(out, model, optimizer, progress, phases, settings.title, export)
+
     for index, phase in enumerate(phases):
         if index < progress["phase"]:
             continue
@@ -56,35 +80,42 @@ def run_phases(
         params = trainable(phase)
         for p in params:
             p.requires_grad_(True)
+        steps = _Steps(model, step_loss)
+        forward = nn.parallel.DistributedDataParallel(
+            steps, broadcast_buffers=False, find_unused_parameters=True
+        ) if world > 1 else steps
         optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.01)
         if progress["step"] > 0:
             _load_optimizer(out, model, optimizer)
         model.train()
-        bar = tqdm(total=phase.steps, initial=progress["step"], desc=f"{settings.title} {phase.name}")
+        bar = tqdm(total=phase.steps, initial=progress["step"], desc=f"{settings.title} {phase.name}",
+                   disable=rank != 0)
         while progress["step"] < phase.steps:
             if progress["steps_this_run"] == settings.stop_after_steps > 0:
-                _save(out, model, optimizer, progress, phases, settings.title, export)
+                save(optimizer)
                 return progress
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(phase, progress["step"], settings.warmup_steps)
             started = time.perf_counter()
-            torch.manual_seed(settings.seed * 1_000_003 + progress["global_step"])  # a resumed step draws alike
-            loss = step_loss(phase, progress["step"])
+            # a resumed step draws alike; each process its own draws
+            torch.manual_seed(settings.seed * 1_000_003 + progress["global_step"] + 7919 * rank)
+            loss = forward(phase, progress["step"], rank)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            progress["losses"].append([progress["global_step"], index, loss.item()])
+            value = mean_across(loss.detach(), world)
+            progress["losses"].append([progress["global_step"], index, value])
             progress["step"] += 1
             progress["global_step"] += 1
             progress["steps_this_run"] += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", s_per_step=f"{time.perf_counter() - started:.2f}")
+            bar.set_postfix(loss=f"{value:.3f}", s_per_step=f"{time.perf_counter() - started:.2f}")
             bar.update(1)
             if progress["step"] % settings.checkpoint_every == 0 and progress["step"] < phase.steps:
-                _save(out, model, optimizer, progress, phases, settings.title, export)
+                save(optimizer)
         bar.close()
         progress["phase"], progress["step"] = index + 1, 0
-        _save(out, model, optimizer, progress, phases, settings.title, export)
+        save(optimizer)
     return progress
 
 

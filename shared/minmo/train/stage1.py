@@ -260,7 +260,7 @@ def learning_rate(phase: Phase, step: int, warmup: int) -> float:
 
 def train(cfg: Stage1Config) -> Path:
     """Run (or resume) the schedule; returns the run folder."""
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -314,7 +314,7 @@ def _run_phase(cfg, model, examples, phase_index, phase, progress, out, rank, wo
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        value = _mean_across(loss.detach(), world)
+        value = mean_across(loss.detach(), world)
         progress["step"] += 1
         progress["steps_this_run"] += 1
         progress["losses"].append([progress["global_step"], phase_index, value])
@@ -393,14 +393,17 @@ def _load_optimizer(out: Path, model: SpeechToText, optimizer) -> None:
         state[slot] = value.reshape(()) if slot == "step" else value
 
 
-def _init_distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size) of this process; under torchrun (WORLD_SIZE > 1) joins the process group first (NCCL on
+    GPUs, gloo on the CPU). Safe to call again."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _mean_across(value: torch.Tensor, world: int) -> float:
+def mean_across(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over every process (for the loss the progress bar and the plot show)."""
     if world > 1:
         value = value.clone()
         dist.all_reduce(value)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
@@ -35,7 +36,7 @@ from minmo.model.output_projector import OutputProjector
 from minmo.model.voice_token_lm import VoiceTokenLM
 from minmo.train.runner import RunSettings, run_phases
 from minmo.train.speech_out_data import SpokenReply, read_replies
-from minmo.train.stage1 import Phase
+from minmo.train.stage1 import Phase, init_distributed
 
 PARTS = ("projector", "voice_lm", "flow")
 
@@ -51,6 +52,8 @@ class Stage2Config:
     )
     batch_size: int = 8
     flow_crop_tokens: int = 50  # 2 s crops for the flow (its chunk masks make longer contexts unnecessary)
+    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's `mu` (FlowMatching.training_loss)
+    init: str = ""  # exported weights a new run starts from (e.g. the shipped nano checkpoint); "" = seeded random
     warmup_steps: int = 20
     checkpoint_every: int = 25
     threads: int = 0
@@ -97,7 +100,22 @@ class SpeechOut(nn.Module):
         logits = self.voice_token_lm.head(hidden[predicted])
         return F.cross_entropy(logits.float(), target[predicted])
 
-    def flow_loss(self, batch: list[SpokenReply], crop: int, rng: random.Random) -> torch.Tensor:
+    def load_exported(self, folder: str | Path) -> None:
+        """Start from exported weights (`export_weights`' layout, float16 widened to the parameters' dtype)."""
+        for name, module, prefix in self.exported():
+            state = load_file(str(Path(folder) / f"{name}.safetensors"))
+            module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
+
+    def exported(self) -> tuple[tuple[str, nn.Module, str], ...]:
+        """(file name, module, key prefix in the file) of every exported part; token2wav holds the flow only."""
+        return (
+            ("output_projector", self.output_projector, ""),
+            ("voice_token_lm", self.voice_token_lm, ""),
+            ("token2wav", self.flow, "flow."),
+        )
+
+    def flow_loss(self, batch: list[SpokenReply], crop: int, rng: random.Random,
+                  prior_weight: float = 0.0) -> torch.Tensor:
         """Flow matching on a random `crop`-token window of each reply (shorter replies padded and masked)."""
         ratio = self.flow.cfg.token_mel_ratio
         tokens, mels, masks = [], [], []
@@ -109,7 +127,8 @@ class SpeechOut(nn.Module):
             mel = reply.mel[:, start * ratio : stop * ratio].float()
             mels.append(F.pad(mel, (0, crop * ratio - mel.shape[1])))
             masks.append((torch.arange(crop * ratio) < mel.shape[1]).float())
-        return self.flow.training_loss(torch.stack(tokens), torch.stack(mels), mel_mask=torch.stack(masks))
+        return self.flow.training_loss(torch.stack(tokens), torch.stack(mels), mel_mask=torch.stack(masks),
+                                       prior_weight=prior_weight)
 
 
 def usable(reply: SpokenReply, schedule: VoiceSchedule) -> bool:
@@ -120,7 +139,8 @@ def usable(reply: SpokenReply, schedule: VoiceSchedule) -> bool:
 
 
 def train(cfg: Stage2Config) -> Path:
-    """Train (or resume) stage 2; returns the run folder."""
+    """Train (or resume) stage 2, in one process or several under torchrun; returns the run folder."""
+    rank, world = init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -130,24 +150,29 @@ def train(cfg: Stage2Config) -> Path:
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
     replies = [r for r in read_replies(cfg.data) if usable(r, schedule)]
     assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
+    if cfg.init:
+        model.load_exported(cfg.init)  # a resumed run's checkpoint then replaces these
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    print(f"stage 2: {len(replies)} spoken replies, run folder {out}")
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        print(f"stage 2: {len(replies)} spoken replies, {world} process(es), run folder {out}")
 
-    def step_loss(phase: Phase, step: int) -> torch.Tensor:
-        rng = random.Random(f"{cfg.seed}:{phase.name}:{step}")
+    def step_loss(phase: Phase, step: int, rank: int) -> torch.Tensor:
+        rng = random.Random(f"{cfg.seed}:{phase.name}:{step}" + (f":{rank}" if rank else ""))
         batch = [replies[i] for i in rng.sample(range(len(replies)), min(cfg.batch_size, len(replies)))]
         loss = torch.zeros(())
         if {"projector", "voice_lm"} & set(phase.train):
             loss = loss + model.lm_loss(batch)
         if "flow" in phase.train:
-            loss = loss + model.flow_loss(batch, cfg.flow_crop_tokens, rng)
+            loss = loss + model.flow_loss(batch, cfg.flow_crop_tokens, rng, cfg.flow_prior_weight)
         return loss
 
     settings = RunSettings(out, f"stage 2 ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
                            cfg.seed)
     run_phases(model, cfg.phases, settings, lambda phase: model.parts(phase.train), step_loss,
                lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}"))
+    if world > 1:
+        dist.destroy_process_group()
     return out
 
 
@@ -156,11 +181,7 @@ def export_weights(model: SpeechOut, folder: Path, run: str) -> None:
     (the vocoder is pretrained)."""
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"dtype": "float16 (trained in float32)", "run": run}
-    for name, module, prefix in (
-        ("output_projector", model.output_projector, ""),
-        ("voice_token_lm", model.voice_token_lm, ""),
-        ("token2wav", model.flow, "flow."),
-    ):
+    for name, module, prefix in model.exported():
         state = {f"{prefix}{k}": v.detach().half().contiguous() for k, v in module.state_dict().items()
                  if v.is_floating_point()}
         save_file(state, str(folder / f"{name}.safetensors"), metadata=metadata)

@@ -18,13 +18,14 @@ from pathlib import Path
 import jiwer
 import torch
 from safetensors.torch import load_file, save_file
+from torch import distributed as dist
 from torch.nn.utils.rnn import pad_sequence
 
 from minmo.model.config import load_config
 from minmo.model.speech_tokenizer import SpeechTokenizer, SpeechTokenizerConfig, character_ids
 from minmo.train.data import Utterance, read_split
 from minmo.train.runner import RunSettings, run_phases
-from minmo.train.stage1 import Phase
+from minmo.train.stage1 import Phase, init_distributed
 
 WEIGHTS_FILE = "speech_tokenizer.safetensors"
 CONFIG_FILE = "speech_tokenizer.json"
@@ -74,7 +75,8 @@ class EncoderFrames:
 
 
 def train(cfg: TokenizerTrainConfig) -> Path:
-    """Train (or resume) the tokenizer; returns the run folder."""
+    """Train (or resume) the tokenizer, in one process or several under torchrun; returns the run folder."""
+    rank, world = init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -84,12 +86,13 @@ def train(cfg: TokenizerTrainConfig) -> Path:
     examples = [(frames, chars) for frames, chars in examples if chars]
     assert examples, f"no training shards in {cfg.data}: run `minmo data build` first"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    print(f"tokenizer: {len(examples)} training utterances, run folder {out}")
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        print(f"tokenizer: {len(examples)} training utterances, {world} process(es), run folder {out}")
     model = SpeechTokenizer(cfg.tokenizer)
 
-    def step_loss(phase: Phase, step: int) -> torch.Tensor:
-        rng = random.Random(f"{cfg.seed}:{phase.name}:{step}")
+    def step_loss(phase: Phase, step: int, rank: int) -> torch.Tensor:
+        rng = random.Random(f"{cfg.seed}:{phase.name}:{step}" + (f":{rank}" if rank else ""))
         batch = [examples[i] for i in rng.sample(range(len(examples)), min(cfg.batch_size, len(examples)))]
         frames = pad_sequence([f for f, _ in batch], batch_first=True)
         lengths = torch.tensor([f.shape[0] for f, _ in batch])
@@ -101,10 +104,13 @@ def train(cfg: TokenizerTrainConfig) -> Path:
     settings = RunSettings(out, f"speech tokenizer ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every,
                            cfg.stop_after_steps, cfg.seed)
     run_phases(model, cfg.phases, settings, lambda phase: list(model.parameters()), step_loss, export)
-    model.eval()
-    report = evaluate_tokenizer(model, frames_of, cfg.data, cfg.eval_items)
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"tokenizer on held-out voices: {report}")
+    if world > 1:
+        dist.destroy_process_group()
+    if rank == 0:
+        model.eval()
+        report = evaluate_tokenizer(model, frames_of, cfg.data, cfg.eval_items)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        print(f"tokenizer on held-out voices: {report}")
     return out
 
 
