@@ -126,6 +126,21 @@ def test_training_loss_is_finite_with_gradients(cfg: FlowMatchingConfig) -> None
     assert model.estimator.output.weight.grad.abs().sum() > 0
 
 
+def test_prior_loss_adds_the_weighted_error_of_mu_to_the_mel(cfg: FlowMatchingConfig) -> None:
+    model = _model(cfg).train()
+    tokens = _tokens(cfg, length=30)
+    mel = torch.randn(2, cfg.mel_bins, 30 * cfg.token_mel_ratio)
+    losses = []
+    for weight in (0.0, 0.5):
+        torch.manual_seed(3)  # the same time, noise and condition dropout draws for both
+        losses.append(model.training_loss(tokens, mel, prior_weight=weight))
+    blocks = model._blocks(0, tokens.shape[1])
+    mu = model.encoder(model.embedding(tokens), tokens.shape[1], blocks)
+    torch.testing.assert_close(losses[1] - losses[0], 0.5 * (mu - mel).square().mean())
+    losses[1].backward()
+    assert model.encoder.project.weight.grad.abs().sum() > 0
+
+
 def test_paper_size_parameter_count() -> None:
     with torch.device("meta"):
         model = FlowMatching(load_config("minmo-8b").flow)
