@@ -7,7 +7,9 @@ summed over what a phase trains (their parameters never overlap):
   in the exact 5:15 interleaved stream that serving decodes (`interleave.teacher_forcing_inputs`), with
   logits only at the predicted positions;
 - flow (trainable `flow`): CosyVoice 2's conditional flow-matching loss on random crops of `flow_crop_tokens`
-  tokens of the tokens → mel pairs, with its streaming chunk masks.
+  tokens of the tokens → mel pairs, with its streaming chunk masks, plus `flow_prior_weight` × Matcha-TTS's
+  prior loss on the encoder's `mu` (0: CosyVoice 2's objective alone).
+A run may start from exported weights (`init`), e.g. to continue the flow alone after a joint run.
 The LLM is frozen (its states come from the data) and the vocoder is pretrained. Checkpoints resume
 (minmo.train.runner); `export/` holds output_projector / voice_token_lm / token2wav safetensors in float16,
 the layout `build_component(checkpoint=...)` loads (token2wav: the flow only).
