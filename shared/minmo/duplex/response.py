@@ -12,6 +12,9 @@ goes to the new voicelm, and of the new audio the samples the client already has
 the reply continue where it stopped without resending anything. Speech tokens are regenerated, so with sampling
 on, the rest of the audio may differ slightly from what the lost replica would have said; the words do not.
 Only when no replica takes the turn (`FAILOVER_DELAYS_S` spent) does the turn fail.
+
+When the llm stream breaks mid-reply, `resume_llm` (`minmo.duplex.failover`) continues the reply on another llm
+replica after the tokens it already has; the speech hops stay open and simply receive the rest of the text.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from minmo.v1 import (
 VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
+ResumeLlm = Callable[["Response", LinkLost], Awaitable[asyncio.Queue]]  # a new token queue, or raises the LinkLost
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +74,9 @@ class Response:
     timeout_s: float  # deadline of the per-turn voicelm and vocoder calls
     trace_context: dict[str, str] = field(default_factory=dict)
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
+    resume_llm: ResumeLlm | None = None  # continues the reply on another llm replica; None: a lost llm fails it
     pieces: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # the reply's tokens so far (a failover's prefix)
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
     end_reason: str = "EOS"  # ResponseEnd.Reason name
@@ -79,6 +85,7 @@ class Response:
     _calls: list = field(default_factory=list)
     _positions: list = field(default_factory=list)  # every TextPositions sent to voicelm, to replay
     _text_done: bool = False  # the LLM's ResponseEnd was read
+    _queue: asyncio.Queue | None = None  # the turn's messages from the LLM stream (a new one after an llm failover)
     _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
 
     @property
@@ -94,7 +101,7 @@ class Response:
         return heard_ms, "".join(self.pieces[:positions])
 
     async def run(self) -> ResponseResult:
-        queue = self.llm.subscribe(self.turn_id, self.max_tokens)
+        self._queue = self.llm.subscribe(self.turn_id, self.max_tokens)
         try:
             await self.llm.write(
                 llm_pb2.LlmRequest(
@@ -108,9 +115,9 @@ class Response:
             )
             self.timings.generate_sent = now_ms()
             if self.voicelm is None:
-                end = await self._text_only(queue)
+                end = await self._text_only()
             else:
-                end = await self._with_speech(queue)
+                end = await self._with_speech()
         finally:
             self.llm.unsubscribe(self.turn_id)
         return ResponseResult("".join(self.pieces), self.audio_ms, len(self.pieces), end)
@@ -126,12 +133,12 @@ class Response:
                 )
             )
 
-    async def _text_only(self, queue: asyncio.Queue) -> str:
-        async for token in self._tokens(queue):
+    async def _text_only(self) -> str:
+        async for token in self._tokens():
             await self._emit_text(token.text)
         return self.end_reason
 
-    async def _with_speech(self, queue: asyncio.Queue) -> str:
+    async def _with_speech(self) -> str:
         """The speech hops, reopened on another replica when one breaks (module docstring); the LLM's own loss
         (LinkLost from its queue) and running out of replicas end the turn."""
         started = now_ms()
@@ -141,7 +148,7 @@ class Response:
             synth, vocode = await self._open_calls(remaining_s)  # on replicas that admit them (ReplicasFull: none)
             self._calls[:] = [synth, vocode]
             try:
-                return await self._speak(queue, synth, vocode)
+                return await self._speak(synth, vocode)
             except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as error:
                 for call in (synth, vocode):
                     call.cancel()  # a failed attempt leaves no per-turn call open
@@ -174,7 +181,7 @@ class Response:
             raise failures[0]
         return opened[0], opened[1]
 
-    async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
+    async def _speak(self, synth, vocode) -> str:
         await synth.write(
             voicelm_pb2.SynthesizeRequest(
                 config=voicelm_pb2.SynthesizeConfig(
@@ -202,7 +209,7 @@ class Response:
             for positions in self._positions:  # a reopened hop: what the lost one had, first
                 await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
             if not self._text_done:
-                async for token in self._tokens(queue):
+                async for token in self._tokens():
                     if self.timings.first_positions_sent is None:
                         self.timings.first_positions_sent = now_ms()
                     positions = voicelm_pb2.TextPositions(
@@ -222,17 +229,25 @@ class Response:
                 task.cancel()
         return self.end_reason
 
-    async def _tokens(self, queue: asyncio.Queue):
-        """The turn's TextTokens until ResponseEnd; a lost LLM stream raises LinkLost."""
+    async def _tokens(self):
+        """The turn's TextTokens until ResponseEnd; a lost LLM stream is continued elsewhere (`resume_llm`) or
+        raises LinkLost."""
         while True:
-            message = await queue.get()
+            message = await self._queue.get()
             if isinstance(message, LinkLost):
-                raise message
+                if len(self.token_ids) >= self.max_tokens:  # the reply was complete: only its ResponseEnd was lost
+                    self.end_reason = "LENGTH"
+                    return
+                if self.resume_llm is None:
+                    raise message
+                self._queue = await self.resume_llm(self, message)
+                continue
             if isinstance(message, llm_pb2.ResponseEnd):
                 self.end_reason = llm_pb2.ResponseEnd.Reason.Name(message.reason)
                 self.timings.llm_first_token_compute_ms = message.first_token_ms or None
                 return
             self.timings.token_times.append(now_ms())
+            self.token_ids.append(message.token_id)
             yield message
 
     async def _emit_text(self, piece: str) -> None:

@@ -99,6 +99,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _scalar("role", torch.int64),
                 _t("embeddings", torch.float32, (VARIABLE, llm_dim), optional=True),
                 _t("instruction", torch.uint8, optional=True),
+                _t("prefix_ids", torch.int64, optional=True),
                 _scalar("max_tokens", torch.int64),
                 _scalar("temperature", torch.float32),
                 _scalar("top_k", torch.int64),
