@@ -358,6 +358,9 @@ class LlmLink(_Link):
         try:
             await self.call.write(llm_pb2.LlmRequest(config=config))
             first = await self.call.read()
+        except asyncio.CancelledError as cancelled:  # e.g. a barge-in during a failover: no half-open stream stays
+            self._mark_lost(cancelled)
+            raise
         except grpc.aio.AioRpcError as error:
             self._mark_lost(error)
             raise self.lost from error
