@@ -467,11 +467,12 @@ class _Session:
         inputs = {"instruction": text_tensor(generation.instruction)}
         if generation.prefix:
             inputs["prefix_ids"] = torch.tensor(generation.prefix, dtype=torch.int64)
+        await self._infer(OP_BEGIN_RESPONSE, inputs)  # the model checks the prefix's ids
+        if generation.prefix:
             generation.detokenizer = IncrementalDetokenizer(self.tokenizer)
             for token_id in generation.prefix:
                 generation.token_ids.append(token_id)
                 generation.detokenizer.push(token_id)
-        await self._infer(OP_BEGIN_RESPONSE, inputs)
 
     async def _transcribe(self, turn_id: str) -> None:
         started = time.perf_counter()
