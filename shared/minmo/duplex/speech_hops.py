@@ -122,7 +122,8 @@ class SpeechHops:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self.cancel()
+            if not self._finished.is_set():  # a finished turn's calls end on their own (the services close them)
+                self.cancel()
 
     def cancel(self) -> None:
         for hop in (self.voicelm, self.vocoder):
