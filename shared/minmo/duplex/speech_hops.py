@@ -89,10 +89,6 @@ class SpeechHops:
         self._tokens_ready = asyncio.Event()  # voicelm's reader logged speech tokens (or SynthesisDone)
         self._started = now_ms()
 
-    @property
-    def calls(self) -> list[grpc.aio.StreamStreamCall]:
-        return [hop.call for hop in (self.voicelm, self.vocoder) if hop.call is not None]
-
     async def run(self, text: Coroutine) -> None:
         """Open both hops, run `text` (which calls `add_positions` and `end_text`) and keep the hops going until the
         audio is out; a hop that breaks is reopened (module docstring). Raises LinkLost (the LLM's, or a hop's with
@@ -126,6 +122,7 @@ class SpeechHops:
                 self.cancel()
 
     def cancel(self) -> None:
+        """Stop both hops' calls now (barge-in, or the turn failed)."""
         for hop in (self.voicelm, self.vocoder):
             if hop.call is not None:
                 hop.call.cancel()
