@@ -464,6 +464,12 @@ class _Session:
 
     async def _begin_response(self, generation: _Generation) -> None:
         """Open the reply; one continued after failover starts with the tokens the lost replica sent (its prefix)."""
+        room = self.options.max_positions - self.position - self._cost(generation.instruction) - RESPONSE_END_POSITIONS
+        if len(generation.prefix) > room:
+            raise SessionFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"prefix_token_ids has {len(generation.prefix)} tokens; the context has room for {max(room, 0)}",
+            )
         inputs = {"instruction": text_tensor(generation.instruction)}
         if generation.prefix:
             inputs["prefix_ids"] = torch.tensor(generation.prefix, dtype=torch.int64)

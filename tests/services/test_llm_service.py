@@ -287,6 +287,10 @@ def _bad_tensor() -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype="float32", shape=[2, CFG.llm.hidden_size], data=b"\0" * 12)
 
 
+def _long_prefix(tokens: int) -> llm_pb2.GenerateResponse:
+    return llm_pb2.GenerateResponse(max_tokens=2 * tokens, prefix_token_ids=[1] * tokens)
+
+
 @pytest.mark.parametrize(
     ("requests", "code", "hint"),
     [
@@ -314,6 +318,11 @@ def _bad_tensor() -> common_pb2.Tensor:
             "fewer than its max_tokens",
         ),
         (
+            [_config(), llm_pb2.LlmRequest(generate_response=_long_prefix(5_000))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the context has room",
+        ),
+        (
             [_config(), llm_pb2.LlmRequest(generate_response=llm_pb2.GenerateResponse(prefix_token_ids=[-1]))],
             grpc.StatusCode.INVALID_ARGUMENT,
             "prefix_ids must be token ids",
@@ -328,6 +337,7 @@ def _bad_tensor() -> common_pb2.Tensor:
         "no-role",
         "generate-twice",
         "long-prefix",
+        "prefix-past-the-context",
         "bad-prefix",
     ],
 )

@@ -173,6 +173,9 @@ class VoiceLmModel(RuntimeModel):
         if "prefix_tokens" not in inputs:
             return []
         ids = require(inputs, "prefix_tokens", torch.int64, 1).tolist()
+        limit = self.voice_lm.cfg.max_positions
+        if len(ids) > limit:
+            raise InvalidInput(f"prefix_tokens has {len(ids)} tokens; a turn has at most {limit}")
         if any(not 0 <= token < SPEECH_CODEBOOK_SIZE for token in ids):
             raise InvalidInput(f"prefix_tokens must be speech token ids in [0, {SPEECH_CODEBOOK_SIZE})")
         return ids
