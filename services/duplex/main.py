@@ -22,6 +22,7 @@ from minmo.serving.server import ServiceHost, SessionLimiter
 from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
 from minmo.serving.tls import channel_credentials
 from minmo.session.embedded import connect
+from minmo.session.quota import SessionQuota
 from minmo.session.store import SessionStore
 from minmo.telemetry import start_telemetry
 from minmo.v1 import encoder_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc, voicelm_pb2_grpc
@@ -38,7 +39,8 @@ class DuplexSettings:
     MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls),
     MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
     (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
-    MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth).
+    MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth); each
+    key's session quota holds across replicas (counted in Redis, minmo.session.quota).
     MINMO_VOICE_PROMPT_MODELS: a folder with CosyVoice 2's speech_tokenizer_v2.onnx and campplus.onnx (unset: voice
     prompts are checked and kept but do not change the voice; README "Voice control")."""
 
@@ -121,7 +123,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)
     servicer = ConversationServicer(policy, peers, store, vad, limiter, telemetry, settings.server.slow_client_s)
-    api_keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+    api_keys = ApiKeys(settings.api_keys_file, SessionQuota(redis_client)) if settings.api_keys_file else None
     host = ServiceHost(settings.server, telemetry, front_door=True, api_keys=api_keys)
     host.add_handler(conversation_handler(servicer), SERVICE_NAME, servicer)
     port = await host.start()

@@ -16,6 +16,9 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
   FAILED_PRECONDITION (after a CancelGeneration it is queued behind the cancelled one's ResponseEnd); a
   request before the config, embeddings that are not float32 (T>0, hidden size), or an unset role fail it
   with INVALID_ARGUMENT; a stream past MINMO_MAX_SESSIONS is refused with RESOURCE_EXHAUSTED.
+- Failover: a GenerateResponse with prefix_token_ids (the tokens a lost replica had sent for this turn) feeds them
+  as the start of the reply and continues after them: TextTokens go on at index len(prefix), and ResponseEnd counts
+  and decodes the whole reply. With greedy sampling the continuation is what the lost replica would have said.
 - Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
 - The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
 - Context length never exceeds the model's max_positions: the config's history is trimmed oldest first to half of it
@@ -179,7 +182,8 @@ class _Generation:
     instruction: str
     hop: HopSpan
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    token_ids: list[int] = field(default_factory=list)
+    prefix: list[int] = field(default_factory=list)  # token ids a lost replica generated (failover): fed, not sent
+    token_ids: list[int] = field(default_factory=list)  # the response's tokens, the prefix's first
     detokenizer: IncrementalDetokenizer | None = None  # set when the generation starts: this session's tokenizer
     first_token_ms: float = 0.0
     five_tokens_ms: float = 0.0
@@ -350,12 +354,20 @@ class _Session:
             )
         if request.max_tokens < 0:
             raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be >= 0 (0: session default)")
+        max_tokens = request.max_tokens or self.max_tokens
+        if len(request.prefix_token_ids) >= max_tokens:
+            raise SessionFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"prefix_token_ids has {len(request.prefix_token_ids)} tokens; a response continued after failover "
+                f"needs fewer than its max_tokens ({max_tokens})",
+            )
         self.generation = _Generation(
             turn_id=request.turn_id,
             received=time.perf_counter(),
-            max_tokens=request.max_tokens or self.max_tokens,
+            max_tokens=max_tokens,
             instruction=request.instruction,
             hop=self._begin("llm.generate", request.trace_context, request.turn_id),
+            prefix=list(request.prefix_token_ids),
         )
         generation = self.generation
         return lambda: self._generate(generation)
@@ -432,7 +444,7 @@ class _Session:
                 if self.user_turn_open:
                     self.turns.append([common_pb2.ROLE_USER, ""])  # its transcript fills it in
                     self.user_turn_open = False
-                await self._infer(OP_BEGIN_RESPONSE, {"instruction": text_tensor(generation.instruction)})
+                await self._begin_response(generation)
                 reason = await self._stream_tokens(generation)
                 if reason == llm_pb2.ResponseEnd.CANCELLED:
                     await self._infer(OP_DROP_RESPONSE, {})
@@ -450,6 +462,24 @@ class _Session:
         if spoken_turn is not None:
             await self._transcribe(spoken_turn)
 
+    async def _begin_response(self, generation: _Generation) -> None:
+        """Open the reply; one continued after failover starts with the tokens the lost replica sent (its prefix)."""
+        room = self.options.max_positions - self.position - self._cost(generation.instruction) - RESPONSE_END_POSITIONS
+        if len(generation.prefix) > room:
+            raise SessionFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"prefix_token_ids has {len(generation.prefix)} tokens; the context has room for {max(room, 0)}",
+            )
+        inputs = {"instruction": text_tensor(generation.instruction)}
+        if generation.prefix:
+            inputs["prefix_ids"] = torch.tensor(generation.prefix, dtype=torch.int64)
+        await self._infer(OP_BEGIN_RESPONSE, inputs)  # the model checks the prefix's ids
+        if generation.prefix:
+            generation.detokenizer = IncrementalDetokenizer(self.tokenizer)
+            for token_id in generation.prefix:
+                generation.token_ids.append(token_id)
+                generation.detokenizer.push(token_id)
+
     async def _transcribe(self, turn_id: str) -> None:
         started = time.perf_counter()
         outputs = await self._infer(OP_TRANSCRIBE, {"max_tokens": torch.tensor([self.max_tokens])})
@@ -461,7 +491,7 @@ class _Session:
         await self.out.put(llm_pb2.LlmResponse(user_transcript=transcript))
 
     def _record(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
-        tokens = len(generation.token_ids)
+        tokens = len(generation.token_ids) - len(generation.prefix)
         generation.hop.set(
             first_token_ms=generation.first_token_ms if tokens else None,
             five_tokens_ms=generation.five_tokens_ms if tokens >= FIVE_TOKENS else None,
@@ -474,7 +504,8 @@ class _Session:
 
     async def _stream_tokens(self, generation: _Generation) -> llm_pb2.ResponseEnd.Reason:
         room = self.options.max_positions - self.position - RESPONSE_END_POSITIONS
-        inputs = {"max_tokens": torch.tensor([max(1, min(generation.max_tokens, room))]), **self.sampling}
+        wanted = generation.max_tokens - len(generation.prefix)
+        inputs = {"max_tokens": torch.tensor([max(1, min(wanted, room))]), **self.sampling}
         stream = self.runtime.infer_stream(MODEL, {"op": torch.tensor([OP_GENERATE]), **inputs}, self._sequence())
         async with contextlib.aclosing(stream) as tokens:
             async for outputs in tokens:
@@ -499,7 +530,7 @@ class _Session:
             index=len(generation.token_ids) - 1,
         )
         await self.out.put(llm_pb2.LlmResponse(text_token=token))
-        count = len(generation.token_ids)
+        count = len(generation.token_ids) - len(generation.prefix)  # this replica's tokens: timings are its own
         if count == 1:
             generation.first_token_ms = _ms_since(generation.received)
         if count == FIVE_TOKENS:

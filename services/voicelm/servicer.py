@@ -1,5 +1,7 @@
 """VoiceDecoder servicer: one stream per response turn; LLM text positions in, 15 speech tokens per 5 out.
-The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequence with the sampling settings.
+The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequence with the sampling settings, and
+so do a failover's prefix_speech_tokens: the turn's text positions are then sent again from the start, and only the
+speech tokens after the prefix come out.
 
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
 stream ends (TextEnd, client cancel, barge-in, an error) the sequence is ended, so no state outlives its turn.
@@ -74,7 +76,8 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
             try:
                 with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
-                    await turn.start({**self.sampling.resolve(config.sampling), **_instruction(config)})
+                    sampling = self.sampling.resolve(config.sampling)
+                    await turn.start({**sampling, **_instruction(config), **_prefix(config)})
                     async for request in request_iterator:
                         kind = request.WhichOneof("request")
                         if kind == "text_positions":
@@ -156,7 +159,9 @@ class _Turn:
         self.first_tokens_ms = 0.0
 
     async def start(self, sampling: TensorMap) -> None:
-        """Open the sequence with the sampling settings and no positions yet (the model checks the settings)."""
+        """Open the sequence with the sampling settings and no positions yet (the model checks the settings); a
+        failover's prefix tokens count as sent."""
+        self.tokens = len(sampling.get("prefix_tokens", ()))
         start = Sequence(self.sequence.id, start=True)
         empty = {"hidden": self.no_positions, "token_embedding": self.no_positions, "text_end": torch.tensor([False])}
         await self._infer({**sampling, **empty}, start)
@@ -174,7 +179,7 @@ class _Turn:
         self.positions += hidden.shape[0]
         if ids.numel() == 0:
             return []
-        if self.tokens == 0 and self.first_positions_at is not None:
+        if not self.first_tokens_ms and self.first_positions_at is not None:
             self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
         first, self.tokens = self.tokens, self.tokens + ids.numel()
         messages = split_speech_tokens(ids.tolist(), first)
@@ -200,6 +205,12 @@ class _Turn:
 def _instruction(config: voicelm_pb2.SynthesizeConfig) -> TensorMap:
     """The turn's voice instruction as the model's `instruction` input (none when empty; the model checks it)."""
     return {"instruction": text_tensor(config.voice_instruction)} if config.voice_instruction else {}
+
+
+def _prefix(config: voicelm_pb2.SynthesizeConfig) -> TensorMap:
+    """A failover's speech tokens so far as the model's `prefix_tokens` input (none for a new turn)."""
+    tokens = config.prefix_speech_tokens
+    return {"prefix_tokens": torch.tensor(list(tokens), dtype=torch.int64)} if tokens else {}
 
 
 async def _check_total(text_end: voicelm_pb2.TextEnd, received: int, context: grpc.aio.ServicerContext) -> None:

@@ -200,7 +200,8 @@ def faults(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
 ) -> None:
     """kill -9 one replica of each model service (two each) under concurrent sessions, then Redis (AOF); print
-    sessions lost, turns failed per kill, recovery time, session keys kept and unanswered history turns."""
+    sessions lost, turns failed per kill, first audio after each kill (p50/max), recovery time, session keys kept,
+    history entries lost and unanswered history turns."""
     from rich.console import Console
 
     from minmo.reliability.runs import print_faults, run_faults

@@ -1,8 +1,12 @@
 """What duplex keeps of the utterance in progress for an encoder replay: every message since the last
-acknowledged flush, in order, within a bound; past the bound, nothing until the utterances it cut are flushed."""
+acknowledged flush, in order, within a bound; past the bound, nothing until the utterances it cut are flushed.
+And for an llm failover: the audio of the user turn the last response answers."""
 
-from minmo.duplex.replay import UtteranceLog
-from minmo.v1 import encoder_pb2
+import torch
+
+from minmo.api.tensors import tensor_to_proto
+from minmo.duplex.replay import LlmTurnLog, UtteranceLog
+from minmo.v1 import encoder_pb2, llm_pb2
 
 SAMPLES = 1600  # 100 ms at 16 kHz per chunk
 
@@ -59,3 +63,34 @@ def test_restart_forgets_everything() -> None:
     log.add(_audio("t1", 2 * SAMPLES))
     log.restart(position=42)
     assert log.replayable and log.requests == [] and log.start_position == 42
+
+
+def _llm_audio(turn: str, frames: int = 2) -> llm_pb2.LlmRequest:
+    embeddings = tensor_to_proto(torch.zeros(frames, 8))
+    return llm_pb2.LlmRequest(audio_input=llm_pb2.AudioInput(embeddings=embeddings, turn_id=turn))
+
+
+def _generate(turn: str) -> llm_pb2.LlmRequest:
+    return llm_pb2.LlmRequest(generate_response=llm_pb2.GenerateResponse(turn_id=turn))
+
+
+def test_the_llm_log_keeps_the_audio_each_response_answers_for_a_replay() -> None:
+    log = LlmTurnLog()
+    spoken = [_llm_audio("u1"), _llm_audio("u1")]
+    for request in [*spoken, _generate("r1"), _llm_audio("u2")]:
+        log.record(request)
+    assert log.audio_answered_by("r1") == [request.audio_input for request in spoken]
+    assert log.audio_answered_by("r0") is None, "only the last response can be continued"
+    log.record(_generate("r2"))
+    assert len(log.audio_answered_by("r2")) == 1
+    log.restart()
+    assert log.audio_answered_by("r2") is None
+
+
+def test_an_llm_turn_past_the_bound_cannot_be_replayed() -> None:
+    log = LlmTurnLog(max_bytes=2 * _llm_audio("u1").audio_input.ByteSize())
+    for request in [_llm_audio("u1")] * 3 + [_generate("r1")]:
+        log.record(request)
+    assert log.audio_answered_by("r1") is None and log.open_turn == []
+    log.record(_generate("r2"))  # a typed turn with no audio: nothing to replay, and that is replayable
+    assert log.audio_answered_by("r2") == []

@@ -105,6 +105,20 @@ def test_start_with_history_equals_appending_the_turns(dialogue: Dialogue) -> No
     _assert_same_response(first, second)
 
 
+def test_a_reply_continued_after_its_prefix_equals_the_uninterrupted_reply(dialogue: Dialogue) -> None:
+    """Failover: a new replica fed the user turn's audio and the tokens a lost one generated continues the reply as
+    the lost one would have (greedy), with the same hidden states for the voice-token LM, and drops it the same."""
+    before = dialogue.start("Be brief.", [("user", "Hi there.")])
+    _, spoken = dialogue.append_audio(before, _audio(dialogue, 4, seed=3))
+    whole, uninterrupted = _generate(dialogue, dialogue.begin_response(spoken, "Speak slowly."), steps=2 * STEPS)
+    prefix = [step.token_id for step in whole[:STEPS]]
+    continued = dialogue.begin_response(spoken, "Speak slowly.", prefix)
+    rest, generating = _generate(dialogue, continued)
+    _assert_same_response(rest, whole[STEPS:])
+    _assert_same_context(generating, uninterrupted)
+    _assert_same_context(dialogue.drop_response(generating), dialogue.drop_response(uninterrupted))
+
+
 def test_drop_response_restores_the_context_before_it(dialogue: Dialogue) -> None:
     before = dialogue.start("Be brief.", [("user", "Tell me a story.")])
     _, generating = _generate(dialogue, dialogue.begin_response(before))

@@ -173,6 +173,30 @@ async def test_response_equals_the_in_process_dialogue(llm_service, dialogue):
     await call.done_writing()
 
 
+async def test_a_response_continued_after_its_prefix_on_a_new_stream_sends_only_the_rest(llm_service):
+    """Failover: a new stream given the same context and the tokens a lost one sent continues the reply: the next
+    indices, the same tokens (greedy), and a ResponseEnd that counts and decodes the whole reply."""
+    stub, _, _ = llm_service
+    chunks = [_audio(4, 10), _audio(2, 11)]
+    lost = await _open(stub, _config(HISTORY), *[_audio_input(chunk) for chunk in chunks])
+    await lost.write(_generate("r1"))
+    whole, whole_end = await _response(lost)
+    lost.cancel()
+    cut = TOKENS // 2
+    call = await _open(stub, _config(HISTORY), *[_audio_input(chunk) for chunk in chunks])
+    request = _generate("r1")
+    request.generate_response.prefix_token_ids.extend(token.token_id for token in whole[:cut])
+    await call.write(request)
+    rest, end = await _response(call)
+    assert [token.index for token in rest] == list(range(cut, TOKENS))
+    assert [token.token_id for token in rest] == [token.token_id for token in whole[cut:]]
+    for token, expected in zip(rest, whole[cut:], strict=True):
+        hidden, expected_hidden = tensor_from_proto(token.hidden), tensor_from_proto(expected.hidden)
+        torch.testing.assert_close(hidden, expected_hidden, atol=ATOL, rtol=0)
+    assert (end.reason, end.token_count, end.text) == (whole_end.reason, TOKENS, whole_end.text)
+    await call.done_writing()
+
+
 async def test_cancel_stops_within_a_token_and_leaves_no_trace(llm_service, dialogue):
     stub, _, _ = llm_service
     call = await _open(stub, _config(), _audio_input(_audio(5, 20)), _generate("r1", max_tokens=LONG))
@@ -263,6 +287,10 @@ def _bad_tensor() -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype="float32", shape=[2, CFG.llm.hidden_size], data=b"\0" * 12)
 
 
+def _long_prefix(tokens: int) -> llm_pb2.GenerateResponse:
+    return llm_pb2.GenerateResponse(max_tokens=2 * tokens, prefix_token_ids=[1] * tokens)
+
+
 @pytest.mark.parametrize(
     ("requests", "code", "hint"),
     [
@@ -281,8 +309,37 @@ def _bad_tensor() -> common_pb2.Tensor:
             "role",
         ),
         ([_config(), _generate("r1", LONG), _generate("r2")], grpc.StatusCode.FAILED_PRECONDITION, "still generating"),
+        (
+            [
+                _config(),
+                llm_pb2.LlmRequest(generate_response=llm_pb2.GenerateResponse(max_tokens=2, prefix_token_ids=[1, 2])),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "fewer than its max_tokens",
+        ),
+        (
+            [_config(), llm_pb2.LlmRequest(generate_response=_long_prefix(5_000))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the context has room",
+        ),
+        (
+            [_config(), llm_pb2.LlmRequest(generate_response=llm_pb2.GenerateResponse(prefix_token_ids=[-1]))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prefix_ids must be token ids",
+        ),
     ],
-    ids=["before-config", "wrong-dim", "wrong-dtype", "empty", "corrupt", "no-role", "generate-twice"],
+    ids=[
+        "before-config",
+        "wrong-dim",
+        "wrong-dtype",
+        "empty",
+        "corrupt",
+        "no-role",
+        "generate-twice",
+        "long-prefix",
+        "prefix-past-the-context",
+        "bad-prefix",
+    ],
 )
 async def test_bad_input_gets_a_clear_status(llm_service, requests, code, hint):
     actual, details = await _status_of(llm_service[0], requests)

@@ -160,6 +160,21 @@ async def test_sampling_is_reproducible_for_a_seed_however_positions_are_chunked
     assert one_by_one != other_seed
 
 
+async def test_a_turn_continued_after_its_prefix_tokens_gives_exactly_the_rest(voicelm):
+    """Failover: a new stream given the speech tokens a lost one sent, and every text position again, sends only the
+    tokens after them, numbered on, and they are the ones the lost stream would have sent (same seed)."""
+    stub, _, _ = voicelm
+    hidden, token_embedding = _llm_states()
+    whole = await _synthesize(stub, _turn(hidden, token_embedding, 2, seed=7, **SAMPLED))
+    cut = SPEECH_BLOCK + 4  # mid-block: the lost stream had sent part of a block
+    requests = _turn(hidden, token_embedding, 2, seed=7, **SAMPLED)
+    requests[0].config.prefix_speech_tokens.extend(whole[:cut])
+    call = stub.Synthesize(iter(requests))
+    rest: list[int] = list(whole[:cut])  # _rest_of_turn checks first_index against what came before
+    done = await _rest_of_turn(call, rest)
+    assert rest == whole and done.token_count == len(whole)
+
+
 def _bad_tensor() -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype="float32", shape=[1, LLM_DIM], data=b"\0" * 3)
 
@@ -167,6 +182,14 @@ def _bad_tensor() -> common_pb2.Tensor:
 ONE = _llm_states(1)
 BAD_INPUTS = {
     "positions before config": ([_positions(*ONE, 0)], grpc.StatusCode.INVALID_ARGUMENT, "start with config"),
+    "prefix token out of range": (
+        [
+            voicelm_pb2.SynthesizeRequest(config=voicelm_pb2.SynthesizeConfig(prefix_speech_tokens=[6561])),
+            _positions(*ONE, 0),
+        ],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prefix_tokens must be speech token ids",
+    ),
     "wrong rank": (
         [_config(), _positions(ONE[0][0], ONE[1][0], 0)],
         grpc.StatusCode.INVALID_ARGUMENT,

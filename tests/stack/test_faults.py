@@ -1,7 +1,7 @@
 """CI-sized fault suite: concurrent sessions on two replicas of the llm, voicelm and vocoder; one replica of each is
-stopped abruptly (no grace) in turn. No session is lost, every turn ends with one terminal event, turns after
-each loss complete on the other replica, and the history has no user turn without an answer. `minmo faults` is
-the full run (separate processes, kill -9, Redis with AOF)."""
+stopped abruptly (no grace) in turn while every session is taking a turn. No session is lost and no turn either:
+the turns in flight fail over and complete (mid-turn failover), so do the turns after each loss, and the history
+has every user turn with its answer. `minmo faults` is the full run (separate processes, kill -9, Redis with AOF)."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ async def test_losing_a_replica_of_each_component_loses_no_session_and_leaves_no
 
     await asyncio.gather(*(turns(probe, 1, "warm") for probe in probes))
     for component in ("llm", "voicelm", "vocoder"):
+        before = [len(probe.turns) for probe in probes]
         busy = asyncio.gather(*(turns(probe, 1, f"during {component}") for probe in probes))
         serving = [host for host in stack.hosts[component] if host.active_sessions() > 0] or stack.hosts[component]
         stack.hosts[component].remove(serving[0])
         await serving[0].stop()
         await busy
-        before = [len(probe.turns) for probe in probes]
         await asyncio.gather(*(turns(probe, TURNS_AFTER_EACH_LOSS, f"after {component}") for probe in probes))
         after = [turn.outcome for probe, start in zip(probes, before, strict=True) for turn in probe.turns[start:]]
         assert after and all(outcome in ANSWERED for outcome in after), (component, after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 
 import grpc
 import pytest
@@ -140,3 +141,31 @@ def test_keys_file_format():
     with pytest.raises(ValueError, match="line 1"):
         parse_keys("alice not-a-digest 2\n")
 
+
+
+async def test_a_keys_session_quota_holds_across_duplex_replicas(stack, tmp_path):
+    """Two duplex replicas share one Redis: a key with 2 sessions gets 2 in all, refused before any work starts."""
+    key = f"key-of-carol-{uuid.uuid4().hex}"
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"carol {key_digest(key)} 2\n")
+    for name in ("encoder", "llm", "voicelm", "vocoder"):
+        await stack.start_model_service(name)
+    for _ in range(2):
+        await stack.start_duplex(MINMO_API_KEYS_FILE=str(keys))
+    stubs = [stack.conversation(index)[1] for index in range(2)]
+    held = []
+    for stub in stubs:  # one session on each replica
+        call = stub.Converse(metadata=_bearer(key))
+        await call.write(_config(text_only=True))
+        assert (await call.read()).HasField("session_started")
+        held.append(call)
+    for stub in stubs:
+        code, details = await _opens(stub, _bearer(key))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "maximum of 2" in details, (code, details)
+    assert stack.hosts["llm"][0].active_sessions() == 2, "a refused session started no work"
+    held[0].cancel()
+    async with asyncio.timeout(10):
+        while not isinstance(opened := await _opens(stubs[1], _bearer(key)), conversation_pb2.SessionStarted):
+            await asyncio.sleep(0.1)  # the first replica releases the slot when it sees the cancel
+    assert opened.session_id
+    held[1].cancel()

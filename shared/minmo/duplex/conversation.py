@@ -33,6 +33,7 @@ from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16, pcm16_to_float
 from minmo.audio.turn_detection import TurnDetectionConfig, TurnDetector
 from minmo.audio.vad import StreamingVad
 from minmo.duplex.audio_input import AudioInput, SpeechAudio, SpeechStarted, SpeechStopped
+from minmo.duplex.failover import LlmFailover
 from minmo.duplex.history import ContextLost, History
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.limits import InputLimits, ProtocolError, check_id, check_trace_context
@@ -145,6 +146,7 @@ class Conversation:
         self.timings: TurnTimings | None = None
         self.response: Response | None = None  # the last response started (the policy says if it still generates)
         self.response_task: asyncio.Task | None = None
+        self.llm_failover: LlmFailover | None = None  # set once the session exists
         self.played_ms: dict[str, float] = {}
 
     async def run(self, requests: AsyncIterator[conversation_pb2.ClientEvent]) -> AsyncIterator:
@@ -243,6 +245,7 @@ class Conversation:
             self.policy.max_response_tokens,
             self._open_llm,
         )
+        self.llm_failover = LlmFailover(self.llm, self.history.rebuild_llm, self.session_id)
         self.turns = TurnPolicy(config.predictor_mode)
         self.audio_input = AudioInput(self.vad, TurnDetector(config.turn_detection), config.input_sample_rate_hz)
         self.voice = config.voice
@@ -511,6 +514,7 @@ class Conversation:
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,
             trace_context=trace.respond(turn_id),
+            resume_llm=self.llm_failover.resume,
         )
         self.response = response
         self.turns.handle(ResponseStarted(turn_id))

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
-from minmo.duplex.replay import UtteranceLog
+from minmo.duplex.replay import LlmTurnLog, UtteranceLog
 from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.serving.channels import open_channel
 from minmo.serving.server import ADMITTED_METADATA, RETRY_AFTER_METADATA
@@ -327,7 +327,7 @@ class TooManyTokens(Exception):
 
 class LlmLink(_Link):
     """The session's Session stream: predictor signals and user transcripts go to callbacks, text tokens to the
-    turn's queue."""
+    turn's queue. `log` keeps the user turn's audio for a failover (`minmo.duplex.failover`)."""
 
     hop = "llm"
 
@@ -345,15 +345,22 @@ class LlmLink(_Link):
         self.on_context_trimmed = on_context_trimmed
         self.turns: dict[str, asyncio.Queue] = {}
         self.ready: llm_pb2.LlmSessionReady | None = None
+        self.log = LlmTurnLog()
+        self.replayed_chunks = 0  # AudioInputs replayed on this stream: their predictor signals were heard before
 
     async def open(self, config: llm_pb2.LlmSessionConfig) -> llm_pb2.LlmSessionReady:
         """Open a stream on a replica that admits it and wait until it has the context (prompt + history)."""
         await self.close()
         self.lost = None
+        self.log.restart()
+        self.replayed_chunks = 0
         self.call = await self.replicas.open("Session")
         try:
             await self.call.write(llm_pb2.LlmRequest(config=config))
             first = await self.call.read()
+        except asyncio.CancelledError as cancelled:  # e.g. a barge-in during a failover: no half-open stream stays
+            self._mark_lost(cancelled)
+            raise
         except grpc.aio.AioRpcError as error:
             self._mark_lost(error)
             raise self.lost from error
@@ -363,6 +370,16 @@ class LlmLink(_Link):
         self.ready = first.session_ready
         self.reader = asyncio.create_task(self._read(), name=f"llm-reader-{config.session_id}")
         return self.ready
+
+    async def write(self, request: llm_pb2.LlmRequest) -> None:
+        self.log.record(request)
+        await super().write(request)
+
+    async def replay(self, audio: list[llm_pb2.AudioInput]) -> None:
+        """A user turn's AudioInputs again, on a stream just opened (failover); their signals are not passed on."""
+        self.replayed_chunks += len(audio)
+        for audio_input in audio:
+            await self.write(llm_pb2.LlmRequest(audio_input=audio_input))
 
     def subscribe(self, turn_id: str, max_tokens: int) -> asyncio.Queue:
         """The queue that will receive this turn's TextToken and ResponseEnd messages (or a LinkLost): bounded by
@@ -381,7 +398,8 @@ class LlmLink(_Link):
             while (response := await self.call.read()) is not grpc.aio.EOF:
                 kind = response.WhichOneof("response")
                 if kind == "predictor_signal":
-                    await self.on_predictor(response.predictor_signal)
+                    if response.predictor_signal.chunk_index >= self.replayed_chunks:
+                        await self.on_predictor(response.predictor_signal)
                 elif kind == "user_transcript":
                     await self.on_user_transcript(response.user_transcript)
                 elif kind == "context_trimmed" and self.on_context_trimmed is not None:

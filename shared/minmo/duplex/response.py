@@ -6,29 +6,29 @@ the vocoder emits it. Cancelling the response (barge-in) cancels the voicelm and
 and tells the LLM to drop the response from its context; `heard` then maps the audio the user actually
 heard back to the words that audio spoke (the 5:15 schedule).
 
-Failover: when the voicelm or vocoder call breaks mid-turn (its replica died), the speech half of the turn is
-reopened on another replica and replayed from what this response logged: every text position the LLM produced
-goes to the new voicelm, and of the new audio the samples the client already has are skipped, so the user hears
-the reply continue where it stopped without resending anything. Speech tokens are regenerated, so with sampling
-on, the rest of the audio may differ slightly from what the lost replica would have said; the words do not.
-Only when no replica takes the turn (`FAILOVER_DELAYS_S` spent) does the turn fail.
+Failover: when the voicelm or vocoder call breaks mid-turn (its replica died), that hop alone is reopened on another
+replica and continues from what this response logged (`minmo.duplex.speech_hops`): a new voicelm goes on after the
+speech tokens already produced, a new vocoder re-runs the logged speech tokens and the samples the client already
+has are skipped, so the user hears the reply continue where it stopped, nothing twice, without resending anything.
+Only when no replica takes the hop (`FAILOVER_DELAYS_S` spent) does the turn fail.
+
+When the llm stream breaks mid-reply, `resume_llm` (`minmo.duplex.failover`) continues the reply on another llm
+replica after the tokens it already has; the speech hops stay open and simply receive the rest of the text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
-from minmo.api.speech_tokens import split_speech_tokens
-from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
+from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
-from minmo.duplex.links import FAILOVER_DELAYS_S, NOT_RETRIED, LinkLost, LlmLink, Replicas
+from minmo.duplex.links import LinkLost, LlmLink, Replicas
+from minmo.duplex.speech_hops import SpeechHops
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
@@ -42,7 +42,7 @@ from minmo.v1 import (
 VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
-log = logging.getLogger(__name__)
+ResumeLlm = Callable[["Response", LinkLost], Awaitable[asyncio.Queue]]  # a new token queue, or raises the LinkLost
 
 
 @dataclass
@@ -70,15 +70,16 @@ class Response:
     timeout_s: float  # deadline of the per-turn voicelm and vocoder calls
     trace_context: dict[str, str] = field(default_factory=dict)
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
+    resume_llm: ResumeLlm | None = None  # continues the reply on another llm replica; None: a lost llm fails it
     pieces: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # the reply's tokens so far (a failover's prefix)
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
     end_reason: str = "EOS"  # ResponseEnd.Reason name
     ended: bool = False  # its terminal RESPONSE_DONE was sent
     failovers: int = 0  # times the speech hops were reopened on another replica
-    _calls: list = field(default_factory=list)
-    _positions: list = field(default_factory=list)  # every TextPositions sent to voicelm, to replay
-    _text_done: bool = False  # the LLM's ResponseEnd was read
+    _hops: SpeechHops | None = None  # the voicelm and vocoder calls (speech sessions)
+    _queue: asyncio.Queue | None = None  # the turn's messages from the LLM stream (a new one after an llm failover)
     _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
 
     @property
@@ -94,7 +95,7 @@ class Response:
         return heard_ms, "".join(self.pieces[:positions])
 
     async def run(self) -> ResponseResult:
-        queue = self.llm.subscribe(self.turn_id, self.max_tokens)
+        self._queue = self.llm.subscribe(self.turn_id, self.max_tokens)
         try:
             await self.llm.write(
                 llm_pb2.LlmRequest(
@@ -108,17 +109,17 @@ class Response:
             )
             self.timings.generate_sent = now_ms()
             if self.voicelm is None:
-                end = await self._text_only(queue)
+                end = await self._text_only()
             else:
-                end = await self._with_speech(queue)
+                end = await self._with_speech()
         finally:
             self.llm.unsubscribe(self.turn_id)
         return ResponseResult("".join(self.pieces), self.audio_ms, len(self.pieces), end)
 
     async def cancel(self) -> None:
         """Barge-in: stop the downstream calls now and have the LLM drop the response."""
-        for call in self._calls:
-            call.cancel()
+        if self._hops is not None:
+            self._hops.cancel()
         with contextlib.suppress(LinkLost):
             await self.llm.write(
                 llm_pb2.LlmRequest(
@@ -126,113 +127,68 @@ class Response:
                 )
             )
 
-    async def _text_only(self, queue: asyncio.Queue) -> str:
-        async for token in self._tokens(queue):
+    async def _text_only(self) -> str:
+        async for token in self._tokens():
             await self._emit_text(token.text)
         return self.end_reason
 
-    async def _with_speech(self, queue: asyncio.Queue) -> str:
-        """The speech hops, reopened on another replica when one breaks (module docstring); the LLM's own loss
-        (LinkLost from its queue) and running out of replicas end the turn."""
-        started = now_ms()
-        for attempt, delay in enumerate(FAILOVER_DELAYS_S):
-            await asyncio.sleep(delay)
-            remaining_s = self.timeout_s - (now_ms() - started) / 1000
-            synth, vocode = await self._open_calls(remaining_s)  # on replicas that admit them (ReplicasFull: none)
-            self._calls[:] = [synth, vocode]
-            try:
-                return await self._speak(queue, synth, vocode)
-            except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as error:
-                for call in (synth, vocode):
-                    call.cancel()  # a failed attempt leaves no per-turn call open
-                hop_error = error
-                if isinstance(error, grpc.aio.AioRpcError) and error.code() in NOT_RETRIED:
-                    break
-                if attempt + 1 < len(FAILOVER_DELAYS_S):
-                    self.failovers += 1
-                    log.warning("turn %s: speech hop lost (%s); reopening on another replica", self.turn_id, error)
-            except LinkLost:
-                for call in (synth, vocode):
-                    call.cancel()
-                raise
-        if isinstance(hop_error, asyncio.InvalidStateError):  # a write to a call that ended: its service is gone
-            raise LinkLost(await _ended_call({"voicelm": synth, "vocoder": vocode})) from hop_error
-        raise hop_error
-
-    async def _open_calls(self, timeout_s: float) -> tuple[grpc.aio.StreamStreamCall, grpc.aio.StreamStreamCall]:
-        """The turn's Synthesize and Vocode streams, each on a replica that admitted it (opened side by side)."""
-        opened = await asyncio.gather(
-            self.voicelm.open("Synthesize", timeout=timeout_s),
-            self.vocoder.open("Vocode", timeout=timeout_s),
-            return_exceptions=True,
+    async def _with_speech(self) -> str:
+        """The speech hops (`SpeechHops`: each reopened on another replica when it breaks, continuing from the log);
+        the LLM's own loss (LinkLost from its queue, not continued) and running out of replicas end the turn."""
+        synthesize = voicelm_pb2.SynthesizeConfig(
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            trace_context=self.trace_context,
+            voice_instruction=self.instruction,
         )
-        failures = [result for result in opened if isinstance(result, BaseException)]
-        if failures:
-            for result in opened:
-                if not isinstance(result, BaseException):
-                    result.cancel()
-            raise failures[0]
-        return opened[0], opened[1]
-
-    async def _speak(self, queue: asyncio.Queue, synth, vocode) -> str:
-        await synth.write(
-            voicelm_pb2.SynthesizeRequest(
-                config=voicelm_pb2.SynthesizeConfig(
-                    session_id=self.session_id,
-                    turn_id=self.turn_id,
-                    trace_context=self.trace_context,
-                    voice_instruction=self.instruction,
-                )
-            )
+        vocode = vocoder_pb2.VocodeConfig(
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            trace_context=self.trace_context,
+            sample_rate_hz=VOCODER_RATE,
+            voice=self.voice,
         )
-        await vocode.write(
-            vocoder_pb2.VocodeRequest(
-                config=vocoder_pb2.VocodeConfig(
-                    session_id=self.session_id,
-                    turn_id=self.turn_id,
-                    trace_context=self.trace_context,
-                    sample_rate_hz=VOCODER_RATE,
-                    voice=self.voice,
-                )
-            )
+        self._resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
+        self._hops = SpeechHops(
+            self.voicelm, self.vocoder, synthesize, vocode, self.timings, self.timeout_s, self._audio_out
         )
-        speech = asyncio.create_task(self._speech_tokens_to_vocoder(synth, vocode))
-        audio = asyncio.create_task(self._pcm_to_client(vocode, skip_samples=self.audio_samples_sent))
         try:
-            for positions in self._positions:  # a reopened hop: what the lost one had, first
-                await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
-            if not self._text_done:
-                async for token in self._tokens(queue):
-                    if self.timings.first_positions_sent is None:
-                        self.timings.first_positions_sent = now_ms()
-                    positions = voicelm_pb2.TextPositions(
-                        hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
-                    )
-                    self._positions.append(positions)  # logged (and shown) first: a failed write replays it
-                    await self._emit_text(token.text)
-                    await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
-                self._text_done = True
-            await synth.write(
-                voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=len(self._positions)))
-            )
-            await synth.done_writing()
-            await asyncio.gather(speech, audio)
+            await self._hops.run(self._text_to_speech(self._hops))
         finally:
-            for task in (speech, audio):
-                task.cancel()
+            self.failovers = self._hops.failovers
+            self.speech_tokens = len(self._hops.speech_tokens)
         return self.end_reason
 
-    async def _tokens(self, queue: asyncio.Queue):
-        """The turn's TextTokens until ResponseEnd; a lost LLM stream raises LinkLost."""
+    async def _text_to_speech(self, hops: SpeechHops) -> None:
+        async for token in self._tokens():
+            if self.timings.first_positions_sent is None:
+                self.timings.first_positions_sent = now_ms()
+            positions = voicelm_pb2.TextPositions(
+                hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
+            )
+            await self._emit_text(token.text)
+            await hops.add_positions(positions)
+        await hops.end_text()
+
+    async def _tokens(self):
+        """The turn's TextTokens until ResponseEnd; a lost LLM stream is continued elsewhere (`resume_llm`) or
+        raises LinkLost."""
         while True:
-            message = await queue.get()
+            message = await self._queue.get()
             if isinstance(message, LinkLost):
-                raise message
+                if len(self.token_ids) >= self.max_tokens:  # the reply was complete: only its ResponseEnd was lost
+                    self.end_reason = "LENGTH"
+                    return
+                if self.resume_llm is None:
+                    raise message
+                self._queue = await self.resume_llm(self, message)
+                continue
             if isinstance(message, llm_pb2.ResponseEnd):
                 self.end_reason = llm_pb2.ResponseEnd.Reason.Name(message.reason)
                 self.timings.llm_first_token_compute_ms = message.first_token_ms or None
                 return
             self.timings.token_times.append(now_ms())
+            self.token_ids.append(message.token_id)
             yield message
 
     async def _emit_text(self, piece: str) -> None:
@@ -245,44 +201,8 @@ class Response:
             )
         )
 
-    async def _speech_tokens_to_vocoder(self, synth, vocode) -> None:
-        sent = 0  # speech tokens on this vocoder call
-        while (response := await synth.read()) is not grpc.aio.EOF:
-            if response.HasField("speech_tokens"):
-                if self.timings.first_speech_tokens is None:
-                    self.timings.first_speech_tokens = now_ms()
-                    self.timings.first_tokens_to_vocoder = now_ms()
-                tokens = response.speech_tokens
-                sent += len(tokens.ids)
-                self.speech_tokens = max(self.speech_tokens, sent)
-                for part in split_speech_tokens(tokens.ids, tokens.first_index):  # whatever size voicelm sent
-                    await vocode.write(vocoder_pb2.VocodeRequest(speech_tokens=part))
-            else:
-                self.timings.voicelm_first_tokens_compute_ms = response.synthesis_done.first_tokens_ms or None
-                await vocode.write(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=sent)))
-                await vocode.done_writing()
-                return
-
-    async def _pcm_to_client(self, vocode, skip_samples: int = 0) -> None:
-        """The vocoder's PCM to the client; a reopened hop's first `skip_samples` (the client has them) are dropped."""
-        if self._resampler is None:
-            self._resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
-        resampler = self._resampler
-        while (response := await vocode.read()) is not grpc.aio.EOF:
-            if response.HasField("pcm_chunk"):
-                if self.timings.first_pcm is None:
-                    self.timings.first_pcm = now_ms()
-                audio = response.pcm_chunk.audio
-                if skip_samples:
-                    skipped = min(skip_samples, len(audio) // PCM16_BYTES)
-                    audio, skip_samples = audio[skipped * PCM16_BYTES :], skip_samples - skipped
-                    if not audio:
-                        continue
-                await self._send_audio(resampler, audio, last=False)
-            else:
-                self.timings.vocoder_first_chunk_compute_ms = response.vocode_done.first_chunk_ms or None
-                await self._send_audio(resampler, b"", last=True)
-                return
+    async def _audio_out(self, pcm16: bytes, last: bool) -> None:
+        await self._send_audio(self._resampler, pcm16, last)
 
     async def _send_audio(self, resampler: StreamingResampler, pcm16: bytes, last: bool) -> None:
         samples = pcm16_to_float(pcm16) if pcm16 else np.zeros(0, dtype=np.float32)
@@ -303,11 +223,3 @@ class Response:
                 )
             )
         )
-
-
-async def _ended_call(calls: dict[str, grpc.aio.StreamStreamCall]) -> str:
-    """What ended the first of the turn's calls that is already over (hop and gRPC status)."""
-    for hop, call in calls.items():
-        if call.done():
-            return f"{hop} call ended ({(await call.code()).name}: {await call.details()})"
-    return "a per-turn call ended early"

@@ -289,21 +289,27 @@ class Dialogue:
             user_turn_inputs=[*state.user_turn_inputs, inputs],
         )
 
-    def begin_response(self, state: DialogueState, instruction: str = "") -> DialogueState:
+    def begin_response(
+        self, state: DialogueState, instruction: str = "", prefix: list[int] | None = None
+    ) -> DialogueState:
         """Close the open user turn (with the voice `instruction` inside it, e.g. "Speak with a tone of
-        sadness") and open the assistant's turn. With no user turn open, only the assistant turn is opened."""
+        sadness") and open the assistant's turn. With no user turn open, only the assistant turn is opened.
+
+        `prefix`: token ids the reply already has (failover: what a lost replica generated); they are fed after the
+        opening, so the next `generate_step` continues the reply as the lost replica would have."""
         self._require_idle(state, "begin a response")
         spoken_turn = dataclasses.replace(state, spoken_turn=None) if state.user_turn_open else state.spoken_turn
         closing = [*self.tokenizer.encode(instruction), *self.format.user_suffix] if state.user_turn_open else []
         opening = self.format.assistant_prefix
-        state = self._feed(state, self._embed(closing + opening[:-1]))
+        reply = [*opening, *(prefix or [])]
+        state = self._feed(state, self._embed(closing + reply[:-1]))
         return dataclasses.replace(
             state,
             user_turn_start=-1,
             user_turn_inputs=[],
-            response_start=state.position - len(opening) + 1,
+            response_start=state.position - len(reply) + 1,
             response_end=-1,
-            pending_token=opening[-1],
+            pending_token=reply[-1],
             spoken_turn=spoken_turn,
         )
 

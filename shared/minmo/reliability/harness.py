@@ -171,6 +171,7 @@ class ProbeSession:
         self.system_prompt = system_prompt
         self.session_id = ""
         self.turns: list[TurnOutcome] = []
+        self.audio_at: list[float] = []  # time.monotonic() of every audio chunk received
         self.lost: str | None = None  # the status that ended the stream, if it ended
 
     async def open(self) -> None:
@@ -191,6 +192,8 @@ class ProbeSession:
                 event = await self.call.read()
                 if event is grpc.aio.EOF:
                     raise ConnectionError("the session stream ended")
+                if event.HasField("audio_output"):
+                    self.audio_at.append(time.monotonic())
                 if event.HasField("turn_event") and event.turn_event.type in (
                     TurnType.RESPONSE_DONE,
                     TurnType.RESPONSE_INTERRUPTED,

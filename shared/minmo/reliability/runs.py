@@ -5,14 +5,16 @@ probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, prob
 
 faults: `sessions` concurrent sessions (spoken and typed turns) on two replicas of every model service; one
 replica of each component is killed with SIGKILL in turn (then restarted), then Redis (AOF, fsync always) ->
-sessions lost, turns failed per kill, the longest wait for a completed turn after each kill, session records
-lost across the Redis kill, history entries without an answer.
+sessions lost, turns failed per kill, each session's first audio after each kill (p50, max), the longest wait for
+a completed turn after each kill, session records lost across the Redis kill, history entries lost (a turn the
+client saw end without both of its entries) and unmatched (a user turn without an answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # a reply sent in full, 
 PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
+NAN = float("nan")
 
 
 @dataclass
@@ -152,11 +155,17 @@ class FaultFigures:
     turns: int
     failed_by_kill: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float] = field(default_factory=dict)  # kill -> the longest wait for a completed turn
+    first_audio_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # kill -> (p50, max) over sessions
     lost_reasons: list[str] = field(default_factory=list)
     records_before: int = 0
     records_after: int = 0
     unanswered_user_turns: int = 0
+    history_entries_lost: int = 0
     deaths: list[str] = field(default_factory=list)
+
+    @property
+    def turns_failed(self) -> int:
+        return sum(self.failed_by_kill.values())
 
 
 async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int) -> None:
@@ -204,6 +213,9 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
             if completed:
                 waits.append(completed[0] - killed_at)
         figures.recovery_s[component] = max(waits, default=float("nan"))
+        first_audio = [min((at for at in probe.audio_at if at >= killed_at), default=None) for probe in probes]
+        delays = [at - killed_at for at in first_audio if at is not None]
+        figures.first_audio_s[component] = (statistics.median(delays), max(delays)) if delays else (NAN, NAN)
     figures.lost_reasons = [probe.lost for probe in probes if probe.lost is not None]
     figures.turns = sum(len(probe.turns) for probe in probes)
     figures.sessions_lost = sum(probe.lost is not None for probe in probes)
@@ -216,6 +228,7 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
     for probe in probes:
         history = await store.history(probe.session_id)
         roles = [turn.role for turn in history]
+        figures.history_entries_lost += max(0, 2 * len(probe.turns) - len(roles))  # a user and an assistant entry
         figures.unanswered_user_turns += sum(
             role == Role.USER and (index + 1 == len(roles) or roles[index + 1] != Role.ASSISTANT)
             for index, role in enumerate(roles)
@@ -239,12 +252,17 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
     table.add_column("value", justify="right")
     table.add_row("sessions lost", str(figures.sessions_lost))
     table.add_row("turns taken", str(figures.turns))
+    table.add_row("turns failed (all kills)", str(figures.turns_failed))
     for component, failed in figures.failed_by_kill.items():
         table.add_row(f"kill -9 {component}: turns failed", str(failed))
+        p50, longest = figures.first_audio_s[component]
+        first_audio = f"{p50:.2f} / {longest:.2f}"
+        table.add_row(f"kill -9 {component}: first audio after the kill, p50 / max over sessions (s)", first_audio)
         wait = f"{figures.recovery_s[component]:.1f}"
         table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
     records = f"{figures.records_before} / {figures.records_after}"
     table.add_row("redis kill -9 (AOF): session keys before / after", records)
+    table.add_row("history: entries lost", str(figures.history_entries_lost))
     table.add_row("history: user turns without an answer", str(figures.unanswered_user_turns))
     table.add_row("unexpected process deaths", str(len(figures.deaths)))
     console.print(table)

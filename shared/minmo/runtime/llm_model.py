@@ -17,7 +17,8 @@ context length after the request, in LLM positions):
   (other sessions' steps interleave) and a cancel stops the request after the slice that is running, the sequence's
   state unchanged. The result equals the one-shot prefill within float tolerance.
 - OP_APPEND_AUDIO: `embeddings` float32 (T>0, D) -> `probs` float32 (4,) (the predictor's classes), `position`.
-- OP_BEGIN_RESPONSE: optional `instruction` uint8 (N,) -> `position`.
+- OP_BEGIN_RESPONSE: optional `instruction` uint8 (N,), optional `prefix_ids` int64 (P,) (token ids the reply
+  already has: a response continued after failover; OP_GENERATE then goes on after them) -> `position`.
 - OP_GENERATE (`execute_stream`): `max_tokens` int64 (1,) >= 1, optional `temperature` float32 (1,), `top_k`
   int64 (1,) -> one response per token: `token_id` int64 (1,), `hidden` float32 (1, D), `token_embedding`
   float32 (1, D), `is_end` bool (1,) (an end-of-turn token: not text), `finished` bool (1,) (the last
@@ -91,6 +92,10 @@ class LlmModel(RuntimeModel):
         self.dialogue = dialogue
         self.batcher: StepBatcher | None = None  # set by a batching runtime: decode steps of sessions run together
 
+    @property
+    def vocab_size(self) -> int:
+        return self.dialogue.llm.model.get_input_embeddings().num_embeddings
+
     def attach_batcher(self, settings: BatchSettings, on_batch: Callable[[int], None] | None = None) -> StepBatcher:
         """Run OP_GENERATE's decode steps of concurrent sequences as batched forwards from now on."""
         self.batcher = StepBatcher(self.name, self.dialogue.generate_steps, settings, on_batch)
@@ -126,7 +131,8 @@ class LlmModel(RuntimeModel):
                 probs, state = self.dialogue.append_audio(state, self._embeddings(inputs)[None])
                 return self._respond(state, probs=to_host(probs))
             if op == OP_BEGIN_RESPONSE:
-                return self._respond(self.dialogue.begin_response(state, _text(inputs, "instruction", required=False)))
+                instruction, prefix = _text(inputs, "instruction", required=False), _prefix_ids(inputs, self.vocab_size)
+                return self._respond(self.dialogue.begin_response(state, instruction, prefix))
             if op == OP_TRANSCRIBE:
                 ids, state = self.dialogue.transcribe(state, _max_tokens(inputs))
                 return self._respond(state, transcript=text_tensor(self.dialogue.tokenizer.decode(ids)))
@@ -222,6 +228,15 @@ def _history(inputs: TensorMap) -> list[tuple[str, str]]:
         history.append((_role(torch.tensor([role])), _decode(data[offset : offset + length], "history_text")))
         offset += length
     return history
+
+
+def _prefix_ids(inputs: TensorMap, vocab_size: int) -> list[int]:
+    if "prefix_ids" not in inputs:
+        return []
+    ids = require(inputs, "prefix_ids", torch.int64, 1).tolist()
+    if any(not 0 <= token < vocab_size for token in ids):
+        raise InvalidInput(f"prefix_ids must be token ids of this model's vocabulary (0 to {vocab_size - 1})")
+    return ids
 
 
 def _prefill_tokens(inputs: TensorMap) -> int:

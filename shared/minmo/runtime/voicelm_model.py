@@ -20,7 +20,7 @@ import torch
 
 from minmo.model.batch_step import batched_decoder_step
 from minmo.model.build import build_component
-from minmo.model.config import MAX_INSTRUCTION_CHARS, MinMoConfig
+from minmo.model.config import MAX_INSTRUCTION_CHARS, SPEECH_CODEBOOK_SIZE, MinMoConfig
 from minmo.model.interleave import (
     RasSampler,
     Sampler,
@@ -51,6 +51,7 @@ class VoiceSynthesisState(StreamState):
     top_p: float
     top_k: int  # 0: no top-k limit
     rng: torch.Tensor  # uint8 (torch.Generator.get_state()); empty when greedy
+    prefix: list[int] = dataclasses.field(default_factory=list)  # speech tokens the turn already has (failover)
 
 
 class VoiceLmModel(RuntimeModel):
@@ -62,7 +63,10 @@ class VoiceLmModel(RuntimeModel):
     `top_k` int64 (1,) (0: no limit), `seed` int64 (1,) (the uint64 seed's bit pattern), and optionally
     `instruction` uint8 (N,): a UTF-8 voice instruction of at most MAX_INSTRUCTION_CHARS characters, tokenised with
     the LLM's tokenizer and fed after SOS as CosyVoice 2's instruct prefix (`VoiceTokenLM.embed_instruction`; a
-    voice LM without an instruction table ignores it); later they are ignored.
+    voice LM without an instruction table ignores it), and optionally `prefix_tokens` int64 (P,): the speech tokens
+    the turn already has (failover: a lost replica produced them). They are read in place of the sampled tokens
+    while the positions are fed again (the sampler still draws, so a seeded turn goes on as it would have), and are
+    not output; later these inputs are ignored.
     Outputs: `speech_tokens` int64 (K,): 15 per completed block of 5 positions, the rest after `text_end`;
     `finished` bool (1,): the turn's speech is complete (only after `text_end`).
     """
@@ -122,13 +126,14 @@ class VoiceLmModel(RuntimeModel):
             hidden[None].to(self.device, dtype), token_embedding[None].to(self.device, dtype)
         )  # (1, N, dim)
         generator = self._generator(state)
-        sampler = _sampler(state, generator)
+        before = state.schedule.speech_tokens
+        sampler = _forced(_sampler(state, generator), state.prefix, before)
         decode = self._decode if self.batcher is not None else None
         with self.batcher.session() if self.batcher is not None else contextlib.nullcontext():
             tokens, schedule = synthesize_step(self.voice_lm, semantic, text_end, state.schedule, sampler, decode)
         rng = state.rng if generator is None else generator.get_state()
         outputs = {
-            "speech_tokens": torch.tensor(tokens, dtype=torch.int64),  # (K,)
+            "speech_tokens": torch.tensor(tokens[max(0, len(state.prefix) - before) :], dtype=torch.int64),  # (K,)
             "finished": torch.tensor([schedule.finished]),  # (1,)
         }
         return outputs, dataclasses.replace(state, schedule=schedule, rng=rng)
@@ -161,7 +166,19 @@ class VoiceLmModel(RuntimeModel):
         if temperature > 0:
             rng = torch.Generator(device=self.device).manual_seed(seed % UINT64_RANGE).get_state()
         schedule = init_schedule_state(self.voice_lm, self._instruction(inputs))
-        return VoiceSynthesisState(schedule=schedule, temperature=temperature, top_p=top_p, top_k=top_k, rng=rng)
+        prefix = self._prefix(inputs)
+        return VoiceSynthesisState(schedule, temperature, top_p, top_k, rng, prefix)
+
+    def _prefix(self, inputs: TensorMap) -> list[int]:
+        if "prefix_tokens" not in inputs:
+            return []
+        ids = require(inputs, "prefix_tokens", torch.int64, 1).tolist()
+        limit = self.voice_lm.cfg.max_positions
+        if len(ids) > limit:
+            raise InvalidInput(f"prefix_tokens has {len(ids)} tokens; a turn has at most {limit}")
+        if any(not 0 <= token < SPEECH_CODEBOOK_SIZE for token in ids):
+            raise InvalidInput(f"prefix_tokens must be speech token ids in [0, {SPEECH_CODEBOOK_SIZE})")
+        return ids
 
     def _instruction(self, inputs: TensorMap) -> torch.Tensor | None:
         """The instruct prefix (1, T, dim) of the `instruction` input; None without one (or without a table)."""
@@ -203,6 +220,24 @@ def _sampler(state: VoiceSynthesisState, generator: torch.Generator | None) -> S
         return ras(logits / temperature, recent)
 
     return tempered
+
+
+def _forced(sampler: Sampler, prefix: list[int], emitted: int) -> Sampler:
+    """`sampler`, but while the turn has fewer than len(`prefix`) tokens (`emitted` so far) the prefix's next token
+    is taken in place of the draw (teacher forcing a failover's replay)."""
+    if emitted >= len(prefix):
+        return sampler
+    index = emitted
+
+    def forced(logits: torch.Tensor, recent: Sequence[int]) -> int:
+        nonlocal index
+        token = sampler(logits, recent)
+        if index < len(prefix):
+            token = prefix[index]
+        index += 1
+        return token
+
+    return forced
 
 
 def _scalar(inputs: TensorMap, name: str, dtype: torch.dtype) -> bool | int | float:

@@ -11,8 +11,9 @@ One key per line, `#` starts a comment:
 
 `minmo api-key NAME --sessions N` makes a key and prints the line to add. The file is re-read when it
 changes. Answers: no key -> UNAUTHENTICATED; a key not in the file -> UNAUTHENTICATED; a key with 0
-sessions (revoked) -> PERMISSION_DENIED; a key with all its sessions open (on this replica) ->
-RESOURCE_EXHAUSTED. Health checks need no key (probes carry none).
+sessions (revoked) -> PERMISSION_DENIED; a key with all its sessions open (on any replica: they are counted in
+Redis, `minmo.session.quota`) -> RESOURCE_EXHAUSTED, before any work starts; Redis unreachable -> UNAVAILABLE.
+Health checks need no key (probes carry none).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import grpc
 
 from minmo.serving.errors import HANDLER_FACTORIES
+from minmo.session.quota import QuotaUnavailable, SessionQuota
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 KEY_BYTES = 32
@@ -74,14 +76,14 @@ def parse_keys(text: str) -> dict[str, ApiKey]:
 
 
 class ApiKeys:
-    """The keys file (re-read when it changes) and the sessions each key has open on this replica."""
+    """The keys file (re-read when it changes) and the sessions each key has open on every replica (`quota`)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, quota: SessionQuota) -> None:
         self.path = path
+        self.quota = quota
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, ApiKey] = {}
-        self.open_sessions: dict[str, int] = {}
         self._reload()
 
     def _reload(self) -> None:
@@ -137,9 +139,10 @@ class ApiKeyAuth(grpc.aio.ServerInterceptor):
         return handler
 
     def _wrap(self, behaviour: Callable, presented: bool, api_key: ApiKey | None) -> Callable:
-        keys = self.keys
+        quota = self.keys.quota
 
-        async def admit(context: grpc.aio.ServicerContext) -> None:
+        @contextlib.asynccontextmanager
+        async def admitted(context: grpc.aio.ServicerContext):
             if not presented:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -149,33 +152,31 @@ class ApiKeyAuth(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
             if api_key.max_sessions == 0:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this API key may not open sessions")
-            if keys.open_sessions.get(api_key.digest, 0) >= api_key.max_sessions:
+            try:
+                async with quota.hold(api_key.digest, api_key.max_sessions) as held:
+                    if not held:
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"this API key has its maximum of {api_key.max_sessions} sessions open; end one or "
+                            "retry later",
+                        )
+                    yield
+            except QuotaUnavailable:  # raised only while taking the slot, before the call's work
                 await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this API key has its maximum of {api_key.max_sessions} sessions open; end one or retry later",
+                    grpc.StatusCode.UNAVAILABLE, "the session quota cannot be checked right now; retry shortly"
                 )
-            keys.open_sessions[api_key.digest] = keys.open_sessions.get(api_key.digest, 0) + 1
-
-        def release() -> None:
-            keys.open_sessions[api_key.digest] -= 1
 
         if inspect.isasyncgenfunction(behaviour):
 
             async def streaming(request, context: grpc.aio.ServicerContext):
-                await admit(context)
-                try:
+                async with admitted(context):
                     async for response in behaviour(request, context):
                         yield response
-                finally:
-                    release()
 
             return streaming
 
         async def unary(request, context: grpc.aio.ServicerContext):
-            await admit(context)
-            try:
+            async with admitted(context):
                 return await behaviour(request, context)
-            finally:
-                release()
 
         return unary

@@ -75,7 +75,7 @@ class AudioInput(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., start_position: _Optional[int] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., is_last_of_utterance: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("turn_id", "trace_context", "instruction", "max_tokens")
+    __slots__ = ("turn_id", "trace_context", "instruction", "max_tokens", "prefix_token_ids")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,11 +87,13 @@ class GenerateResponse(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     instruction: str
     max_tokens: int
-    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., instruction: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    prefix_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., instruction: _Optional[str] = ..., max_tokens: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CancelGeneration(_message.Message):
     __slots__ = ("turn_id", "trace_context")

@@ -2,7 +2,7 @@ from minmo.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -18,7 +18,7 @@ class SynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SynthesizeConfig, _Mapping]] = ..., text_positions: _Optional[_Union[TextPositions, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ...) -> None: ...
 
 class SynthesizeConfig(_message.Message):
-    __slots__ = ("session_id", "turn_id", "trace_context", "sampling", "voice_instruction")
+    __slots__ = ("session_id", "turn_id", "trace_context", "sampling", "voice_instruction", "prefix_speech_tokens")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,12 +31,14 @@ class SynthesizeConfig(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VOICE_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SPEECH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     sampling: _common_pb2.SamplingParams
     voice_instruction: str
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., voice_instruction: _Optional[str] = ...) -> None: ...
+    prefix_speech_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., voice_instruction: _Optional[str] = ..., prefix_speech_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TextPositions(_message.Message):
     __slots__ = ("hidden", "token_embedding", "first_index")
