@@ -7,12 +7,17 @@ O(chunk) however long the turn grows. One set of weights serves every turn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from minmo.model.placement import module_placement, to_host
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
-from minmo.runtime.models import flag, require
+from minmo.runtime.batching import BatchSettings, StepBatcher
+from minmo.runtime.models import BatchResult, execute_batch, flag, require
+
+Token2WavStep = tuple[torch.Tensor, Token2WavState]  # (tokens (1, n), state) in; (pcm (1, S), state) out
 
 MAX_PROMPT_TOKENS = 750  # 30 s of prompt at 25 tokens/s (voice_prompt.PROMPT_MAX_S)
 
@@ -25,7 +30,13 @@ class Token2WavModel(RuntimeModel):
     At the start of a turn, optionally the voice to speak in (CosyVoice 2 zero-shot, see `voice_prompt.py`):
     `speaker` float32 (spk_embed_dim,) x-vector, `prompt_tokens` int64 (P,) the prompt's speech tokens (at most
     MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. The sequence's
-    state carries the conditioning after its first request, so it is sent once per turn."""
+    state carries the conditioning after its first request, so it is sent once per turn.
+
+    Batching across sessions: with a batcher (`attach_batcher`), `execute` hands its chunk's step to it, and the
+    steps of concurrent turns run as batched forwards (`Token2Wav.step_rows`); `execute_batch` does the same for
+    the requests of one Triton `execute`. A flush (once per turn) runs after the batched step, on its own stream."""
+
+    batches_execute = True  # with a batcher, `execute` submits its step to it
 
     name = "token2wav"
     stateful = True
@@ -34,12 +45,42 @@ class Token2WavModel(RuntimeModel):
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
         self.device, self.flow_dtype = module_placement(token2wav.flow)
+        self.batcher: StepBatcher | None = None
+
+    def attach_batcher(self, settings: BatchSettings, on_batch: Callable[[int], None] | None = None) -> StepBatcher:
+        """Run the chunk steps of concurrent turns as batched forwards from now on."""
+        self.batcher = StepBatcher(self.name, self.step_rows, settings, on_batch)
+        return self.batcher
+
+    def step_rows(self, requests: list[Token2WavStep]) -> list[Token2WavStep]:
+        """(tokens (1, n), state) of independent turns -> (pcm (1, S), state) of each, as batched forwards."""
+        return self.token2wav.step_rows([tokens for tokens, _ in requests], [state for _, state in requests])
 
     def execute(self, inputs: TensorMap, state: Token2WavState | None) -> tuple[TensorMap, Token2WavState | None]:
-        tokens = self._tokens(inputs)
+        tokens, stream, flush = self._prepare(inputs, state)
+        if self.batcher is None:
+            pcm, stream = self.token2wav.step(tokens, stream)
+        else:
+            with self.batcher.session():
+                pcm, stream = self.batcher((tokens, stream))
+        return self._finish(pcm, stream, flush)
+
+    def execute_batch(self, requests: list[tuple[TensorMap, Token2WavState | None]]) -> list[BatchResult]:
+        """`execute` for the requests of independent sequences at once; a bad request gets its error, the others
+        their outputs and states."""
+        return execute_batch(requests, self._prepare, self.step_rows, self._finish)
+
+    def _prepare(
+        self, inputs: TensorMap, state: Token2WavState | None
+    ) -> tuple[torch.Tensor, Token2WavState, bool]:
+        tokens = self._tokens(inputs)[None].to(self.device)  # (1, N)
         stream = self.token2wav.init_state(**self._voice(inputs)) if state is None else state
-        pcm, stream = self.token2wav.step(tokens[None].to(self.device), stream)  # (1, S)
-        if not flag(inputs, "flush"):
+        return tokens, stream, flag(inputs, "flush")
+
+    def _finish(
+        self, pcm: torch.Tensor, stream: Token2WavState, flush: bool
+    ) -> tuple[TensorMap, Token2WavState | None]:
+        if not flush:
             return {"pcm": to_host(pcm[0])}, stream
         tail, _ = self.token2wav.flush(stream)
         return {"pcm": to_host(torch.cat([pcm, tail], dim=1)[0])}, None
