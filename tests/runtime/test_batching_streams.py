@@ -167,3 +167,11 @@ def test_a_bad_request_in_a_batch_gets_its_own_error_and_the_others_their_audio(
         outputs, state = result
         assert state is not None
         torch.testing.assert_close(outputs["pcm"], expected["pcm"], atol=ATOL, rtol=0)
+
+
+def test_the_batch_bench_measures_the_encoder_batched_and_unbatched():
+    from minmo.bench.batch import run_batch_bench
+
+    (level,) = run_batch_bench("tiny", [3], 2, BatchSettings(max_size=3, window_ms=20), repeats=1, model="encoder")
+    assert level.sessions == 3 and level.unbatched_tokens_per_s > 0 and level.batched_tokens_per_s > 0
+    assert sum(level.batch_sizes.values()) > 0 and max(level.batch_sizes) <= 3
