@@ -22,6 +22,16 @@ CHUNK_SAMPLES = (1280, 1280, 2000, 960)  # 80 ms chunks, and uneven ones (partia
 SETTINGS = BatchSettings(max_size=4, window_ms=50)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every parallel region waits for a
+    descheduled thread (a tiny flow step: 0.2 s alone, 10 s under contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return build_component(load_config("tiny"), "speech_encoder").eval()
