@@ -70,6 +70,7 @@ SERVICE = ModelService(
     grpc_service="minmo.v1.AudioEncoder",
     register=encoder_pb2_grpc.add_AudioEncoderServicer_to_server,
     warm_up=_warm_up,
+    batched=True,
 )
 
 

@@ -52,6 +52,7 @@ SERVICE = ModelService(
     grpc_service="minmo.v1.Vocoder",
     register=vocoder_pb2_grpc.add_VocoderServicer_to_server,
     warm_up=_warm_up,
+    batched=True,
 )
 
 

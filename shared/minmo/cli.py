@@ -309,15 +309,18 @@ def bench_batch(
     max_size: Annotated[int, typer.Option(min=2, help="MINMO_BATCH_MAX_SIZE of the batched runs")] = 8,
     window_ms: Annotated[float, typer.Option(min=0, help="MINMO_BATCH_WINDOW_MS of the batched runs")] = 2.0,
     repeats: Annotated[int, typer.Option(min=1, help="runs per level and mode (the median is reported)")] = 3,
+    model: Annotated[str, typer.Option(help="llm (decode tokens/s), encoder or token2wav (chunks/s)")] = "llm",
 ) -> None:
-    """LLM decode throughput (tokens/s summed over sessions) with the batching worker off and on, in process."""
+    """A model's throughput summed over sessions with the batching worker off and on, in process: the llm's decode
+    tokens/s, or the encoder's / token2wav's chunks/s (--tokens: chunks per session)."""
     from minmo.bench.batch import run_batch_bench
     from minmo.bench.report import print_batch_bench
     from minmo.load.command import parse_levels
     from minmo.runtime.batching import BatchSettings
 
-    levels = run_batch_bench(config, parse_levels(sessions), tokens, BatchSettings(max_size, window_ms), repeats)
-    print_batch_bench(levels, config, tokens)
+    batching = BatchSettings(max_size, window_ms)
+    levels = run_batch_bench(config, parse_levels(sessions), tokens, batching, repeats, model)
+    print_batch_bench(levels, config, tokens, model)
 
 
 @bench_app.command("decode")

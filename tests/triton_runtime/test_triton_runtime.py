@@ -213,3 +213,51 @@ async def test_bad_input_gives_a_clear_error(triton: TritonRuntime, cfg: MinMoCo
     with pytest.raises(InvalidInput, match="missing input 'max_tokens'"):
         await anext(triton.infer_stream("llm", {"op": torch.tensor([OP_GENERATE])}, Sequence("bad")))
     await triton.end_sequence("llm", "bad")
+
+
+async def _executions_batched(server: LocalTritonServer, model: str) -> int:
+    """How many of the model's `execute` calls so far got more than one request."""
+    async with tritonclient.grpc.aio.InferenceServerClient(server.url) as client:
+        stats = await client.get_inference_statistics(model, as_json=True)
+    batches = stats["model_stats"][0]["batch_stats"]
+    return sum(int(entry["compute_infer"]["count"]) for entry in batches if int(entry["batch_size"]) > 1)
+
+
+async def test_concurrent_streams_at_different_positions_run_batched_and_match_local(
+    triton: TritonRuntime, local: ModelRuntime, server: LocalTritonServer, cfg: MinMoConfig
+) -> None:
+    """Encoder streams and token2wav turns at different points, their chunks sent at once: the requests one
+    `execute` gets run as one batched forward (`execute_batch`), each answering as the local runtime does alone; a
+    bad request among them gets its own error."""
+    generator = torch.Generator().manual_seed(5)
+    audio = [0.1 * torch.randn(CHUNK_SAMPLES * (2 + head), generator=generator) for head in range(3)]
+    turns = [torch.randint(0, cfg.flow.speech_vocab, (15 * (2 + head),), generator=generator) for head in range(3)]
+    before = {model: await _executions_batched(server, model) for model in ("encoder", "token2wav")}
+
+    async def both(runtime: ModelRuntime, model: str, inputs: TensorMap, sequence: Sequence) -> list[TensorMap]:
+        return [await runtime.infer(model, inputs, sequence), await local.infer(model, inputs, sequence)]
+
+    for head in range(3):  # stream i starts i chunks ahead, alone
+        for step in range(head):
+            for model, inputs in (("encoder", {"pcm": audio[head].split(CHUNK_SAMPLES)[step]}),
+                                  ("token2wav", {"tokens": turns[head].split(15)[step]})):  # fmt: skip
+                sequence = Sequence(f"{model}-ahead-{head}", start=step == 0)
+                assert_same(*await both(triton, model, inputs, sequence))
+    for step in range(2):  # then every stream's next chunk at once, and a bad request with them
+        calls = []
+        for head in range(3):
+            sequence = Sequence(f"encoder-ahead-{head}", start=head + step == 0, end=step == 1)
+            calls.append(("encoder", {"pcm": audio[head].split(CHUNK_SAMPLES)[head + step]}, sequence))
+            sequence = Sequence(f"token2wav-ahead-{head}", start=head + step == 0, end=step == 1)
+            calls.append(("token2wav", {"tokens": turns[head].split(15)[head + step]}, sequence))
+        bad = triton.infer("token2wav", {"tokens": torch.tensor([-3])}, Sequence(f"bad-{step}", start=True, end=True))
+        results = await asyncio.gather(bad, *(triton.infer(*call) for call in calls), return_exceptions=True)
+        assert isinstance(results[0], InvalidInput), results[0]
+        for call, triton_out in zip(calls, results[1:], strict=True):
+            assert not isinstance(triton_out, BaseException), triton_out
+            assert_same(triton_out, await local.infer(*call))
+    for head in range(3):
+        await local.end_sequence("encoder", f"encoder-ahead-{head}")
+        await local.end_sequence("token2wav", f"token2wav-ahead-{head}")
+    for model in ("encoder", "token2wav"):
+        assert await _executions_batched(server, model) > before[model], f"no {model} execute got several requests"

@@ -61,8 +61,12 @@ def print_runtime_bench(result: RuntimeBench, config: str) -> None:
 
 
 
-def print_batch_bench(levels: list[BatchLevel], config: str, tokens: int) -> None:
-    table = Table(title=f"llm decode throughput, config {config}, {tokens} tokens per session (tokens/s, summed)")
+def print_batch_bench(levels: list[BatchLevel], config: str, tokens: int, model: str = "llm") -> None:
+    if model == "llm":
+        title = f"llm decode throughput, config {config}, {tokens} tokens per session (tokens/s, summed)"
+    else:
+        title = f"{model} throughput, config {config}, {tokens} chunks per session (chunks/s, summed)"
+    table = Table(title=title)
     for column in ("sessions", "unbatched", "batched", "batched / unbatched", "mean batch"):
         table.add_column(column, justify="right")
     for level in levels:

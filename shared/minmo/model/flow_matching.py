@@ -88,8 +88,10 @@ def relative_position_encoding(offsets: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def block_mask(blocks: torch.Tensor) -> torch.Tensor:
-    """Boolean (T, T) mask from each position's chunk index (T,): a query sees its chunk and earlier ones."""
-    return blocks[None, :] <= blocks[:, None]
+    """Boolean (T, T) mask from each position's chunk index (T,): a query sees its chunk and earlier ones. Chunk
+    indices per stream (B, T) give one mask per stream, (B, 1, T, T) (the same for every head)."""
+    mask = blocks[..., None, :] <= blocks[..., :, None]
+    return mask if blocks.dim() == 1 else mask[:, None]
 
 
 class RelativePositionAttention(nn.Module):
@@ -202,7 +204,7 @@ class TokenEncoder(nn.Module):
 
     def forward(self, embedded: torch.Tensor, count: int, blocks: torch.Tensor) -> torch.Tensor:
         """embedded: (B, W, C) token embeddings, W >= count (the rest is lookahead); blocks: (count,) chunk
-        index per token. -> (B, mel_bins, count*ratio)."""
+        index per token, or (B, count) per stream. -> (B, mel_bins, count*ratio)."""
         x = self.pre_lookahead(self.input(embedded), count)
         mask = block_mask(blocks)
         for layer in self.layers:
@@ -210,7 +212,7 @@ class TokenEncoder(nn.Module):
         x = x.transpose(1, 2).repeat_interleave(self.ratio, dim=2)  # (B, C, count*ratio)
         x = self.upsample(F.pad(x, (2 * self.ratio, 0))).transpose(1, 2)
         x = self.up_input(x)
-        mask = block_mask(blocks.repeat_interleave(self.ratio))
+        mask = block_mask(blocks.repeat_interleave(self.ratio, dim=-1))
         for layer in self.up_layers:
             x = layer(x, mask)
         return self.project(self.norm(x)).transpose(1, 2)
@@ -450,42 +452,104 @@ class FlowMatching(nn.Module):
         ends = torch.tensor(self.chunk_ends(prompt_tokens, total), device=device)
         return torch.bucketize(torch.arange(total, device=device), ends, right=True)
 
-    def _advance(
+    def step_rows(
+        self, tokens: list[torch.Tensor], states: list[FlowMatchingState]
+    ) -> list[tuple[torch.Tensor, FlowMatchingState]]:
+        """`step` for independent streams (tokens[b] (1, n_b), each state a batch of one): the streams with a chunk
+        ready synthesise as one batch (`_synthesise_rows`)."""
+        results: list[tuple[torch.Tensor, FlowMatchingState] | None] = [None] * len(states)
+        todo = []
+        for row, (new, state) in enumerate(zip(tokens, states, strict=True)):
+            assert state.tokens.shape[0] == 1, "step_rows takes one stream per state"
+            new_state, ready, done = self._plan(new, state, final=False)
+            if ready <= done:
+                results[row] = (state.prompt_mel.new_zeros(1, self.cfg.mel_bins, 0), new_state)
+            else:
+                todo.append((row, new_state, ready, done))
+        if todo:
+            mels = self._synthesise_rows([state for _, state, _, _ in todo], [ready for _, _, ready, _ in todo])
+            for (row, state, ready, done), mel in zip(todo, mels, strict=True):
+                state.emitted = ready - state.prompt_tokens
+                results[row] = (mel[:, :, done * self.cfg.token_mel_ratio :], state)
+        return results
+
+    def _plan(
         self, tokens: torch.Tensor, state: FlowMatchingState, final: bool
-    ) -> tuple[torch.Tensor, FlowMatchingState]:
-        """Synthesise every chunk whose tokens and lookahead have arrived (all of them if final)."""
+    ) -> tuple[FlowMatchingState, int, int]:
+        """The state with the new tokens, the token count whose chunks are ready (all if final), the count done."""
         cfg = self.cfg
         all_tokens = torch.cat([state.tokens, tokens.long().to(state.tokens.device)], dim=1)
         total = all_tokens.shape[1]
         ends = self.chunk_ends(state.prompt_tokens, total)
         ready = total if final else max([end for end in ends if end + cfg.lookahead_tokens <= total], default=0)
         new_state = FlowMatchingState(state.speaker, state.prompt_mel, all_tokens, state.prompt_tokens, state.emitted)
-        done = state.prompt_tokens + state.emitted
+        return new_state, ready, state.prompt_tokens + state.emitted
+
+    def _advance(
+        self, tokens: torch.Tensor, state: FlowMatchingState, final: bool
+    ) -> tuple[torch.Tensor, FlowMatchingState]:
+        """Synthesise every chunk whose tokens and lookahead have arrived (all of them if final)."""
+        new_state, ready, done = self._plan(tokens, state, final)
         if ready <= done:
-            return state.prompt_mel.new_zeros(all_tokens.shape[0], cfg.mel_bins, 0), new_state
-        blocks = self._blocks(state.prompt_tokens, ready).to(all_tokens.device)
-        mel = self._synthesise(new_state, ready, blocks)[:, :, done * cfg.token_mel_ratio :]
+            return state.prompt_mel.new_zeros(new_state.tokens.shape[0], self.cfg.mel_bins, 0), new_state
+        blocks = self._blocks(state.prompt_tokens, ready).to(new_state.tokens.device)
+        mel = self._synthesise(new_state, ready, blocks)[:, :, done * self.cfg.token_mel_ratio :]
         new_state.emitted = ready - state.prompt_tokens
         return mel, new_state
 
     def _synthesise(self, state: FlowMatchingState, count: int, blocks: torch.Tensor) -> torch.Tensor:
         """Mel (B, M, count*ratio) of the first `count` tokens of the state (prompt included), the tokens after
         them as lookahead; blocks: (count,) chunk index per token."""
-        cfg = self.cfg
-        window = state.tokens[:, : count + cfg.lookahead_tokens]
+        window = state.tokens[:, : count + self.cfg.lookahead_tokens]
         mu = self.encoder(self.embedding(window), count, blocks)  # (B, M, T)
+        cond = F.pad(state.prompt_mel.to(mu.dtype), (0, mu.shape[2] - state.prompt_mel.shape[2]))
+        return self._solve(mu, state.speaker, cond, block_mask(blocks.repeat_interleave(self.cfg.token_mel_ratio)))
+
+    def _synthesise_rows(self, states: list[FlowMatchingState], counts: list[int]) -> list[torch.Tensor]:
+        """`_synthesise` of the first counts[b] tokens of each stream (not at its end: its lookahead tokens have
+        arrived), as one batch: right-padded to the longest, by pad + mask rather than grouping by length, since
+        streams at different points of their turns never share a length.
+
+        Every layer is causal or chunk-masked except the pre-lookahead conv, which sees only a row's own lookahead
+        tokens before its padding; the padding's chunk index is past every real chunk, so no real position attends
+        to it, and causal convolutions never look right: the real frames come out as the row's own unbatched ones,
+        within float tolerance. Returns mel (1, M, counts[b]*ratio) per stream."""
+        cfg = self.cfg
+        longest = max(counts)
+        width = longest + cfg.lookahead_tokens
+        windows = torch.cat([F.pad(state.tokens[:, : count + cfg.lookahead_tokens], (0, longest - count))
+                             for state, count in zip(states, counts, strict=True)])  # fmt: skip
+        device = windows.device
+        blocks = torch.stack([
+            F.pad(self._blocks(state.prompt_tokens, count).to(device), (0, longest - count), value=longest + 1)
+            for state, count in zip(states, counts, strict=True)
+        ])  # fmt: skip  # (B, longest): the padding in a chunk after every real one
+        assert windows.shape[1] == width, "a row without its lookahead tokens (a flush) cannot be batched"
+        mu = self.encoder(self.embedding(windows), longest, blocks)  # (B, M, longest*ratio)
+        frames = mu.shape[2]
+        cond = torch.cat([F.pad(state.prompt_mel.to(mu.dtype), (0, frames - state.prompt_mel.shape[2]))
+                          for state in states])  # fmt: skip
+        speaker = torch.cat([state.speaker for state in states])
+        mel = self._solve(mu, speaker, cond, block_mask(blocks.repeat_interleave(cfg.token_mel_ratio, dim=-1)))
+        return [mel[row : row + 1, :, : count * cfg.token_mel_ratio] for row, count in enumerate(counts)]
+
+    def _solve(
+        self, mu: torch.Tensor, speaker: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The Euler steps from the fixed noise: mu, cond (B, M, T); speaker (B, spk_embed_dim); mask (T, T) or
+        (B, 1, T, T). -> mel (B, M, T)."""
+        cfg = self.cfg
         batch, _, frames = mu.shape
         assert frames <= cfg.max_mel_frames, f"{frames} mel frames exceed the noise buffer ({cfg.max_mel_frames})"
-        speaker = self.speaker_affine(F.normalize(state.speaker.to(mu.dtype), dim=1))
-        cond = F.pad(state.prompt_mel.to(mu.dtype), (0, frames - state.prompt_mel.shape[2]))
-        mask = block_mask(blocks.repeat_interleave(cfg.token_mel_ratio))
+        speaker = self.speaker_affine(F.normalize(speaker.to(mu.dtype), dim=1))
         x = self.noise[:, :frames].to(mu.dtype).expand(batch, -1, -1)
         # classifier-free guidance: the conditioned and the unconditioned velocity in one batch
         mu2, speaker2, cond2 = (torch.cat([c, torch.zeros_like(c)]) for c in (mu, speaker, cond))
+        mask2 = mask if mask.dim() == 2 else torch.cat([mask, mask])
         t_span = self.t_span.to(mu.dtype)
         for step in range(cfg.n_timesteps):
             t = t_span[step].expand(2 * batch)
-            velocity = self.estimator(torch.cat([x, x]), mu2, speaker2, cond2, t, mask)
+            velocity = self.estimator(torch.cat([x, x]), mu2, speaker2, cond2, t, mask2)
             conditioned, unconditioned = velocity.split(batch)
             guided = (1 + cfg.cfg_rate) * conditioned - cfg.cfg_rate * unconditioned
             x = x + (t_span[step + 1] - t_span[step]) * guided

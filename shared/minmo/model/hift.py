@@ -298,29 +298,77 @@ class HiFT(nn.Module):
         noise = position_noise(first_frame * spf, frames * spf, self.cfg.nb_harmonics + 1, device)
         return noise[None].expand(batch, -1, -1)
 
+    def step_rows(self, mels: list[torch.Tensor], states: list[HiFTState]) -> list[tuple[torch.Tensor, HiFTState]]:
+        """`step` for independent streams (mels[b] (1, M, T_b), each state a batch of one): the streams whose windows
+        have the same shape (mid-turn, every stream that got a chunk of the same size) vocode as one batch. Grouped by
+        shape, not padded: the generator's convolutions are centred, so padding would reach into the real frames."""
+        results: list[tuple[torch.Tensor, HiFTState] | None] = [None] * len(states)
+        groups: dict[tuple[int, int, int, bool], list[tuple[int, torch.Tensor, HiFTState, int]]] = {}
+        for row, (new_mel, state) in enumerate(zip(mels, states, strict=True)):
+            mel, ready = self._plan(new_mel, state, final=False)
+            if ready <= state.emitted:
+                results[row] = self._kept(mel, state)
+                continue
+            shape = (mel.shape[2], state.emitted - state.first_frame, ready - state.first_frame, state.emitted == 0)
+            groups.setdefault(shape, []).append((row, mel, state, ready))
+        for group in groups.values():
+            rows, group_mels, group_states, ready = zip(*group, strict=True)
+            outputs = self._vocode(list(group_mels), list(group_states), list(ready), False)
+            for row, output in zip(rows, outputs, strict=True):
+                results[row] = output
+        return results
+
     def _advance(self, new_mel: torch.Tensor, state: HiFTState, final: bool) -> tuple[torch.Tensor, HiFTState]:
         """Vocode the window [first_frame, received) and emit the frames whose right context is complete."""
-        spf = self.cfg.samples_per_frame
+        mel, ready = self._plan(new_mel, state, final)
+        if ready <= state.emitted:
+            return self._kept(mel, state)
+        return self._vocode([mel], [state], [ready], final)[0]
+
+    def _plan(self, new_mel: torch.Tensor, state: HiFTState, final: bool) -> tuple[torch.Tensor, int]:
+        """The window's mel with the new frames, and the frames ready to emit (all if final)."""
         mel = torch.cat([state.mel, new_mel.to(state.mel.dtype)], dim=2)
         received = state.first_frame + mel.shape[2]
-        ready = received if final else received - self.context_frames
-        if ready <= state.emitted:
-            kept = HiFTState(mel, state.source, state.centre_phase, state.first_frame, state.emitted)
-            return mel.new_zeros(mel.shape[0], 0), kept
-        offset = state.emitted - state.first_frame  # context frames in the window
+        return mel, received if final else received - self.context_frames
+
+    @staticmethod
+    def _kept(mel: torch.Tensor, state: HiFTState) -> tuple[torch.Tensor, HiFTState]:
+        """Nothing to emit yet: no samples, and the state holding the new frames."""
+        kept = HiFTState(mel, state.source, state.centre_phase, state.first_frame, state.emitted)
+        return mel.new_zeros(mel.shape[0], 0), kept
+
+    def _vocode(
+        self, mels: list[torch.Tensor], states: list[HiFTState], ready: list[int], final: bool
+    ) -> list[tuple[torch.Tensor, HiFTState]]:
+        """Vocode the windows of streams whose windows have the same shape (`step_rows`' groups) as one batch:
+        each stream's own source noise (keyed by its absolute samples) and phase; the pcm and state of each."""
+        spf = self.cfg.samples_per_frame
+        first = states[0]
+        offset = first.emitted - first.first_frame  # context frames in every window
+        end = ready[0] - first.first_frame  # the window's frames ready to emit
+        sizes = [mel.shape[0] for mel in mels]
+        mel = torch.cat(mels)
         f0 = self.f0_predictor(mel)[:, offset:]
-        noise = self._noise(mel.shape[0], state.emitted, f0.shape[1], mel.device)
-        previous = state.centre_phase if state.emitted else None
+        noise = torch.cat([
+            self._noise(size, state.emitted, f0.shape[1], mel.device) for size, state in zip(sizes, states, strict=True)
+        ])  # fmt: skip
+        previous = torch.cat([state.centre_phase for state in states]) if first.emitted else None
         source, centres = self.source(f0, previous, final, noise)
-        source = torch.cat([state.source, source], dim=1)
-        pcm = self.decode(mel, source)[:, offset * spf : (ready - state.first_frame) * spf]
-        first = max(ready - self.context_frames, state.first_frame)
-        keep_from = (first - state.first_frame) * spf
-        new_state = HiFTState(
-            mel=mel[:, :, first - state.first_frame :],
-            source=source[:, keep_from : (ready - state.first_frame) * spf],
-            centre_phase=centres[:, ready - 1 - state.emitted],
-            first_frame=first,
-            emitted=ready,
-        )
-        return pcm, new_state
+        source = torch.cat([torch.cat([state.source for state in states]), source], dim=1)
+        pcm = self.decode(mel, source)[:, offset * spf : end * spf]
+        kept = max(end - self.context_frames, 0)  # the window's first frame the next window still needs
+        splits = (tensor.split(sizes) for tensor in (pcm, mel, source, centres))
+        rows = zip(*splits, states, ready, strict=True)
+        return [
+            (
+                row_pcm,
+                HiFTState(
+                    mel=row_mel[:, :, kept:],
+                    source=row_source[:, kept * spf : end * spf],
+                    centre_phase=row_centres[:, end - 1 - offset],
+                    first_frame=state.first_frame + kept,
+                    emitted=row_ready,
+                ),
+            )
+            for row_pcm, row_mel, row_source, row_centres, state, row_ready in rows
+        ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minmo.model.batch_rows import rows_chunk_mask, stack_kv, step_rows, unstack_kv
 from minmo.model.config import InputProjectorConfig, VoiceEncoderConfig
 from minmo.model.layers import TransformerLayer, chunk_mask, pad_to_multiple, trim_kv_cache
 from minmo.model.state import StreamState
@@ -82,6 +83,14 @@ class InputProjector(nn.Module):
         ready = pending.shape[1] // group * group
         return self._advance(pending[:, :ready], dataclasses.replace(state, pending=pending[:, ready:]))
 
+    def step_rows(
+        self, frames: list[torch.Tensor], states: list[InputProjectorState]
+    ) -> list[tuple[torch.Tensor, InputProjectorState]]:
+        """`step` for independent streams (frames[b] (1, T_b, input_dim), each state a batch of one) as batched
+        forwards: caches of different lengths left-padded and masked (`minmo.model.batch_rows`)."""
+        group = self.cfg.downsample * self.chunk_size
+        return step_rows(frames, states, group, self.cfg.output_dim, self._advance_rows)
+
     def flush(self, state: InputProjectorState) -> tuple[torch.Tensor, InputProjectorState]:
         """End of stream: project the pending frames as the offline pass does; returns a fresh state."""
         out, _ = self._advance(state.pending, dataclasses.replace(state, pending=state.pending[:, :0]))
@@ -103,3 +112,27 @@ class InputProjector(nn.Module):
             keys.append(k)
             values.append(v)
         return self.norm(x), dataclasses.replace(state, keys=keys, values=values, position=end)
+
+    def _advance_rows(
+        self, frames: torch.Tensor, states: list[InputProjectorState]
+    ) -> list[tuple[torch.Tensor, InputProjectorState]]:
+        """`_advance` for row b of frames (B, T, input_dim) following states[b]: its own chunk mask."""
+        padded = pad_to_multiple(frames, self.cfg.downsample)
+        x = self.conv(padded.transpose(1, 2)).transpose(1, 2)  # (B, N, output_dim)
+        positions = [state.position for state in states]
+        cached = [state.keys[0].shape[2] for state in states]
+        mask = rows_chunk_mask(positions, cached, x.shape[1], self.chunk_size, self.left_chunks, x.device)
+        rows: list[tuple[list, list]] = [([], []) for _ in states]
+        for index, layer in enumerate(self.layers):
+            k, pads = stack_kv([state.keys[index] for state in states])
+            v, _ = stack_kv([state.values[index] for state in states])
+            x, (k, v) = layer(x, mask, (k, v))
+            for row, (k_row, v_row) in enumerate(zip(unstack_kv(k, pads), unstack_kv(v, pads), strict=True)):
+                k_row, v_row = trim_kv_cache(k_row, v_row, self.chunk_size, self.left_chunks)
+                rows[row][0].append(k_row)
+                rows[row][1].append(v_row)
+        x, length = self.norm(x), x.shape[1]
+        return [
+            (x[row : row + 1], dataclasses.replace(state, keys=keys, values=values, position=state.position + length))
+            for row, (state, (keys, values)) in enumerate(zip(states, rows, strict=True))
+        ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minmo.model.batch_rows import rows_of
 from minmo.model.config import MinMoConfig
 from minmo.model.fbank import Fbank, FbankState
 from minmo.model.input_projector import InputProjector, InputProjectorState
@@ -86,6 +87,26 @@ class SpeechEncoder(nn.Module):
         embeddings, projector_state = self.input_projector.step(frames, state.input_projector)
         return embeddings, SpeechEncoderState(fbank_state, encoder_state, projector_state)
 
+    def step_rows(
+        self, pcm: list[torch.Tensor], states: list[SpeechEncoderState]
+    ) -> list[tuple[torch.Tensor, SpeechEncoderState]]:
+        """`step` for independent streams (pcm[b] (T_b,), each state a batch of one): the front end per stream (it
+        has no weights), the voice encoder and the projector as batched forwards over the streams' caches. The
+        SenseVoice and Whisper encoders have no `step_rows` (they stream without per-chunk caches here): row by row."""
+        front = [self.fbank.step(samples, state.fbank) for samples, state in zip(pcm, states, strict=True)]
+        encoded = rows_of(self.voice_encoder)(
+            [self._to_encoder(feats) for feats, _ in front], [state.voice_encoder for state in states]
+        )
+        projected = self.input_projector.step_rows(
+            [frames for frames, _ in encoded], [state.input_projector for state in states]
+        )
+        return [
+            (embeddings, SpeechEncoderState(fbank_state, encoder_state, projector_state))
+            for (_, fbank_state), (_, encoder_state), (embeddings, projector_state) in zip(
+                front, encoded, projected, strict=True
+            )
+        ]
+
     def _to_encoder(self, feats: torch.Tensor) -> torch.Tensor:
         """Front-end features (F, mel), computed in float32 on the CPU, as a batch of one on the encoder's device
         in its dtype (MINMO_DEVICE / MINMO_DTYPE)."""
@@ -101,3 +122,4 @@ class SpeechEncoder(nn.Module):
         embeddings, projector_state = self.input_projector.step(frames, state.input_projector)
         last_embeddings, _ = self.input_projector.flush(projector_state)
         return torch.cat([embeddings, last_embeddings], dim=1), self.init_state(frames.shape[0])
+

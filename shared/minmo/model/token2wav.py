@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minmo.model.batch_rows import rows_of
 from minmo.model.config import FlowMatchingConfig, HiFiGANConfig, HiFTConfig, MinMoConfig
 from minmo.model.flow_matching import FlowMatching, FlowMatchingState
 from minmo.model.hifigan import HiFiGAN, HiFiGANState
@@ -70,6 +71,18 @@ class Token2Wav(nn.Module):
         mel, flow_state = self.flow.step(tokens, state.flow)
         pcm, hift_state = self.hift.step(mel.float(), state.hift)
         return pcm, Token2WavState(flow_state, hift_state)
+
+    def step_rows(
+        self, tokens: list[torch.Tensor], states: list[Token2WavState]
+    ) -> list[tuple[torch.Tensor, Token2WavState]]:
+        """`step` for independent streams (tokens[b] (1, n_b), each state a batch of one) as batched forwards: the
+        flow's chunks padded and masked, the vocoder's windows grouped by shape (HiFT; HiFi-GAN row by row)."""
+        flow = self.flow.step_rows(tokens, [state.flow for state in states])
+        vocoded = rows_of(self.hift)([mel.float() for mel, _ in flow], [state.hift for state in states])
+        return [
+            (pcm, Token2WavState(flow_state, hift_state))
+            for (_, flow_state), (pcm, hift_state) in zip(flow, vocoded, strict=True)
+        ]
 
     def flush(self, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
         """End of stream: the rest of the PCM."""

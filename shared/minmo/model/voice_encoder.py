@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minmo.model.batch_rows import rows_chunk_mask, stack_kv, step_rows, unstack_kv
 from minmo.model.config import VoiceEncoderConfig
 from minmo.model.layers import (
     CausalConv1d,
@@ -144,6 +145,14 @@ class VoiceEncoder(nn.Module):
         ready = pending.shape[1] // group * group
         return self._advance(pending[:, :ready], dataclasses.replace(state, pending=pending[:, ready:]))
 
+    def step_rows(
+        self, feats: list[torch.Tensor], states: list[VoiceEncoderState]
+    ) -> list[tuple[torch.Tensor, VoiceEncoderState]]:
+        """`step` for independent streams (feats[b] (1, T_b, input_dim), each state a batch of one) as batched
+        forwards: caches of different lengths left-padded and masked (`minmo.model.batch_rows`)."""
+        group = self.cfg.downsample * self.cfg.chunk_frames
+        return step_rows(feats, states, group, self.cfg.dim, self._advance_rows)
+
     def flush(self, state: VoiceEncoderState) -> tuple[torch.Tensor, VoiceEncoderState]:
         """End of stream: encode the pending partial chunk as the offline pass does; returns a fresh state."""
         out, _ = self._advance(state.pending, dataclasses.replace(state, pending=state.pending[:, :0]))
@@ -153,7 +162,7 @@ class VoiceEncoder(nn.Module):
         """Encode feats (B, T, input_dim) that follow the state's caches; T is whole chunks, or the stream's end."""
         if feats.shape[1] == 0:
             return feats.new_zeros(feats.shape[0], 0, self.cfg.dim), state
-        x = self._embed(feats, state.position)  # (B, N, dim)
+        x = self._embed(feats, [state.position])  # (B, N, dim)
         end = state.position + x.shape[1]
         key_positions = torch.arange(state.position - state.keys[0].shape[2], end, device=x.device)
         mask = chunk_mask(key_positions[-x.shape[1] :], key_positions, self.cfg.chunk_frames, self.cfg.left_chunks)
@@ -167,10 +176,44 @@ class VoiceEncoder(nn.Module):
         new_state = dataclasses.replace(state, keys=keys, values=values, fsmn=fsmn, position=end)
         return self.norm(x), new_state
 
-    def _embed(self, feats: torch.Tensor, position: int) -> torch.Tensor:
-        """Stack `downsample` frames, project, add absolute positions: (B, T, input_dim) -> (B, ceil(T/ds), dim)."""
+    def _advance_rows(
+        self, feats: torch.Tensor, states: list[VoiceEncoderState]
+    ) -> list[tuple[torch.Tensor, VoiceEncoderState]]:
+        """`_advance` for row b of feats (B, T, input_dim) following states[b]: its own positions and chunk mask."""
+        x = self._embed(feats, [state.position for state in states])
+        cached = [state.keys[0].shape[2] for state in states]
+        mask = rows_chunk_mask(
+            [state.position for state in states], cached, x.shape[1], self.cfg.chunk_frames, self.cfg.left_chunks,
+            x.device,
+        )  # fmt: skip
+        rows: list[tuple[list, list, list]] = [([], [], []) for _ in states]
+        for index, layer in enumerate(self.layers):
+            k, pads = stack_kv([state.keys[index] for state in states])
+            v, _ = stack_kv([state.values[index] for state in states])
+            memory = torch.cat([state.fsmn[index] for state in states])
+            x, (k, v), memory = layer(x, mask, (k, v), memory)
+            for row, (k_row, v_row) in enumerate(zip(unstack_kv(k, pads), unstack_kv(v, pads), strict=True)):
+                k_row, v_row = trim_kv_cache(k_row, v_row, self.cfg.chunk_frames, self.cfg.left_chunks)
+                rows[row][0].append(k_row)
+                rows[row][1].append(v_row)
+                rows[row][2].append(memory[row : row + 1])
+        x = self.norm(x)
+        return [
+            (
+                x[row : row + 1],
+                dataclasses.replace(state, keys=keys, values=values, fsmn=fsmn, position=state.position + x.shape[1]),
+            )
+            for row, (state, (keys, values, fsmn)) in enumerate(zip(states, rows, strict=True))
+        ]
+
+    def _embed(self, feats: torch.Tensor, first_positions: list[int]) -> torch.Tensor:
+        """Stack `downsample` frames, project, add absolute positions: (B, T, input_dim) -> (B, ceil(T/ds), dim);
+        row b starts at first_positions[b] (one entry: every row)."""
         batch, _, input_dim = feats.shape
         stacked = pad_to_multiple(feats, self.cfg.downsample).reshape(batch, -1, self.cfg.downsample * input_dim)
         x = self.input(stacked)
-        positions = torch.arange(position, position + x.shape[1], device=x.device)
-        return x + sinusoidal_positions(positions, self.cfg.dim).to(x.dtype)
+        table = torch.stack([
+            sinusoidal_positions(torch.arange(first, first + x.shape[1], device=x.device), self.cfg.dim)
+            for first in first_positions
+        ])  # fmt: skip
+        return x + table.to(x.dtype)

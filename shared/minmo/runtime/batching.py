@@ -1,10 +1,11 @@
 """Batching across sessions in the local runtime: the ready steps of concurrent sessions run as one forward.
 
-Each session's stream runs on a runtime pool thread and, at every step that batches (an LLM decode step), hands its
-request to the model's `StepBatcher` and blocks until the result is there. The batcher's own thread takes the first
-waiting request, gathers more for at most `window_ms` — but only while other sessions are in a batchable phase
-(`active`), so a lone session never waits — up to `max_size`, runs them as one batched call, and hands each caller
-its result. Sessions that finished a step submit their next one at about the same time, so they fall into step.
+Each session's stream runs on a runtime pool thread and, at every step that batches (an LLM or voice-LM decode step,
+an encoder or token2wav chunk step), hands its request to the model's `StepBatcher` and blocks until the result is
+there. The batcher's own thread takes the first waiting request, gathers more for at most `window_ms` — but only
+while other sessions are in a batchable phase (`active`), so a lone session never waits — up to `max_size`, runs
+them as one batched call, and hands each caller its result. Sessions that finished a step submit their next one at
+about the same time, so they fall into step.
 
 The window waits for as many steps as the last batch had (capped by the callers in a batchable phase), not for
 every such caller: a session busy with work that does not batch (a prefill, sampling) would otherwise cost every

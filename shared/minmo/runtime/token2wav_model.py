@@ -7,12 +7,17 @@ O(chunk) however long the turn grows. One set of weights serves every turn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from minmo.model.placement import module_placement, to_host
 from minmo.model.token2wav import Token2Wav, Token2WavState
 from minmo.runtime.base import InvalidInput, RuntimeModel, TensorMap
-from minmo.runtime.models import flag, require
+from minmo.runtime.batching import BatchSettings, StepBatcher
+from minmo.runtime.models import BatchResult, execute_batch, flag, require
+
+Token2WavStep = tuple[torch.Tensor, Token2WavState, bool]  # tokens (1, n), the turn's state, flush
 
 MAX_PROMPT_TOKENS = 750  # 30 s of prompt at 25 tokens/s (voice_prompt.PROMPT_MAX_S)
 
@@ -25,7 +30,14 @@ class Token2WavModel(RuntimeModel):
     At the start of a turn, optionally the voice to speak in (CosyVoice 2 zero-shot, see `voice_prompt.py`):
     `speaker` float32 (spk_embed_dim,) x-vector, `prompt_tokens` int64 (P,) the prompt's speech tokens (at most
     MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. The sequence's
-    state carries the conditioning after its first request, so it is sent once per turn."""
+    state carries the conditioning after its first request, so it is sent once per turn.
+
+    Batching across sessions: with a batcher (`attach_batcher`), `execute` hands its chunk's step to it, and the
+    steps of concurrent turns run as batched forwards (`Token2Wav.step_rows`); `execute_batch` does the same for
+    the requests of one Triton `execute`. A flush (once per turn) runs right after the batched step, on the batcher's
+    thread too: the compute of waiting turns stays on one thread instead of spreading over the threads that wait."""
+
+    batches_execute = True  # with a batcher, `execute` submits its step to it
 
     name = "token2wav"
     stateful = True
@@ -34,15 +46,50 @@ class Token2WavModel(RuntimeModel):
         self.token2wav = token2wav.eval()
         self.speech_vocab = token2wav.flow.cfg.speech_vocab
         self.device, self.flow_dtype = module_placement(token2wav.flow)
+        self.batcher: StepBatcher | None = None
+
+    def attach_batcher(self, settings: BatchSettings, on_batch: Callable[[int], None] | None = None) -> StepBatcher:
+        """Run the chunk steps of concurrent turns as batched forwards from now on."""
+        self.batcher = StepBatcher(self.name, self.step_rows, settings, on_batch)
+        return self.batcher
+
+    def step_rows(self, requests: list[Token2WavStep]) -> list[tuple[torch.Tensor, Token2WavState | None]]:
+        """(tokens (1, n), state, flush) of independent turns -> (pcm (1, S), state; None after a flush) of each: the
+        chunk steps as batched forwards, then each flush on its own stream."""
+        stepped = self.token2wav.step_rows([tokens for tokens, _, _ in requests], [state for _, state, _ in requests])
+        return [
+            self._flush(pcm, stream) if flush else (pcm, stream)
+            for (pcm, stream), (_, _, flush) in zip(stepped, requests, strict=True)
+        ]
 
     def execute(self, inputs: TensorMap, state: Token2WavState | None) -> tuple[TensorMap, Token2WavState | None]:
-        tokens = self._tokens(inputs)
+        tokens, stream, flush = request = self._prepare(inputs, state)
+        if self.batcher is None:
+            pcm, stream = self.token2wav.step(tokens, stream)
+            pcm, stream = self._flush(pcm, stream) if flush else (pcm, stream)
+        else:
+            with self.batcher.session():
+                pcm, stream = self.batcher(request)
+        return self._finish(pcm, stream)
+
+    def execute_batch(self, requests: list[tuple[TensorMap, Token2WavState | None]]) -> list[BatchResult]:
+        """`execute` for the requests of independent sequences at once; a bad request gets its error, the others
+        their outputs and states."""
+        return execute_batch(requests, self._prepare, self.step_rows, self._finish)
+
+    def _prepare(self, inputs: TensorMap, state: Token2WavState | None) -> Token2WavStep:
+        tokens = self._tokens(inputs)[None].to(self.device)  # (1, N)
         stream = self.token2wav.init_state(**self._voice(inputs)) if state is None else state
-        pcm, stream = self.token2wav.step(tokens[None].to(self.device), stream)  # (1, S)
-        if not flag(inputs, "flush"):
-            return {"pcm": to_host(pcm[0])}, stream
+        return tokens, stream, flag(inputs, "flush")
+
+    def _flush(self, pcm: torch.Tensor, stream: Token2WavState) -> tuple[torch.Tensor, None]:
+        """The turn's rest after its last step's pcm; the turn is over (no state)."""
         tail, _ = self.token2wav.flush(stream)
-        return {"pcm": to_host(torch.cat([pcm, tail], dim=1)[0])}, None
+        return torch.cat([pcm, tail], dim=1), None
+
+    @staticmethod
+    def _finish(pcm: torch.Tensor, stream: Token2WavState | None) -> tuple[TensorMap, Token2WavState | None]:
+        return {"pcm": to_host(pcm[0])}, stream
 
     def _voice(self, inputs: TensorMap) -> dict[str, torch.Tensor]:
         """The turn's speaker and voice prompt as `Token2Wav.init_state` arguments (batch of one), each checked."""

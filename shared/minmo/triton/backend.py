@@ -166,6 +166,47 @@ def run_sequence(
             states.drop(request.correlation_id)
 
 
+def run_sequence_batch(
+    model: RuntimeModel, states: SequenceStates, requests: list[SequenceRequest]
+) -> list[TensorMap | Exception | None]:
+    """The requests of one `execute` call on a model with `execute_batch` (the encoder, token2wav: one response per
+    request), computed as one batched forward: per request its outputs, its error, or None (an end-of-sequence
+    marker: nothing to send). States are kept and dropped as `run_sequence` does. Two requests of one sequence in
+    the same call run in order, the later one in a next round."""
+    results: list[TensorMap | Exception | None] = [None] * len(requests)
+    waiting = list(range(len(requests)))
+    while waiting:
+        this_round, later, seen = [], [], set()
+        for index in waiting:
+            correlation_id = requests[index].correlation_id
+            (later if correlation_id in seen else this_round).append(index)
+            seen.add(correlation_id)
+        work = []
+        for index in this_round:
+            request = requests[index]
+            try:
+                if request.inputs:
+                    work.append((index, states.get(request.correlation_id, request.start)))
+                    continue
+            except UnknownSequence as error:
+                results[index] = error
+            if request.end:
+                states.drop(request.correlation_id)
+        with torch.inference_mode():
+            outputs = model.execute_batch([(requests[index].inputs, state) for index, state in work]) if work else []
+        for (index, _), result in zip(work, outputs, strict=True):
+            request = requests[index]
+            if isinstance(result, Exception):
+                results[index] = result
+            else:
+                results[index], state = result
+                states.keep(request.correlation_id, state)
+            if request.end:
+                states.drop(request.correlation_id)
+        waiting = later
+    return results
+
+
 def warm_up(loaded: LoadedModel) -> None:
     """Run one small request sequence through the model, so the first real request pays no lazy initialisation."""
     state = None

@@ -5,6 +5,9 @@ Which runtime model, its MinMo config and checkpoint come from the parameters of
 Tensors cross by DLPack, never numpy: the stub is built against numpy 1 and misreads numpy 2 arrays.
 
 Stateless models return one response per request (dynamic batching hands several requests to one `execute`).
+The requests the sequence batcher hands one `execute` run as one batched forward for the models with
+`execute_batch` (the encoder and token2wav: the batched steps of the local runtime's batching worker); the llm's
+and voice LM's requests run one by one (their batching is per decode step, inside a request).
 Stateful models are decoupled: each request gets its responses through its response sender, then the final flag
 alone; the client asks for that empty final response, so streamed responses leave as soon as they exist.
 Errors reach the client as "InvalidInput: <message>" or "UnknownSequence: <message>", which `TritonRuntime` turns
@@ -41,9 +44,35 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list | None:
         if not self.loaded.spec.stateful:
             return [self._stateless(request) for request in requests]
+        if hasattr(self.loaded.model, "execute_batch"):
+            self._sequences(requests)
+            return None
         for request in requests:
             self._sequence(request)
         return None
+
+    def _sequences(self, requests: list) -> None:
+        """The requests of a model that batches them (one response each), run as one batched forward."""
+        senders = [request.get_response_sender() for request in requests]
+        parsed, indices = [], []
+        for index, (request, sender) in enumerate(zip(requests, senders, strict=True)):
+            try:
+                parsed.append(self._parse(request))
+                indices.append(index)
+            except Exception as error:
+                sender.send(pb_utils.InferenceResponse(error=_triton_error(error)), flags=FINAL)
+        try:
+            results = backend.run_sequence_batch(self.loaded.model, self.states, parsed)
+        except Exception as error:  # the batch failed as a whole: each of its requests hears why
+            results = [error] * len(parsed)
+        for index, result in zip(indices, results, strict=True):
+            sender = senders[index]
+            if isinstance(result, Exception):
+                sender.send(pb_utils.InferenceResponse(error=_triton_error(result)), flags=FINAL)
+                continue
+            if result is not None:
+                sender.send(pb_utils.InferenceResponse(_tensors(result)))
+            sender.send(flags=FINAL)
 
     def _stateless(self, request) -> "pb_utils.InferenceResponse":
         try:
@@ -55,19 +84,22 @@ class TritonPythonModel:
     def _sequence(self, request) -> None:
         sender = request.get_response_sender()
         try:
-            sequence_request = backend.SequenceRequest(
-                correlation_id=int(self._control(request, CONTROL_CORRID)),
-                start=bool(self._control(request, CONTROL_START)),
-                end=bool(self._control(request, CONTROL_END)),
-                stream=bool(json.loads(request.parameters() or "{}").get(STREAM_PARAMETER, False)),
-                inputs=self._inputs(request),
-            )
+            sequence_request = self._parse(request)
             for outputs in backend.run_sequence(self.loaded.model, self.states, sequence_request, sender.is_cancelled):
                 sender.send(pb_utils.InferenceResponse(_tensors(outputs)))
         except Exception as error:  # reported on this request's stream; the instance serves on
             sender.send(pb_utils.InferenceResponse(error=_triton_error(error)), flags=FINAL)
             return
         sender.send(flags=FINAL)
+
+    def _parse(self, request) -> backend.SequenceRequest:
+        return backend.SequenceRequest(
+            correlation_id=int(self._control(request, CONTROL_CORRID)),
+            start=bool(self._control(request, CONTROL_START)),
+            end=bool(self._control(request, CONTROL_END)),
+            stream=bool(json.loads(request.parameters() or "{}").get(STREAM_PARAMETER, False)),
+            inputs=self._inputs(request),
+        )
 
     def _inputs(self, request) -> TensorMap:
         """The request's model inputs without the batch dimension, copied out of the shared-memory buffer
