@@ -115,12 +115,14 @@ def data_speech_out(
     ),
     limit: Annotated[int, typer.Option(help="first N (prompt, reply) pairs only (-1: all)")] = -1,
     shard_size: Annotated[int, typer.Option(min=1, help="replies per shard")] = 100,
+    generated: Annotated[int, typer.Option(help="also N replies the text LLM writes to open requests (-1: all)")] = 0,
+    split: Annotated[str, typer.Option(help="train, or heldout: only generated replies on held-out topics")] = "train",
 ) -> None:
     """The assistant's replies spoken in its voice: speech tokens, mel, and the LLM states that say them."""
     from minmo.train.speech_out_data import SpeechOutDataConfig, build
 
     cfg = SpeechOutDataConfig(model=model, data=data, tokenizer=tokenizer, out=str(out), limit=limit,
-                              shard_size=shard_size)
+                              shard_size=shard_size, generated=generated, split=split)
     typer.echo(f"data in {build(cfg)}")
 
 
