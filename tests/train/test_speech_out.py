@@ -22,7 +22,7 @@ from minmo.train import texts
 from minmo.train.data import read_split
 from minmo.train.speech_out_data import SpeechOutDataConfig, build, read_replies, reply_pairs
 from minmo.train.stage1 import Phase
-from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable
+from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable, voice_lm_loss
 from minmo.train.stage2 import train as train_stage2
 from minmo.train.tokenizer import EncoderFrames, TokenizerTrainConfig, load_tokenizer_from
 from minmo.train.tokenizer import train as train_tokenizer
@@ -151,6 +151,7 @@ def test_stage2_loss_goes_down_resumes_and_exports(speech_data: Path, tmp_path: 
     trained.flow = build_component(model_cfg, "token2wav", export).flow
     after = _stage2_losses(trained, speech_data)
     assert after[0] < before[0] - 0.05, f"voice LM loss {before[0]:.3f} -> {after[0]:.3f}"
+    assert voice_lm_loss(model_json, export, speech_data, limit=4) == pytest.approx(after[0], rel=1e-4)
     assert after[1] < before[1], f"flow loss {before[1]:.3f} -> {after[1]:.3f}"
     assert set(load_file(str(export / "token2wav.safetensors"))) == {f"flow.{k}" for k in fresh.flow.state_dict()}
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000

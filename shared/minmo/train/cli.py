@@ -161,6 +161,19 @@ def eval_tts(
     print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)
 
 
+@eval_app.command("voice-lm-loss")
+def eval_voice_lm_loss(
+    checkpoint: Annotated[str, typer.Option(help="stage-2 export folder (projector, voice LM, flow)")],
+    speech_data: Annotated[str, typer.Option(help="spoken replies (minmo data speech-out), e.g. a held-out split")],
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    limit: Annotated[int, typer.Option(min=1, help="first N usable replies")] = 60,
+) -> None:
+    """The voice-token LM's teacher-forced speech-token cross-entropy on spoken replies (nats per token)."""
+    from minmo.train.stage2 import voice_lm_loss
+
+    typer.echo(f"voice-LM cross-entropy {voice_lm_loss(config, checkpoint, speech_data, limit):.4f} nats/token")
+
+
 @eval_app.command("voice")
 def eval_voice(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
