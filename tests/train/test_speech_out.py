@@ -18,10 +18,11 @@ from minmo.model.build import build_component
 from minmo.model.config import load_config
 from minmo.model.interleave import VoiceSchedule
 from minmo.model.speech_tokenizer import SpeechTokenizer, character_ids
+from minmo.train import texts
 from minmo.train.data import read_split
 from minmo.train.speech_out_data import SpeechOutDataConfig, build, read_replies, reply_pairs
 from minmo.train.stage1 import Phase
-from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable
+from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable, voice_lm_loss
 from minmo.train.stage2 import train as train_stage2
 from minmo.train.tokenizer import EncoderFrames, TokenizerTrainConfig, load_tokenizer_from
 from minmo.train.tokenizer import train as train_tokenizer
@@ -101,6 +102,27 @@ def test_spoken_replies_hold_tokens_mel_and_llm_states(data: Path, speech_data: 
     assert all(usable(r, VoiceSchedule.from_config(cfg.voice_token_lm)) for r in replies)
 
 
+def test_generated_replies_resume_and_keep_held_out_topics_apart(data: Path, tokenizer_run: Path, model_json: str,
+                                                                 tmp_path: Path):
+    heldout, train = texts.reply_prompts("heldout"), texts.reply_prompts("train")
+    templates = len(texts.REPLY_TEMPLATES)
+    assert heldout and not set(heldout) & set(train)
+    assert len(heldout) % templates == 0 and len(heldout) + len(train) == len(texts.REPLY_TOPICS) * templates, (
+        "every topic is wholly held out or wholly trained"
+    )
+    cfg = SpeechOutDataConfig(model=model_json, data=str(data), tokenizer=str(tokenizer_run / "export"),
+                              out=str(tmp_path), shard_size=2, max_reply_tokens=200, generated=2, split="heldout",
+                              max_generated_tokens=12)
+    build(cfg)
+    written = [json.loads(line) for line in (tmp_path / "generated-heldout.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in written] == heldout[:2]
+    build(dataclasses.replace(cfg, generated=3))  # resumes: only the third request is answered
+    more = [json.loads(line) for line in (tmp_path / "generated-heldout.jsonl").read_text().splitlines()]
+    assert more[:2] == written and [row["prompt"] for row in more] == heldout[:3]
+    spoken = {(r.prompt, r.reply) for r in read_replies(tmp_path)}
+    assert spoken <= {(row["prompt"], row["answer"]) for row in more}, "held-out data holds generated replies only"
+
+
 def _stage2_cfg(speech_data: Path, out: Path, model_json: str) -> Stage2Config:
     cfg = Stage2Config.from_toml(ROOT / "configs/train/tiny-stage2.toml")
     return dataclasses.replace(cfg, model=model_json, data=str(speech_data), out=str(out), threads=1)
@@ -129,6 +151,7 @@ def test_stage2_loss_goes_down_resumes_and_exports(speech_data: Path, tmp_path: 
     trained.flow = build_component(model_cfg, "token2wav", export).flow
     after = _stage2_losses(trained, speech_data)
     assert after[0] < before[0] - 0.05, f"voice LM loss {before[0]:.3f} -> {after[0]:.3f}"
+    assert voice_lm_loss(model_json, export, speech_data, limit=4) == pytest.approx(after[0], rel=1e-4)
     assert after[1] < before[1], f"flow loss {before[1]:.3f} -> {after[1]:.3f}"
     assert set(load_file(str(export / "token2wav.safetensors"))) == {f"flow.{k}" for k in fresh.flow.state_dict()}
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000

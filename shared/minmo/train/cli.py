@@ -115,12 +115,14 @@ def data_speech_out(
     ),
     limit: Annotated[int, typer.Option(help="first N (prompt, reply) pairs only (-1: all)")] = -1,
     shard_size: Annotated[int, typer.Option(min=1, help="replies per shard")] = 100,
+    generated: Annotated[int, typer.Option(help="also N replies the text LLM writes to open requests (-1: all)")] = 0,
+    split: Annotated[str, typer.Option(help="train, or heldout: only generated replies on held-out topics")] = "train",
 ) -> None:
     """The assistant's replies spoken in its voice: speech tokens, mel, and the LLM states that say them."""
     from minmo.train.speech_out_data import SpeechOutDataConfig, build
 
     cfg = SpeechOutDataConfig(model=model, data=data, tokenizer=tokenizer, out=str(out), limit=limit,
-                              shard_size=shard_size)
+                              shard_size=shard_size, generated=generated, split=split)
     typer.echo(f"data in {build(cfg)}")
 
 
@@ -157,6 +159,19 @@ def eval_tts(
     from minmo.train.evaluate import evaluate_tts, print_report
 
     print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)
+
+
+@eval_app.command("voice-lm-loss")
+def eval_voice_lm_loss(
+    checkpoint: Annotated[str, typer.Option(help="stage-2 export folder (projector, voice LM, flow)")],
+    speech_data: Annotated[str, typer.Option(help="spoken replies (minmo data speech-out), e.g. a held-out split")],
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    limit: Annotated[int, typer.Option(min=1, help="first N usable replies")] = 60,
+) -> None:
+    """The voice-token LM's teacher-forced speech-token cross-entropy on spoken replies (nats per token)."""
+    from minmo.train.stage2 import voice_lm_loss
+
+    typer.echo(f"voice-LM cross-entropy {voice_lm_loss(config, checkpoint, speech_data, limit):.4f} nats/token")
 
 
 @eval_app.command("voice")

@@ -1,7 +1,9 @@
 """`minmo data speech-out`: the assistant's replies, spoken, as stage 2 learns them.
 
 For every (user prompt, assistant reply) pair of a stage-1 data folder (the text LLM's answers, the QA targets,
-and the ASR sentences as replies to "Repeat after me"), one shard row holds:
+and the ASR sentences as replies to "Repeat after me"), and of `generated` more replies that the text LLM writes
+to open requests over many topics (`texts.reply_prompts`: a few hundred stage-1 replies alone are memorised by the
+voice-token LM, not generalised from), one shard row holds:
 - `tokens`: the reply spoken by the assistant's voice (piper joe), through the frozen voice encoder and the
   trained speech tokenizer: 25 Hz FSQ codes, what the voice-token LM learns to write;
 - `mel`: the same audio's log-mel in the vocoder's format at 50 Hz (two frames per token), what the flow learns
@@ -40,6 +42,9 @@ class SpeechOutDataConfig:
     shard_size: int = 100
     max_reply_tokens: int = 64
     threads: int = 1
+    generated: int = 0  # replies the text LLM writes to the first N open requests of `split` (-1: all)
+    split: str = "train"  # "heldout": only generated replies, about topics that training never speaks
+    max_generated_tokens: int = 48
 
 
 @dataclass
@@ -68,13 +73,44 @@ def reply_pairs(data: str | Path) -> list[tuple[str, str]]:
     return [pair for pair in dict.fromkeys(pairs) if pair[1].strip()]
 
 
+def generated_pairs(cfg: SpeechOutDataConfig, path: Path) -> list[tuple[str, str]]:
+    """(request, the text LLM's greedy reply) for the first `cfg.generated` open requests of `cfg.split`, appended to
+    `path` as they are written, so an interrupted build resumes where it stopped. Replies without a letter (nothing
+for the voice to say) are left out."""
+    from minmo.train.data import ANSWER_BATCH, typed_answers
+
+    done = {row["prompt"]: row["answer"] for row in _read_jsonl(path)}
+    prompts = texts.reply_prompts(cfg.split)[: None if cfg.generated < 0 else cfg.generated]
+    todo = [p for p in prompts if p not in done]
+    if todo:
+        from minmo.model.build import build_component
+        from minmo.model.tokenizer import load_tokenizer
+
+        model_cfg = load_config(cfg.model)
+        llm, tokenizer = build_component(model_cfg, "llm"), load_tokenizer(model_cfg.llm)
+        with path.open("a") as sink, tqdm(total=len(prompts), initial=len(prompts) - len(todo),
+                                          desc="replies (text LLM)", unit="reply") as bar:
+            for start in range(0, len(todo), ANSWER_BATCH):
+                batch = todo[start : start + ANSWER_BATCH]
+                for prompt, answer in zip(batch, typed_answers(llm, tokenizer, batch, cfg.max_generated_tokens),
+                                          strict=True):
+                    done[prompt] = answer
+                    sink.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+                sink.flush()
+                bar.update(len(batch))
+    return [(prompt, done[prompt]) for prompt in prompts if any(c.isalpha() for c in done[prompt])]
+
+
 def build(cfg: SpeechOutDataConfig) -> Path:
     """Write every missing shard of `cfg.out`; returns it."""
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    pairs = reply_pairs(cfg.data)[: None if cfg.limit < 0 else cfg.limit]
+    pairs = reply_pairs(cfg.data) if cfg.split == "train" else []
+    if cfg.generated:
+        pairs += generated_pairs(cfg, out / f"generated-{cfg.split}.jsonl")
+    pairs = list(dict.fromkeys(pairs))[: None if cfg.limit < 0 else cfg.limit]
     shards = [pairs[i : i + cfg.shard_size] for i in range(0, len(pairs), cfg.shard_size)]
     missing = [(n, shard) for n, shard in enumerate(shards) if not _shard_path(out, n).is_file()]
     if not missing:

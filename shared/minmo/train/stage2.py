@@ -140,6 +140,22 @@ def usable(reply: SpokenReply, schedule: VoiceSchedule) -> bool:
     return reply.tokens.shape[0] >= max(1, blocks * schedule.speech_block)
 
 
+@torch.no_grad()
+def voice_lm_loss(model: str, weights: str | Path, data: str | Path, limit: int, batch_size: int = 8) -> float:
+    """The voice-token LM's teacher-forced cross-entropy (with the output projector of `weights`, an export folder)
+    on the first `limit` usable replies of `data`, averaged over batches weighted by their size: on held-out replies
+    it says whether the LM generalises or has learnt its training replies by heart, in seconds instead of a
+    whole-turn evaluation."""
+    cfg = load_config(model)
+    speech_out = SpeechOut(cfg).eval()
+    speech_out.load_exported(weights)
+    schedule = VoiceSchedule.from_config(cfg.voice_token_lm)
+    replies = [r for r in read_replies(data) if usable(r, schedule)][:limit]
+    assert replies, f"no usable spoken replies in {data}: run `minmo data speech-out` first"
+    batches = [replies[i : i + batch_size] for i in range(0, len(replies), batch_size)]
+    return sum(speech_out.lm_loss(batch).item() * len(batch) for batch in batches) / len(replies)
+
+
 def train(cfg: Stage2Config) -> Path:
     """Train (or resume) stage 2, in one process or several under torchrun; returns the run folder."""
     rank, world = init_distributed()

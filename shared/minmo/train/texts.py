@@ -11,6 +11,7 @@ answers (written by `minmo data build`), which widens the vocabulary beyond the 
 
 from __future__ import annotations
 
+import random
 import zlib
 from dataclasses import dataclass
 
@@ -150,3 +151,68 @@ def questions(split: str) -> list[Question]:
 def instructions(split: str) -> list[str]:
     """Open instructions (no checkable answer): all but the last four train, the last four are held out."""
     return list(INSTRUCTIONS[:-4]) if split == "train" else list(INSTRUCTIONS[-4:])
+
+
+# Open requests for the assistant's spoken replies (`minmo data speech-out --generated`): every template over every
+# topic, so the text LLM writes thousands of different short replies for the voice-token LM to learn to speak.
+# Topics are split like facts (by a hash of the topic), so held-out replies are about topics never spoken in training.
+REPLY_TOPICS = (
+    # animals
+    "cats", "dogs", "horses", "rabbits", "owls", "eagles", "penguins", "dolphins", "whales", "sharks", "octopuses",
+    "elephants", "lions", "tigers", "bears", "wolves", "foxes", "deer", "frogs", "turtles", "snakes", "bees", "ants",
+    "butterflies", "spiders", "parrots", "camels", "kangaroos", "koalas", "monkeys", "squirrels", "hedgehogs",
+    # food and drink
+    "bread", "cheese", "apples", "oranges", "strawberries", "tomatoes", "potatoes", "carrots", "rice", "pasta",
+    "soup", "pizza", "chocolate", "ice cream", "honey", "coffee", "tea", "orange juice", "pancakes", "salad",
+    "olive oil", "garlic", "mushrooms", "lemons", "breakfast", "picnics", "baking cakes", "spices",
+    # places and nature
+    "mountains", "rivers", "lakes", "deserts", "forests", "islands", "volcanoes", "waterfalls", "caves", "beaches",
+    "the ocean", "the moon", "the stars", "the sun", "clouds", "rain", "snow", "thunderstorms", "wind", "autumn",
+    "spring", "summer", "winter", "sunsets", "rainbows", "gardens", "parks", "small villages", "big cities",
+    "libraries", "museums", "markets", "train stations", "airports", "lighthouses", "castles", "bridges",
+    # activities
+    "running", "swimming", "cycling", "walking", "hiking", "yoga", "dancing", "singing", "painting", "drawing",
+    "reading", "writing letters", "cooking", "gardening", "fishing", "camping", "photography", "chess", "football",
+    "tennis", "learning a language", "playing the piano", "playing the guitar", "knitting", "meditation",
+    "travelling by train", "visiting friends", "keeping a diary", "solving puzzles", "bird watching",
+    # everyday life
+    "sleep", "alarm clocks", "mornings", "evenings", "weekends", "holidays", "birthdays", "homework", "exams",
+    "job interviews", "moving house", "saving money", "shopping lists", "cleaning the kitchen", "doing laundry",
+    "tidy desks", "houseplants", "umbrellas", "bicycles", "buses", "the weather", "phone calls", "emails",
+    "meetings", "deadlines", "neighbours", "grandparents", "teachers", "friendship", "good manners", "patience",
+    "kindness", "staying calm", "making decisions", "setting goals", "new habits", "drinking water",
+    "healthy eating", "stretching", "fresh air", "taking breaks", "time management",
+    # things and ideas
+    "books", "maps", "clocks", "candles", "mirrors", "keys", "kites", "balloons", "paper planes", "telescopes",
+    "microscopes", "computers", "robots", "rockets", "satellites", "electricity", "magnets", "batteries",
+    "the internet", "music", "poetry", "history", "mathematics", "science", "geography", "languages", "colours",
+    "numbers", "the alphabet", "the seasons", "gravity", "light", "sound", "water", "fire", "trees", "flowers",
+    "seeds", "recycling", "the planets", "dinosaurs", "the pyramids", "ancient Rome", "the Olympic Games",
+)
+REPLY_TEMPLATES = (
+    "Tell me a fun fact about {t}.",
+    "Say one short sentence about {t}.",
+    "Give me a quick tip about {t}.",
+    "What do you like about {t}?",
+    "Describe {t} in one sentence.",
+    "Explain {t} to a child in a few words.",
+    "Why are {t} interesting?",
+    "What is one thing people often get wrong about {t}?",
+    "Say something kind about {t}.",
+    "What would you tell a friend about {t}?",
+    "Give me a short reason to think about {t} today.",
+    "How would you describe {t} to someone who has never seen them?",
+    "Tell me something surprising about {t}.",
+    "Share a happy thought about {t}.",
+)
+
+
+def reply_prompts(split: str) -> list[str]:
+    """Every open request of `split` ("train" or "heldout": topics never spoken in training), in a fixed shuffled
+    order, so the first few hundred already cover many topics and templates."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}: expected train or heldout")
+    topics = [t for t in REPLY_TOPICS if _held_out(f"topic:{t}") == (split == "heldout")]
+    prompts = [template.format(t=topic) for topic in topics for template in REPLY_TEMPLATES]
+    random.Random(f"replies:{split}").shuffle(prompts)
+    return prompts
