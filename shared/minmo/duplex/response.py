@@ -12,6 +12,12 @@ goes to the new voicelm, and of the new audio the samples the client already has
 the reply continue where it stopped without resending anything. Speech tokens are regenerated, so with sampling
 on, the rest of the audio may differ slightly from what the lost replica would have said; the words do not.
 Only when no replica takes the turn (`FAILOVER_DELAYS_S` spent) does the turn fail.
+
+First audio first: the text positions after the first `first_audio_positions` (those whose speech tokens complete
+token2wav's first chunk) go to voicelm only once the vocoder's first PCM is out. The in-process pipeline runs in
+that order by construction (one step at a time); here, without the hold, voicelm would race ahead through the rest
+of the turn (every later block, and at TextEnd the whole tail) on the CPUs the vocoder needs for the first chunk.
+The held positions are ahead of playback anyway: each block is 0.6 s of audio and takes a fraction of that.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import PCM16_BYTES, StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import FAILOVER_DELAYS_S, NOT_RETRIED, LinkLost, LlmLink, Replicas
-from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ, MinMoConfig
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
@@ -40,9 +46,16 @@ from minmo.v1 import (
 )
 
 VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
+FIRST_AUDIO_HOLD_LIMIT_S = 2.0  # longest that positions wait for the first PCM (it is due well before)
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
 log = logging.getLogger(__name__)
+
+
+def first_audio_positions(cfg: MinMoConfig) -> int:
+    """Text positions whose speech tokens complete token2wav's first chunk (its tokens and their lookahead)."""
+    first_chunk = cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
+    return VoiceSchedule.from_config(cfg.voice_token_lm).positions_for_tokens(first_chunk)
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Response:
     timeout_s: float  # deadline of the per-turn voicelm and vocoder calls
     trace_context: dict[str, str] = field(default_factory=dict)
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
+    first_audio_positions: int = 0  # text positions that complete the first audio chunk; later ones wait for it
     pieces: list[str] = field(default_factory=list)
     speech_tokens: int = 0
     audio_samples_sent: int = 0  # at VOCODER_RATE
@@ -80,6 +94,7 @@ class Response:
     _positions: list = field(default_factory=list)  # every TextPositions sent to voicelm, to replay
     _text_done: bool = False  # the LLM's ResponseEnd was read
     _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
+    _first_audio: asyncio.Event = field(default_factory=asyncio.Event)  # the vocoder's first PCM (or its end)
 
     @property
     def audio_ms(self) -> float:
@@ -198,6 +213,8 @@ class Response:
         )
         speech = asyncio.create_task(self._speech_tokens_to_vocoder(synth, vocode))
         audio = asyncio.create_task(self._pcm_to_client(vocode, skip_samples=self.audio_samples_sent))
+        for task in (speech, audio):  # a hop that ends early (or fails) releases held positions: no wait on it
+            task.add_done_callback(lambda _: self._first_audio.set())
         try:
             for positions in self._positions:  # a reopened hop: what the lost one had, first
                 await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
@@ -210,8 +227,10 @@ class Response:
                     )
                     self._positions.append(positions)  # logged (and shown) first: a failed write replays it
                     await self._emit_text(token.text)
+                    await self._after_first_audio(len(self._positions) - 1)
                     await synth.write(voicelm_pb2.SynthesizeRequest(text_positions=positions))
                 self._text_done = True
+            await self._after_first_audio(len(self._positions))
             await synth.write(
                 voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=len(self._positions)))
             )
@@ -221,6 +240,14 @@ class Response:
             for task in (speech, audio):
                 task.cancel()
         return self.end_reason
+
+    async def _after_first_audio(self, positions_before: int) -> None:
+        """Hold a message to voicelm that `positions_before` text positions precede until the first PCM is out, when
+        those positions already complete the first audio chunk (module docstring)."""
+        if self.first_audio_positions and positions_before >= self.first_audio_positions:
+            with contextlib.suppress(TimeoutError):  # a vocoder that needs more tokens than expected: stop holding
+                await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_HOLD_LIMIT_S)
+            self._first_audio.set()
 
     async def _tokens(self, queue: asyncio.Queue):
         """The turn's TextTokens until ResponseEnd; a lost LLM stream raises LinkLost."""
@@ -272,6 +299,7 @@ class Response:
             if response.HasField("pcm_chunk"):
                 if self.timings.first_pcm is None:
                     self.timings.first_pcm = now_ms()
+                self._first_audio.set()
                 audio = response.pcm_chunk.audio
                 if skip_samples:
                     skipped = min(skip_samples, len(audio) // PCM16_BYTES)
