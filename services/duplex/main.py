@@ -13,6 +13,7 @@ from minmo.duplex.conversation import DuplexPolicy, Peers
 from minmo.duplex.limits import InputLimits
 from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
+from minmo.duplex.response import first_audio_positions
 from minmo.model.config import load_config
 from minmo.model.voice_prompt import VoicePromptModels
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
@@ -119,6 +120,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         turn_detection=settings.turn_detection,
         limits=settings.limits,
         voice_prompt_models=VoicePromptModels(settings.voice_prompt_models) if settings.voice_prompt_models else None,
+        first_audio_positions=first_audio_positions(load_config(settings.server.model_config)),
     )
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)

@@ -56,13 +56,14 @@ SERVICE = ModelService(
 )
 
 
-async def start(settings: VocoderSettings) -> ServiceHost:
-    """Load the model, start serving, warm up, then report SERVING; returns the running host."""
+async def start(settings: VocoderSettings, runtime: ModelRuntime | None = None) -> ServiceHost:
+    """Load the model (or use `runtime`, e.g. one a test inspects), start serving, warm up, then report SERVING;
+    returns the running host."""
 
     def servicer(parts: ServiceParts) -> VocoderServicer:
         return VocoderServicer(parts.runtime, parts.limiter, settings.max_tokens_per_message, parts.telemetry)
 
-    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer)
+    return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer, runtime)
 
 
 def main() -> None:

@@ -217,12 +217,19 @@ app.add_typer(bench_app, name="bench")
 def bench_turn(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
     runs: Annotated[int, typer.Option(min=1, help="measured turns per side (after one warm-up turn)")] = 5,
+    first_chunk_tokens: Annotated[
+        list[int] | None,
+        typer.Option(min=1, help="also measure both sides with token2wav's first chunk this long (repeatable)"),
+    ] = None,
 ) -> None:
-    """End of speech -> first audio: in-process pipeline vs the five services, and each hop's overhead."""
-    from minmo.bench.report import print_turn_bench
-    from minmo.bench.turn import run_bench
+    """End of speech -> first audio: in-process pipeline vs the five services, and each hop's overhead; with
+    --first-chunk-tokens, the same again for each other first-chunk length (e.g. 25, the chunk before MinMo's 15)."""
+    from minmo.bench.report import print_first_chunk_bench, print_turn_bench
+    from minmo.bench.turn import run_bench, run_first_chunk_bench
 
     print_turn_bench(run_bench(config, runs), config)
+    if first_chunk_tokens:
+        print_first_chunk_bench(run_first_chunk_bench(config, runs, first_chunk_tokens), config)
 
 
 @bench_app.command("runtime")

@@ -19,3 +19,8 @@ def test_turn_bench_measures_both_paths_and_every_hop(capfd):
 def test_bench_command_is_wired():
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0 and "turn" in result.output and "runtime" in result.output
+
+
+def test_turn_bench_takes_other_first_chunk_lengths():
+    result = CliRunner().invoke(app, ["bench", "turn", "--help"])
+    assert result.exit_code == 0 and "--first-chunk-tokens" in result.output

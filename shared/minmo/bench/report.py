@@ -38,6 +38,19 @@ def print_turn_bench(result: BenchResult, config: str) -> None:
         console.print(f"service logs: {result.log_path}", style="dim")
 
 
+def print_first_chunk_bench(results: dict[int, BenchResult], config: str) -> None:
+    table = Table(title=f"end of speech -> first audio by token2wav's first chunk, config {config} (ms)")
+    for column in ("first chunk (tokens)", "in-process p50", "in-process p90", "services p50", "services p90", "ratio"):
+        table.add_column(column, justify="right")
+    for tokens, result in results.items():
+        in_process, services = result.in_process_ms, result.services_ms
+        table.add_row(
+            str(tokens), f"{_p(in_process, 0.5):.1f}", f"{_p(in_process, 0.9):.1f}", f"{_p(services, 0.5):.1f}",
+            f"{_p(services, 0.9):.1f}", f"{result.ratio:.2f}x",
+        )  # fmt: skip
+    Console().print(table)
+
+
 def print_runtime_bench(result: RuntimeBench, config: str) -> None:
     console = Console()
     table = Table(title=f"in-process runtime vs Triton, config {config} (ms)")

@@ -6,11 +6,16 @@ services, it starts when duplex confirms the end of speech (USER_SPEECH_STOPPED)
 the turn, after which the same work follows plus four network hops. The client streams at real-time
 pace, as a microphone does, so no backlog of unprocessed audio inflates the services side. Each
 LatencyReport splits every hop's share into the hop's own time and what the wire and queues added.
+
+`run_first_chunk_bench` measures both sides again with token2wav's first chunk set to other lengths (the preset
+written to a JSON config with only `flow.first_chunk_tokens` changed, which every service loads), so a change of
+the first chunk (25 + 3 tokens before MinMo's 15 + 3) shows its own share of a latency gain in the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import statistics
 import tempfile
@@ -93,6 +98,21 @@ def run_bench(config: str, runs: int, seed: int = 0) -> BenchResult:
     log_path = service_log_path()
     services, hops = bench_services(config, runs, seed, log_path=log_path)
     return BenchResult(in_process, services, hops, log_path)
+
+
+def run_first_chunk_bench(
+    config: str, runs: int, first_chunk_tokens: list[int], seed: int = 0
+) -> dict[int, BenchResult]:
+    """`run_bench` with the first chunk set to each of `first_chunk_tokens` long (the config otherwise the same)."""
+    cfg = load_config(config)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="minmo-bench-") as folder:
+        for tokens in first_chunk_tokens:
+            variant = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, first_chunk_tokens=tokens))
+            path = Path(folder) / f"{cfg.name}-first-chunk-{tokens}.json"
+            path.write_text(variant.to_json())
+            results[tokens] = run_bench(str(path), runs, seed)
+    return results
 
 
 def free_port_block(size: int = 5) -> int:

@@ -102,6 +102,7 @@ class DuplexPolicy:
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
     limits: InputLimits = field(default_factory=InputLimits)
     voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
+    first_audio_positions: int = 0  # text positions that complete the first audio chunk (0: no hold; response.py)
 
 
 @dataclass(frozen=True)
@@ -510,6 +511,7 @@ class Conversation:
             output_rate=self.config.output_sample_rate_hz,
             instruction=self.voice.instruction if instruction is None else instruction,
             voice=self.voice_conditioning,
+            first_audio_positions=self.policy.first_audio_positions,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,

@@ -14,6 +14,12 @@ Only when no replica takes the hop (`FAILOVER_DELAYS_S` spent) does the turn fai
 
 When the llm stream breaks mid-reply, `resume_llm` (`minmo.duplex.failover`) continues the reply on another llm
 replica after the tokens it already has; the speech hops stay open and simply receive the rest of the text.
+
+First audio first: the text positions after the first `first_audio_positions` (those whose speech tokens complete
+token2wav's first chunk) go to voicelm only once the vocoder's first PCM is out. The in-process pipeline runs in
+that order by construction (one step at a time); here, without the hold, voicelm would race ahead through the rest
+of the turn (every later block, and at TextEnd the whole tail) on the CPUs the vocoder needs for the first chunk.
+The held positions are ahead of playback anyway: each block is 0.6 s of audio and takes a fraction of that.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import LinkLost, LlmLink, Replicas
 from minmo.duplex.speech_hops import SpeechHops
-from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ, MinMoConfig
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
@@ -40,9 +46,16 @@ from minmo.v1 import (
 )
 
 VOCODER_RATE = VOCODER_SAMPLE_RATE_HZ  # the vocoder speaks at its own rate; the client's is made here
+FIRST_AUDIO_HOLD_LIMIT_S = 2.0  # longest that positions wait for the first PCM (it is due well before)
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
 ResumeLlm = Callable[["Response", LinkLost], Awaitable[asyncio.Queue]]  # a new token queue, or raises the LinkLost
+
+
+def first_audio_positions(cfg: MinMoConfig) -> int:
+    """Text positions whose speech tokens complete token2wav's first chunk (its tokens and their lookahead)."""
+    first_chunk = cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
+    return VoiceSchedule.from_config(cfg.voice_token_lm).positions_for_tokens(first_chunk)
 
 
 @dataclass
@@ -71,6 +84,7 @@ class Response:
     trace_context: dict[str, str] = field(default_factory=dict)
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
     resume_llm: ResumeLlm | None = None  # continues the reply on another llm replica; None: a lost llm fails it
+    first_audio_positions: int = 0  # text positions that complete the first audio chunk; later ones wait for it
     pieces: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # the reply's tokens so far (a failover's prefix)
     speech_tokens: int = 0
@@ -81,6 +95,7 @@ class Response:
     _hops: SpeechHops | None = None  # the voicelm and vocoder calls (speech sessions)
     _queue: asyncio.Queue | None = None  # the turn's messages from the LLM stream (a new one after an llm failover)
     _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
+    _first_audio: asyncio.Event = field(default_factory=asyncio.Event)  # the vocoder's first PCM (or its end)
 
     @property
     def audio_ms(self) -> float:
@@ -167,8 +182,19 @@ class Response:
                 hidden=token.hidden, token_embedding=token.token_embedding, first_index=token.index
             )
             await self._emit_text(token.text)
+            await self._after_first_audio(len(hops.positions))
             await hops.add_positions(positions)
+        await self._after_first_audio(len(hops.positions))
         await hops.end_text()
+
+    async def _after_first_audio(self, positions_before: int) -> None:
+        """Hold a message to voicelm that `positions_before` text positions precede until the first PCM is out, when
+        those positions already complete the first audio chunk (module docstring). The limit also frees a turn whose
+        speech hop is being reopened or whose vocoder needs more tokens than expected."""
+        if self.first_audio_positions and positions_before >= self.first_audio_positions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_HOLD_LIMIT_S)
+            self._first_audio.set()
 
     async def _tokens(self):
         """The turn's TextTokens until ResponseEnd; a lost LLM stream is continued elsewhere (`resume_llm`) or
@@ -202,6 +228,7 @@ class Response:
         )
 
     async def _audio_out(self, pcm16: bytes, last: bool) -> None:
+        self._first_audio.set()
         await self._send_audio(self._resampler, pcm16, last)
 
     async def _send_audio(self, resampler: StreamingResampler, pcm16: bytes, last: bool) -> None:

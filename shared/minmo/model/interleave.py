@@ -60,6 +60,10 @@ class VoiceSchedule:
         """Blocks of `text_block` vectors that each get exactly `speech_block` tokens."""
         return text_length // self.text_block
 
+    def positions_for_tokens(self, speech_tokens: int) -> int:
+        """Text positions whose whole blocks give at least `speech_tokens` speech tokens before the text ends."""
+        return math.ceil(speech_tokens / self.speech_block) * self.text_block
+
     def max_speech_tokens(self, text_length: int) -> int:
         """Safety bound on the speech tokens of a whole turn, for a model that never says END_OF_SPEECH."""
         return max(self.speech_block, self.max_tokens_per_position * text_length)
