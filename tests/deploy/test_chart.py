@@ -198,6 +198,16 @@ def test_gpu_scenarios_ask_for_gpus() -> None:
     assert inprocess.env("encoder")["MINMO_DEVICE"]["value"] == "cpu"
 
 
+
+def test_model_services_get_torch_threads_for_their_cpu_limit() -> None:
+    """torch would count the node's cores, not the pod's limit: each model container is told its share, rounded up."""
+    limits = {"encoder": "500m", "llm": "1500m", "voicelm": "3", "vocoder": 0.5}
+    rendered = render({name: {"resources": {"limits": {"cpu": cpu}}} for name, cpu in limits.items()})
+    threads = {name: rendered.env(name)["MINMO_TORCH_THREADS"]["value"] for name in limits}
+    assert threads == {"encoder": "1", "llm": "2", "voicelm": "3", "vocoder": "1"}
+    assert render_scenario(SCENARIOS[0]).env("llm")["MINMO_TORCH_THREADS"]["value"].isdigit()
+    assert "MINMO_TORCH_THREADS" not in render_scenario(SCENARIOS[0]).env("duplex")
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_pods_outlive_their_drain(scenario: str) -> None:
     """terminationGracePeriodSeconds covers the preStop wait plus MINMO_GRACE_S, so a drain is never cut."""

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
+
 from minmo.model.config import MinMoConfig, load_config
 from minmo.runtime import batching
 from minmo.runtime.base import ModelRuntime
@@ -61,6 +63,8 @@ async def start_model_service(
     """Start `service` and return its host once it is SERVING. `runtime`: serve this one (a test inspects it)
     instead of opening the configured one; `configure`: this replica's changes to the preset (e.g. the encoder's
     left context)."""
+    if server.torch_threads:
+        torch.set_num_threads(server.torch_threads)
     telemetry = start_telemetry(f"minmo-{service.name}", server)
     host = ServiceHost(server, telemetry)
     cfg = load_config(server.model_config)

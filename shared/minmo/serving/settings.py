@@ -120,8 +120,13 @@ class ServerSettings:
     held up by a caller that does not read before that session fails with RESOURCE_EXHAUSTED; default 5),
     MINMO_DEVICE (cpu, cuda, cuda:N; default cpu) and
     MINMO_DTYPE (float32, bfloat16, float16; default float32): where a model service builds its models and in which
-    float type (`Placement`; a value this machine cannot run fails at start), the TLS variables of `TlsSettings` and
-    the telemetry variables of `TelemetrySettings`.
+    float type (`Placement`; a value this machine cannot run fails at start), MINMO_TORCH_THREADS (torch's CPU
+    threads in this process; 0, the default: torch's own choice, one per core it sees), the TLS variables of
+    `TlsSettings` and the telemetry variables of `TelemetrySettings`.
+
+    MINMO_TORCH_THREADS matters wherever several service processes share cores (or a pod's CPU limit is below the
+    node's core count, which is what torch sees): each process's OpenMP threads then spin waiting for one another,
+    and one step can take many times its time alone. Give each process about its share of the cores.
 
     MINMO_MAX_SESSIONS is the replica's capacity in session slots: set it to what `minmo load --find-capacity`
     measured for this component on this machine kind (past it, new streams get RESOURCE_EXHAUSTED; the autoscaler
@@ -144,6 +149,11 @@ class ServerSettings:
     reflection: bool = False
     placement: Placement = CPU_FLOAT32
     slow_client_s: float = 5.0
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 0:
+            raise SettingsError(f"MINMO_TORCH_THREADS must be 0 (torch's default) or more, got {self.torch_threads}")
 
     @classmethod
     def from_env(cls, default_port: int, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -165,6 +175,7 @@ class ServerSettings:
             reflection=env_flag("MINMO_REFLECTION", False, environ),
             placement=placement_from_env(environ),
             slow_client_s=env_float("MINMO_SLOW_CLIENT_S", 5.0, environ),
+            torch_threads=env_int("MINMO_TORCH_THREADS", 0, environ),
         )
 
 

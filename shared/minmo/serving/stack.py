@@ -107,6 +107,12 @@ def wait_until_serving(
     raise TimeoutError(f"the service at {address} was not SERVING after {timeout_s:.0f} s")
 
 
+def shared_torch_threads(cores: int | None = None) -> int:
+    """Torch threads per model service when the four share one machine's `cores` (default: this machine's): its
+    share, at least one. More would have their OpenMP threads spin against each other (MINMO_TORCH_THREADS)."""
+    return max(1, (cores or os.cpu_count() or 1) // len(MODEL_SERVICES))
+
+
 @contextlib.contextmanager
 def run_stack(
     config: str,
@@ -116,9 +122,11 @@ def run_stack(
     log: IO[bytes] | None = None,
 ) -> Iterator[Stack]:
     """Start the five services against `redis_url`; yield the running stack; stop it on exit. The services' logs
-    go to `log` (an open file) when given, else to this terminal."""
+    go to `log` (an open file) when given, else to this terminal. The model services share this machine's cores:
+    unless told otherwise (MINMO_TORCH_THREADS here or in `extra_env`), each gets torch threads for its share."""
     ports = service_ports(duplex_port)
-    env = {"MINMO_CONFIG": config, "REDIS_URL": redis_url} | (extra_env or {})
+    threads = os.environ.get("MINMO_TORCH_THREADS") or str(shared_torch_threads())
+    env = {"MINMO_CONFIG": config, "REDIS_URL": redis_url, "MINMO_TORCH_THREADS": threads} | (extra_env or {})
     env |= {PEER_VARIABLES[name]: f"127.0.0.1:{ports[name]}" for name in MODEL_SERVICES}
     tls = TlsSettings(env.get("MINMO_TLS_CERT"), env.get("MINMO_TLS_KEY"), env.get("MINMO_TLS_CA"))
     stack = Stack()

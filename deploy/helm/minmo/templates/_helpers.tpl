@@ -186,6 +186,7 @@ grpc:
 {{- $_ := set $env "MINMO_CHECKPOINT" $root.Values.model.checkpoint }}
 {{- $_ := set $env "MINMO_DTYPE" $root.Values.model.dtype }}
 {{- $_ := set $env "MINMO_DEVICE" (ternary "cuda" "cpu" (gt (int $c.gpus) 0)) }}
+{{- $_ := set $env "MINMO_TORCH_THREADS" (include "minmo.torchThreads" $c) }}
 {{- if $root.Values.triton.enabled }}
 {{- $_ := set $env "MINMO_RUNTIME" "triton" }}
 {{- $_ := set $env "MINMO_TRITON_URL" (printf "%s-triton:%v" (include "minmo.fullname" $root) $root.Values.triton.grpcPort) }}
@@ -283,4 +284,15 @@ scaleDown:
 {{/* Does this component scale with a KEDA ScaledObject (else a CPU HPA)? Argument: the component context. */}}
 {{- define "minmo.usesKeda" -}}
 {{- if and .c.autoscaling.enabled .root.Values.autoscaling.keda.enabled (ne .name "duplex") }}true{{ end }}
+{{- end }}
+
+{{/* torch's CPU threads for a model component: its CPU limit, rounded up (torch would otherwise count the node's
+cores, not the pod's share, and its threads would spin against each other). Argument: the component values. */}}
+{{- define "minmo.torchThreads" -}}
+{{- $cpu := toString (dig "limits" "cpu" "1" (default dict .resources)) }}
+{{- if hasSuffix "m" $cpu }}
+{{- max 1 (div (add (int (trimSuffix "m" $cpu)) 999) 1000) }}
+{{- else }}
+{{- max 1 (int (ceil (float64 $cpu))) }}
+{{- end }}
 {{- end }}
