@@ -36,12 +36,15 @@ INT64 = (-(2**63), 2**63 - 1)
 
 @dataclass(frozen=True)
 class Rpc:
-    """One streaming RPC to fuzz: where it is served and the message it takes; `first` is a valid opening."""
+    """One streaming RPC to fuzz: where it is served and the message it takes; `first` is a valid opening, and
+    `first` then `close` a whole valid call (so every sample has calls that get past the service's checks, however
+    the proto's fields shift the fuzzed draws)."""
 
     service: str  # the stack's service name (duplex, encoder, llm, voicelm, vocoder)
     method: str  # /package.Service/Method
     request: type[Message]
     first: Message
+    close: tuple[Message, ...] = ()
 
 
 RPCS = (
@@ -70,6 +73,7 @@ RPCS = (
         "/minmo.v1.VoiceDecoder/Synthesize",
         voicelm_pb2.SynthesizeRequest,
         voicelm_pb2.SynthesizeRequest(config=voicelm_pb2.SynthesizeConfig(session_id="fuzz", turn_id="t")),
+        (voicelm_pb2.SynthesizeRequest(text_end=voicelm_pb2.TextEnd(total_positions=0)),),
     ),
     Rpc(
         "vocoder",
@@ -158,12 +162,14 @@ def _message_class(descriptor: Descriptor) -> type[Message]:
 
 
 def call_strategy(rpc: Rpc) -> st.SearchStrategy[list[bytes]]:
-    """One call's request stream, serialised: a valid opening then fuzzed messages, all fuzzed messages, or raw
-    bytes."""
+    """One call's request stream, serialised: a whole valid call, a valid opening then fuzzed messages, all fuzzed
+    messages, or raw bytes."""
     messages = message_strategy(rpc.request.DESCRIPTOR)
     serialised = messages.map(lambda message: message.SerializeToString())
     opening = st.just(rpc.first.SerializeToString())
+    valid_call = [message.SerializeToString() for message in (rpc.first, *rpc.close)]
     return st.one_of(
+        st.just(valid_call),
         st.tuples(opening, st.lists(serialised, min_size=1, max_size=3)).map(lambda pair: [pair[0], *pair[1]]),
         st.lists(serialised, min_size=1, max_size=3),
         st.lists(st.binary(max_size=MAX_BYTES), min_size=1, max_size=3),
