@@ -58,6 +58,11 @@ class Phase:
     lr: float = 5e-4
     objective: str = "lm"  # lm: the LLM's loss on the reply; ctc: see SpeechToText.ctc (no LLM pass, cheap)
 
+    @classmethod
+    def from_toml(cls, table: dict) -> Phase:
+        """A `[[phases]]` table of a training config file (TOML arrays become tuples)."""
+        return cls(**(table | {"train": tuple(table["train"])}))
+
 
 @dataclass(frozen=True)
 class Stage1Config:
@@ -85,7 +90,7 @@ class Stage1Config:
     @classmethod
     def from_toml(cls, path: str | Path) -> Stage1Config:
         raw = tomllib.loads(Path(path).read_text())
-        phases = tuple(Phase(**(p | {"train": tuple(p["train"])})) for p in raw.pop("phases", []))
+        phases = tuple(Phase.from_toml(p) for p in raw.pop("phases", []))
         for key in ("lora_targets",):
             if key in raw:
                 raw[key] = tuple(raw[key])

@@ -66,7 +66,7 @@ class Stage2Config:
     def from_toml(cls, path: str | Path) -> Stage2Config:
         raw = tomllib.loads(Path(path).read_text())
         if "phases" in raw:
-            raw["phases"] = tuple(Phase(**(p | {"train": tuple(p["train"])})) for p in raw["phases"])
+            raw["phases"] = tuple(Phase.from_toml(p) for p in raw["phases"])
         return cls(**raw)
 
 

@@ -50,7 +50,7 @@ class TokenizerTrainConfig:
     def from_toml(cls, path: str | Path) -> TokenizerTrainConfig:
         raw = tomllib.loads(Path(path).read_text())
         if "phases" in raw:
-            raw["phases"] = tuple(Phase(**(p | {"train": tuple(p["train"])})) for p in raw["phases"])
+            raw["phases"] = tuple(Phase.from_toml(p) for p in raw["phases"])
         if "tokenizer" in raw:
             raw["tokenizer"] = SpeechTokenizerConfig(**raw["tokenizer"])
         return cls(**raw)
