@@ -95,6 +95,7 @@ class SpeechHops:
         no replica left) or the hop's AioRpcError when it refused the turn itself."""
         opened = await asyncio.gather(self._open(self.voicelm), self._open(self.vocoder), return_exceptions=True)
         if failures := [result for result in opened if isinstance(result, BaseException)]:
+            text.close()  # never started: closing it says so, instead of a "never awaited" warning
             self.cancel()
             raise failures[0]
         text_task = asyncio.create_task(text, name="speech-text")
