@@ -71,10 +71,11 @@ class AudioEncoderServicer(encoder_pb2_grpc.AudioEncoderServicer):
             return [response] if response is not None else []
         if kind == "end_of_utterance":
             end = request.end_of_utterance
+            pcm = await self._decode(end.audio, context)
             utterance.enter(end.turn_id, end.trace_context)
             started = time.perf_counter()
-            response = await stream.encode(torch.zeros(0), end.turn_id, True, context)
-            utterance.add(0, response)
+            response = await stream.encode(pcm, end.turn_id, True, context)
+            utterance.add(pcm.shape[0], response)
             flush_ms = 1000 * (time.perf_counter() - started)
             utterance.finish(flush_ms)
             flush_done = encoder_pb2.FlushDone(turn_id=end.turn_id, end_position=stream.position, compute_ms=flush_ms)

@@ -19,6 +19,9 @@ Behaviour of a stream (after LlmSessionConfig -> LlmSessionReady):
 - Failover: a GenerateResponse with prefix_token_ids (the tokens a lost replica had sent for this turn) feeds them
   as the start of the reply and continues after them: TextTokens go on at index len(prefix), and ResponseEnd counts
   and decodes the whole reply. With greedy sampling the continuation is what the lost replica would have said.
+- First audio first: a GenerateResponse with pause_after_tokens N sends N TextTokens, then waits for its
+  ResumeGeneration (or its cancel, or PAUSE_LIMIT_S) before generating more; the transcript of the user turn comes
+  after the whole reply, so it waits too. The runtime computes the next token while this one is being sent.
 - Sampling: temperature and top_k from LlmSessionConfig.sampling (unset: greedy); top_p and seed are ignored.
 - The stream ending (or being cancelled) ends the runtime sequence, freeing the KV cache.
 - Context length never exceeds the model's max_positions: the config's history is trimmed oldest first to half of it
@@ -74,6 +77,7 @@ from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 MODEL = "llm"
 QUEUED_JOBS = 256  # requests read ahead of the worker; past it the reader waits (backpressure on the caller)
 QUEUED_RESPONSES = 1024  # responses the caller has not read yet; past it the worker waits, then the session fails
+PAUSE_LIMIT_S = 2.0  # longest a response waits for its ResumeGeneration (GenerateResponse.pause_after_tokens)
 FIVE_TOKENS = 5  # ResponseEnd.five_tokens_ms: the paper's latency budget counts 5 text tokens per speech block
 log = logging.getLogger("minmo.llm")
 
@@ -182,6 +186,8 @@ class _Generation:
     instruction: str
     hop: HopSpan
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    pause_after_tokens: int = 0  # tokens sent before it waits for `resumed` (0: never)
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
     prefix: list[int] = field(default_factory=list)  # token ids a lost replica generated (failover): fed, not sent
     token_ids: list[int] = field(default_factory=list)  # the response's tokens, the prefix's first
     detokenizer: IncrementalDetokenizer | None = None  # set when the generation starts: this session's tokenizer
@@ -322,6 +328,9 @@ class _Session:
                 self.generation.cancelled.set()
             else:
                 await self.jobs.put(lambda: self._drop_finished(cancel.turn_id, cancel.trace_context))
+        elif kind == "resume_generation":
+            if self.generation is not None and self.generation.turn_id == request.resume_generation.turn_id:
+                self.generation.resumed.set()
         elif kind == "append_turn":
             turn = request.append_turn
             _check_role(turn.role, "AppendTurn")
@@ -354,6 +363,8 @@ class _Session:
             )
         if request.max_tokens < 0:
             raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be >= 0 (0: session default)")
+        if request.pause_after_tokens < 0:
+            raise SessionFailed(grpc.StatusCode.INVALID_ARGUMENT, "pause_after_tokens must be >= 0 (0: never pause)")
         max_tokens = request.max_tokens or self.max_tokens
         if len(request.prefix_token_ids) >= max_tokens:
             raise SessionFailed(
@@ -368,6 +379,7 @@ class _Session:
             instruction=request.instruction,
             hop=self._begin("llm.generate", request.trace_context, request.turn_id),
             prefix=list(request.prefix_token_ids),
+            pause_after_tokens=request.pause_after_tokens,
         )
         generation = self.generation
         return lambda: self._generate(generation)
@@ -515,6 +527,8 @@ class _Session:
                 if outputs["is_end"][0]:
                     return llm_pb2.ResponseEnd.EOS
                 await self._send_token(generation, outputs)
+                if len(generation.token_ids) - len(generation.prefix) == generation.pause_after_tokens:
+                    await _paused(generation)
                 if outputs["finished"][0]:
                     return llm_pb2.ResponseEnd.LENGTH
         return llm_pb2.ResponseEnd.CANCELLED  # the stream ended without a finished token
@@ -632,6 +646,18 @@ def _sampling(params: common_pb2.SamplingParams) -> dict[str, torch.Tensor]:
     if params.HasField("top_k"):
         inputs["top_k"] = torch.tensor([params.top_k], dtype=torch.int64)
     return inputs
+
+
+async def _paused(generation: _Generation) -> None:
+    """Wait for the response's ResumeGeneration, its cancel, or PAUSE_LIMIT_S (a duplex that never resumes it)."""
+    started = time.perf_counter()
+    waits = [asyncio.create_task(event.wait()) for event in (generation.resumed, generation.cancelled)]
+    try:
+        await asyncio.wait(waits, timeout=PAUSE_LIMIT_S, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    generation.hop.set(paused_ms=_ms_since(started))
 
 
 def _ms_since(started: float) -> float:

@@ -16,8 +16,9 @@ def _audio(turn: str, samples: int = SAMPLES) -> encoder_pb2.EncodeRequest:
     return encoder_pb2.EncodeRequest(audio_chunk=chunk)
 
 
-def _end(turn: str) -> encoder_pb2.EncodeRequest:
-    return encoder_pb2.EncodeRequest(end_of_utterance=encoder_pb2.EndOfUtterance(turn_id=turn))
+def _end(turn: str, samples: int = 0) -> encoder_pb2.EncodeRequest:
+    end = encoder_pb2.EndOfUtterance(turn_id=turn, audio=b"\0\0" * samples)
+    return encoder_pb2.EncodeRequest(end_of_utterance=end)
 
 
 def test_a_flush_drops_its_utterance_and_keeps_what_came_after() -> None:
@@ -30,6 +31,15 @@ def test_a_flush_drops_its_utterance_and_keeps_what_came_after() -> None:
     log.flushed(end_position=7)
     assert log.requests == second and log.samples == SAMPLES and log.start_position == 7
     assert log.replayable
+
+
+def test_the_samples_an_end_of_utterance_carries_count_toward_the_bound() -> None:
+    log = UtteranceLog(max_samples=3 * SAMPLES)
+    for request in (_audio("t1"), _audio("t1"), _end("t1", samples=SAMPLES)):
+        log.add(request)
+    assert log.samples == 3 * SAMPLES and log.replayable
+    log.add(_end("t2", samples=SAMPLES))
+    assert not log.replayable, "its samples overflowed the bound"
 
 
 def test_an_utterance_past_the_bound_is_not_replayable_until_a_later_utterance_starts() -> None:

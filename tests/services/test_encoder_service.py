@@ -47,11 +47,16 @@ def _speechlike(seconds: float) -> np.ndarray:
     return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
-async def test_streamed_embeddings_equal_the_offline_encoder(encoder_stub):
+@pytest.mark.parametrize("tail_with_flush", [False, True], ids=["flush-alone", "last-chunk-in-flush"])
+async def test_streamed_embeddings_equal_the_offline_encoder(encoder_stub, tail_with_flush):
+    """Also when the utterance's last samples ride on its EndOfUtterance (as duplex sends them)."""
     stub, _ = encoder_stub
     pcm16 = float_to_pcm16(_speechlike(1.3))
-    requests = [_config()] + [_audio(pcm16[i : i + 2 * CHUNK]) for i in range(0, len(pcm16), 2 * CHUNK)]
-    requests.append(encoder_pb2.EncodeRequest(end_of_utterance=encoder_pb2.EndOfUtterance(turn_id="t1")))
+    pieces16 = [pcm16[i : i + 2 * CHUNK] for i in range(0, len(pcm16), 2 * CHUNK)]
+    tail = pieces16.pop() if tail_with_flush else b""
+    requests = [_config()] + [_audio(piece) for piece in pieces16]
+    end = encoder_pb2.EndOfUtterance(turn_id="t1", audio=tail)
+    requests.append(encoder_pb2.EncodeRequest(end_of_utterance=end))
     pieces, flush_done = [], None
     async for response in stub.Encode(iter(requests)):
         if response.HasField("embeddings"):
@@ -87,6 +92,9 @@ async def test_wrong_sample_rate_is_invalid(encoder_stub):
 
 async def test_odd_byte_count_is_invalid(encoder_stub):
     code, _details = await _status_of(encoder_stub[0], [_config(), _audio(b"\0" * 301)])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    end = encoder_pb2.EndOfUtterance(turn_id="t1", audio=b"\0" * 301)
+    code, _details = await _status_of(encoder_stub[0], [_config(), encoder_pb2.EncodeRequest(end_of_utterance=end)])
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 

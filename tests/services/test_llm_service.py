@@ -197,6 +197,48 @@ async def test_a_response_continued_after_its_prefix_on_a_new_stream_sends_only_
     await call.done_writing()
 
 
+async def test_a_response_paused_after_its_first_tokens_waits_for_resume_then_equals_the_unpaused_one(
+    llm_service, dialogue
+):
+    """Duplex's first-audio pause: pause_after_tokens tokens, then nothing (not even the transcript) until
+    ResumeGeneration; the reply is the same as without a pause."""
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _audio_input(_audio(5, 40)))
+    request = _generate("r1")
+    request.generate_response.pause_after_tokens = 3
+    await call.write(request)
+    first = [message for message in [await call.read() for _ in range(4)] if message.HasField("text_token")]
+    assert len(first) == 3
+    next_message = asyncio.ensure_future(call.read())  # not cancelled on the timeout: that would end the call
+    done, _ = await asyncio.wait([next_message], timeout=0.5)
+    assert not done, "paused: well under PAUSE_LIMIT_S (2 s) it sends nothing"
+    await call.write(llm_pb2.LlmRequest(resume_generation=llm_pb2.ResumeGeneration(turn_id="r1")))
+    fourth = (await next_message).text_token
+    rest, end = await _response(call)
+    rest = [fourth, *rest]
+    _, state = dialogue.append_audio(dialogue.start(SYSTEM), _audio(5, 40)[None])
+    _assert_matches([m.text_token for m in first] + rest, _reference(dialogue, state))
+    assert end.reason == llm_pb2.ResponseEnd.LENGTH
+    await call.done_writing()
+
+
+async def test_a_cancel_ends_a_paused_response_at_once(llm_service):
+    stub, _, _ = llm_service
+    call = await _open(stub, _config(), _audio_input(_audio(5, 40)))
+    request = _generate("r1", max_tokens=LONG)
+    request.generate_response.pause_after_tokens = 2
+    await call.write(request)
+    tokens = 0
+    while tokens < 2:
+        tokens += (await call.read()).HasField("text_token")
+    started = time.perf_counter()
+    await call.write(_cancel("r1"))
+    rest, end = await _response(call)
+    assert end.reason == llm_pb2.ResponseEnd.CANCELLED and not rest
+    assert time.perf_counter() - started < 1.5, "the cancel, not the pause limit (2 s), ended it"
+    await call.done_writing()
+
+
 async def test_cancel_stops_within_a_token_and_leaves_no_trace(llm_service, dialogue):
     stub, _, _ = llm_service
     call = await _open(stub, _config(), _audio_input(_audio(5, 20)), _generate("r1", max_tokens=LONG))
@@ -327,6 +369,11 @@ def _long_prefix(tokens: int) -> llm_pb2.GenerateResponse:
             grpc.StatusCode.INVALID_ARGUMENT,
             "prefix_ids must be token ids",
         ),
+        (
+            [_config(), llm_pb2.LlmRequest(generate_response=llm_pb2.GenerateResponse(pause_after_tokens=-1))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "pause_after_tokens",
+        ),
     ],
     ids=[
         "before-config",
@@ -339,6 +386,7 @@ def _long_prefix(tokens: int) -> llm_pb2.GenerateResponse:
         "long-prefix",
         "prefix-past-the-context",
         "bad-prefix",
+        "negative-pause",
     ],
 )
 async def test_bad_input_gets_a_clear_status(llm_service, requests, code, hint):

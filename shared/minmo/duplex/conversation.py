@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 from redis.exceptions import RedisError
 
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16, pcm16_to_float
@@ -149,6 +151,7 @@ class Conversation:
         self.response_task: asyncio.Task | None = None
         self.llm_failover: LlmFailover | None = None  # set once the session exists
         self.played_ms: dict[str, float] = {}
+        self.utterance_tail: np.ndarray | None = None  # the ended utterance's last samples, sent with its flush
 
     async def run(self, requests: AsyncIterator[conversation_pb2.ClientEvent]) -> AsyncIterator:
         """Yield ServerEvents until the session ends; raises ProtocolError for the servicer to abort with."""
@@ -341,10 +344,14 @@ class Conversation:
             samples = pcm16_to_float(audio)
         except ValueError as error:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-        for action in await asyncio.to_thread(self.audio_input.process, samples):
+        actions = await asyncio.to_thread(self.audio_input.process, samples)
+        for action, following in itertools.pairwise([*actions, None]):
             if isinstance(action, SpeechStarted):
                 started = UserSpeechStarted(_new_turn_id(), self._audio_playing(), action.event.audio_ms)
                 await self._apply(self.turns.handle(started))
+            elif isinstance(action, SpeechAudio) and isinstance(following, SpeechStopped):
+                self.turns.handle(UserSpeechAudio(_duration_ms(action)))
+                self.utterance_tail = action.samples  # goes with the flush: one message, one encoder step
             elif isinstance(action, SpeechAudio):
                 await self._send_speech(action)
             elif isinstance(action, SpeechStopped):
@@ -363,7 +370,7 @@ class Conversation:
         await self._set_state(SessionState.USER_SPEAKING)
 
     async def _send_speech(self, action: SpeechAudio) -> None:
-        self.turns.handle(UserSpeechAudio(1000 * action.samples.shape[0] / ENCODER_SAMPLE_RATE_HZ))
+        self.turns.handle(UserSpeechAudio(_duration_ms(action)))
         turn_id = self.turns.user_turn
         chunk = encoder_pb2.EncodeAudioChunk(
             audio=float_to_pcm16(action.samples), turn_id=turn_id, trace_context=self._carrier(turn_id)
@@ -373,9 +380,10 @@ class Conversation:
 
     async def _flush_encoder(self, decision: FlushEncoder) -> None:
         turn_id = decision.turn_id
-        end = encoder_pb2.EncodeRequest(
-            end_of_utterance=encoder_pb2.EndOfUtterance(turn_id=turn_id, trace_context=self._carrier(turn_id))
-        )
+        tail, self.utterance_tail = self.utterance_tail, None
+        audio = b"" if tail is None else float_to_pcm16(tail)
+        utterance_end = encoder_pb2.EndOfUtterance(turn_id=turn_id, trace_context=self._carrier(turn_id), audio=audio)
+        end = encoder_pb2.EncodeRequest(end_of_utterance=utterance_end)
         if not decision.required:  # the predictor's early flush: the turn ends here, not at the VAD's silence
             self.timings = self.timings or TurnTimings(end_of_speech=now_ms())
             with contextlib.suppress(LinkLost):
@@ -696,6 +704,10 @@ def _refusal(lost: LinkLost) -> ProtocolError:
     if isinstance(lost, ReplicasFull) and lost.retry_after_ms is not None:
         return ProtocolError(lost.code, str(lost), ((RETRY_AFTER_METADATA, str(lost.retry_after_ms)),))
     return ProtocolError(lost.code, str(lost))
+
+
+def _duration_ms(audio: SpeechAudio) -> float:
+    return 1000 * audio.samples.shape[0] / ENCODER_SAMPLE_RATE_HZ
 
 
 def _new_turn_id() -> str:

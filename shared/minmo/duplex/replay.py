@@ -46,7 +46,7 @@ class UtteranceLog:
     def add(self, request: encoder_pb2.EncodeRequest) -> None:
         is_end = request.HasField("end_of_utterance")
         if not self.overflowed:
-            self.samples += len(request.audio_chunk.audio) // PCM16_BYTES
+            self.samples += _samples(request)
             if self.samples <= self.max_samples:
                 self.requests.append(request)
                 return
@@ -64,12 +64,17 @@ class UtteranceLog:
             return
         ends = [index for index, request in enumerate(self.requests) if request.HasField("end_of_utterance")]
         self.requests = self.requests[ends[0] + 1 :] if ends else []
-        self.samples = sum(len(request.audio_chunk.audio) // PCM16_BYTES for request in self.requests)
+        self.samples = sum(_samples(request) for request in self.requests)
 
     def restart(self, position: int) -> None:
         """A fresh stream at `position` (a new session, or a reopening at the next turn): nothing to replay."""
         self.requests, self.samples, self.start_position = [], 0, position
         self.overflowed, self._dropped_ends, self._dropped_tail = False, 0, False
+
+
+def _samples(request: encoder_pb2.EncodeRequest) -> int:
+    """Audio samples a message carries (an EndOfUtterance carries the utterance's last ones)."""
+    return len(request.audio_chunk.audio or request.end_of_utterance.audio) // PCM16_BYTES
 
 
 @dataclass

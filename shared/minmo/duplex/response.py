@@ -20,6 +20,8 @@ token2wav's first chunk) go to voicelm only once the vocoder's first PCM is out.
 that order by construction (one step at a time); here, without the hold, voicelm would race ahead through the rest
 of the turn (every later block, and at TextEnd the whole tail) on the CPUs the vocoder needs for the first chunk.
 The held positions are ahead of playback anyway: each block is 0.6 s of audio and takes a fraction of that.
+The LLM holds too: asked with `pause_after_tokens`, it stops after those positions' tokens and writes the rest of
+the reply (then the transcript of the user's turn) once told the first audio is out (`ResumeGeneration`).
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class Response:
                         trace_context=self.trace_context,
                         instruction=self.instruction,
                         max_tokens=self.max_tokens,
+                        pause_after_tokens=self.first_audio_positions if self.voicelm is not None else 0,
                     )
                 )
             )
@@ -228,8 +231,16 @@ class Response:
         )
 
     async def _audio_out(self, pcm16: bytes, last: bool) -> None:
-        self._first_audio.set()
+        if not self._first_audio.is_set():
+            self._first_audio.set()
+            await self._resume_generation()
         await self._send_audio(self._resampler, pcm16, last)
+
+    async def _resume_generation(self) -> None:
+        """The first audio is out: the LLM, paused after the tokens it needed, may write the rest of the reply."""
+        with contextlib.suppress(LinkLost):  # a lost llm is the token queue's concern (`_tokens`)
+            resume = llm_pb2.ResumeGeneration(turn_id=self.turn_id)
+            await self.llm.write(llm_pb2.LlmRequest(resume_generation=resume))
 
     async def _send_audio(self, resampler: StreamingResampler, pcm16: bytes, last: bool) -> None:
         samples = pcm16_to_float(pcm16) if pcm16 else np.zeros(0, dtype=np.float32)

@@ -84,13 +84,14 @@ class LocalRuntime(ModelRuntime):
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
         pool = self._pool_for(handler, True)
-        step: Future | None = None
+        step: Future | None = pool.submit(_no_grad_call, next, responses, _DONE)
         try:
             while True:
-                step = pool.submit(_no_grad_call, next, responses, _DONE)
                 item = await asyncio.wrap_future(step)
                 if item is _DONE:
                     break
+                # The next step computes while the caller handles this one (sends it on): one step ahead at most.
+                step = pool.submit(_no_grad_call, next, responses, _DONE)
                 outputs, new_state = item
                 self._keep_state(handler, sequence, new_state, final=False)
                 yield outputs

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from minmo.v1 import common_pb2 as minmo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/encoder.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\xad\x01\n\rEncodeRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.minmo.v1.EncodeConfigH\x00\x12\x31\n\x0b\x61udio_chunk\x18\x02 \x01(\x0b\x32\x1a.minmo.v1.EncodeAudioChunkH\x00\x12\x34\n\x10\x65nd_of_utterance\x18\x03 \x01(\x0b\x32\x18.minmo.v1.EndOfUtteranceH\x00\x42\t\n\x07request\"R\n\x0c\x45ncodeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x16\n\x0estart_position\x18\x03 \x01(\x03\"\xac\x01\n\x10\x45ncodeAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.minmo.v1.EncodeAudioChunk.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\x0e\x45ndOfUtterance\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x41\n\rtrace_context\x18\x02 \x03(\x0b\x32*.minmo.v1.EndOfUtterance.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x0e\x45ncodeResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.minmo.v1.EmbeddingsH\x00\x12)\n\nflush_done\x18\x02 \x01(\x0b\x32\x13.minmo.v1.FlushDoneH\x00\x42\n\n\x08response\"\x81\x01\n\nEmbeddings\x12$\n\nembeddings\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x16\n\x0estart_position\x18\x02 \x01(\x03\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\"F\n\tFlushDone\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65nd_position\x18\x02 \x01(\x03\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32O\n\x0c\x41udioEncoder\x12?\n\x06\x45ncode\x12\x17.minmo.v1.EncodeRequest\x1a\x18.minmo.v1.EncodeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/encoder.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\xad\x01\n\rEncodeRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.minmo.v1.EncodeConfigH\x00\x12\x31\n\x0b\x61udio_chunk\x18\x02 \x01(\x0b\x32\x1a.minmo.v1.EncodeAudioChunkH\x00\x12\x34\n\x10\x65nd_of_utterance\x18\x03 \x01(\x0b\x32\x18.minmo.v1.EndOfUtteranceH\x00\x42\t\n\x07request\"R\n\x0c\x45ncodeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x16\n\x0estart_position\x18\x03 \x01(\x03\"\xac\x01\n\x10\x45ncodeAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.minmo.v1.EncodeAudioChunk.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x0e\x45ndOfUtterance\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x41\n\rtrace_context\x18\x02 \x03(\x0b\x32*.minmo.v1.EndOfUtterance.TraceContextEntry\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x0e\x45ncodeResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.minmo.v1.EmbeddingsH\x00\x12)\n\nflush_done\x18\x02 \x01(\x0b\x32\x13.minmo.v1.FlushDoneH\x00\x42\n\n\x08response\"\x81\x01\n\nEmbeddings\x12$\n\nembeddings\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x16\n\x0estart_position\x18\x02 \x01(\x03\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\"F\n\tFlushDone\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65nd_position\x18\x02 \x01(\x03\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32O\n\x0c\x41udioEncoder\x12?\n\x06\x45ncode\x12\x17.minmo.v1.EncodeRequest\x1a\x18.minmo.v1.EncodeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,15 +45,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEAUDIOCHUNK_TRACECONTEXTENTRY']._serialized_start=441
   _globals['_ENCODEAUDIOCHUNK_TRACECONTEXTENTRY']._serialized_end=492
   _globals['_ENDOFUTTERANCE']._serialized_start=495
-  _globals['_ENDOFUTTERANCE']._serialized_end=648
+  _globals['_ENDOFUTTERANCE']._serialized_end=663
   _globals['_ENDOFUTTERANCE_TRACECONTEXTENTRY']._serialized_start=441
   _globals['_ENDOFUTTERANCE_TRACECONTEXTENTRY']._serialized_end=492
-  _globals['_ENCODERESPONSE']._serialized_start=650
-  _globals['_ENCODERESPONSE']._serialized_end=765
-  _globals['_EMBEDDINGS']._serialized_start=768
-  _globals['_EMBEDDINGS']._serialized_end=897
-  _globals['_FLUSHDONE']._serialized_start=899
-  _globals['_FLUSHDONE']._serialized_end=969
-  _globals['_AUDIOENCODER']._serialized_start=971
-  _globals['_AUDIOENCODER']._serialized_end=1050
+  _globals['_ENCODERESPONSE']._serialized_start=665
+  _globals['_ENCODERESPONSE']._serialized_end=780
+  _globals['_EMBEDDINGS']._serialized_start=783
+  _globals['_EMBEDDINGS']._serialized_end=912
+  _globals['_FLUSHDONE']._serialized_start=914
+  _globals['_FLUSHDONE']._serialized_end=984
+  _globals['_AUDIOENCODER']._serialized_start=986
+  _globals['_AUDIOENCODER']._serialized_end=1065
 # @@protoc_insertion_point(module_scope)

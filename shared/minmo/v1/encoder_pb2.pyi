@@ -45,7 +45,7 @@ class EncodeAudioChunk(_message.Message):
     def __init__(self, audio: _Optional[bytes] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EndOfUtterance(_message.Message):
-    __slots__ = ("turn_id", "trace_context")
+    __slots__ = ("turn_id", "trace_context", "audio")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,9 +55,11 @@ class EndOfUtterance(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    audio: bytes
+    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., audio: _Optional[bytes] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("embeddings", "flush_done")

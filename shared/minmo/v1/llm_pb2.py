@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from minmo.v1 import common_pb2 as minmo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12minmo/v1/llm.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\x91\x02\n\nLlmRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.minmo.v1.LlmSessionConfigH\x00\x12+\n\x0b\x61udio_input\x18\x02 \x01(\x0b\x32\x14.minmo.v1.AudioInputH\x00\x12\x37\n\x11generate_response\x18\x03 \x01(\x0b\x32\x1a.minmo.v1.GenerateResponseH\x00\x12\x37\n\x11\x63\x61ncel_generation\x18\x04 \x01(\x0b\x32\x1a.minmo.v1.CancelGenerationH\x00\x12+\n\x0b\x61ppend_turn\x18\x05 \x01(\x0b\x32\x14.minmo.v1.AppendTurnH\x00\x42\t\n\x07request\"\xa8\x02\n\x10LlmSessionConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12&\n\x07history\x18\x03 \x03(\x0b\x32\x15.minmo.v1.HistoryTurn\x12\x1b\n\x13max_response_tokens\x18\x04 \x01(\x05\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.minmo.v1.SamplingParams\x12\x43\n\rtrace_context\x18\x06 \x03(\x0b\x32,.minmo.v1.LlmSessionConfig.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0bHistoryTurn\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.minmo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xed\x01\n\nAudioInput\x12$\n\nembeddings\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x16\n\x0estart_position\x18\x02 \x01(\x03\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.minmo.v1.AudioInput.TraceContextEntry\x12\x1c\n\x14is_last_of_utterance\x18\x05 \x01(\x08\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x01\n\x10GenerateResponse\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x43\n\rtrace_context\x18\x02 \x03(\x0b\x32,.minmo.v1.GenerateResponse.TraceContextEntry\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x10prefix_token_ids\x18\x05 \x03(\x03\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x10\x43\x61ncelGeneration\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x43\n\rtrace_context\x18\x02 \x03(\x0b\x32,.minmo.v1.CancelGeneration.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x01\n\nAppendTurn\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.minmo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.minmo.v1.AppendTurn.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x02\n\x0bLlmResponse\x12\x32\n\rsession_ready\x18\x01 \x01(\x0b\x32\x19.minmo.v1.LlmSessionReadyH\x00\x12\x35\n\x10predictor_signal\x18\x02 \x01(\x0b\x32\x19.minmo.v1.PredictorSignalH\x00\x12)\n\ntext_token\x18\x03 \x01(\x0b\x32\x13.minmo.v1.TextTokenH\x00\x12-\n\x0cresponse_end\x18\x04 \x01(\x0b\x32\x15.minmo.v1.ResponseEndH\x00\x12\x33\n\x0fuser_transcript\x18\x05 \x01(\x0b\x32\x18.minmo.v1.UserTranscriptH\x00\x12\x33\n\x0f\x63ontext_trimmed\x18\x06 \x01(\x0b\x32\x18.minmo.v1.ContextTrimmedH\x00\x42\n\n\x08response\"\xa7\x01\n\x0fLlmSessionReady\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_tokens\x18\x02 \x01(\x05\x12\x19\n\x11predictor_trained\x18\x03 \x01(\x08\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x05 \x01(\x05\x12\x1d\n\x15\x64ropped_history_turns\x18\x06 \x01(\x05\"\xa0\x01\n\x0fPredictorSignal\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x16\n\x0ekeep_listening\x18\x03 \x01(\x02\x12\x0f\n\x07respond\x18\x04 \x01(\x02\x12\x15\n\rstop_speaking\x18\x05 \x01(\x02\x12\x13\n\x0b\x62\x61\x63kchannel\x18\x06 \x01(\x02\x12\x12\n\ncompute_ms\x18\x07 \x01(\x01\"\x98\x01\n\tTextToken\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12 \n\x06hidden\x18\x04 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12)\n\x0ftoken_embedding\x18\x05 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\r\n\x05index\x18\x06 \x01(\x05\"\xe5\x01\n\x0bResponseEnd\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.minmo.v1.ResponseEnd.Reason\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x16\n\x0e\x66irst_token_ms\x18\x04 \x01(\x01\x12\x16\n\x0e\x66ive_tokens_ms\x18\x05 \x01(\x01\x12\x0c\n\x04text\x18\x06 \x01(\t\"D\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x07\n\x03\x45OS\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\r\n\tCANCELLED\x10\x03\"C\n\x0eUserTranscript\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32\x46\n\x08Reasoner\x12:\n\x07Session\x12\x14.minmo.v1.LlmRequest\x1a\x15.minmo.v1.LlmResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12minmo/v1/llm.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\xca\x02\n\nLlmRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.minmo.v1.LlmSessionConfigH\x00\x12+\n\x0b\x61udio_input\x18\x02 \x01(\x0b\x32\x14.minmo.v1.AudioInputH\x00\x12\x37\n\x11generate_response\x18\x03 \x01(\x0b\x32\x1a.minmo.v1.GenerateResponseH\x00\x12\x37\n\x11\x63\x61ncel_generation\x18\x04 \x01(\x0b\x32\x1a.minmo.v1.CancelGenerationH\x00\x12+\n\x0b\x61ppend_turn\x18\x05 \x01(\x0b\x32\x14.minmo.v1.AppendTurnH\x00\x12\x37\n\x11resume_generation\x18\x06 \x01(\x0b\x32\x1a.minmo.v1.ResumeGenerationH\x00\x42\t\n\x07request\"\xa8\x02\n\x10LlmSessionConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12&\n\x07history\x18\x03 \x03(\x0b\x32\x15.minmo.v1.HistoryTurn\x12\x1b\n\x13max_response_tokens\x18\x04 \x01(\x05\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.minmo.v1.SamplingParams\x12\x43\n\rtrace_context\x18\x06 \x03(\x0b\x32,.minmo.v1.LlmSessionConfig.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0bHistoryTurn\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.minmo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xed\x01\n\nAudioInput\x12$\n\nembeddings\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x16\n\x0estart_position\x18\x02 \x01(\x03\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.minmo.v1.AudioInput.TraceContextEntry\x12\x1c\n\x14is_last_of_utterance\x18\x05 \x01(\x08\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x10GenerateResponse\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x43\n\rtrace_context\x18\x02 \x03(\x0b\x32,.minmo.v1.GenerateResponse.TraceContextEntry\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x18\n\x10prefix_token_ids\x18\x05 \x03(\x03\x12\x1a\n\x12pause_after_tokens\x18\x06 \x01(\x05\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x10ResumeGeneration\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"\x9d\x01\n\x10\x43\x61ncelGeneration\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x43\n\rtrace_context\x18\x02 \x03(\x0b\x32,.minmo.v1.CancelGeneration.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x01\n\nAppendTurn\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.minmo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.minmo.v1.AppendTurn.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x02\n\x0bLlmResponse\x12\x32\n\rsession_ready\x18\x01 \x01(\x0b\x32\x19.minmo.v1.LlmSessionReadyH\x00\x12\x35\n\x10predictor_signal\x18\x02 \x01(\x0b\x32\x19.minmo.v1.PredictorSignalH\x00\x12)\n\ntext_token\x18\x03 \x01(\x0b\x32\x13.minmo.v1.TextTokenH\x00\x12-\n\x0cresponse_end\x18\x04 \x01(\x0b\x32\x15.minmo.v1.ResponseEndH\x00\x12\x33\n\x0fuser_transcript\x18\x05 \x01(\x0b\x32\x18.minmo.v1.UserTranscriptH\x00\x12\x33\n\x0f\x63ontext_trimmed\x18\x06 \x01(\x0b\x32\x18.minmo.v1.ContextTrimmedH\x00\x42\n\n\x08response\"\xa7\x01\n\x0fLlmSessionReady\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_tokens\x18\x02 \x01(\x05\x12\x19\n\x11predictor_trained\x18\x03 \x01(\x08\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x1a\n\x12max_context_tokens\x18\x05 \x01(\x05\x12\x1d\n\x15\x64ropped_history_turns\x18\x06 \x01(\x05\"\xa0\x01\n\x0fPredictorSignal\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x16\n\x0ekeep_listening\x18\x03 \x01(\x02\x12\x0f\n\x07respond\x18\x04 \x01(\x02\x12\x15\n\rstop_speaking\x18\x05 \x01(\x02\x12\x13\n\x0b\x62\x61\x63kchannel\x18\x06 \x01(\x02\x12\x12\n\ncompute_ms\x18\x07 \x01(\x01\"\x98\x01\n\tTextToken\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12 \n\x06hidden\x18\x04 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12)\n\x0ftoken_embedding\x18\x05 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\r\n\x05index\x18\x06 \x01(\x05\"\xe5\x01\n\x0bResponseEnd\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.minmo.v1.ResponseEnd.Reason\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x16\n\x0e\x66irst_token_ms\x18\x04 \x01(\x01\x12\x16\n\x0e\x66ive_tokens_ms\x18\x05 \x01(\x01\x12\x0c\n\x04text\x18\x06 \x01(\t\"D\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x07\n\x03\x45OS\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\r\n\tCANCELLED\x10\x03\"C\n\x0eUserTranscript\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32\x46\n\x08Reasoner\x12:\n\x07Session\x12\x14.minmo.v1.LlmRequest\x1a\x15.minmo.v1.LlmResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,43 +43,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDTURN_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_APPENDTURN_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_LLMREQUEST']._serialized_start=56
-  _globals['_LLMREQUEST']._serialized_end=329
-  _globals['_LLMSESSIONCONFIG']._serialized_start=332
-  _globals['_LLMSESSIONCONFIG']._serialized_end=628
-  _globals['_LLMSESSIONCONFIG_TRACECONTEXTENTRY']._serialized_start=577
-  _globals['_LLMSESSIONCONFIG_TRACECONTEXTENTRY']._serialized_end=628
-  _globals['_HISTORYTURN']._serialized_start=630
-  _globals['_HISTORYTURN']._serialized_end=687
-  _globals['_AUDIOINPUT']._serialized_start=690
-  _globals['_AUDIOINPUT']._serialized_end=927
-  _globals['_AUDIOINPUT_TRACECONTEXTENTRY']._serialized_start=577
-  _globals['_AUDIOINPUT_TRACECONTEXTENTRY']._serialized_end=628
-  _globals['_GENERATERESPONSE']._serialized_start=930
-  _globals['_GENERATERESPONSE']._serialized_end=1154
-  _globals['_GENERATERESPONSE_TRACECONTEXTENTRY']._serialized_start=577
-  _globals['_GENERATERESPONSE_TRACECONTEXTENTRY']._serialized_end=628
-  _globals['_CANCELGENERATION']._serialized_start=1157
-  _globals['_CANCELGENERATION']._serialized_end=1314
-  _globals['_CANCELGENERATION_TRACECONTEXTENTRY']._serialized_start=577
-  _globals['_CANCELGENERATION_TRACECONTEXTENTRY']._serialized_end=628
-  _globals['_APPENDTURN']._serialized_start=1317
-  _globals['_APPENDTURN']._serialized_end=1506
-  _globals['_APPENDTURN_TRACECONTEXTENTRY']._serialized_start=577
-  _globals['_APPENDTURN_TRACECONTEXTENTRY']._serialized_end=628
-  _globals['_LLMRESPONSE']._serialized_start=1509
-  _globals['_LLMRESPONSE']._serialized_end=1837
-  _globals['_LLMSESSIONREADY']._serialized_start=1840
-  _globals['_LLMSESSIONREADY']._serialized_end=2007
-  _globals['_PREDICTORSIGNAL']._serialized_start=2010
-  _globals['_PREDICTORSIGNAL']._serialized_end=2170
-  _globals['_TEXTTOKEN']._serialized_start=2173
-  _globals['_TEXTTOKEN']._serialized_end=2325
-  _globals['_RESPONSEEND']._serialized_start=2328
-  _globals['_RESPONSEEND']._serialized_end=2557
-  _globals['_RESPONSEEND_REASON']._serialized_start=2489
-  _globals['_RESPONSEEND_REASON']._serialized_end=2557
-  _globals['_USERTRANSCRIPT']._serialized_start=2559
-  _globals['_USERTRANSCRIPT']._serialized_end=2626
-  _globals['_REASONER']._serialized_start=2628
-  _globals['_REASONER']._serialized_end=2698
+  _globals['_LLMREQUEST']._serialized_end=386
+  _globals['_LLMSESSIONCONFIG']._serialized_start=389
+  _globals['_LLMSESSIONCONFIG']._serialized_end=685
+  _globals['_LLMSESSIONCONFIG_TRACECONTEXTENTRY']._serialized_start=634
+  _globals['_LLMSESSIONCONFIG_TRACECONTEXTENTRY']._serialized_end=685
+  _globals['_HISTORYTURN']._serialized_start=687
+  _globals['_HISTORYTURN']._serialized_end=744
+  _globals['_AUDIOINPUT']._serialized_start=747
+  _globals['_AUDIOINPUT']._serialized_end=984
+  _globals['_AUDIOINPUT_TRACECONTEXTENTRY']._serialized_start=634
+  _globals['_AUDIOINPUT_TRACECONTEXTENTRY']._serialized_end=685
+  _globals['_GENERATERESPONSE']._serialized_start=987
+  _globals['_GENERATERESPONSE']._serialized_end=1239
+  _globals['_GENERATERESPONSE_TRACECONTEXTENTRY']._serialized_start=634
+  _globals['_GENERATERESPONSE_TRACECONTEXTENTRY']._serialized_end=685
+  _globals['_RESUMEGENERATION']._serialized_start=1241
+  _globals['_RESUMEGENERATION']._serialized_end=1276
+  _globals['_CANCELGENERATION']._serialized_start=1279
+  _globals['_CANCELGENERATION']._serialized_end=1436
+  _globals['_CANCELGENERATION_TRACECONTEXTENTRY']._serialized_start=634
+  _globals['_CANCELGENERATION_TRACECONTEXTENTRY']._serialized_end=685
+  _globals['_APPENDTURN']._serialized_start=1439
+  _globals['_APPENDTURN']._serialized_end=1628
+  _globals['_APPENDTURN_TRACECONTEXTENTRY']._serialized_start=634
+  _globals['_APPENDTURN_TRACECONTEXTENTRY']._serialized_end=685
+  _globals['_LLMRESPONSE']._serialized_start=1631
+  _globals['_LLMRESPONSE']._serialized_end=1959
+  _globals['_LLMSESSIONREADY']._serialized_start=1962
+  _globals['_LLMSESSIONREADY']._serialized_end=2129
+  _globals['_PREDICTORSIGNAL']._serialized_start=2132
+  _globals['_PREDICTORSIGNAL']._serialized_end=2292
+  _globals['_TEXTTOKEN']._serialized_start=2295
+  _globals['_TEXTTOKEN']._serialized_end=2447
+  _globals['_RESPONSEEND']._serialized_start=2450
+  _globals['_RESPONSEEND']._serialized_end=2679
+  _globals['_RESPONSEEND_REASON']._serialized_start=2611
+  _globals['_RESPONSEEND_REASON']._serialized_end=2679
+  _globals['_USERTRANSCRIPT']._serialized_start=2681
+  _globals['_USERTRANSCRIPT']._serialized_end=2748
+  _globals['_REASONER']._serialized_start=2750
+  _globals['_REASONER']._serialized_end=2820
 # @@protoc_insertion_point(module_scope)

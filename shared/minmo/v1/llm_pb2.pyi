@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LlmRequest(_message.Message):
-    __slots__ = ("config", "audio_input", "generate_response", "cancel_generation", "append_turn")
+    __slots__ = ("config", "audio_input", "generate_response", "cancel_generation", "append_turn", "resume_generation")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     AUDIO_INPUT_FIELD_NUMBER: _ClassVar[int]
     GENERATE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_GENERATION_FIELD_NUMBER: _ClassVar[int]
     APPEND_TURN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_GENERATION_FIELD_NUMBER: _ClassVar[int]
     config: LlmSessionConfig
     audio_input: AudioInput
     generate_response: GenerateResponse
     cancel_generation: CancelGeneration
     append_turn: AppendTurn
-    def __init__(self, config: _Optional[_Union[LlmSessionConfig, _Mapping]] = ..., audio_input: _Optional[_Union[AudioInput, _Mapping]] = ..., generate_response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., cancel_generation: _Optional[_Union[CancelGeneration, _Mapping]] = ..., append_turn: _Optional[_Union[AppendTurn, _Mapping]] = ...) -> None: ...
+    resume_generation: ResumeGeneration
+    def __init__(self, config: _Optional[_Union[LlmSessionConfig, _Mapping]] = ..., audio_input: _Optional[_Union[AudioInput, _Mapping]] = ..., generate_response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., cancel_generation: _Optional[_Union[CancelGeneration, _Mapping]] = ..., append_turn: _Optional[_Union[AppendTurn, _Mapping]] = ..., resume_generation: _Optional[_Union[ResumeGeneration, _Mapping]] = ...) -> None: ...
 
 class LlmSessionConfig(_message.Message):
     __slots__ = ("session_id", "system_prompt", "history", "max_response_tokens", "sampling", "trace_context")
@@ -75,7 +77,7 @@ class AudioInput(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., start_position: _Optional[int] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., is_last_of_utterance: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("turn_id", "trace_context", "instruction", "max_tokens", "prefix_token_ids")
+    __slots__ = ("turn_id", "trace_context", "instruction", "max_tokens", "prefix_token_ids", "pause_after_tokens")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,12 +90,20 @@ class GenerateResponse(_message.Message):
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_AFTER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     instruction: str
     max_tokens: int
     prefix_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., instruction: _Optional[str] = ..., max_tokens: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    pause_after_tokens: int
+    def __init__(self, turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., instruction: _Optional[str] = ..., max_tokens: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ..., pause_after_tokens: _Optional[int] = ...) -> None: ...
+
+class ResumeGeneration(_message.Message):
+    __slots__ = ("turn_id",)
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
 
 class CancelGeneration(_message.Message):
     __slots__ = ("turn_id", "trace_context")
