@@ -23,6 +23,7 @@ from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
 from minmo.runtime.llm_model import text_tensor
+from minmo.serving.read_ahead import ReadAhead
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
@@ -71,33 +72,68 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         self, request_iterator: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[voicelm_pb2.SynthesizeResponse]:
         async with self.limiter.admit(context):
-            config = await self._read_config(request_iterator, context)
-            turn = _Turn(self.runtime, context, self.llm_dim)
-            ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
+            requests = ReadAhead(request_iterator)
             try:
-                with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
-                    sampling = self.sampling.resolve(config.sampling)
-                    await turn.start({**sampling, **_instruction(config), **_prefix(config)})
-                    async for request in request_iterator:
-                        kind = request.WhichOneof("request")
-                        if kind == "text_positions":
-                            hidden, token_embedding = await self._positions(request.text_positions, turn, context)
-                            for response in await turn.feed(hidden, token_embedding):
-                                yield response
-                        elif kind == "text_end":
-                            await _check_total(request.text_end, turn.positions, context)
-                            for response in await turn.feed(turn.no_positions, turn.no_positions, text_end=True):
-                                yield response
-                            self._record(hop, turn)
-                            yield turn.done()
-                            return
-                        else:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message"
-                            )
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before TextEnd")
+                async for response in self._synthesize(requests, context):
+                    yield response
             finally:
-                await self.runtime.end_sequence(MODEL, turn.sequence.id)
+                await requests.close()
+
+    async def _synthesize(
+        self, requests: ReadAhead[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[voicelm_pb2.SynthesizeResponse]:
+        config = await self._read_config(requests, context)
+        turn = _Turn(self.runtime, context, self.llm_dim)
+        ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
+        try:
+            with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
+                sampling = self.sampling.resolve(config.sampling)
+                await turn.start({**sampling, **_instruction(config), **_prefix(config)})
+                async for request in requests:
+                    kind = request.WhichOneof("request")
+                    if kind == "text_positions":
+                        for response in await self._feed_positions(request.text_positions, requests, turn, context):
+                            yield response
+                    elif kind == "text_end":
+                        await _check_total(request.text_end, turn.positions, context)
+                        for response in await turn.feed(turn.no_positions, turn.no_positions, text_end=True):
+                            yield response
+                        self._record(hop, turn)
+                        yield turn.done()
+                        return
+                    else:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before TextEnd")
+        finally:
+            await self.runtime.end_sequence(MODEL, turn.sequence.id)
+
+    async def _feed_positions(
+        self,
+        first: voicelm_pb2.TextPositions,
+        requests: ReadAhead[voicelm_pb2.SynthesizeRequest],
+        turn: _Turn,
+        context: grpc.aio.ServicerContext,
+    ) -> list[voicelm_pb2.SynthesizeResponse]:
+        """`first` and the TextPositions that arrived while the last call computed, as one model call (at most
+        max_positions_per_message positions): the speech tokens are the same however positions are grouped."""
+        room = self.max_positions_per_message - _count(first) if _groupable(first, first) else 0
+
+        def fits(request: voicelm_pb2.SynthesizeRequest) -> bool:
+            nonlocal room
+            message = request.text_positions
+            if request.WhichOneof("request") != "text_positions" or not _groupable(message, first):
+                return False
+            if _count(message) > room:
+                return False
+            room -= _count(message)
+            return True
+
+        decoded, index = [], turn.positions
+        for message in [first, *(request.text_positions for request in requests.take_ready(fits))]:
+            decoded.append(await self._positions(message, index, context))
+            index += _count(message)
+        hidden, token_embedding = (torch.cat(parts) for parts in zip(*decoded, strict=True))
+        return await turn.feed(hidden, token_embedding)
 
     def _record(self, hop: HopSpan, turn: _Turn) -> None:
         hop.set(
@@ -119,7 +155,7 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         return first.config
 
     async def _positions(
-        self, message: voicelm_pb2.TextPositions, turn: _Turn, context: grpc.aio.ServicerContext
+        self, message: voicelm_pb2.TextPositions, expected_index: int, context: grpc.aio.ServicerContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode the tensors, bound the work one message can ask for, and refuse gaps (a lost message would
         be text that is never spoken). Dtypes and shapes are the model's to check."""
@@ -135,11 +171,11 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
                 f"{count} text positions in one message exceed the limit of {self.max_positions_per_message}; "
                 "send smaller messages",
             )
-        if message.first_index != turn.positions:
+        if message.first_index != expected_index:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"text positions out of order: first_index {message.first_index}, "
-                f"but {turn.positions} positions came before",
+                f"but {expected_index} positions came before",
             )
         return hidden, token_embedding
 
@@ -211,6 +247,20 @@ def _prefix(config: voicelm_pb2.SynthesizeConfig) -> TensorMap:
     """A failover's speech tokens so far as the model's `prefix_tokens` input (none for a new turn)."""
     tokens = config.prefix_speech_tokens
     return {"prefix_tokens": torch.tensor(list(tokens), dtype=torch.int64)} if tokens else {}
+
+
+def _count(message: voicelm_pb2.TextPositions) -> int:
+    """Positions a message says it carries (its hidden tensor's first dimension; checked when decoded)."""
+    return message.hidden.shape[0] if message.hidden.shape else 0
+
+
+def _groupable(message: voicelm_pb2.TextPositions, first: voicelm_pb2.TextPositions) -> bool:
+    """Whether `message` can join `first` in one call: both 2-D, of the same dtypes and widths (anything else goes
+    alone, and the model's checks answer it)."""
+    return all(
+        len(mine.shape) == 2 and (mine.dtype, mine.shape[1]) == (theirs.dtype, theirs.shape[1])
+        for mine, theirs in ((message.hidden, first.hidden), (message.token_embedding, first.token_embedding))
+    )
 
 
 async def _check_total(text_end: voicelm_pb2.TextEnd, received: int, context: grpc.aio.ServicerContext) -> None:
