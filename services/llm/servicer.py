@@ -195,6 +195,11 @@ class _Generation:
     five_tokens_ms: float = 0.0
 
     @property
+    def generated_here(self) -> int:
+        """Tokens this replica generated (a failover's prefix is not among them): its timings and pause count these."""
+        return len(self.token_ids) - len(self.prefix)
+
+    @property
     def text(self) -> str:
         """The response text sent so far (a character still cut at the end is not)."""
         return self.detokenizer.text if self.detokenizer is not None else ""
@@ -503,7 +508,7 @@ class _Session:
         await self.out.put(llm_pb2.LlmResponse(user_transcript=transcript))
 
     def _record(self, generation: _Generation, reason: llm_pb2.ResponseEnd.Reason) -> None:
-        tokens = len(generation.token_ids) - len(generation.prefix)
+        tokens = generation.generated_here
         generation.hop.set(
             first_token_ms=generation.first_token_ms if tokens else None,
             five_tokens_ms=generation.five_tokens_ms if tokens >= FIVE_TOKENS else None,
@@ -527,7 +532,7 @@ class _Session:
                 if outputs["is_end"][0]:
                     return llm_pb2.ResponseEnd.EOS
                 await self._send_token(generation, outputs)
-                if len(generation.token_ids) - len(generation.prefix) == generation.pause_after_tokens:
+                if generation.generated_here == generation.pause_after_tokens:
                     await _paused(generation)
                 if outputs["finished"][0]:
                     return llm_pb2.ResponseEnd.LENGTH
@@ -544,7 +549,7 @@ class _Session:
             index=len(generation.token_ids) - 1,
         )
         await self.out.put(llm_pb2.LlmResponse(text_token=token))
-        count = len(generation.token_ids) - len(generation.prefix)  # this replica's tokens: timings are its own
+        count = generation.generated_here
         if count == 1:
             generation.first_token_ms = _ms_since(generation.received)
         if count == FIVE_TOKENS:

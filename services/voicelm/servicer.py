@@ -120,10 +120,8 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
 
         def fits(request: voicelm_pb2.SynthesizeRequest) -> bool:
             nonlocal room
-            message = request.text_positions
-            if request.WhichOneof("request") != "text_positions" or not _groupable(message, first):
-                return False
-            if _count(message) > room:
+            message, kind = request.text_positions, request.WhichOneof("request")
+            if kind != "text_positions" or not _groupable(message, first) or _count(message) > room:
                 return False
             room -= _count(message)
             return True
