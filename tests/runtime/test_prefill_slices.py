@@ -16,7 +16,9 @@ from minmo.model.dialogue import Dialogue, DialogueState, run_slices
 from minmo.runtime.base import Sequence
 from minmo.runtime.llm_model import (
     OP_APPEND_TEXT_TURN,
+    OP_BEGIN_RESPONSE,
     OP_DROP_RESPONSE,
+    OP_GENERATE,
     OP_START,
     ROLE_USER,
     LlmModel,
@@ -197,3 +199,25 @@ def test_the_rest_of_a_long_prefill_runs_at_a_lower_os_priority(model):
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert len(nice_per_slice) > 2
     assert nice_per_slice == [base] + [min(19, base + BACKGROUND_NICE)] * (len(nice_per_slice) - 1)
+
+
+async def test_a_token_stream_computes_the_next_step_while_the_caller_holds_this_one(monkeypatch):
+    """`infer_stream` keeps one step in flight (the llm service sends a token while the next one computes), never
+    more: a caller that stops reading leaves at most one step computed ahead of it."""
+    model = LlmModel.from_config(load_config("tiny"))
+    steps = []
+    generate_step = model.dialogue.generate_step
+    monkeypatch.setattr(model.dialogue, "generate_step", lambda *args: steps.append(1) or generate_step(*args))
+    runtime = _runtime(model)
+    await _start(runtime, "s")
+    await runtime.infer("llm", {"op": torch.tensor([OP_BEGIN_RESPONSE])}, Sequence("s"))
+    generate = {"op": torch.tensor([OP_GENERATE]), "max_tokens": torch.tensor([8])}
+    stream = runtime.infer_stream("llm", generate, Sequence("s"))
+    await anext(stream)
+    async with asyncio.timeout(10):
+        while len(steps) < 2:  # the second step runs although the caller has not asked for it
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.2)
+    assert len(steps) == 2, "one step ahead, not more"
+    assert len([outputs async for outputs in stream]) == 7
+    await runtime.close()
