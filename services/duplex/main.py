@@ -20,7 +20,7 @@ from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, c
 from minmo.serving.auth import ApiKeys
 from minmo.serving.channels import open_channel
 from minmo.serving.server import ServiceHost, SessionLimiter
-from minmo.serving.settings import ServerSettings, env_float, env_int, env_str
+from minmo.serving.settings import ServerSettings, SettingsError, env_float, env_int, env_str
 from minmo.serving.tls import channel_credentials
 from minmo.session.embedded import connect
 from minmo.session.quota import SessionQuota
@@ -29,6 +29,7 @@ from minmo.telemetry import start_telemetry
 from minmo.v1 import encoder_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc, voicelm_pb2_grpc
 
 DEFAULT_PORT = 50051
+MIN_AUDIO_LEAD_MS = 1000
 log = logging.getLogger("minmo.duplex")
 
 
@@ -37,7 +38,8 @@ class DuplexSettings:
     """Peers: MINMO_ENCODER_ADDR, MINMO_LLM_ADDR, MINMO_VOICELM_ADDR, MINMO_VOCODER_ADDR (host:port, a
     comma-separated list, or dns:///name:port for a headless Service). REDIS_URL (unset: embedded Redis).
     MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
-    MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls),
+    MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls), MINMO_AUDIO_LEAD_MS (how far the
+    vocoder may work ahead of the client's real-time playback; 0: no pacing, every reply synthesised at once),
     MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
     (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
     MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth); each
@@ -55,6 +57,7 @@ class DuplexSettings:
     max_chunk_ms: int
     max_response_tokens: int
     turn_timeout_s: float
+    audio_lead_s: float
     turn_detection: TurnDetectionConfig
     limits: InputLimits
     api_keys_file: str | None
@@ -75,6 +78,7 @@ class DuplexSettings:
             max_response_tokens=env_int("MINMO_MAX_RESPONSE_TOKENS", 0)
             or load_config(server.model_config).max_response_tokens,
             turn_timeout_s=env_float("MINMO_TURN_TIMEOUT_S", 300.0),
+            audio_lead_s=_audio_lead_s(env_float("MINMO_AUDIO_LEAD_MS", 3000)),
             turn_detection=TurnDetectionConfig(
                 threshold=env_float("MINMO_VAD_THRESHOLD", 0.5),
                 prefix_padding_ms=env_float("MINMO_PREFIX_PADDING_MS", 300),
@@ -89,6 +93,13 @@ class DuplexSettings:
             api_keys_file=env_str("MINMO_API_KEYS_FILE", "") or None,
             voice_prompt_models=env_str("MINMO_VOICE_PROMPT_MODELS", "") or None,
         )
+
+
+def _audio_lead_s(lead_ms: float) -> float:
+    """Pacing needs room for the first audio chunk's tokens and the next chunk's compute: 0 (off) or >= 1 s."""
+    if lead_ms != 0 and lead_ms < MIN_AUDIO_LEAD_MS:
+        raise SettingsError(f"MINMO_AUDIO_LEAD_MS={lead_ms:g}: use 0 (no pacing) or at least {MIN_AUDIO_LEAD_MS}")
+    return lead_ms / 1000
 
 
 async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> ServiceHost:
@@ -117,6 +128,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         max_chunk_ms=settings.max_chunk_ms,
         max_response_tokens=settings.max_response_tokens,
         turn_timeout_s=settings.turn_timeout_s,
+        audio_lead_s=settings.audio_lead_s,
         turn_detection=settings.turn_detection,
         limits=settings.limits,
         voice_prompt_models=VoicePromptModels(settings.voice_prompt_models) if settings.voice_prompt_models else None,

@@ -105,6 +105,7 @@ class DuplexPolicy:
     limits: InputLimits = field(default_factory=InputLimits)
     voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
     first_audio_positions: int = 0  # text positions that complete the first audio chunk (0: no hold; response.py)
+    audio_lead_s: float = 0.0  # pacing: the vocoder's lead over real-time playback (0: none; speech_hops.py)
 
 
 @dataclass(frozen=True)
@@ -520,6 +521,7 @@ class Conversation:
             instruction=self.voice.instruction if instruction is None else instruction,
             voice=self.voice_conditioning,
             first_audio_positions=self.policy.first_audio_positions,
+            audio_lead_s=self.policy.audio_lead_s,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,
             timeout_s=self.policy.turn_timeout_s,

@@ -87,6 +87,7 @@ class Response:
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
     resume_llm: ResumeLlm | None = None  # continues the reply on another llm replica; None: a lost llm fails it
     first_audio_positions: int = 0  # text positions that complete the first audio chunk; later ones wait for it
+    audio_lead_s: float = 0.0  # the vocoder works at most this far ahead of real-time playback (speech_hops.py)
     pieces: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # the reply's tokens so far (a failover's prefix)
     speech_tokens: int = 0
@@ -168,7 +169,8 @@ class Response:
         )
         self._resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
         self._hops = SpeechHops(
-            self.voicelm, self.vocoder, synthesize, vocode, self.timings, self.timeout_s, self._audio_out
+            self.voicelm, self.vocoder, synthesize, vocode, self.timings, self.timeout_s, self._audio_out,
+            self.audio_lead_s,
         )
         try:
             await self._hops.run(self._text_to_speech(self._hops))

