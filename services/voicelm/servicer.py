@@ -3,6 +3,11 @@ The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequ
 so do a failover's prefix_speech_tokens: the turn's text positions are then sent again from the start, and only the
 speech tokens after the prefix come out.
 
+After TextEnd the model speaks the rest of the turn in parts of TAIL_TOKENS_PER_CALL tokens, each its own runtime
+call sent on as it comes: a long tail neither holds a compute thread from other turns' steps for its whole length
+nor keeps its first tokens back until its last is made. With SynthesizeConfig.audio_lead_ms the parts are paced:
+each waits until the audio already sent is less than the lead ahead of real time (from the stream's first tokens).
+
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
 stream ends (TextEnd, client cancel, barge-in, an error) the sequence is ended, so no state outlives its turn.
 The stream is one `voicelm.synthesize` span, a child of the response context in SynthesizeConfig.
@@ -10,6 +15,7 @@ The stream is one `voicelm.synthesize` span, a child of the response context in 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -21,6 +27,7 @@ import torch
 
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
 from minmo.runtime.llm_model import text_tensor
 from minmo.serving.read_ahead import ReadAhead
@@ -29,6 +36,8 @@ from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
 
 MODEL = "voice_lm"
+TAIL_TOKENS_PER_CALL = 50  # 2 s of speech per runtime call after TextEnd
+MAX_AUDIO_LEAD_MS = 60_000
 INT64_WRAP = 1 << 64  # a uint64 seed travels to the model as the int64 with the same bits
 
 
@@ -87,6 +96,9 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
         try:
             with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
+                if not 0 <= config.audio_lead_ms <= MAX_AUDIO_LEAD_MS:
+                    message = f"audio_lead_ms must be in [0, {MAX_AUDIO_LEAD_MS}], got {config.audio_lead_ms}"
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
                 sampling = self.sampling.resolve(config.sampling)
                 await turn.start({**sampling, **_instruction(config), **_prefix(config)})
                 async for request in requests:
@@ -96,8 +108,10 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
                             yield response
                     elif kind == "text_end":
                         await _check_total(request.text_end, turn.positions, context)
-                        for response in await turn.feed(turn.no_positions, turn.no_positions, text_end=True):
-                            yield response
+                        while not turn.finished:
+                            await turn.pace(config.audio_lead_ms / 1000)
+                            for response in await turn.feed(turn.no_positions, turn.no_positions, text_end=True):
+                                yield response
                         self._record(hop, turn)
                         yield turn.done()
                         return
@@ -191,11 +205,14 @@ class _Turn:
         self.compute_ms = 0.0
         self.first_positions_at: float | None = None
         self.first_tokens_ms = 0.0
+        self.finished = False  # the model spoke the whole turn
+        self.prefix_tokens = 0  # a failover's tokens, counted in `tokens` but made by another stream
+        self.first_tokens_at: float | None = None  # perf_counter() when this stream's first tokens came out
 
     async def start(self, sampling: TensorMap) -> None:
         """Open the sequence with the sampling settings and no positions yet (the model checks the settings); a
         failover's prefix tokens count as sent."""
-        self.tokens = len(sampling.get("prefix_tokens", ()))
+        self.tokens = self.prefix_tokens = len(sampling.get("prefix_tokens", ()))
         start = Sequence(self.sequence.id, start=True)
         empty = {"hidden": self.no_positions, "token_embedding": self.no_positions, "text_end": torch.tensor([False])}
         await self._infer({**sampling, **empty}, start)
@@ -203,21 +220,34 @@ class _Turn:
     async def feed(
         self, hidden: torch.Tensor, token_embedding: torch.Tensor, text_end: bool = False
     ) -> list[voicelm_pb2.SynthesizeResponse]:
-        """Run the model on new positions; the speech tokens that came out, split into messages of bounded size
-        (at TextEnd the model speaks everything left at once, far more than one message may carry)."""
+        """Run the model on new positions, or (`text_end`) on the next part of the tail; the speech tokens that came
+        out, split into messages of bounded size (`split_speech_tokens`)."""
         if self.first_positions_at is None and not text_end:
             self.first_positions_at = time.perf_counter()
-        sequence = Sequence(self.sequence.id, end=text_end)
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
-        ids = (await self._infer(inputs, sequence))["speech_tokens"]
+        if text_end:
+            inputs["max_tail_tokens"] = torch.tensor([TAIL_TOKENS_PER_CALL])
+        outputs = await self._infer(inputs, Sequence(self.sequence.id))  # ended by the stream's end_sequence
+        ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])
         self.positions += hidden.shape[0]
         if ids.numel() == 0:
             return []
         if not self.first_tokens_ms and self.first_positions_at is not None:
             self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
+        if self.first_tokens_at is None:
+            self.first_tokens_at = time.perf_counter()
         first, self.tokens = self.tokens, self.tokens + ids.numel()
         messages = split_speech_tokens(ids.tolist(), first)
         return [voicelm_pb2.SynthesizeResponse(speech_tokens=message) for message in messages]
+
+    async def pace(self, lead_s: float) -> None:
+        """Wait until the audio this stream sent is at most `lead_s` ahead of real time (0: no pacing)."""
+        if lead_s <= 0 or self.first_tokens_at is None:
+            return
+        sent_s = (self.tokens - self.prefix_tokens) / SPEECH_TOKEN_RATE_HZ
+        ahead_s = sent_s - (time.perf_counter() - self.first_tokens_at) - lead_s
+        if ahead_s > 0:
+            await asyncio.sleep(ahead_s)
 
     def done(self) -> voicelm_pb2.SynthesizeResponse:
         return voicelm_pb2.SynthesizeResponse(

@@ -155,3 +155,25 @@ def test_ras_sampler_breaks_repetition() -> None:
     mild = torch.tensor([1.0, 0.0, 0.0, 0.0])
     repeated = RasSampler(top_k=1, generator=torch.Generator().manual_seed(0))
     assert {repeated(mild, recent=[0]) for _ in range(40)} == {0, 1, 2, 3}  # top token repeated: full draw
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("part", [1, 7, 50])
+@pytest.mark.parametrize("eos_after", [None, 20])
+def test_a_tail_spoken_in_parts_equals_the_tail_spoken_at_once(voice_lm: VoiceTokenLM, part, eos_after) -> None:
+    """`max_tail_tokens` splits the tail across calls (the voicelm service's bounded calls after TextEnd) without
+    changing one token, whether the tail ends on END_OF_SPEECH or on the safety bound."""
+    semantic = _semantic(voice_lm, 7)
+
+    def sampler() -> Sampler:
+        return greedy_sampler if eos_after is None else ScriptedSampler(voice_lm.end_of_speech_id, eos_after)
+
+    _, before_tail = synthesize_step(voice_lm, semantic, False, init_schedule_state(voice_lm))
+    at_once, whole = synthesize_step(voice_lm, semantic[:, :0], True, before_tail, sampler())
+    parts, state, scripted = [], before_tail, sampler()
+    while not state.finished:
+        tokens, state = synthesize_step(voice_lm, semantic[:, :0], True, state, scripted, max_tail_tokens=part)
+        assert len(tokens) <= part
+        parts.append(tokens)
+    assert [token for tokens in parts for token in tokens] == at_once
+    assert state.speech_tokens == whole.speech_tokens and len(parts) >= len(at_once) // part

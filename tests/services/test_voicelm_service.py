@@ -6,6 +6,7 @@ Every test also checks, on teardown, that the runtime holds no sequence state on
 """
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from minmo.model.interleave import RasSampler, Sampler, greedy_sampler, init_sch
 from minmo.runtime.local import LocalRuntime
 from minmo.runtime.voicelm_model import VoiceLmModel
 from minmo.services.voicelm.main import VoiceLmSettings, start
+from minmo.services.voicelm.servicer import TAIL_TOKENS_PER_CALL
 from minmo.serving.settings import ServerSettings
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
 
@@ -30,6 +32,7 @@ TEXT_BLOCK, SPEECH_BLOCK = CFG.voice_token_lm.text_block, CFG.voice_token_lm.spe
 MAX_POSITIONS = 64
 GREEDY = {"temperature": 0.0}
 SAMPLED = {"temperature": 1.0, "top_p": 0.8, "top_k": 25}
+SPEED_HZ = 25  # speech tokens per second of audio
 READ_TIMEOUT_S = 10.0  # a response that never comes fails the test instead of hanging it
 
 
@@ -234,6 +237,16 @@ BAD_INPUTS = {
     "lost positions": ([_config(), _positions(*ONE, 0), _end(2)], grpc.StatusCode.INVALID_ARGUMENT, "but 1 arrived"),
     "bad sampling": ([_config(temperature=1.0, top_p=1.5)], grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
     "no TextEnd": ([_config(), _positions(*ONE, 0)], grpc.StatusCode.INVALID_ARGUMENT, "before TextEnd"),
+    "negative lead": (
+        [voicelm_pb2.SynthesizeRequest(config=voicelm_pb2.SynthesizeConfig(audio_lead_ms=-1))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio_lead_ms must be in [0, 60000]",
+    ),
+    "lead past a minute": (
+        [voicelm_pb2.SynthesizeRequest(config=voicelm_pb2.SynthesizeConfig(audio_lead_ms=60_001))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio_lead_ms must be in [0, 60000]",
+    ),
 }
 
 
@@ -314,3 +327,41 @@ async def test_a_long_run_of_speech_tokens_travels_in_bounded_messages(voicelm, 
             tokens += response.speech_tokens.ids
     assert len(tokens) > SPEECH_TOKENS_PER_MESSAGE and max(sizes) <= SPEECH_TOKENS_PER_MESSAGE
     assert tokens == offline(hidden, token_embedding)
+
+
+async def _timed_tokens(call_requests, stub) -> list[tuple[float, list[int]]]:
+    """(arrival time, ids) of every SpeechTokens message of a turn."""
+    arrivals = []
+    async for response in stub.Synthesize(iter(call_requests)):
+        if response.HasField("speech_tokens"):
+            arrivals.append((time.monotonic(), list(response.speech_tokens.ids)))
+    return arrivals
+
+
+async def test_the_tail_after_text_end_comes_in_bounded_parts_equal_to_offline(voicelm, offline):
+    """After TextEnd the rest of the turn is made TAIL_TOKENS_PER_CALL tokens per runtime call, each sent as made."""
+    stub, _, _ = voicelm
+    hidden, token_embedding = _llm_states()
+    arrivals = await _timed_tokens(_turn(hidden, token_embedding, TEXT_LENGTH, **GREEDY), stub)
+    tokens = [token for _, ids in arrivals for token in ids]
+    assert tokens == offline(hidden, token_embedding)
+    blocks = TEXT_LENGTH // TEXT_BLOCK * SPEECH_BLOCK
+    tail_sizes = [len(ids) for _, ids in arrivals][1:]  # the first message holds the two blocks
+    assert len(tokens) - blocks > 2 * TAIL_TOKENS_PER_CALL, "a tail long enough to need several parts"
+    assert max(tail_sizes) <= TAIL_TOKENS_PER_CALL and len(tail_sizes) >= 3
+
+
+async def test_a_paced_tail_stays_within_the_lead_of_real_time(voicelm, offline):
+    """audio_lead_ms: each part of the tail waits until what was sent is less than the lead ahead of real time."""
+    stub, _, _ = voicelm
+    hidden, token_embedding = _llm_states(length=3)  # no block: the whole turn is tail, 60 tokens at the bound
+    lead_s = 1.0
+    requests = _turn(hidden, token_embedding, 3, **GREEDY)
+    requests[0].config.audio_lead_ms = round(lead_s * 1000)
+    arrivals = await _timed_tokens(requests, stub)
+    assert [token for _, ids in arrivals for token in ids] == offline(hidden, token_embedding)
+    first_at, sent = arrivals[0][0], 0
+    for arrived, ids in arrivals:
+        assert sent / SPEED_HZ - (arrived - first_at) <= lead_s + 0.05, "a part went out more than the lead ahead"
+        sent += len(ids)
+    assert len(arrivals) >= 2 and arrivals[-1][0] - first_at >= TAIL_TOKENS_PER_CALL / SPEED_HZ - lead_s - 0.05

@@ -159,6 +159,7 @@ class Response:
             turn_id=self.turn_id,
             trace_context=self.trace_context,
             voice_instruction=self.instruction,
+            audio_lead_ms=round(self.audio_lead_s * 1000),
         )
         vocode = vocoder_pb2.VocodeConfig(
             session_id=self.session_id,

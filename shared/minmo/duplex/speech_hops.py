@@ -13,7 +13,8 @@ whole log first and then the rest as it arrives. When a hop breaks mid-turn (its
 Only when no replica takes a hop (`FAILOVER_DELAYS_S` spent) or the turn's deadline passes does the turn fail.
 
 Pacing (`audio_lead_s`): the vocoder, the most expensive hop, is fed speech tokens only as far as `audio_lead_s` of
-audio ahead of the client's real-time playback (which starts at the first PCM). A reply is then synthesised while it
+audio ahead of the client's real-time playback (which starts at the first PCM); voicelm paces its own tail by the
+same lead (SynthesizeConfig.audio_lead_ms, set by `Response`). A reply is then synthesised while it
 plays, instead of in one burst at its start that delays every other session's first audio on the same CPUs (the
 first audio is never held: the first `audio_lead_s` of tokens go at once), and a reply the user interrupts stops
 costing vocoder compute `audio_lead_s` after the point they heard. 0 feeds every token as it comes.

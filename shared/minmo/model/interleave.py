@@ -115,6 +115,7 @@ class ScheduleState(StreamState):
     speech_tokens: int  # speech tokens emitted in total
     recent_tokens: list[int]  # the last RECENT_WINDOW speech tokens, for repetition-aware sampling
     finished: bool  # END_OF_SPEECH was sampled, or the safety bound was reached
+    tail_started: bool = False  # TURN_OF_SPEECH was fed: the text ended and the tail is being spoken
 
 
 @torch.no_grad()
@@ -190,16 +191,20 @@ def synthesize_step(
     state: ScheduleState,
     sampler: Sampler = greedy_sampler,
     decode: DecodeStep | None = None,
+    max_tail_tokens: int | None = None,
 ) -> tuple[list[int], ScheduleState]:
     """Feed newly arrived semantic vectors (1, N, dim) and emit the speech tokens the schedule allows.
 
     `decode` runs the one-token steps between speech tokens (default: `voice_lm.step`).
 
     Every completed block of 5 vectors yields exactly 15 tokens; with `text_finished`, the leftover vectors
-    and TURN_OF_SPEECH are fed and tokens follow until END_OF_SPEECH or the safety bound. The result does
-    not depend on how the vectors are chunked across calls.
+    and TURN_OF_SPEECH are fed and tokens follow until END_OF_SPEECH or the safety bound. `max_tail_tokens`
+    splits that tail: a call emits at most that many and leaves the state unfinished, and the next calls (with
+    `text_finished` and no new vectors) go on where it stopped. The result depends neither on how the vectors
+    are chunked across calls nor on how the tail is split.
     """
     assert not state.finished, "this turn's speech is already finished"
+    assert not state.tail_started or semantic.shape[1] == 0, "the text already ended: no more semantic vectors"
     assert semantic.shape[0] == 1 and semantic.shape[-1] == voice_lm.cfg.dim, f"semantic {tuple(semantic.shape)}"
     schedule = VoiceSchedule.from_config(voice_lm.cfg)
     tokens: list[int] = []
@@ -216,12 +221,17 @@ def synthesize_step(
             tokens += block
             state = dataclasses.replace(state, fed_in_block=0)
     if text_finished:
-        turn_of_speech = voice_lm.embed_speech(_ids(voice_lm, [voice_lm.turn_of_speech_id]))
-        logits, state = _feed(voice_lm, turn_of_speech, state)
+        if state.tail_started:  # a later part of the tail: its last token is still pending
+            logits, state = _feed(voice_lm, None, state, decode)
+        else:
+            turn_of_speech = voice_lm.embed_speech(_ids(voice_lm, [voice_lm.turn_of_speech_id]))
+            logits, state = _feed(voice_lm, turn_of_speech, state)
+            state = dataclasses.replace(state, tail_started=True)
         budget = schedule.max_speech_tokens(state.text_positions) - state.speech_tokens
-        tail, state = _generate(voice_lm, logits, state, sampler, budget, True, decode)
+        limit = budget if max_tail_tokens is None else min(budget, max_tail_tokens)
+        tail, state = _generate(voice_lm, logits, state, sampler, limit, True, decode)
         tokens += tail
-        state = dataclasses.replace(state, finished=True)
+        state = dataclasses.replace(state, finished=len(tail) < limit or limit == budget)
     return tokens, state
 
 

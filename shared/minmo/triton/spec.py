@@ -87,6 +87,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _scalar("seed", torch.int64),
                 _t("instruction", torch.uint8, optional=True),
                 _t("prefix_tokens", torch.int64, optional=True),
+                _scalar("max_tail_tokens", torch.int64),
             ),
             (_t("speech_tokens", torch.int64), _scalar("finished", torch.bool)),
             stateful=True,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from minmo.v1 import common_pb2 as minmo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/voicelm.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\xa6\x01\n\x11SynthesizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.minmo.v1.SynthesizeConfigH\x00\x12\x31\n\x0etext_positions\x18\x02 \x01(\x0b\x32\x17.minmo.v1.TextPositionsH\x00\x12%\n\x08text_end\x18\x03 \x01(\x0b\x32\x11.minmo.v1.TextEndH\x00\x42\t\n\x07request\"\x96\x02\n\x10SynthesizeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.minmo.v1.SynthesizeConfig.TraceContextEntry\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.minmo.v1.SamplingParams\x12\x19\n\x11voice_instruction\x18\x05 \x01(\t\x12\x1c\n\x14prefix_speech_tokens\x18\x06 \x03(\x05\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\rTextPositions\x12 \n\x06hidden\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12)\n\x0ftoken_embedding\x18\x02 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x03\"\"\n\x07TextEnd\x12\x17\n\x0ftotal_positions\x18\x01 \x01(\x03\"\x84\x01\n\x12SynthesizeResponse\x12/\n\rspeech_tokens\x18\x01 \x01(\x0b\x32\x16.minmo.v1.SpeechTokensH\x00\x12\x31\n\x0esynthesis_done\x18\x02 \x01(\x0b\x32\x17.minmo.v1.SynthesisDoneH\x00\x42\n\n\x08response\"Q\n\rSynthesisDone\x12\x13\n\x0btoken_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x66irst_tokens_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32[\n\x0cVoiceDecoder\x12K\n\nSynthesize\x12\x1b.minmo.v1.SynthesizeRequest\x1a\x1c.minmo.v1.SynthesizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/voicelm.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\xa6\x01\n\x11SynthesizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.minmo.v1.SynthesizeConfigH\x00\x12\x31\n\x0etext_positions\x18\x02 \x01(\x0b\x32\x17.minmo.v1.TextPositionsH\x00\x12%\n\x08text_end\x18\x03 \x01(\x0b\x32\x11.minmo.v1.TextEndH\x00\x42\t\n\x07request\"\xad\x02\n\x10SynthesizeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x43\n\rtrace_context\x18\x03 \x03(\x0b\x32,.minmo.v1.SynthesizeConfig.TraceContextEntry\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.minmo.v1.SamplingParams\x12\x19\n\x11voice_instruction\x18\x05 \x01(\t\x12\x1c\n\x14prefix_speech_tokens\x18\x06 \x03(\x05\x12\x15\n\raudio_lead_ms\x18\x07 \x01(\x05\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\rTextPositions\x12 \n\x06hidden\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12)\n\x0ftoken_embedding\x18\x02 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x03\"\"\n\x07TextEnd\x12\x17\n\x0ftotal_positions\x18\x01 \x01(\x03\"\x84\x01\n\x12SynthesizeResponse\x12/\n\rspeech_tokens\x18\x01 \x01(\x0b\x32\x16.minmo.v1.SpeechTokensH\x00\x12\x31\n\x0esynthesis_done\x18\x02 \x01(\x0b\x32\x17.minmo.v1.SynthesisDoneH\x00\x42\n\n\x08response\"Q\n\rSynthesisDone\x12\x13\n\x0btoken_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x66irst_tokens_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32[\n\x0cVoiceDecoder\x12K\n\nSynthesize\x12\x1b.minmo.v1.SynthesizeRequest\x1a\x1c.minmo.v1.SynthesizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHESIZEREQUEST']._serialized_start=60
   _globals['_SYNTHESIZEREQUEST']._serialized_end=226
   _globals['_SYNTHESIZECONFIG']._serialized_start=229
-  _globals['_SYNTHESIZECONFIG']._serialized_end=507
-  _globals['_SYNTHESIZECONFIG_TRACECONTEXTENTRY']._serialized_start=456
-  _globals['_SYNTHESIZECONFIG_TRACECONTEXTENTRY']._serialized_end=507
-  _globals['_TEXTPOSITIONS']._serialized_start=509
-  _globals['_TEXTPOSITIONS']._serialized_end=622
-  _globals['_TEXTEND']._serialized_start=624
-  _globals['_TEXTEND']._serialized_end=658
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=661
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=793
-  _globals['_SYNTHESISDONE']._serialized_start=795
-  _globals['_SYNTHESISDONE']._serialized_end=876
-  _globals['_VOICEDECODER']._serialized_start=878
-  _globals['_VOICEDECODER']._serialized_end=969
+  _globals['_SYNTHESIZECONFIG']._serialized_end=530
+  _globals['_SYNTHESIZECONFIG_TRACECONTEXTENTRY']._serialized_start=479
+  _globals['_SYNTHESIZECONFIG_TRACECONTEXTENTRY']._serialized_end=530
+  _globals['_TEXTPOSITIONS']._serialized_start=532
+  _globals['_TEXTPOSITIONS']._serialized_end=645
+  _globals['_TEXTEND']._serialized_start=647
+  _globals['_TEXTEND']._serialized_end=681
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=684
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=816
+  _globals['_SYNTHESISDONE']._serialized_start=818
+  _globals['_SYNTHESISDONE']._serialized_end=899
+  _globals['_VOICEDECODER']._serialized_start=901
+  _globals['_VOICEDECODER']._serialized_end=992
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,7 @@ class SynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SynthesizeConfig, _Mapping]] = ..., text_positions: _Optional[_Union[TextPositions, _Mapping]] = ..., text_end: _Optional[_Union[TextEnd, _Mapping]] = ...) -> None: ...
 
 class SynthesizeConfig(_message.Message):
-    __slots__ = ("session_id", "turn_id", "trace_context", "sampling", "voice_instruction", "prefix_speech_tokens")
+    __slots__ = ("session_id", "turn_id", "trace_context", "sampling", "voice_instruction", "prefix_speech_tokens", "audio_lead_ms")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,13 +32,15 @@ class SynthesizeConfig(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VOICE_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PREFIX_SPEECH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_LEAD_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     sampling: _common_pb2.SamplingParams
     voice_instruction: str
     prefix_speech_tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., voice_instruction: _Optional[str] = ..., prefix_speech_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    audio_lead_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., voice_instruction: _Optional[str] = ..., prefix_speech_tokens: _Optional[_Iterable[int]] = ..., audio_lead_ms: _Optional[int] = ...) -> None: ...
 
 class TextPositions(_message.Message):
     __slots__ = ("hidden", "token_embedding", "first_index")
