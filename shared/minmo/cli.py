@@ -199,9 +199,9 @@ def faults(
     sessions: Annotated[int, typer.Option(min=1, help="concurrent sessions taking turns")] = 10,
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",
 ) -> None:
-    """kill -9 one replica of each model service (two each) under concurrent sessions, then Redis (AOF); print
-    sessions lost, turns failed per kill, first audio after each kill (p50/max), recovery time, session keys kept,
-    history entries lost and unanswered history turns."""
+    """kill -9 one replica of each model service (two each) under concurrent sessions (each listening to its replies
+    in real time), then Redis (AOF); print sessions lost, turns failed per kill, each session's wait for audio after
+    each kill (p50/max), recovery time, session keys kept, history entries lost and unanswered history turns."""
     from rich.console import Console
 
     from minmo.reliability.runs import print_faults, run_faults
