@@ -47,3 +47,11 @@ async def test_a_typed_turn_counts_from_sending_the_text(full_stack):
     scenario = Scenario(turns=1, typed_share=1.0)
     result = await run_level(LoadPlan(full_stack.address("duplex"), scenario, ramp_up_s=0), 1, load_utterances([]))
     assert result.turns_ok == 1 and result.first_audio.count == 1 and not result.turns_failed
+
+
+async def test_a_failed_turn_is_listed_with_the_session_id_the_services_logged(full_stack):
+    scenario = Scenario(turns=1, typed_share=1.0, turn_timeout_s=0.001)  # no reply can come in time
+    result = await run_level(LoadPlan(full_stack.address("duplex"), scenario, ramp_up_s=0), 1, load_utterances([]))
+    [failure] = result.to_json()["failures"]
+    assert failure["code"] == "DEADLINE_EXCEEDED" and failure["typed"] and failure["turn"] == 0
+    assert failure["session_id"], "the server's session id, to find the turn in the services' logs"

@@ -61,6 +61,16 @@ class Latencies:
         return self.histogram.get_max_value() / US_PER_MS if self.count else 0.0
 
 
+def _failure(record: SessionRecord, turn: TurnRecord) -> dict[str, Any]:
+    return {
+        "session_id": record.session_id,
+        "turn": turn.index,
+        "typed": turn.typed,
+        "barge_in": turn.barge_in,
+        "code": turn.failure or "UNKNOWN",
+    }
+
+
 @dataclass
 class LevelResult:
     """One level of a sweep: `sessions` concurrent users, each running the scenario's turns."""
@@ -75,6 +85,7 @@ class LevelResult:
     barge_in_stop: Latencies = field(default_factory=Latencies)
     underrun_ms: float = 0.0
     audio_ms: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # each failed turn: where to look in the logs
 
     @classmethod
     def from_sessions(cls, sessions: int, records: list[SessionRecord], duration_s: float) -> LevelResult:
@@ -84,6 +95,8 @@ class LevelResult:
                 result.sessions_refused[record.refused] += 1
             for turn in record.turns:
                 result.add(turn)
+                if not turn.ok:
+                    result.failures.append(_failure(record, turn))
         return result
 
     def add(self, turn: TurnRecord) -> None:
@@ -119,6 +132,7 @@ class LevelResult:
             "barge_in_stop_ms": self.barge_in_stop.summary((0.5, 0.95)),
             "barge_ins": self.barge_in_stop.count,
             "duration_s": round(self.duration_s, 2),
+            "failures": self.failures,
         }
 
     def write_locust_csv(self, prefix: Path) -> list[Path]:

@@ -91,6 +91,7 @@ class TurnRecord:
 class SessionRecord:
     turns: list[TurnRecord] = field(default_factory=list)
     refused: str = ""  # the status code when the session never started
+    session_id: str = ""  # the server's (SessionStarted), to find a failed turn in the services' logs
 
 
 @dataclass
@@ -306,6 +307,7 @@ class SimulatedUser:
                 now = time.monotonic()
                 kind = event.WhichOneof("event")
                 if kind == "session_started":
+                    self.record.session_id = event.session_started.session_id
                     self.session_started.set()
                 elif kind == "turn_event":
                     await self._on_turn_event(event.turn_event, replies, now)
