@@ -2,8 +2,9 @@
 # The README's sweep: for batching off and on, start `minmo up` (tiny unless CONFIG says otherwise), run
 # `minmo load` at 1,2,4,8 sessions and `--find-capacity`, and keep the JSON, the plots and Locust CSVs in OUT.
 # Usage: loadtests/sweep.sh [OUT_DIR]
-# env: CONFIG, PORT, TURNS, LEVELS, SLO_MS, SLO_METRIC (client|server), MAX_SESSIONS, LABEL, BATCH (e.g. 8), SWEEP=0
-# (SWEEP=0: only the capacity search)
+# env: CONFIG, PORT, TURNS, LEVELS, SLO_MS, SLO_METRIC (client|server), MAX_GROWTH (the capacity's p95 within this
+# factor of the 1-session p95, so admitted sessions keep their latency; 0: the SLO alone), MAX_SESSIONS, LABEL,
+# BATCH (e.g. 8), MODES ("off on", or one of them), SWEEP=0 (only the capacity search)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-loadtests/results}"
@@ -13,12 +14,13 @@ TURNS="${TURNS:-2}"
 LEVELS="${LEVELS:-1,2,4,8}"
 SLO_MS="${SLO_MS:-1000}"
 SLO_METRIC="${SLO_METRIC:-client}"
+MAX_GROWTH="${MAX_GROWTH:-1.2}"
 MAX_SESSIONS="${MAX_SESSIONS:-16}"
 LABEL="${LABEL:-$CONFIG, $(nproc) cores}"
 MINMO="${MINMO:-.venv/bin/minmo}"
 mkdir -p "$OUT"
-for batch in 1 "${BATCH:-8}"; do
-    mode=$([ "$batch" = 1 ] && echo off || echo on)
+for mode in ${MODES:-off on}; do
+    batch=$([ "$mode" = off ] && echo 1 || echo "${BATCH:-8}")
     MINMO_BATCH_MAX_SIZE=$batch MINMO_MAX_SESSIONS=64 setsid "$MINMO" up --config "$CONFIG" --port "$PORT" \
         > "$OUT/stack-batching-$mode.log" 2>&1 &
     stack=$!
@@ -29,7 +31,7 @@ for batch in 1 "${BATCH:-8}"; do
         --plot "$OUT/sweep-batching-$mode.png" --csv "$OUT/locust-batching-$mode" --label "$LABEL, batching $mode" \
         || echo "no turn answered at any level (batching $mode)"
     "$MINMO" load "${common[@]}" --find-capacity --slo-ms "$SLO_MS" --slo-metric "$SLO_METRIC" \
-        --max-sessions "$MAX_SESSIONS" --json "$OUT/capacity-batching-$mode.json" \
+        --max-growth "$MAX_GROWTH" --max-sessions "$MAX_SESSIONS" --json "$OUT/capacity-batching-$mode.json" \
         --plot "$OUT/capacity-batching-$mode.png" --label "$LABEL, batching $mode" \
         || echo "no turn answered in the capacity search (batching $mode)"
     kill -TERM -- -"$stack" 2>/dev/null || true

@@ -269,6 +269,9 @@ def load(
     find_capacity: Annotated[bool, typer.Option(help="search the most sessions whose p95 meets --slo-ms")] = False,
     slo_ms: Annotated[float, typer.Option(help="p95 end of speech -> first audio SLO for --find-capacity")] = 1000.0,
     max_sessions: Annotated[int, typer.Option(min=1, help="--find-capacity stops here")] = 64,
+    max_growth: Annotated[float, typer.Option(min=0, help="--find-capacity: a level's p95 must also stay within this "
+                                              "factor of the 1-session p95 (admitted sessions keep their latency); "
+                                              "0: the SLO alone")] = 0.0,
     slo_metric: Annotated[str, typer.Option(help="client: from the user's last speech sample; server: from duplex's "
                                             "end-of-speech decision (its LatencyReport)")] = "client",
     barge_in_share: Annotated[float, typer.Option(min=0, max=1, help="share of turns that barge in")] = 0.25,
@@ -302,6 +305,7 @@ def load(
         find_capacity=find_capacity,
         slo_ms=slo_ms,
         slo_metric=slo_metric,
+        max_growth=max_growth or None,
         max_sessions=max_sessions,
         label=label,
     )

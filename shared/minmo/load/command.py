@@ -26,6 +26,7 @@ class LoadOptions:
     find_capacity: bool = False
     slo_ms: float = 1000.0
     slo_metric: str = "client"
+    max_growth: float | None = None  # --find-capacity: p95 within this factor of the 1-session p95 too
     max_sessions: int = 64
     label: str = ""  # what was measured (machine, config), written into the JSON and the plot's title
 
@@ -51,11 +52,21 @@ def load_command(options: LoadOptions) -> int:
     report: dict = {"server": options.plan.server, "label": options.label, "scenario": _scenario(options.plan)}
     if options.find_capacity:
         search = asyncio.run(
-            find_capacity(options.plan, options.slo_ms, options.max_sessions, utterances, progress, options.slo_metric)
+            find_capacity(
+                options.plan,
+                options.slo_ms,
+                options.max_sessions,
+                utterances,
+                progress,
+                options.slo_metric,
+                options.max_growth,
+            )
         )
         results = search.levels
         report |= search.to_json()
         what = f"p95 first audio ({options.slo_metric}) <= {options.slo_ms:g} ms"
+        if options.max_growth is not None:
+            what += f" and <= {options.max_growth:g}x its 1-session p95 ({search.limit_ms():.0f} ms)"
         console.print(f"capacity at {what}: [bold]{search.capacity}[/] sessions")
     else:
         results = asyncio.run(sweep(options.plan, options.levels, utterances, progress))

@@ -18,7 +18,7 @@ import numpy as np
 
 from minmo.audio.synthetic import utterance
 from minmo.client.wav import FALLBACK_INPUT_RATE, load_wav
-from minmo.load.stats import LevelResult
+from minmo.load.stats import Latencies, LevelResult
 from minmo.load.user import (
     CLIENT_TIMEOUT,
     SAMPLE_RATE,
@@ -114,22 +114,45 @@ def meets_slo(result: LevelResult, slo_ms: float, metric: str = "client") -> boo
     """Every session admitted, every turn answered, and p95 end of speech -> first audio within the SLO: as the
     user felt it (`client`: from the last speech sample, so it includes the server's endpointing silence), or as
     the server reported it (`server`: from duplex's end-of-speech decision)."""
-    latencies = result.first_audio if metric == "client" else result.server_first_audio
-    p95 = latencies.percentile(0.95)
+    p95 = _latencies(result, metric).percentile(0.95)
     clean = not result.turns_failed and not result.sessions_refused
     return clean and p95 is not None and p95 <= slo_ms
 
 
 @dataclass
 class CapacitySearch:
+    """The search's state. With `max_growth`, a level must also keep its p95 within that factor of the 1-session
+    p95 (the unloaded baseline, the search's first level): the capacity is then a count at which admitted sessions
+    keep their latency, which is what admission at capacity promises."""
+
     slo_ms: float
     metric: str = "client"
+    max_growth: float | None = None
     capacity: int = 0  # the largest session count that met the SLO (0: not even one session)
     levels: list[LevelResult] = field(default_factory=list)
 
+    @property
+    def baseline_p95_ms(self) -> float | None:
+        one = next((result for result in self.levels if result.sessions == 1), None)
+        return None if one is None else _latencies(one, self.metric).percentile(0.95)
+
+    def limit_ms(self) -> float:
+        """The p95 a level must meet: the SLO, or less when `max_growth` x the baseline is lower."""
+        baseline = self.baseline_p95_ms
+        if self.max_growth is None or baseline is None:
+            return self.slo_ms
+        return min(self.slo_ms, self.max_growth * baseline)
+
     def to_json(self) -> dict:
         levels = [result.to_json() for result in self.levels]
-        return {"slo_ms": self.slo_ms, "slo_metric": self.metric, "capacity_sessions": self.capacity, "levels": levels}
+        report = {"slo_ms": self.slo_ms, "slo_metric": self.metric, "capacity_sessions": self.capacity}
+        if self.max_growth is not None:
+            report |= {"max_growth": self.max_growth, "baseline_p95_ms": self.baseline_p95_ms}
+        return report | {"limit_ms": self.limit_ms(), "levels": levels}
+
+
+def _latencies(result: LevelResult, metric: str) -> Latencies:
+    return result.first_audio if metric == "client" else result.server_first_audio
 
 
 async def find_capacity(
@@ -139,10 +162,12 @@ async def find_capacity(
     utterances: list[Utterance],
     progress: Callable[[LevelResult], None],
     metric: str = "client",
+    max_growth: float | None = None,
 ) -> CapacitySearch:
     """Double the session count until a level misses the SLO (or `max_sessions`), then bisect between the last
-    level that met it and the first that did not. At most ~2·log2(max_sessions) levels."""
-    search = CapacitySearch(slo_ms, metric)
+    level that met it and the first that did not. At most ~2·log2(max_sessions) levels. `max_growth`: see
+    `CapacitySearch`."""
+    search = CapacitySearch(slo_ms, metric, max_growth)
 
     async def meets(sessions: int) -> bool:
         if search.levels:
@@ -150,7 +175,7 @@ async def find_capacity(
         result = await run_level(plan, sessions, utterances)
         progress(result)
         search.levels.append(result)
-        return meets_slo(result, slo_ms, metric)
+        return meets_slo(result, search.limit_ms(), metric)
 
     good, bad = 0, None
     sessions = 1

@@ -13,6 +13,7 @@ messages) stays in the logs. The codes clients can get are listed in the README 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import uuid
@@ -129,8 +130,9 @@ class StatusGuard(grpc.aio.ServerInterceptor):
 
             async def streaming(request, context: grpc.aio.ServicerContext):
                 try:
-                    async for response in behaviour(prepared(request), context):
-                        yield response
+                    async with contextlib.aclosing(behaviour(prepared(request), context)) as responses:
+                        async for response in responses:  # closed with this one: its `finally` runs now
+                            yield response
                 except BaseException as error:
                     await _answer(error, context, what)
 
@@ -146,8 +148,9 @@ class StatusGuard(grpc.aio.ServerInterceptor):
 
 
 async def _answer(error: BaseException, context: grpc.aio.ServicerContext, what: str) -> None:
-    """Re-raise what is already a proper ending; abort with a documented status otherwise."""
-    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+    """Re-raise what is already a proper ending; abort with a documented status otherwise. GeneratorExit is grpc
+    closing a stream handler whose client went away: there is no one to answer, and it is no failure."""
+    if isinstance(error, asyncio.CancelledError | GeneratorExit | KeyboardInterrupt | SystemExit):
         raise error
     if isinstance(error, grpc.aio.BaseError) and not isinstance(error, grpc.aio.AbortError):
         raise error  # the call itself broke (server stopping, client gone): there is no one to answer
