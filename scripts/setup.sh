@@ -12,9 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # System packages: chromium for the web page's browser test (driven by the playwright wheel, which downloads no
-# browser), PortAudio for `minmo chat --mic` (sounddevice). Installed when missing and we may (root + apt-get).
+# browser), PortAudio for `minmo chat --mic` (sounddevice), espeak-ng and flite for the training data's voices
+# (the held-out voices are theirs; piper alone has none to hold out). Installed when missing and we may (root +
+# apt-get).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v flite >/dev/null 2>&1 || missing+=(flite)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
 if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
