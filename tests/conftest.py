@@ -2,6 +2,10 @@
 
 Tests never use a fake Redis. Each test gets its own key prefix, so tests stay independent without
 flushing a database another test may be using.
+
+Every stack a test starts (in process, or `minmo up` and other subprocesses, which inherit the environment) runs
+unpaced, MINMO_AUDIO_LEAD_MS=0: tiny's replies are 19 s of audio, and paced they would take that long to arrive.
+tests/stack/test_pacing.py sets its own lead.
 """
 
 import uuid
@@ -11,6 +15,13 @@ import pytest
 import redis.asyncio
 
 from minmo.session.embedded import EmbeddedRedis
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unpaced_stacks() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINMO_AUDIO_LEAD_MS", "0")
+        yield
 
 
 @pytest.fixture(scope="session")
