@@ -29,12 +29,17 @@ def _is_audio(event: conversation_pb2.ServerEvent) -> bool:
     return event.HasField("audio_output")
 
 
-@pytest.mark.parametrize("component", ["voicelm", "vocoder"])
-async def test_a_speech_hop_lost_while_the_reply_plays_continues_from_the_log(stack, component, caplog):
+PACED = {"MINMO_AUDIO_LEAD_MS": "1000", "MINMO_MAX_RESPONSE_TOKENS": "6"}  # a 4.8 s reply, fed 1 s ahead
+
+
+@pytest.mark.parametrize(
+    ("component", "duplex_env"), [("voicelm", {}), ("vocoder", {}), ("voicelm", PACED), ("vocoder", PACED)]
+)
+async def test_a_speech_hop_lost_while_the_reply_plays_continues_from_the_log(stack, component, duplex_env, caplog):
     caplog.set_level(logging.WARNING, logger="minmo.duplex.speech_hops")
     for name in ("encoder", "llm", "voicelm", "vocoder", component):
         await stack.start_model_service(name, MINMO_GRACE_S="0")
-    await stack.start_duplex()
+    await stack.start_duplex(**duplex_env)
     _, stub = stack.conversation()
     call = stub.Converse()
     await call.write(_config(output_sample_rate_hz=RATE_HZ))

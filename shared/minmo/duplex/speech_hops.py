@@ -291,6 +291,8 @@ class SpeechHops:
         read = self._read_voicelm if hop is self.voicelm else self._read_vocoder
         hop.reader = asyncio.create_task(read(call), name=f"{hop.name}-reader")
         await (self._feed_voicelm() if hop is self.voicelm else self._feed_vocoder())
+        if hop is self.vocoder:  # the pump stopped looking while the hop had no call: tokens may still be held back
+            self._tokens_ready.set()
 
     async def _fail_over(self, broken: _Broken) -> None:
         """Reopen the broken hop on another replica; raises what broke it when that is not to be retried or no
