@@ -39,7 +39,7 @@ class DuplexSettings:
     comma-separated list, or dns:///name:port for a headless Service). REDIS_URL (unset: embedded Redis).
     MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
     MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls), MINMO_AUDIO_LEAD_MS (how far the
-    vocoder may work ahead of the client's real-time playback; 0: no pacing, every reply synthesised at once),
+    vocoder and voicelm may work ahead of the client's real-time playback; 0: no pacing, every reply made at once),
     MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
     (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
     MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth); each

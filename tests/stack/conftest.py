@@ -45,14 +45,7 @@ class InProcessStack:
             f"MINMO_{name.upper()}_ADDR": ",".join(f"127.0.0.1:{host.port}" for host in self.hosts[name])
             for name in MODEL_SERVICES
         }
-        variables = {
-            "MINMO_PORT": "0",
-            "MINMO_CONFIG": "tiny",
-            "REDIS_URL": self.redis_url,
-            "MINMO_AUDIO_LEAD_MS": "0",  # no pacing: tiny's 19 s replies arrive at once (test_pacing.py paces)
-            **peers,
-            **env,
-        }
+        variables = {"MINMO_PORT": "0", "MINMO_CONFIG": "tiny", "REDIS_URL": self.redis_url, **peers, **env}
         with pytest.MonkeyPatch.context() as patch:
             for key, value in variables.items():
                 patch.setenv(key, value)

@@ -185,7 +185,6 @@ class ProbeSession:
         self.listen = listen
         self.session_id = ""
         self.turns: list[TurnOutcome] = []
-        self.audio_at: list[float] = []  # time.monotonic() of every audio chunk received
         self.lost: str | None = None  # the status that ended the stream, if it ended
 
     async def open(self) -> None:
@@ -225,7 +224,6 @@ class ProbeSession:
 
     def _arrived(self, audio: conversation_pb2.AudioOutput, turn: TurnOutcome) -> None:
         now = time.monotonic()
-        self.audio_at.append(now)
         turn.audio_at.append(now)
         duration_s = len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1)
         turn.playback_end = max(turn.playback_end, now) + duration_s
