@@ -43,7 +43,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     ) -> AsyncIterator[vocoder_pb2.VocodeResponse]:
         async with self.limiter.admit(context):
             config = await self._read_config(request_iterator, context)
-            stream = _VocoderStream(self.runtime, context, await _voice_inputs(config.voice, context))
+            turn_start = {**await _voice_inputs(config.voice, context), **_resume_input(config)}
+            stream = _VocoderStream(self.runtime, context, turn_start, config.resume_at_sample)
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
             try:
                 with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
@@ -69,7 +70,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
                 await stream.end()
 
     def _record(self, hop: HopSpan, stream: _VocoderStream) -> None:
-        audio_ms = 1000 * stream.samples / VOCODER_SAMPLE_RATE
+        audio_ms = 1000 * (stream.samples - stream.first_sample) / VOCODER_SAMPLE_RATE  # what this stream made
         rtf = stream.compute_ms / audio_ms if audio_ms else None
         hop.set(
             first_chunk_ms=stream.first_chunk_ms if stream.chunks else None,
@@ -94,6 +95,11 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"sample_rate_hz must be {VOCODER_SAMPLE_RATE} (or 0 for {VOCODER_SAMPLE_RATE}; duplex resamples), "
                 f"got {first.config.sample_rate_hz}",
+            )
+        if first.config.resume_at_sample < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"resume_at_sample must be >= 0 (0: a new turn), got {first.config.resume_at_sample}",
             )
         return first.config
 
@@ -137,19 +143,29 @@ async def _voice_inputs(voice: vocoder_pb2.VoiceConditioning, context: grpc.aio.
     return inputs
 
 
+def _resume_input(config: vocoder_pb2.VocodeConfig) -> TensorMap:
+    """A failover's resume point as the model's `resume_samples` input (none for a new turn)."""
+    return {"resume_samples": torch.tensor([config.resume_at_sample])} if config.resume_at_sample else {}
+
+
 class _VocoderStream:
     """One turn's token count, sample position, timings and its sequence in the runtime (which keeps the caches).
-    The turn's voice conditioning goes with the first chunk only: the runtime's state carries it after that."""
+    The turn's start inputs (voice conditioning, a failover's resume point) go with the first chunk only: the
+    runtime's state carries them after that."""
 
-    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, voice: TensorMap) -> None:
+    def __init__(
+        self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, turn_start: TensorMap, first_sample: int
+    ) -> None:
+        """`first_sample`: where the stream's audio starts in the turn (a resumed stream's resume point, else 0)."""
         self.runtime = runtime
         self.context = context
-        self.voice = voice
+        self.turn_start = turn_start
         self.sequence_id = uuid.uuid4().hex
         self.started = False
         self.ended = False
         self.tokens = 0
-        self.samples = 0
+        self.first_sample = first_sample
+        self.samples = first_sample  # the turn's samples before the next chunk
         self.chunks = 0
         self.compute_ms = 0.0
         self.first_tokens_at: float | None = None
@@ -162,9 +178,9 @@ class _VocoderStream:
             self.first_tokens_at = started
         try:
             sequence = Sequence(self.sequence_id, start=not self.started, end=flush)
-            voice = self.voice if not self.started else {}
+            turn_start = self.turn_start if not self.started else {}
             self.started = True  # from here on the runtime may hold state for it: `end` drops it
-            inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **voice}
+            inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **turn_start}
             outputs = await self.runtime.infer(MODEL, inputs, sequence)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -175,7 +191,7 @@ class _VocoderStream:
         pcm = outputs["pcm"]
         if pcm.shape[0] == 0:
             return None
-        if self.samples == 0 and self.first_tokens_at is not None:
+        if self.chunks == 0 and self.first_tokens_at is not None:
             self.first_chunk_ms = 1000 * (time.perf_counter() - self.first_tokens_at)
         start, self.samples = self.samples, self.samples + pcm.shape[0]
         self.chunks += 1

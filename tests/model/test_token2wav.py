@@ -34,8 +34,8 @@ def _tokens(cfg: MinMoConfig, batch: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _stream(model: Token2Wav, tokens: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    state, outputs, start = model.init_state(tokens.shape[0]), [], 0
+def _stream(model: Token2Wav, tokens: torch.Tensor, sizes: list[int], resume_samples: int = 0) -> list[torch.Tensor]:
+    state, outputs, start = model.init_state(tokens.shape[0], resume_samples=resume_samples), [], 0
     for size in sizes:
         pcm, state = model.step(tokens[:, start : start + size], state)
         outputs.append(pcm)
@@ -71,3 +71,33 @@ def test_state_round_trip_gives_identical_next_step(model: Token2Wav, cfg: MinMo
     actual, _ = model.step(tokens[:, 45:], restored)
     assert expected.shape[1] > 0
     assert torch.equal(actual, expected)
+
+
+
+@pytest.mark.parametrize(
+    ("sizes", "resume_samples"),
+    [([75], 24_000), ([15] * 5, 24_000), ([4, 29, 0, 42], 30_000 + 123), ([15] * 5, 71_500), ([15] * 5, 72_000)],
+    ids=["one-message", "15s", "mid-frame", "in-the-flush", "at-the-end"],
+)
+def test_a_resumed_stream_is_the_unbroken_streams_rest(
+    model: Token2Wav, cfg: MinMoConfig, sizes: list[int], resume_samples: int
+) -> None:
+    """A failover's vocoder: fed every token again, it gives only the audio from the resume point on."""
+    tokens = _tokens(cfg)
+    whole = torch.cat(_stream(model, tokens, [15] * 5), dim=1)
+    resumed = torch.cat(_stream(model, tokens, sizes, resume_samples), dim=1)
+    torch.testing.assert_close(resumed, whole[:, resume_samples:], **TOLERANCE)
+
+
+def test_a_resumed_stream_passes_over_the_audio_the_listener_has(model: Token2Wav, cfg: MinMoConfig) -> None:
+    """The vocoder's generator is not run again on what is passed over: only the frames from a context window before
+    the resume point are vocoded, so resuming late in a turn costs about what a chunk costs."""
+    tokens = _tokens(cfg)
+    calls: list[int] = []
+    hook = model.hift.conv_pre.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[2]))
+    try:
+        _stream(model, tokens, [75], resume_samples=60_000)
+    finally:
+        hook.remove()
+    frames = TOKENS * cfg.flow.token_mel_ratio
+    assert sum(calls) < frames - 60_000 // cfg.hift.samples_per_frame + 4 * model.hift.context_frames, calls

@@ -46,9 +46,11 @@ async def vocoder_stub(request):
         await host.stop()
 
 
-def _config(rate: int = 24000) -> vocoder_pb2.VocodeRequest:
+def _config(rate: int = 24000, resume_at_sample: int = 0) -> vocoder_pb2.VocodeRequest:
     return vocoder_pb2.VocodeRequest(
-        config=vocoder_pb2.VocodeConfig(session_id="s1", turn_id="t1", sample_rate_hz=rate)
+        config=vocoder_pb2.VocodeConfig(
+            session_id="s1", turn_id="t1", sample_rate_hz=rate, resume_at_sample=resume_at_sample
+        )
     )
 
 
@@ -111,6 +113,30 @@ async def test_streamed_pcm_equals_offline_token2wav_and_arrives_before_flush(vo
     assert all(c.compute_ms > 0 for c in chunks)
 
 
+async def _whole_turn(stub, ids: list[int], resume_at_sample: int = 0) -> tuple[list[vocoder_pb2.PcmChunk], int]:
+    """Every chunk of one Vocode call fed `ids` in the voice LM's blocks, and VocodeDone's total_samples."""
+    requests = [_config(resume_at_sample=resume_at_sample)]
+    requests += [_tokens(ids[first : first + BLOCK], first) for first in range(0, len(ids), BLOCK)]
+    responses = [response async for response in stub.Vocode(iter([*requests, _flush(len(ids))]))]
+    return [response.pcm_chunk for response in responses[:-1]], responses[-1].vocode_done.total_samples
+
+
+async def test_a_resumed_turn_starts_at_its_resume_point_with_the_unbroken_turns_audio(vocoder_stub):
+    """A failover's Vocode call: every token again, but only the audio the caller does not have yet."""
+    stub, _ = vocoder_stub
+    ids = _speech_tokens()
+    whole, whole_total = await _whole_turn(stub, ids)
+    resume = SECOND + 1234  # mid-chunk, mid-frame
+    resumed, total = await _whole_turn(stub, ids, resume_at_sample=resume)
+    assert resumed[0].start_sample == resume, "the first chunk starts at the resume point"
+    assert [c.start_sample for c in resumed[1:]] == [
+        c.start_sample + len(c.audio) // 2 for c in resumed[:-1]
+    ], "then chunk after chunk with no gap"
+    expected = np.concatenate([_samples(c) for c in whole])[resume:]
+    assert np.abs(np.concatenate([_samples(c) for c in resumed]) - expected).max() <= 1
+    assert total == whole_total == TOKENS * SAMPLES_PER_TOKEN, "VocodeDone counts the whole turn"
+
+
 async def _status_of(stub, requests) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         async for _ in stub.Vocode(iter(requests)):
@@ -121,6 +147,7 @@ async def _status_of(stub, requests) -> tuple[grpc.StatusCode, str]:
 BAD_INPUTS = {
     "tokens-before-config": ([_tokens([1, 2, 3])], grpc.StatusCode.INVALID_ARGUMENT, "config"),
     "wrong-sample-rate": ([_config(16000)], grpc.StatusCode.INVALID_ARGUMENT, "24000"),
+    "negative-resume": ([_config(resume_at_sample=-1)], grpc.StatusCode.INVALID_ARGUMENT, "resume_at_sample"),
     "id-too-large": ([_config(), _tokens([5, 6561])], grpc.StatusCode.INVALID_ARGUMENT, "[0, 6561)"),
     "negative-id": ([_config(), _tokens([-1])], grpc.StatusCode.INVALID_ARGUMENT, "[0, 6561)"),
     "too-many-tokens": ([_config(), _tokens([0] * (MAX_TOKENS + 1))], grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),

@@ -1,8 +1,9 @@
 """A voicelm or vocoder replica that dies while the user is hearing a reply: only that hop is reopened on another
 replica, and it continues from what duplex logged (issue 13, turn-level failover). A new voicelm goes on after the
-speech tokens already produced; a new vocoder re-runs the logged speech tokens and duplex drops the samples the
-client already has. The client hears the rest of the reply once: its audio chunks follow each other without a gap or
-an overlap, no error, one RESPONSE_DONE, and the history has the whole reply."""
+speech tokens already produced; a new vocoder is fed the logged speech tokens and resumes at the sample the client
+has (VocodeConfig.resume_at_sample), passing over the audio before it. The client hears the rest of the reply once:
+its audio chunks follow each other without a gap or an overlap, no error, one RESPONSE_DONE, and the history has
+the whole reply."""
 
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ whole log first and then the rest as it arrives. When a hop breaks mid-turn (its
 - voicelm: a new Synthesize call is told the speech tokens the turn already has (`prefix_speech_tokens`) and is fed
   every position again; it reads those tokens in place of its own draws and sends only what follows, numbered on.
   The vocoder call stays open and simply receives the rest: nothing is synthesised twice, nothing heard again.
-- vocoder: a new Vocode call is fed the logged speech tokens (its flow and HiFT caches are rebuilt from them; the
-  flow's noise is fixed by mel frame, so the audio comes out the same) and the samples the client already has are
-  dropped; voicelm goes on undisturbed.
+- vocoder: a new Vocode call is fed the logged speech tokens (its flow caches are rebuilt from them; the flow's
+  noise is fixed by mel frame, so the audio comes out the same) and told to resume at the sample the client has
+  (`resume_at_sample`): the vocoder passes over the audio before it instead of synthesising it again, so a failover
+  late in a long reply costs about one chunk; anything a chunk repeats is dropped. voicelm goes on undisturbed.
 Only when no replica takes a hop (`FAILOVER_DELAYS_S` spent) or the turn's deadline passes does the turn fail.
 
 Pacing (`audio_lead_s`): the vocoder, the most expensive hop, is fed speech tokens only as far as `audio_lead_s` of
@@ -239,18 +240,16 @@ class SpeechHops:
             self._report(self.voicelm, call, error)
 
     async def _read_vocoder(self, call: grpc.aio.StreamStreamCall) -> None:
-        """The call's PCM to the client, less the samples it already has (a reopened call starts the turn over)."""
-        skip = self.samples_out
+        """The call's PCM to the client, less any samples it already has (by each chunk's start_sample)."""
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
                 if response.HasField("pcm_chunk"):
                     if self.timings.first_pcm is None:
                         self.timings.first_pcm = now_ms()
                         self._tokens_ready.set()  # the playback clock started: paced tokens may follow
-                    audio = response.pcm_chunk.audio
-                    if skip:
-                        skipped = min(skip, len(audio) // PCM16_BYTES)
-                        audio, skip = audio[skipped * PCM16_BYTES :], skip - skipped
+                    chunk = response.pcm_chunk
+                    known = min(max(self.samples_out - chunk.start_sample, 0), len(chunk.audio) // PCM16_BYTES)
+                    audio = chunk.audio[known * PCM16_BYTES :]
                     if audio:
                         self.samples_out += len(audio) // PCM16_BYTES
                         await self.on_pcm(audio, False)
@@ -284,7 +283,10 @@ class SpeechHops:
                     config.prefix_speech_tokens[:] = self.speech_tokens
                     await call.write(voicelm_pb2.SynthesizeRequest(config=config))
                 else:
-                    await call.write(vocoder_pb2.VocodeRequest(config=self.configs[VOCODER]))
+                    config = vocoder_pb2.VocodeConfig()
+                    config.CopyFrom(self.configs[VOCODER])
+                    config.resume_at_sample = self.samples_out
+                    await call.write(vocoder_pb2.VocodeRequest(config=config))
             except HOP_ERRORS:
                 call.cancel()
                 raise

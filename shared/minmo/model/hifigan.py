@@ -196,6 +196,12 @@ class HiFiGAN(nn.Module):
         """End of stream: the frames held back."""
         return self._advance(state.mel[:, :, :0], state, final=True)
 
+    def skip(self, mel: torch.Tensor, state: HiFiGANState, samples: int) -> tuple[torch.Tensor, HiFiGANState, int]:
+        """Passes over nothing (`HiFT.skip`'s contract): the generator's context and the resampler's taps are only
+        rebuilt by vocoding, so a resumed stream vocodes from its start and `Token2Wav` leaves out what the listener
+        has. Returns the mel untouched, the state, and 0 samples passed over."""
+        return mel, state, 0
+
     def _advance(self, mel: torch.Tensor, state: HiFiGANState, final: bool) -> tuple[torch.Tensor, HiFiGANState]:
         held = torch.cat([state.mel, mel.to(state.mel.dtype)], dim=2)
         received = state.received + mel.shape[2]

@@ -325,6 +325,19 @@ class HiFT(nn.Module):
             return self._kept(mel, state)
         return self._vocode([mel], [state], [ready], final)[0]
 
+    def skip(self, mel: torch.Tensor, state: HiFTState, samples: int) -> tuple[torch.Tensor, HiFTState, int]:
+        """Take in `mel` (B, M, T) and pass over up to `samples` samples without vocoding them (a resumed stream: the
+        listener has that audio). Only the F0 and source of the passed frames are computed (the harmonics' phase runs
+        on through them); the generator, most of the cost, never sees them, and the frames after come out as in an
+        unbroken stream (within float tolerance). Whole frames whose right context has arrived are passed over.
+        Returns the mel not taken in (none), the state, and the samples passed over."""
+        window, ready = self._plan(mel, state, final=False)
+        target = min(state.emitted + samples // self.cfg.samples_per_frame, ready)
+        if target <= state.emitted:
+            return mel[:, :, :0], self._kept(window, state)[1], 0
+        _, passed = self._vocode([window], [state], [target], final=False, decode=False)[0]
+        return mel[:, :, :0], passed, (target - state.emitted) * self.cfg.samples_per_frame
+
     def _plan(self, new_mel: torch.Tensor, state: HiFTState, final: bool) -> tuple[torch.Tensor, int]:
         """The window's mel with the new frames, and the frames ready to emit (all if final)."""
         mel = torch.cat([state.mel, new_mel.to(state.mel.dtype)], dim=2)
@@ -338,10 +351,11 @@ class HiFT(nn.Module):
         return mel.new_zeros(mel.shape[0], 0), kept
 
     def _vocode(
-        self, mels: list[torch.Tensor], states: list[HiFTState], ready: list[int], final: bool
+        self, mels: list[torch.Tensor], states: list[HiFTState], ready: list[int], final: bool, decode: bool = True
     ) -> list[tuple[torch.Tensor, HiFTState]]:
         """Vocode the windows of streams whose windows have the same shape (`step_rows`' groups) as one batch:
-        each stream's own source noise (keyed by its absolute samples) and phase; the pcm and state of each."""
+        each stream's own source noise (keyed by its absolute samples) and phase; the pcm and state of each.
+        decode=False (`skip`) computes the state only: no pcm (B, 0)."""
         spf = self.cfg.samples_per_frame
         first = states[0]
         offset = first.emitted - first.first_frame  # context frames in every window
@@ -355,7 +369,7 @@ class HiFT(nn.Module):
         previous = torch.cat([state.centre_phase for state in states]) if first.emitted else None
         source, centres = self.source(f0, previous, final, noise)
         source = torch.cat([torch.cat([state.source for state in states]), source], dim=1)
-        pcm = self.decode(mel, source)[:, offset * spf : end * spf]
+        pcm = self.decode(mel, source)[:, offset * spf : end * spf] if decode else source[:, :0]
         kept = max(end - self.context_frames, 0)  # the window's first frame the next window still needs
         splits = (tensor.split(sizes) for tensor in (pcm, mel, source, centres))
         rows = zip(*splits, states, ready, strict=True)

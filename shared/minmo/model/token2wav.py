@@ -28,6 +28,7 @@ class Token2WavState(StreamState):
 
     flow: FlowMatchingState
     hift: HiFTState | HiFiGANState  # the vocoder's state (HiFT, or HiFi-GAN for `nano`)
+    skip_samples: int = 0  # a resumed stream's next samples, left out: the listener has them
 
 
 class Token2Wav(nn.Module):
@@ -60,17 +61,24 @@ class Token2Wav(nn.Module):
         speaker: torch.Tensor | None = None,
         prompt_tokens: torch.Tensor | None = None,
         prompt_mel: torch.Tensor | None = None,
+        resume_samples: int = 0,
     ) -> Token2WavState:
-        """A fresh stream; speaker and voice prompt as in `FlowMatching.init_state`."""
+        """A fresh stream; speaker and voice prompt as in `FlowMatching.init_state`. `resume_samples` > 0 resumes a
+        stream that broke (a failover): it is still given every token from the first, since each chunk's mel
+        depends on all the tokens before it, but its PCM starts at that sample, and the vocoder passes over what it
+        can of the audio before it (`HiFT.skip`) instead of vocoding it again."""
         return Token2WavState(
-            self.flow.init_state(batch, speaker, prompt_tokens, prompt_mel), self.hift.init_state(batch)
+            self.flow.init_state(batch, speaker, prompt_tokens, prompt_mel), self.hift.init_state(batch), resume_samples
         )
 
     def step(self, tokens: torch.Tensor, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
-        """tokens: (B, n), any n >= 0 -> the PCM (B, S) that became final (S a multiple of 960), new state."""
+        """tokens: (B, n), any n >= 0 -> the PCM (B, S) that became final (S a multiple of 960 unless resumed mid
+        token), new state."""
         mel, flow_state = self.flow.step(tokens, state.flow)
-        pcm, hift_state = self.hift.step(mel.float(), state.hift)
-        return pcm, Token2WavState(flow_state, hift_state)
+        mel, hift_state, skip = self._pass_over(mel.float(), state)
+        pcm, hift_state = self.hift.step(mel, hift_state)
+        pcm, skip = _leave_out(pcm, skip)
+        return pcm, Token2WavState(flow_state, hift_state, skip)
 
     def step_rows(
         self, tokens: list[torch.Tensor], states: list[Token2WavState]
@@ -78,18 +86,32 @@ class Token2Wav(nn.Module):
         """`step` for independent streams (tokens[b] (1, n_b), each state a batch of one) as batched forwards: the
         flow's chunks padded and masked, the vocoder's windows grouped by shape (HiFT; HiFi-GAN row by row)."""
         flow = self.flow.step_rows(tokens, [state.flow for state in states])
-        vocoded = rows_of(self.hift)([mel.float() for mel, _ in flow], [state.hift for state in states])
-        return [
-            (pcm, Token2WavState(flow_state, hift_state))
-            for (_, flow_state), (pcm, hift_state) in zip(flow, vocoded, strict=True)
-        ]
+        passed = [self._pass_over(mel.float(), state) for (mel, _), state in zip(flow, states, strict=True)]
+        vocoded = rows_of(self.hift)([mel for mel, _, _ in passed], [hift_state for _, hift_state, _ in passed])
+        results = []
+        for (_, flow_state), (pcm, hift_state), (_, _, skip) in zip(flow, vocoded, passed, strict=True):
+            pcm, skip = _leave_out(pcm, skip)
+            results.append((pcm, Token2WavState(flow_state, hift_state, skip)))
+        return results
 
     def flush(self, state: Token2WavState) -> tuple[torch.Tensor, Token2WavState]:
         """End of stream: the rest of the PCM."""
         mel, flow_state = self.flow.flush(state.flow)
-        pcm, hift_state = self.hift.step(mel.float(), state.hift)
+        mel, hift_state, skip = self._pass_over(mel.float(), state)
+        pcm, hift_state = self.hift.step(mel, hift_state)
         tail, hift_state = self.hift.flush(hift_state)
-        return torch.cat([pcm, tail], dim=1), Token2WavState(flow_state, hift_state)
+        pcm, skip = _leave_out(torch.cat([pcm, tail], dim=1), skip)
+        return pcm, Token2WavState(flow_state, hift_state, skip)
+
+    def _pass_over(
+        self, mel: torch.Tensor, state: Token2WavState
+    ) -> tuple[torch.Tensor, HiFTState | HiFiGANState, int]:
+        """A resumed stream's new mel past the vocoder's `skip`: the mel left to vocode, the vocoder's state, and
+        the samples still to leave out of its PCM."""
+        if not state.skip_samples:
+            return mel, state.hift, 0
+        mel, hift_state, passed = self.hift.skip(mel, state.hift, state.skip_samples)
+        return mel, hift_state, state.skip_samples - passed
 
     def forward(
         self,
@@ -100,3 +122,10 @@ class Token2Wav(nn.Module):
     ) -> torch.Tensor:
         """Offline: tokens (B, N) -> pcm (B, N·960)."""
         return self.hift(self.flow(tokens, speaker, prompt_tokens, prompt_mel).float())
+
+
+def _leave_out(pcm: torch.Tensor, skip: int) -> tuple[torch.Tensor, int]:
+    """The PCM (B, S) less its first `skip` samples (a resumed stream's, which the listener has), and what is
+    still to leave out of later PCM."""
+    dropped = min(skip, pcm.shape[1])
+    return pcm[:, dropped:], skip - dropped

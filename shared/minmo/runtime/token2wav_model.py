@@ -30,7 +30,9 @@ class Token2WavModel(RuntimeModel):
     At the start of a turn, optionally the voice to speak in (CosyVoice 2 zero-shot, see `voice_prompt.py`):
     `speaker` float32 (spk_embed_dim,) x-vector, `prompt_tokens` int64 (P,) the prompt's speech tokens (at most
     MAX_PROMPT_TOKENS) with `prompt_mel` float32 (mel_bins, P * token_mel_ratio), its log-mel. The sequence's
-    state carries the conditioning after its first request, so it is sent once per turn.
+    state carries the conditioning after its first request, so it is sent once per turn. Also at the start, a
+    failover's `resume_samples` int64 (1,): the turn's audio before that sample is not returned (the listener has
+    it; `Token2Wav.init_state`), though the tokens are still sent from the first.
 
     Batching across sessions: with a batcher (`attach_batcher`), `execute` hands its chunk's step to it, and the
     steps of concurrent turns run as batched forwards (`Token2Wav.step_rows`); `execute_batch` does the same for
@@ -79,7 +81,7 @@ class Token2WavModel(RuntimeModel):
 
     def _prepare(self, inputs: TensorMap, state: Token2WavState | None) -> Token2WavStep:
         tokens = self._tokens(inputs)[None].to(self.device)  # (1, N)
-        stream = self.token2wav.init_state(**self._voice(inputs)) if state is None else state
+        stream = self.token2wav.init_state(**self._voice(inputs), **self._resume(inputs)) if state is None else state
         return tokens, stream, flag(inputs, "flush")
 
     def _flush(self, pcm: torch.Tensor, stream: Token2WavState) -> tuple[torch.Tensor, None]:
@@ -116,6 +118,16 @@ class Token2WavModel(RuntimeModel):
             voice["prompt_tokens"] = prompt_tokens[None].to(self.device)
             voice["prompt_mel"] = prompt_mel[None].to(self.device, self.flow_dtype)
         return voice
+
+    @staticmethod
+    def _resume(inputs: TensorMap) -> dict[str, int]:
+        """The turn's `resume_samples` as an `init_state` argument, checked; none when absent."""
+        if "resume_samples" not in inputs:
+            return {}
+        resume = require(inputs, "resume_samples", torch.int64, 1)
+        if resume.shape != (1,) or resume.item() < 0:
+            raise InvalidInput(f"input 'resume_samples' must be one sample index >= 0, got {resume.tolist()}")
+        return {"resume_samples": int(resume.item())}
 
     def _tokens(self, inputs: TensorMap) -> torch.Tensor:
         """The `tokens` input, with every id checked: an out-of-range id would index past the embedding."""

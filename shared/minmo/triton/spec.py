@@ -71,6 +71,7 @@ def model_specs(cfg: MinMoConfig) -> dict[str, ModelSpec]:
                 _t("speaker", torch.float32, (cfg.flow.spk_embed_dim,), optional=True),
                 _t("prompt_tokens", torch.int64, optional=True),
                 _t("prompt_mel", torch.float32, (cfg.flow.mel_bins, VARIABLE), optional=True),
+                _t("resume_samples", torch.int64, (1,), optional=True),
             ),
             (_t("pcm", torch.float32),),
             stateful=True,

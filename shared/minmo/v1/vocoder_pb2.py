@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from minmo.v1 import common_pb2 as minmo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/vocoder.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\x97\x01\n\rVocodeRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.minmo.v1.VocodeConfigH\x00\x12/\n\rspeech_tokens\x18\x02 \x01(\x0b\x32\x16.minmo.v1.SpeechTokensH\x00\x12 \n\x05\x66lush\x18\x03 \x01(\x0b\x32\x0f.minmo.v1.FlushH\x00\x42\t\n\x07request\"\xed\x01\n\x0cVocodeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12?\n\rtrace_context\x18\x03 \x03(\x0b\x32(.minmo.v1.VocodeConfig.TraceContextEntry\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12*\n\x05voice\x18\x05 \x01(\x0b\x32\x1b.minmo.v1.VoiceConditioning\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x11VoiceConditioning\x12+\n\x11speaker_embedding\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x1c\n\x14prompt_speech_tokens\x18\x02 \x03(\x05\x12$\n\nprompt_mel\x18\x03 \x01(\x0b\x32\x10.minmo.v1.Tensor\"\x1d\n\x05\x46lush\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x03\"r\n\x0eVocodeResponse\x12\'\n\tpcm_chunk\x18\x01 \x01(\x0b\x32\x12.minmo.v1.PcmChunkH\x00\x12+\n\x0bvocode_done\x18\x02 \x01(\x0b\x32\x14.minmo.v1.VocodeDoneH\x00\x42\n\n\x08response\"C\n\x08PcmChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x14\n\x0cstart_sample\x18\x02 \x01(\x03\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"O\n\nVocodeDone\x12\x15\n\rtotal_samples\x18\x01 \x01(\x03\x12\x16\n\x0e\x66irst_chunk_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32J\n\x07Vocoder\x12?\n\x06Vocode\x12\x17.minmo.v1.VocodeRequest\x1a\x18.minmo.v1.VocodeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16minmo/v1/vocoder.proto\x12\x08minmo.v1\x1a\x15minmo/v1/common.proto\"\x97\x01\n\rVocodeRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.minmo.v1.VocodeConfigH\x00\x12/\n\rspeech_tokens\x18\x02 \x01(\x0b\x32\x16.minmo.v1.SpeechTokensH\x00\x12 \n\x05\x66lush\x18\x03 \x01(\x0b\x32\x0f.minmo.v1.FlushH\x00\x42\t\n\x07request\"\x87\x02\n\x0cVocodeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12?\n\rtrace_context\x18\x03 \x03(\x0b\x32(.minmo.v1.VocodeConfig.TraceContextEntry\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12*\n\x05voice\x18\x05 \x01(\x0b\x32\x1b.minmo.v1.VoiceConditioning\x12\x18\n\x10resume_at_sample\x18\x06 \x01(\x03\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x11VoiceConditioning\x12+\n\x11speaker_embedding\x18\x01 \x01(\x0b\x32\x10.minmo.v1.Tensor\x12\x1c\n\x14prompt_speech_tokens\x18\x02 \x03(\x05\x12$\n\nprompt_mel\x18\x03 \x01(\x0b\x32\x10.minmo.v1.Tensor\"\x1d\n\x05\x46lush\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x03\"r\n\x0eVocodeResponse\x12\'\n\tpcm_chunk\x18\x01 \x01(\x0b\x32\x12.minmo.v1.PcmChunkH\x00\x12+\n\x0bvocode_done\x18\x02 \x01(\x0b\x32\x14.minmo.v1.VocodeDoneH\x00\x42\n\n\x08response\"C\n\x08PcmChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x14\n\x0cstart_sample\x18\x02 \x01(\x03\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"O\n\nVocodeDone\x12\x15\n\rtotal_samples\x18\x01 \x01(\x03\x12\x16\n\x0e\x66irst_chunk_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x32J\n\x07Vocoder\x12?\n\x06Vocode\x12\x17.minmo.v1.VocodeRequest\x1a\x18.minmo.v1.VocodeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOCODEREQUEST']._serialized_start=60
   _globals['_VOCODEREQUEST']._serialized_end=211
   _globals['_VOCODECONFIG']._serialized_start=214
-  _globals['_VOCODECONFIG']._serialized_end=451
-  _globals['_VOCODECONFIG_TRACECONTEXTENTRY']._serialized_start=400
-  _globals['_VOCODECONFIG_TRACECONTEXTENTRY']._serialized_end=451
-  _globals['_VOICECONDITIONING']._serialized_start=454
-  _globals['_VOICECONDITIONING']._serialized_end=586
-  _globals['_FLUSH']._serialized_start=588
-  _globals['_FLUSH']._serialized_end=617
-  _globals['_VOCODERESPONSE']._serialized_start=619
-  _globals['_VOCODERESPONSE']._serialized_end=733
-  _globals['_PCMCHUNK']._serialized_start=735
-  _globals['_PCMCHUNK']._serialized_end=802
-  _globals['_VOCODEDONE']._serialized_start=804
-  _globals['_VOCODEDONE']._serialized_end=883
-  _globals['_VOCODER']._serialized_start=885
-  _globals['_VOCODER']._serialized_end=959
+  _globals['_VOCODECONFIG']._serialized_end=477
+  _globals['_VOCODECONFIG_TRACECONTEXTENTRY']._serialized_start=426
+  _globals['_VOCODECONFIG_TRACECONTEXTENTRY']._serialized_end=477
+  _globals['_VOICECONDITIONING']._serialized_start=480
+  _globals['_VOICECONDITIONING']._serialized_end=612
+  _globals['_FLUSH']._serialized_start=614
+  _globals['_FLUSH']._serialized_end=643
+  _globals['_VOCODERESPONSE']._serialized_start=645
+  _globals['_VOCODERESPONSE']._serialized_end=759
+  _globals['_PCMCHUNK']._serialized_start=761
+  _globals['_PCMCHUNK']._serialized_end=828
+  _globals['_VOCODEDONE']._serialized_start=830
+  _globals['_VOCODEDONE']._serialized_end=909
+  _globals['_VOCODER']._serialized_start=911
+  _globals['_VOCODER']._serialized_end=985
 # @@protoc_insertion_point(module_scope)

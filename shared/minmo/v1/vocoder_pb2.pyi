@@ -18,7 +18,7 @@ class VocodeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[VocodeConfig, _Mapping]] = ..., speech_tokens: _Optional[_Union[_common_pb2.SpeechTokens, _Mapping]] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ...) -> None: ...
 
 class VocodeConfig(_message.Message):
-    __slots__ = ("session_id", "turn_id", "trace_context", "sample_rate_hz", "voice")
+    __slots__ = ("session_id", "turn_id", "trace_context", "sample_rate_hz", "voice", "resume_at_sample")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,12 +31,14 @@ class VocodeConfig(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AT_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     trace_context: _containers.ScalarMap[str, str]
     sample_rate_hz: int
     voice: VoiceConditioning
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sample_rate_hz: _Optional[int] = ..., voice: _Optional[_Union[VoiceConditioning, _Mapping]] = ...) -> None: ...
+    resume_at_sample: int
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., sample_rate_hz: _Optional[int] = ..., voice: _Optional[_Union[VoiceConditioning, _Mapping]] = ..., resume_at_sample: _Optional[int] = ...) -> None: ...
 
 class VoiceConditioning(_message.Message):
     __slots__ = ("speaker_embedding", "prompt_speech_tokens", "prompt_mel")
