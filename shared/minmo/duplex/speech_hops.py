@@ -106,11 +106,14 @@ class SpeechHops:
         """Open both hops, run `text` (which calls `add_positions` and `end_text`) and keep the hops going until the
         audio is out; a hop that breaks is reopened (module docstring). Raises LinkLost (the LLM's, or a hop's with
         no replica left) or the hop's AioRpcError when it refused the turn itself."""
-        opened = await asyncio.gather(self._open(self.voicelm), self._open(self.vocoder), return_exceptions=True)
-        if failures := [result for result in opened if isinstance(result, BaseException)]:
+        try:
+            opened = await asyncio.gather(self._open(self.voicelm), self._open(self.vocoder), return_exceptions=True)
+            if failures := [result for result in opened if isinstance(result, BaseException)]:
+                raise failures[0]
+        except BaseException:  # a hop refused, or the turn was cancelled (barge-in) while they opened
             text.close()  # never started: closing it says so, instead of a "never awaited" warning
             self.cancel()
-            raise failures[0]
+            raise
         text_task = asyncio.create_task(text, name="speech-text")
         pump = asyncio.create_task(self._vocoder_pump(), name="vocoder-pump")
         try:
