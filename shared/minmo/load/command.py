@@ -92,6 +92,8 @@ def _scenario(plan: LoadPlan) -> dict:
         "typed_share": scenario.typed_share,
         "ramp_up_s": plan.ramp_up_s,
         "turn_timeout_s": scenario.turn_timeout_s,
+        "stall_timeout_s": scenario.stall_timeout_s,
+        "max_reply_s": scenario.max_reply_s,
     }
 
 

@@ -68,7 +68,7 @@ async def run_level(plan: LoadPlan, sessions: int, utterances: list[Utterance]) 
         await asyncio.sleep(index * spacing)
         await users[index].run()
 
-    deadline_s = plan.ramp_up_s + scenario.turns * scenario.turn_timeout_s + scenario.session_timeout_s
+    deadline_s = plan.ramp_up_s + scenario.turns * scenario.max_reply_s + scenario.session_timeout_s
     started = time.monotonic()
     tasks = [asyncio.create_task(one(index)) for index in range(sessions)]
     _, pending = await asyncio.wait(tasks, timeout=deadline_s + LEVEL_MARGIN_S)

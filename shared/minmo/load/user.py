@@ -10,6 +10,9 @@ What is measured is what the user feels, on the client's clock:
 - underruns: the speaker buffer ran dry during a reply (audio arriving slower than real time), in ms;
 - barge-in stop: the onset of the interrupting speech -> the server says the reply stopped (RESPONSE_INTERRUPTED);
 - errors by gRPC status code (Error events, a failed stream, or a client-side timeout as DEADLINE_EXCEEDED).
+A reply that is slower than real time but keeps coming is not a failure: its wait is in the underruns. It fails
+(DEADLINE_EXCEEDED) when it has not ended `turn_timeout_s` after the user's turn and its audio stopped coming
+`stall_timeout_s` before, or `max_reply_s` after the user's turn whatever it does.
 Every wait is bounded by the scenario's timeouts; every loop by its turn count.
 """
 
@@ -63,7 +66,9 @@ class Scenario:
     typed_share: float = 0.2
     barge_in_after_ms: float = 400.0  # into the reply's playback, the user starts talking over it
     think_ms: float = 300.0  # pause after a reply has played, before the next turn
-    turn_timeout_s: float = 60.0  # a reply that has not finished by then counts as DEADLINE_EXCEEDED
+    turn_timeout_s: float = 60.0  # a reply not started, or not finished with its audio stalled, by then: a failure
+    stall_timeout_s: float = 20.0  # past turn_timeout_s, a reply whose audio stopped this long ago has failed
+    max_reply_s: float = 180.0  # a reply not finished by then has failed, however it goes
     session_timeout_s: float = 20.0  # for SessionStarted
     typed_texts: tuple[str, ...] = ("What time is it?", "Tell me a short story.", "How are you today?")
     system_prompt: str = "You are a helpful voice assistant."
@@ -101,6 +106,7 @@ class _Reply:
     turn_id: str
     started_at: float
     first_audio_at: float | None = None
+    last_audio_at: float | None = None
     play_end: float | None = None  # when the speaker will have played everything received
     audio_ms: float = 0.0
     underrun_ms: float = 0.0
@@ -113,6 +119,7 @@ class _Reply:
 
     def play(self, now: float, duration_ms: float) -> None:
         """A chunk arrived: the speaker plays it after what it holds; a dry buffer before it is an underrun."""
+        self.last_audio_at = now
         if self.first_audio_at is None:
             self.first_audio_at, self.play_end = now, now
             self.first_audio.set()
@@ -285,7 +292,7 @@ class SimulatedUser:
         if reply is None:
             turn.failure = self.stream_failure or CLIENT_TIMEOUT
             return None
-        await self._wait(reply.ended, max(0.0, deadline - time.monotonic()))
+        await wait_for_reply_end(reply, self.scenario, turn.started_at)
         turn.audio_ms, turn.underrun_ms = reply.audio_ms, reply.underrun_ms
         if reply.first_audio_at is not None:
             turn.first_audio_ms = 1000 * (reply.first_audio_at - turn.started_at)
@@ -356,3 +363,16 @@ class SimulatedUser:
     async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout_s)
+
+
+async def wait_for_reply_end(reply: _Reply, scenario: Scenario, asked_at: float) -> None:
+    """Wait until the reply ends, or has failed (module docstring): `turn_timeout_s` after `asked_at`, and on while its
+    audio keeps coming (`stall_timeout_s`), up to `max_reply_s`."""
+    last_chance = asked_at + scenario.max_reply_s
+    while not reply.ended.is_set():
+        heard_at = reply.last_audio_at if reply.last_audio_at is not None else reply.started_at
+        until = min(max(asked_at + scenario.turn_timeout_s, heard_at + scenario.stall_timeout_s), last_chance)
+        if time.monotonic() >= until:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reply.ended.wait(), until - time.monotonic())

@@ -1,7 +1,8 @@
 """`minmo fuzz` and `minmo faults`: the big reliability runs, against a stack of separate processes, printing figures.
 
 fuzz: a probe session's first-audio p95 unloaded, then `inputs` hypothesis calls spread over every RPC while the
-probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded.
+probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded; then the
+probe beside a second session of ordinary inputs and beside one of the largest accepted inputs (`oversized_turns`).
 
 faults: `sessions` concurrent sessions (spoken and typed turns, each reply listened to in real time before the
 next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
@@ -51,6 +52,7 @@ class FuzzFigures:
     loaded_p95_ms: float
     codes: dict[str, dict[str, int]]
     oversized_p95_ms: float | None = None  # the probe's p95 while another session sends the largest inputs
+    ordinary_p95_ms: float | None = None  # and while it sends ordinary inputs, as many turns
 
     @property
     def ratio(self) -> float:
@@ -72,26 +74,34 @@ async def _probe_turns(address: str, until: threading.Event | None, turns: int) 
     return first_audio
 
 
-async def _probe_beside_oversized(address: str, turns: int) -> list[float]:
-    """The probe's first audio while another session sends the largest accepted inputs (system prompt and text at
-    their limits), turn after turn."""
-    limits = InputLimits()
-    heavy = ProbeSession(address, system_prompt="p" * limits.max_system_prompt_chars)
-    await heavy.open()
+async def _probe_beside(address: str, turns: int, text: str, system_prompt: str = "") -> list[float]:
+    """The probe's first audio while another session sends `text` (with `system_prompt`), turn after turn."""
+    other = ProbeSession(address, system_prompt=system_prompt)
+    await other.open()
     done = threading.Event()
 
-    async def oversized() -> None:
+    async def send() -> None:
         try:
             for _ in range(turns):
-                await heavy.turn("x" * limits.max_text_chars)
+                await other.turn(text)
         finally:
             done.set()
-            await heavy.close()
+            await other.close()
 
-    sender = asyncio.create_task(oversized())
+    sender = asyncio.create_task(send())
     first_audio = await _probe_turns(address, done, 0)
     await sender
     return first_audio
+
+
+async def _probe_beside_ordinary_and_oversized(address: str, turns: int) -> tuple[list[float], list[float]]:
+    """The probe's first audio beside a session that sends ordinary inputs, then beside one that sends the largest
+    accepted inputs (system prompt and text at their limits), the same number of turns: the second over the first
+    is the largest inputs' own cost, the second over unloaded that and the second session's."""
+    limits = InputLimits()
+    ordinary = await _probe_beside(address, turns, PROBE_TEXT)
+    largest = await _probe_beside(address, turns, "x" * limits.max_text_chars, "p" * limits.max_system_prompt_chars)
+    return ordinary, largest
 
 
 def run_fuzz(
@@ -116,9 +126,10 @@ def run_fuzz(
         fuzzer.join()
         for channel in channels.values():
             channel.close()
-        beside_oversized = []
+        beside_ordinary, beside_oversized = [], []
         if oversized_turns:
-            beside_oversized = asyncio.run(_probe_beside_oversized(stack.duplex, oversized_turns))
+            beside = _probe_beside_ordinary_and_oversized(stack.duplex, oversized_turns)
+            beside_ordinary, beside_oversized = asyncio.run(beside)
         return FuzzFigures(
             inputs=tally.inputs,
             deaths=stack.deaths(),
@@ -127,6 +138,7 @@ def run_fuzz(
             loaded_p95_ms=p95(loaded),
             codes={method: dict(counter) for method, counter in tally.codes.items()},
             oversized_p95_ms=p95(beside_oversized) if beside_oversized else None,
+            ordinary_p95_ms=p95(beside_ordinary) if beside_ordinary else None,
         )
 
 
@@ -140,9 +152,14 @@ def print_fuzz(figures: FuzzFigures, console: Console) -> None:
     table.add_row("probe p95 first audio unloaded (ms)", f"{figures.unloaded_p95_ms:.0f}")
     table.add_row("probe p95 first audio while fuzzed (ms)", f"{figures.loaded_p95_ms:.0f}")
     table.add_row("ratio", f"{figures.ratio:.2f}x")
+    if figures.ordinary_p95_ms is not None:
+        table.add_row("probe p95 beside a session of ordinary inputs (ms)", f"{figures.ordinary_p95_ms:.0f}")
     if figures.oversized_p95_ms is not None:
-        table.add_row("probe p95 beside the largest inputs (ms)", f"{figures.oversized_p95_ms:.0f}")
-        table.add_row("ratio to unloaded", f"{figures.oversized_p95_ms / figures.unloaded_p95_ms:.2f}x")
+        table.add_row("probe p95 beside a session of the largest inputs (ms)", f"{figures.oversized_p95_ms:.0f}")
+        table.add_row("  ratio to unloaded", f"{figures.oversized_p95_ms / figures.unloaded_p95_ms:.2f}x")
+    if figures.oversized_p95_ms is not None and figures.ordinary_p95_ms is not None:
+        ratio = figures.oversized_p95_ms / figures.ordinary_p95_ms
+        table.add_row("  ratio to ordinary inputs (the largest inputs' own cost)", f"{ratio:.2f}x")
     console.print(table)
     for method, codes in sorted(figures.codes.items()):
         console.print(f"{method}: " + ", ".join(f"{code} {count}" for code, count in sorted(codes.items())))
