@@ -164,12 +164,24 @@ class TurnOutcome:
     input_done_at: float = 0.0  # the turn's text or last audio chunk was written
     audio_at: list[float] = field(default_factory=list)  # every audio chunk of the reply arrived
     playback_end: float = 0.0  # a speaker playing the reply in real time as it arrives finishes it
+    silences: list[tuple[float, float]] = field(default_factory=list)  # (from, to): that speaker ran dry mid-reply
 
     def waited_after(self, moment: float) -> float | None:
         """How long the user waited for this reply's audio after `moment`, or after they finished the turn when that
         was later: the gap to the first chunk that arrived from then on; None when no audio came after `moment`."""
         arrived = [at for at in self.audio_at if at >= moment]
         return min(arrived) - max(moment, self.input_done_at) if arrived else None
+
+    def arrived(self, now: float, duration_s: float) -> None:
+        """A chunk of `duration_s` of audio arrived at `now`: the speaker plays it after what it holds."""
+        self.audio_at.append(now)
+        if len(self.audio_at) > 1 and now > self.playback_end:
+            self.silences.append((self.playback_end, now))
+        self.playback_end = max(self.playback_end, now) + duration_s
+
+    def silence_heard(self, start: float, stop: float) -> float:
+        """Seconds the speaker ran dry mid-reply between `start` and `stop` (the reply's own pauses not counted)."""
+        return sum(max(0.0, min(to, stop) - max(since, start)) for since, to in self.silences)
 
 
 class ProbeSession:
@@ -206,7 +218,8 @@ class ProbeSession:
                 if event is grpc.aio.EOF:
                     raise ConnectionError("the session stream ended")
                 if event.HasField("audio_output"):
-                    self._arrived(event.audio_output, result)
+                    audio = event.audio_output
+                    result.arrived(time.monotonic(), len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1))
                 if event.HasField("turn_event") and event.turn_event.type in (
                     TurnType.RESPONSE_DONE,
                     TurnType.RESPONSE_INTERRUPTED,
@@ -221,12 +234,6 @@ class ProbeSession:
         if self.listen:
             await asyncio.sleep(max(0.0, result.playback_end - time.monotonic()))
         return result
-
-    def _arrived(self, audio: conversation_pb2.AudioOutput, turn: TurnOutcome) -> None:
-        now = time.monotonic()
-        turn.audio_at.append(now)
-        duration_s = len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1)
-        turn.playback_end = max(turn.playback_end, now) + duration_s
 
     async def spoken_turn(self, samples, timeout_s: float = 120.0) -> TurnOutcome:
         """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes; wait for the end."""

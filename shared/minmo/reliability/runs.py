@@ -7,7 +7,9 @@ probe beside a second session of ordinary inputs and beside one of the largest a
 faults: `sessions` concurrent sessions (spoken and typed turns, each reply listened to in real time before the
 next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
 SIGKILL in turn (then restarted), then Redis (AOF, fsync always) -> sessions lost, turns failed per kill, each
-session's wait for audio after each kill (p50, max; `_waited_after`), the longest wait for
+session's wait for audio after each kill (p50, max; `_waited_after`) beside the same wait at moments without a kill
+(`BASELINE_BEFORE_S` before each kill: what the load alone costs), the silence heard on replies playing at a kill
+(a speaker that ran dry: pacing keeps audio ahead of playback, which covers a failover), the longest wait for
 a completed turn after each kill, session records lost across the Redis kill, history entries lost (a turn the
 client saw end without both of its entries) and unmatched (a user turn without an answer).
 """
@@ -29,7 +31,7 @@ from rich.table import Table
 from minmo.audio.synthetic import utterance
 from minmo.duplex.limits import InputLimits
 from minmo.reliability.fuzz import RPCS, FuzzTally, fuzz_rpc
-from minmo.reliability.harness import ProbeSession, ProcessStack, p95, process_stack
+from minmo.reliability.harness import ProbeSession, ProcessStack, TurnOutcome, p95, process_stack
 from minmo.serving.stack import MODEL_SERVICES
 from minmo.session.store import Role, SessionStore
 from minmo.v1 import conversation_pb2
@@ -40,6 +42,7 @@ PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
 RAMP_S = 10.0  # sessions start spread over this long, as users arrive (not all speaking at the same instant)
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
+BASELINE_BEFORE_S = 4.0  # the wait for audio is also measured this long before each kill, as a no-kill baseline
 NAN = float("nan")
 
 
@@ -175,6 +178,8 @@ class FaultFigures:
     failed_by_kill: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float] = field(default_factory=dict)  # kill -> the longest wait for a completed turn
     first_audio_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # kill -> (p50, max) over sessions
+    baseline_wait_s: tuple[float, float] = (NAN, NAN)  # the same wait at moments without a kill: (p50, max)
+    silence_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # kill -> (max silence heard, replies)
     lost_reasons: list[str] = field(default_factory=list)
     records_before: int = 0
     records_after: int = 0
@@ -201,6 +206,17 @@ async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int, se
             probe.lost = repr(error)[:200]
             return
         turn += 1
+
+
+def _p50_max(values: list[float]) -> tuple[float, float]:
+    return (statistics.median(values), max(values)) if values else (NAN, NAN)
+
+
+def _silence_after(turns: list[TurnOutcome], killed_at: float) -> tuple[float, int]:
+    """The longest silence heard within OBSERVE_S of a kill on a reply that was playing at it, and how many replies
+    were playing (their first audio before the kill, their playback's end after)."""
+    playing = [turn for turn in turns if turn.audio_at and turn.audio_at[0] < killed_at < turn.playback_end]
+    return max((turn.silence_heard(killed_at, killed_at + OBSERVE_S) for turn in playing), default=0.0), len(playing)
 
 
 def _waited_after(probe: ProbeSession, killed_at: float) -> float | None:
@@ -245,7 +261,12 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
                 waits.append(completed[0] - killed_at)
         figures.recovery_s[component] = max(waits, default=float("nan"))
         delays = [delay for probe in probes if (delay := _waited_after(probe, killed_at)) is not None]
-        figures.first_audio_s[component] = (statistics.median(delays), max(delays)) if delays else (NAN, NAN)
+        figures.first_audio_s[component] = _p50_max(delays)
+        figures.silence_s[component] = _silence_after([turn for probe in probes for turn in probe.turns], killed_at)
+    calm = [moment - BASELINE_BEFORE_S for moment in kills.values()]
+    figures.baseline_wait_s = _p50_max(
+        [delay for moment in calm for probe in probes if (delay := _waited_after(probe, moment)) is not None]
+    )
     figures.lost_reasons = [probe.lost for probe in probes if probe.lost is not None]
     figures.turns = sum(len(probe.turns) for probe in probes)
     figures.sessions_lost = sum(probe.lost is not None for probe in probes)
@@ -288,8 +309,13 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
         p50, longest = figures.first_audio_s[component]
         first_audio = f"{p50:.2f} / {longest:.2f}"
         table.add_row(f"kill -9 {component}: wait for audio after the kill, p50 / max over sessions (s)", first_audio)
+        silence, playing = figures.silence_s[component]
+        heard = f"kill -9 {component}: longest silence heard on the {playing} replies playing (s)"
+        table.add_row(heard, f"{silence:.2f}")
         wait = f"{figures.recovery_s[component]:.1f}"
         table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
+    calm = f"{figures.baseline_wait_s[0]:.2f} / {figures.baseline_wait_s[1]:.2f}"
+    table.add_row(f"no kill ({BASELINE_BEFORE_S:.0f} s before each): wait for audio, p50 / max over sessions (s)", calm)
     records = f"{figures.records_before} / {figures.records_after}"
     table.add_row("redis kill -9 (AOF): session keys before / after", records)
     table.add_row("history: entries lost", str(figures.history_entries_lost))
