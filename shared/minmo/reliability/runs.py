@@ -8,8 +8,9 @@ faults: `sessions` concurrent sessions (spoken and typed turns, each reply liste
 next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
 SIGKILL in turn (then restarted), then Redis (AOF, fsync always) -> sessions lost, turns failed per kill, each
 session's wait for audio after each kill (p50, max; `_waited_after`) beside the same wait at moments without a kill
-(`BASELINE_BEFORE_S` before each kill: what the load alone costs), the silence heard on replies playing at a kill
-(a speaker that ran dry: pacing keeps audio ahead of playback, which covers a failover), the longest wait for
+(`BASELINE_BEFORE_S` before each kill: what the load alone costs), the longest silence heard within
+`BASELINE_BEFORE_S` on replies playing at a kill and at those moments (a speaker that ran dry; pacing keeps audio
+ahead of playback, which covers a short failover), the longest wait for
 a completed turn after each kill, session records lost across the Redis kill, history entries lost (a turn the
 client saw end without both of its entries) and unmatched (a user turn without an answer).
 """
@@ -42,7 +43,7 @@ PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
 RAMP_S = 10.0  # sessions start spread over this long, as users arrive (not all speaking at the same instant)
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
-BASELINE_BEFORE_S = 4.0  # the wait for audio is also measured this long before each kill, as a no-kill baseline
+BASELINE_BEFORE_S = 4.0  # waits are also measured this long before each kill (no-kill baseline); silences this long
 NAN = float("nan")
 
 
@@ -180,6 +181,7 @@ class FaultFigures:
     first_audio_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # kill -> (p50, max) over sessions
     baseline_wait_s: tuple[float, float] = (NAN, NAN)  # the same wait at moments without a kill: (p50, max)
     silence_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # kill -> (max silence heard, replies)
+    baseline_silence_s: tuple[float, int] = (NAN, 0)  # the same at moments without a kill
     lost_reasons: list[str] = field(default_factory=list)
     records_before: int = 0
     records_after: int = 0
@@ -213,10 +215,11 @@ def _p50_max(values: list[float]) -> tuple[float, float]:
 
 
 def _silence_after(turns: list[TurnOutcome], killed_at: float) -> tuple[float, int]:
-    """The longest silence heard within OBSERVE_S of a kill on a reply that was playing at it, and how many replies
-    were playing (their first audio before the kill, their playback's end after)."""
+    """The longest silence heard within BASELINE_BEFORE_S of a kill on a reply that was playing at it, and how many
+    replies were playing (their first audio before the kill, their playback's end after)."""
     playing = [turn for turn in turns if turn.audio_at and turn.audio_at[0] < killed_at < turn.playback_end]
-    return max((turn.silence_heard(killed_at, killed_at + OBSERVE_S) for turn in playing), default=0.0), len(playing)
+    heard = (turn.silence_heard(killed_at, killed_at + BASELINE_BEFORE_S) for turn in playing)
+    return max(heard, default=0.0), len(playing)
 
 
 def _waited_after(probe: ProbeSession, killed_at: float) -> float | None:
@@ -248,9 +251,10 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
     stop.set()
     await asyncio.gather(*loops, return_exceptions=True)
     ends = [*sorted(kills.values()), float("inf")]
+    turns = [turn for probe in probes for turn in probe.turns]
     for component, killed_at in kills.items():
         next_kill = ends[ends.index(killed_at) + 1]
-        window = [turn for probe in probes for turn in probe.turns if killed_at <= turn.ended_at < next_kill]
+        window = [turn for turn in turns if killed_at <= turn.ended_at < next_kill]
         figures.failed_by_kill[component] = sum(turn.outcome == EndReason.FAILED for turn in window)
         waits = []
         for probe in probes:  # the first turn each session completed after the kill
@@ -262,8 +266,10 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
         figures.recovery_s[component] = max(waits, default=float("nan"))
         delays = [delay for probe in probes if (delay := _waited_after(probe, killed_at)) is not None]
         figures.first_audio_s[component] = _p50_max(delays)
-        figures.silence_s[component] = _silence_after([turn for probe in probes for turn in probe.turns], killed_at)
+        figures.silence_s[component] = _silence_after(turns, killed_at)
     calm = [moment - BASELINE_BEFORE_S for moment in kills.values()]
+    calm_silences = [_silence_after(turns, moment) for moment in calm]
+    figures.baseline_silence_s = (max(s for s, _ in calm_silences), sum(n for _, n in calm_silences))
     figures.baseline_wait_s = _p50_max(
         [delay for moment in calm for probe in probes if (delay := _waited_after(probe, moment)) is not None]
     )
@@ -310,12 +316,15 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
         first_audio = f"{p50:.2f} / {longest:.2f}"
         table.add_row(f"kill -9 {component}: wait for audio after the kill, p50 / max over sessions (s)", first_audio)
         silence, playing = figures.silence_s[component]
-        heard = f"kill -9 {component}: longest silence heard on the {playing} replies playing (s)"
+        heard = f"kill -9 {component}: longest silence within {BASELINE_BEFORE_S:.0f} s, {playing} replies playing (s)"
         table.add_row(heard, f"{silence:.2f}")
         wait = f"{figures.recovery_s[component]:.1f}"
         table.add_row(f"kill -9 {component}: longest wait for a session's next completed turn (s)", wait)
     calm = f"{figures.baseline_wait_s[0]:.2f} / {figures.baseline_wait_s[1]:.2f}"
     table.add_row(f"no kill ({BASELINE_BEFORE_S:.0f} s before each): wait for audio, p50 / max over sessions (s)", calm)
+    silence, playing = figures.baseline_silence_s
+    heard = f"no kill: longest silence within {BASELINE_BEFORE_S:.0f} s, {playing} replies playing (s)"
+    table.add_row(heard, f"{silence:.2f}")
     records = f"{figures.records_before} / {figures.records_after}"
     table.add_row("redis kill -9 (AOF): session keys before / after", records)
     table.add_row("history: entries lost", str(figures.history_entries_lost))
