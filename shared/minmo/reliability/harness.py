@@ -212,28 +212,39 @@ class ProbeSession:
 
     async def _until_end(self, input_done_at: float, timeout_s: float) -> TurnOutcome:
         result = TurnOutcome(None, 0, input_done_at=input_done_at)
-        async with asyncio.timeout(timeout_s):
-            while True:
-                event = await self.call.read()
-                if event is grpc.aio.EOF:
-                    raise ConnectionError("the session stream ended")
-                if event.HasField("audio_output"):
-                    audio = event.audio_output
-                    result.arrived(time.monotonic(), len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1))
-                if event.HasField("turn_event") and event.turn_event.type in (
-                    TurnType.RESPONSE_DONE,
-                    TurnType.RESPONSE_INTERRUPTED,
-                ):
-                    result.outcome, result.error_code = event.turn_event.end_reason, event.turn_event.error_code
-                if event.HasField("latency_report"):
-                    report = event.latency_report
-                    result.first_audio_ms = report.first_audio_ms if report.HasField("first_audio_ms") else None
-                    result.ended_at = time.monotonic()
-                    self.turns.append(result)
-                    break
+        seen: list[str] = []  # the turn events that came, to say where a turn that never ended stopped
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._read_turn(result, seen)
+        except TimeoutError as error:
+            message = f"session {self.session_id}: no end of turn in {timeout_s:.0f} s; turn events seen: {seen}"
+            raise TimeoutError(message) from error
         if self.listen:
             await asyncio.sleep(max(0.0, result.playback_end - time.monotonic()))
         return result
+
+    async def _read_turn(self, result: TurnOutcome, seen: list[str]) -> None:
+        """Read the session's events into `result` until the turn's LatencyReport."""
+        while True:
+            event = await self.call.read()
+            if event is grpc.aio.EOF:
+                raise ConnectionError("the session stream ended")
+            if event.HasField("turn_event"):
+                seen.append(TurnType.Name(event.turn_event.type))
+            if event.HasField("audio_output"):
+                audio = event.audio_output
+                result.arrived(time.monotonic(), len(audio.audio) / PCM16_BYTES / max(audio.sample_rate_hz, 1))
+            if event.HasField("turn_event") and event.turn_event.type in (
+                TurnType.RESPONSE_DONE,
+                TurnType.RESPONSE_INTERRUPTED,
+            ):
+                result.outcome, result.error_code = event.turn_event.end_reason, event.turn_event.error_code
+            if event.HasField("latency_report"):
+                report = event.latency_report
+                result.first_audio_ms = report.first_audio_ms if report.HasField("first_audio_ms") else None
+                result.ended_at = time.monotonic()
+                self.turns.append(result)
+                return
 
     async def spoken_turn(self, samples, timeout_s: float = 120.0) -> TurnOutcome:
         """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes; wait for the end."""

@@ -205,7 +205,7 @@ async def _session_loop(probe: ProbeSession, stop: asyncio.Event, index: int, se
             else:
                 await probe.turn(f"{PROBE_TEXT} ({index}.{turn})")
         except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
-            probe.lost = repr(error)[:200]
+            probe.lost = repr(error)[:400]
             return
         turn += 1
 
