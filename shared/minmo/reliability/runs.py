@@ -1,8 +1,9 @@
 """`minmo fuzz` and `minmo faults`: the big reliability runs, against a stack of separate processes, printing figures.
 
-fuzz: a probe session's first-audio p95 unloaded, then `inputs` hypothesis calls spread over every RPC while the
-probe keeps taking turns -> inputs, process deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded; then the
-probe beside a second session of ordinary inputs and beside one of the largest accepted inputs (`oversized_turns`).
+fuzz: a probe session's first-audio p95 unloaded, then `inputs` hypothesis calls spread over every RPC (from a
+process of its own at the lowest priority, as remote clients) while the probe keeps taking turns -> inputs, process
+deaths, UNKNOWN/INTERNAL count, probe p95 loaded / unloaded; then the probe beside a second session of ordinary
+inputs and beside one of the largest accepted inputs (`oversized_turns`).
 
 faults: `sessions` concurrent sessions (spoken and typed turns, each reply listened to in real time before the
 next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -43,6 +46,8 @@ PROBE_TEXT = "how is the weather today?"
 SETTLE_S = 8.0  # turns run this long before each kill
 RAMP_S = 10.0  # sessions start spread over this long, as users arrive (not all speaking at the same instant)
 OBSERVE_S = 10.0  # and this long after it, before the replica restarts
+FUZZER_NICE = 19  # the fuzzer process runs at the lowest priority: its own CPU is a remote client's, not ours
+SETTLE_AFTER_FUZZ_S = 30.0  # before the probe beside other sessions: replies the fuzzed calls started finish
 BASELINE_BEFORE_S = 4.0  # waits are also measured this long before each kill (no-kill baseline); silences this long
 NAN = float("nan")
 
@@ -108,30 +113,57 @@ async def _probe_beside_ordinary_and_oversized(address: str, turns: int) -> tupl
     return ordinary, largest
 
 
+def _fuzz_all(addresses: dict[str, str], inputs: int, random_seed: int, results: multiprocessing.Queue) -> None:
+    """The fuzzer's process: every RPC in turn, at the lowest CPU priority; puts its FuzzTally on `results`. Its own
+    work (hypothesis drawing inputs, in Python) is a remote client's, not the stack's: in the probe's process it
+    would hold the probe's GIL, and at normal priority take the stack's CPU, and the probe would measure that."""
+    os.nice(FUZZER_NICE)
+    channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
+    tally = FuzzTally()
+    try:
+        for rpc in RPCS:
+            fuzz_rpc(channels.__getitem__, rpc, max(1, inputs // len(RPCS)), tally, random_seed)
+    finally:
+        results.put(tally)
+        for channel in channels.values():
+            channel.close()
+
+
+def _fuzz_beside_probe(stack: ProcessStack, inputs: int, random_seed: int) -> tuple[FuzzTally, list[float]]:
+    """Fuzz from another process while the probe takes turns; the tally and the probe's first audio meanwhile."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds grpc state
+    results = context.Queue()
+    addresses = {name: items[0].address for name, items in stack.replicas.items()}
+    fuzzer = context.Process(target=_fuzz_all, args=(addresses, inputs, random_seed, results), name="fuzzer")
+    fuzzer.start()
+    done = threading.Event()
+    tally: list[FuzzTally] = []
+
+    def collect() -> None:
+        try:
+            tally.append(results.get())  # before join: a child exits only once its queue is drained
+            fuzzer.join()
+        finally:
+            done.set()
+
+    collector = threading.Thread(target=collect, name="fuzz-results")
+    collector.start()
+    loaded = asyncio.run(_probe_turns(stack.duplex, done, 0))
+    collector.join()
+    if not tally:
+        raise RuntimeError(f"the fuzzer process exited with code {fuzzer.exitcode} without its results")
+    return tally[0], loaded
+
+
 def run_fuzz(
     inputs: int, config: str = "tiny", probe_turns: int = 10, random_seed: int = 0, oversized_turns: int = 0
 ) -> FuzzFigures:
     with process_stack(config) as stack:
         unloaded = asyncio.run(_probe_turns(stack.duplex, None, probe_turns))
-        tally = FuzzTally()
-        done = threading.Event()
-        channels = {name: grpc.insecure_channel(items[0].address) for name, items in stack.replicas.items()}
-
-        def fuzz_all() -> None:
-            try:
-                for rpc in RPCS:
-                    fuzz_rpc(channels.__getitem__, rpc, max(1, inputs // len(RPCS)), tally, random_seed)
-            finally:
-                done.set()
-
-        fuzzer = threading.Thread(target=fuzz_all, name="fuzzer")
-        fuzzer.start()
-        loaded = asyncio.run(_probe_turns(stack.duplex, done, 0))
-        fuzzer.join()
-        for channel in channels.values():
-            channel.close()
+        tally, loaded = _fuzz_beside_probe(stack, inputs, random_seed)
         beside_ordinary, beside_oversized = [], []
         if oversized_turns:
+            time.sleep(SETTLE_AFTER_FUZZ_S)  # the fuzzed calls' replies (a valid call gets a real one) finish
             beside = _probe_beside_ordinary_and_oversized(stack.duplex, oversized_turns)
             beside_ordinary, beside_oversized = asyncio.run(beside)
         return FuzzFigures(
