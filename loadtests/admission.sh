@@ -15,7 +15,7 @@ CAPACITY="${CAPACITY:-$(.venv/bin/python -c "import json,sys; print(json.load(op
 CAPACITY=$(( CAPACITY > 0 ? CAPACITY : 1 ))
 LEVELS="$CAPACITY,$(( 2 * CAPACITY ))"
 [ "$CAPACITY" -gt 1 ] && LEVELS="1,$LEVELS"
-LABEL="${LABEL:-$CONFIG, $(nproc) cores, MINMO_MAX_SESSIONS=$CAPACITY}"
+LABEL="${LABEL:-$CONFIG, $(nproc --all) cores, MINMO_MAX_SESSIONS=$CAPACITY}"
 MINMO_MAX_SESSIONS=$CAPACITY setsid "$MINMO" up --config "$CONFIG" --port "$PORT" > "$OUT/stack-admission.log" 2>&1 &
 stack=$!
 trap 'kill -TERM -- -$stack 2>/dev/null || true' EXIT

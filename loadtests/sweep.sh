@@ -16,7 +16,7 @@ SLO_MS="${SLO_MS:-1000}"
 SLO_METRIC="${SLO_METRIC:-client}"
 MAX_GROWTH="${MAX_GROWTH:-1.2}"
 MAX_SESSIONS="${MAX_SESSIONS:-16}"
-LABEL="${LABEL:-$CONFIG, $(nproc) cores}"
+LABEL="${LABEL:-$CONFIG, $(nproc --all) cores}"
 MINMO="${MINMO:-.venv/bin/minmo}"
 mkdir -p "$OUT"
 for mode in ${MODES:-off on}; do
