@@ -72,6 +72,7 @@ class Session:
         self._call = call
         self.started: conversation_pb2.SessionStarted = started
         self._queue: asyncio.Queue[conversation_pb2.ServerEvent | BaseException | None] = asyncio.Queue()
+        self._write_lock = asyncio.Lock()  # one write at a time: two started together hang a gRPC stream for good
         self._reader = asyncio.create_task(self._read(), name=f"session-reader-{started.session_id}")
 
     @property
@@ -193,15 +194,18 @@ class Session:
         """End the session (EndSession), wait briefly for the server to close the stream, release the channel."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, SessionError):
             await self._send(conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession()))
-            await self._call.done_writing()
+            async with self._write_lock:
+                await self._call.done_writing()
         await asyncio.wait({self._reader}, timeout=CLOSE_TIMEOUT_S)
         self._reader.cancel()
         self._call.cancel()
         await self._client.close()
 
     async def _send(self, event: conversation_pb2.ClientEvent) -> None:
+        """Write one event; safe from several tasks at once (a microphone task and a keyboard task, say)."""
         try:
-            await self._call.write(event)
+            async with self._write_lock:
+                await self._call.write(event)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             code = await self._call.code() if self._call.done() else grpc.StatusCode.UNAVAILABLE
             details = await self._call.details() if self._call.done() else "the stream is closed"

@@ -151,7 +151,11 @@ class Replicas:
 
 
 class _Link:
-    """A bidi call plus the task that reads it; `lost` is set once the call ends unexpectedly."""
+    """A bidi call plus the task that reads it; `lost` is set once the call ends unexpectedly.
+
+    Writes go one at a time (`write_lock`): several tasks write the session's LLM stream (the encoder's reader its
+    embeddings, the response its generate / resume / cancel, the history its turns), and a gRPC stream takes one
+    pending write; grpc.aio does not guard it, and two writes started together hang the stream for good."""
 
     hop = ""
 
@@ -159,19 +163,21 @@ class _Link:
         self.call: grpc.aio.StreamStreamCall | None = None
         self.reader: asyncio.Task | None = None
         self.lost: LinkLost | None = None
+        self.write_lock = asyncio.Lock()
 
     @property
     def usable(self) -> bool:
         return self.call is not None and self.lost is None
 
     async def write(self, request) -> None:
-        if not self.usable:
-            raise self.lost or LinkLost(f"{self.hop} stream is not open")
-        try:
-            await self.call.write(request)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-            self._mark_lost(error)
-            raise self.lost from error
+        async with self.write_lock:
+            if not self.usable:
+                raise self.lost or LinkLost(f"{self.hop} stream is not open")
+            try:
+                await self.call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                self._mark_lost(error)
+                raise self.lost from error
 
     async def close(self) -> None:
         if self.call is not None:
@@ -356,7 +362,8 @@ class LlmLink(_Link):
         self.replayed_chunks = 0
         self.call = await self.replicas.open("Session")
         try:
-            await self.call.write(llm_pb2.LlmRequest(config=config))
+            async with self.write_lock:
+                await self.call.write(llm_pb2.LlmRequest(config=config))
             first = await self.call.read()
         except asyncio.CancelledError as cancelled:  # e.g. a barge-in during a failover: no half-open stream stays
             self._mark_lost(cancelled)

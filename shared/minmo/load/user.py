@@ -136,6 +136,7 @@ class _Microphone:
     def __init__(self, call: grpc.aio.StreamStreamCall, rng: np.random.Generator) -> None:
         self.call = call
         self.rng = rng
+        self.write_lock = asyncio.Lock()  # the user's typed turns share the stream: one write at a time, or it hangs
         self.pending = np.zeros(0, dtype=np.float32)
         self.marks: list[tuple[int, asyncio.Future]] = []  # (sample index in `pending`, future of its wall time)
 
@@ -149,6 +150,12 @@ class _Microphone:
         self.pending = np.concatenate([self.pending, utterance.samples])
         return onset, end
 
+    async def send(self, event: conversation_pb2.ClientEvent) -> None:
+        """Write one event on the session's stream; the microphone's chunks and the user's other events take turns
+        (two writes started together hang a gRPC stream for good: the session would go silent, its turns lost)."""
+        async with self.write_lock:
+            await self.call.write(event)
+
     async def run(self) -> None:
         next_at = time.monotonic()
         while True:
@@ -159,7 +166,7 @@ class _Microphone:
             if chunk.size < CHUNK_SAMPLES:
                 noise = NOISE_LEVEL * self.rng.standard_normal(CHUNK_SAMPLES - chunk.size).astype(np.float32)
                 chunk = np.concatenate([chunk, noise])
-            await self.call.write(
+            await self.send(
                 conversation_pb2.ClientEvent(audio_chunk=conversation_pb2.AudioChunk(audio=float_to_pcm16(chunk)))
             )
             sent = time.monotonic()
@@ -208,7 +215,7 @@ class SimulatedUser:
                 mic_task = asyncio.create_task(microphone.run())
                 await self._converse(call, microphone, record)
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await call.write(conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession()))
+                    await microphone.send(conversation_pb2.ClientEvent(end_session=conversation_pb2.EndSession()))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 if not record.turns:
                     record.refused = self.stream_failure or "UNAVAILABLE"
@@ -244,7 +251,7 @@ class SimulatedUser:
             replies_before = len(self.replies)
             if typed:
                 text = self.random.choice(self.scenario.typed_texts)
-                await call.write(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
+                await microphone.send(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
                 turn.started_at = time.monotonic()
             else:
                 onset, end = microphone.say(self.random.choice(self.utterances))

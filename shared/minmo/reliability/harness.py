@@ -199,6 +199,7 @@ class ProbeSession:
         self.session_id = ""
         self.turns: list[TurnOutcome] = []
         self.lost: str | None = None  # the status that ended the stream, if it ended
+        self.write_lock = asyncio.Lock()  # the room's noise and the turns share the stream: one write at a time
 
     async def open(self) -> None:
         config = conversation_pb2.SessionConfig(
@@ -208,7 +209,7 @@ class ProbeSession:
         self.session_id = (await self.call.read()).session_started.session_id
 
     async def turn(self, text: str, timeout_s: float = 120.0) -> TurnOutcome:
-        await self.call.write(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
+        await self._write(conversation_pb2.ClientEvent(text_input=conversation_pb2.TextInput(text=text)))
         return await self._until_end(time.monotonic(), timeout_s)
 
     async def _until_end(self, input_done_at: float, timeout_s: float) -> TurnOutcome:
@@ -269,7 +270,11 @@ class ProbeSession:
 
     async def _send_audio(self, samples: np.ndarray) -> None:
         chunk = conversation_pb2.AudioChunk(audio=float_to_pcm16(samples))
-        await self.call.write(conversation_pb2.ClientEvent(audio_chunk=chunk))
+        await self._write(conversation_pb2.ClientEvent(audio_chunk=chunk))
+
+    async def _write(self, event: conversation_pb2.ClientEvent) -> None:
+        async with self.write_lock:
+            await self.call.write(event)
 
     async def close(self) -> None:
         self.call.cancel()
