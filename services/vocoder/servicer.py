@@ -2,9 +2,7 @@
 
 The turn's token2wav caches live in the runtime under a sequence id unique to the stream (each runtime call
 carries only the new tokens); whatever way the stream ends (Flush, client cancel, barge-in, disconnect, an error)
-the sequence is ended, so no state outlives its turn. SpeechTokens messages that arrived while the last call computed
-go in one call (up to max_tokens_per_message tokens): the flow re-reads every token of the turn at each chunk, so a
-stream that fell behind, or a failover's whole log at once, costs one pass instead of one per message.
+the sequence is ended, so no state outlives its turn.
 
 The stream is one `vocoder.vocode` span, a child of the response context in VocodeConfig, with the turn's
 first-chunk latency, chunks, audio and RTF.
@@ -23,7 +21,6 @@ from minmo.api.tensors import tensor_from_proto
 from minmo.audio.pcm import float_to_pcm16
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
-from minmo.serving.read_ahead import ReadAhead
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
@@ -49,14 +46,13 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             turn_start = {**await _voice_inputs(config.voice, context), **_resume_input(config)}
             stream = _VocoderStream(self.runtime, context, turn_start, config.resume_at_sample)
             ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
-            requests = ReadAhead(request_iterator)
             try:
                 with self.telemetry.hop("vocoder.vocode", config.trace_context, **ids) as hop:
-                    async for request in requests:
+                    async for request in request_iterator:
                         kind = request.WhichOneof("request")
                         if kind == "speech_tokens":
-                            tokens = await self._waiting_tokens(request.speech_tokens, requests, stream, context)
-                            response = await stream.vocode(tokens, False)
+                            await self._check_tokens(request.speech_tokens, stream.tokens, context)
+                            response = await stream.vocode(list(request.speech_tokens.ids), False)
                             if response is not None:
                                 yield response
                         elif kind == "flush":
@@ -71,33 +67,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
                             message = f"unexpected {kind or 'empty'} message"
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             finally:
-                await requests.close()
                 await stream.end()
-
-    async def _waiting_tokens(
-        self,
-        first: common_pb2.SpeechTokens,
-        requests: ReadAhead[vocoder_pb2.VocodeRequest],
-        stream: _VocoderStream,
-        context: grpc.aio.ServicerContext,
-    ) -> list[int]:
-        """`first`'s ids and those of the SpeechTokens that arrived behind it, each message checked, up to
-        max_tokens_per_message in all (a message that would pass it waits for the next call)."""
-        await self._check_tokens(first, stream.tokens, context)
-        room = self.max_tokens_per_message - len(first.ids)
-
-        def fits(request: vocoder_pb2.VocodeRequest) -> bool:
-            nonlocal room
-            if request.WhichOneof("request") != "speech_tokens" or len(request.speech_tokens.ids) > room:
-                return False
-            room -= len(request.speech_tokens.ids)
-            return True
-
-        tokens = list(first.ids)
-        for request in requests.take_ready(fits):
-            await self._check_tokens(request.speech_tokens, stream.tokens + len(tokens), context)
-            tokens += request.speech_tokens.ids
-        return tokens
 
     def _record(self, hop: HopSpan, stream: _VocoderStream) -> None:
         audio_ms = 1000 * (stream.samples - stream.first_sample) / VOCODER_SAMPLE_RATE  # what this stream made

@@ -121,21 +121,6 @@ async def _whole_turn(stub, ids: list[int], resume_at_sample: int = 0) -> tuple[
     return [response.pcm_chunk for response in responses[:-1]], responses[-1].vocode_done.total_samples
 
 
-async def test_tokens_that_wait_go_in_one_call_with_the_same_audio(vocoder_stub):
-    """A stream that fell behind (here: a whole turn's 10 messages sent at once) is vocoded in a few calls, not one per
-    message, and its audio is still the offline token2wav's."""
-    stub, _ = vocoder_stub
-    ids = _speech_tokens(2 * TOKENS)
-    chunks, total = await _whole_turn(stub, ids)
-    assert len(chunks) <= 3, f"{len(chunks)} chunks for 10 messages that were all waiting"
-    token2wav = build_component(load_config("tiny"), "token2wav")
-    with torch.no_grad():
-        offline = token2wav(torch.tensor([ids]))[0].numpy()
-    expected = np.frombuffer(float_to_pcm16(offline), dtype=PCM16_DTYPE).astype(np.int32)
-    assert np.abs(np.concatenate([_samples(c) for c in chunks]) - expected).max() <= 1
-    assert total == 2 * TOKENS * SAMPLES_PER_TOKEN
-
-
 async def test_a_resumed_turn_starts_at_its_resume_point_with_the_unbroken_turns_audio(vocoder_stub):
     """A failover's Vocode call: every token again, but only the audio the caller does not have yet."""
     stub, _ = vocoder_stub
