@@ -13,8 +13,8 @@ from minmo.duplex.conversation import DuplexPolicy, Peers
 from minmo.duplex.limits import InputLimits
 from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
-from minmo.duplex.response import first_audio_positions
 from minmo.model.config import load_config
+from minmo.model.interleave import first_audio_positions
 from minmo.model.voice_prompt import VoicePromptModels
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
 from minmo.serving.auth import ApiKeys

@@ -523,7 +523,11 @@ class _Session:
         room = self.options.max_positions - self.position - RESPONSE_END_POSITIONS
         wanted = generation.max_tokens - len(generation.prefix)
         inputs = {"max_tokens": torch.tensor([max(1, min(wanted, room))]), **self.sampling}
-        stream = self.runtime.infer_stream(MODEL, {"op": torch.tensor([OP_GENERATE]), **inputs}, self._sequence())
+        generate = {"op": torch.tensor([OP_GENERATE]), **inputs}
+        # the tokens after those the first audio needs (the caller's pause point) are steady work: the runtime runs
+        # other sessions' first audio before them
+        steady_after = generation.pause_after_tokens or None
+        stream = self.runtime.infer_stream(MODEL, generate, self._sequence(), steady_after=steady_after)
         async with contextlib.aclosing(stream) as tokens:
             async for outputs in tokens:
                 self.position = int(outputs["position"][0])

@@ -181,7 +181,8 @@ class _VocoderStream:
             turn_start = self.turn_start if not self.started else {}
             self.started = True  # from here on the runtime may hold state for it: `end` drops it
             inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **turn_start}
-            outputs = await self.runtime.infer(MODEL, inputs, sequence)
+            # after the stream's first audio, its chunks are steady work: pacing keeps them ahead of the listener
+            outputs = await self.runtime.infer(MODEL, inputs, sequence, steady=self.chunks > 0)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         self.ended = flush  # a completed flush ended the sequence in the runtime

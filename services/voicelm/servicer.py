@@ -69,13 +69,17 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         max_positions_per_message: int,
         sampling: SamplingDefaults,
         telemetry: Telemetry,
+        first_audio_tokens: int,
     ) -> None:
+        """`first_audio_tokens`: speech tokens that make a turn's first audio; the calls after them are steady work
+        (pacing keeps them ahead of the listener), which the runtime runs after other sessions' first audio."""
         self.runtime = runtime
         self.limiter = limiter
         self.llm_dim = llm_dim
         self.max_positions_per_message = max_positions_per_message
         self.sampling = sampling
         self.telemetry = telemetry
+        self.first_audio_tokens = first_audio_tokens
 
     async def Synthesize(
         self, request_iterator: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
@@ -92,7 +96,7 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         self, requests: ReadAhead[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[voicelm_pb2.SynthesizeResponse]:
         config = await self._read_config(requests, context)
-        turn = _Turn(self.runtime, context, self.llm_dim)
+        turn = _Turn(self.runtime, context, self.llm_dim, self.first_audio_tokens)
         ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
         try:
             with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
@@ -195,7 +199,9 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
 class _Turn:
     """One stream's sequence in the runtime, its counts and its timings."""
 
-    def __init__(self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, llm_dim: int) -> None:
+    def __init__(
+        self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, llm_dim: int, first_audio_tokens: int
+    ) -> None:
         self.runtime = runtime
         self.context = context
         self.sequence = Sequence(uuid.uuid4().hex)
@@ -208,6 +214,7 @@ class _Turn:
         self.finished = False  # the model spoke the whole turn
         self.prefix_tokens = 0  # a failover's tokens, counted in `tokens` but made by another stream
         self.first_tokens_at: float | None = None  # perf_counter() when this stream's first tokens came out
+        self.first_audio_tokens = first_audio_tokens  # this stream's tokens past these are steady work
 
     async def start(self, sampling: TensorMap) -> None:
         """Open the sequence with the sampling settings and no positions yet (the model checks the settings); a
@@ -227,7 +234,8 @@ class _Turn:
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
         if text_end:
             inputs["max_tail_tokens"] = torch.tensor([TAIL_TOKENS_PER_CALL])
-        outputs = await self._infer(inputs, Sequence(self.sequence.id))  # ended by the stream's end_sequence
+        steady = self.tokens - self.prefix_tokens >= self.first_audio_tokens
+        outputs = await self._infer(inputs, Sequence(self.sequence.id), steady)  # ended by the stream's end_sequence
         ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])
         self.positions += hidden.shape[0]
         if ids.numel() == 0:
@@ -256,10 +264,10 @@ class _Turn:
             )
         )
 
-    async def _infer(self, inputs: TensorMap, sequence: Sequence) -> TensorMap:
+    async def _infer(self, inputs: TensorMap, sequence: Sequence, steady: bool = False) -> TensorMap:
         started = time.perf_counter()
         try:
-            outputs = await self.runtime.infer(MODEL, inputs, sequence)
+            outputs = await self.runtime.infer(MODEL, inputs, sequence, steady=steady)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         self.compute_ms += 1000 * (time.perf_counter() - started)

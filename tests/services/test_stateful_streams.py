@@ -45,8 +45,10 @@ class MeteredRuntime(LocalRuntime):
         super().__init__(models)
         self.calls: list[tuple[int, int]] = []  # (input bytes, output bytes) per call
 
-    async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
-        outputs = await super().infer(model, inputs, sequence)
+    async def infer(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: bool = False
+    ) -> TensorMap:
+        outputs = await super().infer(model, inputs, sequence, steady)
         self.calls.append((_nbytes(inputs), _nbytes(outputs)))
         return outputs
 

@@ -16,8 +16,8 @@ import pytest
 from minmo.audio.synthetic import utterance
 from minmo.client.chat import ChatRequest, run_chat
 from minmo.client.wav import InputAudio
-from minmo.duplex.response import first_audio_positions
 from minmo.model.config import load_config
+from minmo.model.interleave import first_audio_positions
 from minmo.model.placement import CPU_FLOAT32
 from minmo.runtime.base import Sequence, TensorMap
 from minmo.runtime.factory import MODEL_FACTORIES
@@ -40,9 +40,11 @@ class TimedRuntime(LocalRuntime):
         super().__init__(models)
         self.calls = calls
 
-    async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
+    async def infer(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: bool = False
+    ) -> TensorMap:
         started = time.monotonic()
-        outputs = await super().infer(model, inputs, sequence)
+        outputs = await super().infer(model, inputs, sequence, steady)
         self.calls.append(Call(model, started, time.monotonic(), inputs, outputs))
         return outputs
 

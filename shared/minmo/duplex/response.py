@@ -37,7 +37,7 @@ from minmo.audio.pcm import StreamingResampler, float_to_pcm16, pcm16_to_float
 from minmo.duplex.latency import TurnTimings, now_ms
 from minmo.duplex.links import LinkLost, LlmLink, Replicas
 from minmo.duplex.speech_hops import SpeechHops
-from minmo.model.config import VOCODER_SAMPLE_RATE_HZ, MinMoConfig
+from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
 from minmo.model.interleave import VoiceSchedule, speech_tokens_at
 from minmo.v1 import (
     common_pb2,
@@ -52,12 +52,6 @@ FIRST_AUDIO_HOLD_LIMIT_S = 2.0  # longest that positions wait for the first PCM 
 
 Emit = Callable[[conversation_pb2.ServerEvent], Awaitable[None]]
 ResumeLlm = Callable[["Response", LinkLost], Awaitable[asyncio.Queue]]  # a new token queue, or raises the LinkLost
-
-
-def first_audio_positions(cfg: MinMoConfig) -> int:
-    """Text positions whose speech tokens complete token2wav's first chunk (its tokens and their lookahead)."""
-    first_chunk = cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
-    return VoiceSchedule.from_config(cfg.voice_token_lm).positions_for_tokens(first_chunk)
 
 
 @dataclass

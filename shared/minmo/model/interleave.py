@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from minmo.model.config import SPEECH_TOKEN_RATE_HZ, VoiceTokenLMConfig
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ, MinMoConfig, VoiceTokenLMConfig
 from minmo.model.state import StreamState
 from minmo.model.voice_token_lm import VoiceLMState, VoiceTokenLM
 
@@ -319,3 +319,13 @@ def _generate(
             recent_tokens=[*state.recent_tokens, token][-RECENT_WINDOW:],
         )
     return tokens, state
+
+
+def first_audio_tokens(cfg: MinMoConfig) -> int:
+    """Speech tokens that complete token2wav's first chunk (its tokens and their lookahead): the first audio."""
+    return cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
+
+
+def first_audio_positions(cfg: MinMoConfig) -> int:
+    """Text positions whose speech tokens complete token2wav's first chunk."""
+    return VoiceSchedule.from_config(cfg.voice_token_lm).positions_for_tokens(first_audio_tokens(cfg))

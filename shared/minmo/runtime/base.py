@@ -4,6 +4,10 @@ Every streaming model (encoder, LLM, voice-token LM, token2wav) is stateful: it 
 runs, keyed by a sequence (correlation) id that the caller opens with `start` and closes with `end` — as
 Triton's sequence batcher does — so a request carries only its new chunk, never the history (DESIGN.md §5).
 The caller's stream is the affinity; when it breaks, the caller replays what it logged on another replica.
+
+A request also says whether it is steady work: a reply's work after its first audio, which pacing keeps seconds
+ahead of the listener, so it can wait a moment while another session's first audio (the latency a user feels)
+is computed on the same CPUs. The local runtime orders its work by it; Triton leaves the order to its scheduler.
 """
 
 from __future__ import annotations
@@ -50,11 +54,17 @@ class ModelRuntime(ABC):
     """What services call. Errors in inputs raise `InvalidInput` (services map it to INVALID_ARGUMENT)."""
 
     @abstractmethod
-    async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap: ...
+    async def infer(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: bool = False
+    ) -> TensorMap:
+        """One response; `steady`: the request is steady work (see the module's docstring), not first-audio work."""
 
     @abstractmethod
-    def infer_stream(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> AsyncIterator[TensorMap]:
-        """Responses of a decoupled model; closing the iterator early cancels the rest."""
+    def infer_stream(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
+    ) -> AsyncIterator[TensorMap]:
+        """Responses of a decoupled model; closing the iterator early cancels the rest. The responses after the first
+        `steady_after` are steady work (None: none is)."""
 
     @abstractmethod
     async def end_sequence(self, model: str, sequence_id: str) -> None:

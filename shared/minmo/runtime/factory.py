@@ -10,7 +10,7 @@ from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.runtime.base import ModelRuntime, RuntimeModel
 from minmo.runtime.batching import BatchSettings
 from minmo.runtime.llm_model import LlmModel
-from minmo.runtime.local import LocalRuntime
+from minmo.runtime.local import STEADY_WAIT_S, LocalRuntime
 from minmo.runtime.models import EncoderModel
 from minmo.runtime.token2wav_model import Token2WavModel
 from minmo.runtime.voicelm_model import VoiceLmModel
@@ -36,10 +36,12 @@ def build_local_runtime(
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
     placement: Placement = CPU_FLOAT32,
+    steady_wait_s: float = STEADY_WAIT_S,
 ) -> ModelRuntime:
-    """An in-process runtime serving `models` (names from MODEL_FACTORIES), batching across sessions if asked."""
+    """An in-process runtime serving `models` (names from MODEL_FACTORIES), batching across sessions if asked;
+    `steady_wait_s`: the longest a steady step waits for first-audio work (`LocalRuntime`)."""
     built = [MODEL_FACTORIES[name](cfg, checkpoint, placement) for name in models]
-    return LocalRuntime(built, workers=workers, batching=batching, on_batch=on_batch)
+    return LocalRuntime(built, workers=workers, batching=batching, on_batch=on_batch, steady_wait_s=steady_wait_s)
 
 
 RUNTIME_KINDS = ("local", "triton")
@@ -54,12 +56,16 @@ def build_runtime(
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
     placement: Placement = CPU_FLOAT32,
+    steady_wait_s: float = STEADY_WAIT_S,
 ) -> ModelRuntime:
     """The runtime a service's configuration selects: `local` builds `models` in process on `placement`; `triton`
     talks to the Triton server at `triton_url` (HOST:PORT), whose repository holds the models (cfg, checkpoint and
     placement are its)."""
     if kind == "local":
-        return build_local_runtime(cfg, models, checkpoint, batching=batching, on_batch=on_batch, placement=placement)
+        return build_local_runtime(
+            cfg, models, checkpoint, batching=batching, on_batch=on_batch, placement=placement,
+            steady_wait_s=steady_wait_s,
+        )
     if kind != "triton":
         raise ValueError(f"runtime kind must be one of {RUNTIME_KINDS}, got {kind!r}")
     if not triton_url:
@@ -81,9 +87,10 @@ async def open_runtime(
     batching: BatchSettings | None = None,
     on_batch: Callable[[str, int], None] | None = None,
     placement: Placement = CPU_FLOAT32,
+    steady_wait_s: float = STEADY_WAIT_S,
 ) -> ModelRuntime:
     """`build_runtime`, then wait until a Triton server has `models` loaded (a no-op for the local runtime)."""
-    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url, batching, on_batch, placement)
+    runtime = build_runtime(kind, cfg, models, checkpoint, triton_url, batching, on_batch, placement, steady_wait_s)
     wait_ready = getattr(runtime, "wait_ready", None)
     if wait_ready is not None:
         await wait_ready(models, TRITON_READY_TIMEOUT_S)

@@ -16,15 +16,22 @@ like any request; the rest of a long one runs on a background pool whose threads
 this process and in the other services on the same CPUs (the vocoder, the voice LM) — run first, so its cost to them
 stays bounded while it still uses the CPU they leave idle. Only the pool's own threads are niced: a kernel that torch
 spreads over its intra-op threads (large matrices) runs those at normal priority.
+
+Steady work (`steady` / `steady_after`: a reply's work after its first audio, which pacing keeps ahead of the listener)
+runs on that background pool too, so on shared CPUs every service's first-audio work goes first. Within this process
+it also waits, at most `steady_wait_s` per step, while first-audio work is running (`FirstAudioGate`): two Python
+threads of one process share the GIL whatever their OS priority, and a tiny model's step is mostly Python.
+With batching on, the steps of a batching model run in the batcher's order, whatever their kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -35,6 +42,32 @@ from minmo.runtime.batching import BatchSettings, StepBatcher
 
 _DONE = object()
 BACKGROUND_NICE = 10  # nice levels below the compute pool for the rest of a long prefill (~1/10 of the CPU share)
+STEADY_WAIT_S = 0.25  # the longest a steady step waits for this process's first-audio work (pacing keeps ~3 s ahead)
+
+
+class FirstAudioGate:
+    """Counts the first-audio work running in this process; a steady step waits until there is none, or at most
+    `max_wait_s` (so steady work is delayed, never starved)."""
+
+    def __init__(self, max_wait_s: float = STEADY_WAIT_S) -> None:
+        self.max_wait_s = max_wait_s
+        self._changed = threading.Condition()
+        self._running = 0
+
+    @contextlib.contextmanager
+    def first_audio(self) -> Iterator[None]:
+        with self._changed:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    def wait_for_first_audio(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._running == 0, timeout=self.max_wait_s)
 
 
 class LocalRuntime(ModelRuntime):
@@ -45,9 +78,11 @@ class LocalRuntime(ModelRuntime):
         batching: BatchSettings | None = None,
         on_batch: Callable[[str, int], None] | None = None,
         background_nice: int = BACKGROUND_NICE,
+        steady_wait_s: float = STEADY_WAIT_S,
     ) -> None:
         """`on_batch(model, size)` is told the size of every batch a batching worker runs (for the metrics);
-        `background_nice`: how much lower (in nice levels) the background pool's threads run (0: the same)."""
+        `background_nice`: how much lower (in nice levels) the background pool's threads run (0: the same);
+        `steady_wait_s`: the longest a steady step waits for first-audio work in this process (0: not at all)."""
         self.models = {model.name: model for model in models}
         self._batchers: dict[str, StepBatcher] = {}
         if batching is not None and batching.enabled:
@@ -65,33 +100,41 @@ class LocalRuntime(ModelRuntime):
             initargs=(background_nice,),
         )
         self._states: dict[tuple[str, str], Any] = {}
+        self._gate = FirstAudioGate(steady_wait_s)
 
-    async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
+    async def infer(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: bool = False
+    ) -> TensorMap:
         handler = self._model(model)
         state = self._state_for(handler, sequence)
-        loop = asyncio.get_running_loop()
-        pool = self._pool_for(handler, getattr(handler, "batches_execute", False))
+        submit = functools.partial(self._submit, handler, getattr(handler, "batches_execute", False), steady)
         if hasattr(handler, "execute_slices"):
-            outputs, new_state = await _run_slices(pool, self._background_pool, handler.execute_slices(inputs, state))
+            outputs, new_state = await _run_slices(submit, self._background_pool, handler.execute_slices(inputs, state))
         else:
-            outputs, new_state = await loop.run_in_executor(pool, _no_grad_call, handler.execute, inputs, state)
+            outputs, new_state = await asyncio.wrap_future(submit(handler.execute, inputs, state))
         self._keep_state(handler, sequence, new_state)
         return outputs
 
     async def infer_stream(
-        self, model: str, inputs: TensorMap, sequence: Sequence | None = None
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
     ) -> AsyncIterator[TensorMap]:
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
-        pool = self._pool_for(handler, True)
-        step: Future | None = pool.submit(_no_grad_call, next, responses, _DONE)
+        produced = 0
+
+        def next_step() -> Future:
+            steady = steady_after is not None and produced >= steady_after
+            return self._submit(handler, True, steady, next, responses, _DONE)
+
+        step: Future | None = next_step()
         try:
             while True:
                 item = await asyncio.wrap_future(step)
                 if item is _DONE:
                     break
+                produced += 1
                 # The next step computes while the caller handles this one (sends it on): one step ahead at most.
-                step = pool.submit(_no_grad_call, next, responses, _DONE)
+                step = next_step()
                 outputs, new_state = item
                 self._keep_state(handler, sequence, new_state, final=False)
                 yield outputs
@@ -118,9 +161,23 @@ class LocalRuntime(ModelRuntime):
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
         self._background_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _pool_for(self, handler: RuntimeModel, batches: bool) -> ThreadPoolExecutor:
-        """The waiting pool for a call that submits steps to a batcher, else the bounded compute pool."""
-        return self._batch_pool if batches and handler.name in self._batchers else self._pool
+    def _submit(self, handler: RuntimeModel, batches: bool, steady: bool, fn: Callable, *args) -> Future:
+        """Run `fn(*args)` without autograd: on the waiting pool when it submits steps to a batcher; steady work on
+        the background pool, after this process's first-audio work; the rest on the compute pool, counted as
+        first-audio work."""
+        if batches and handler.name in self._batchers:
+            return self._batch_pool.submit(_no_grad_call, fn, *args)
+        if steady:
+            return self._background_pool.submit(self._steady_call, fn, *args)
+        return self._pool.submit(self._first_audio_call, fn, *args)
+
+    def _steady_call(self, fn: Callable, *args) -> Any:
+        self._gate.wait_for_first_audio()
+        return _no_grad_call(fn, *args)
+
+    def _first_audio_call(self, fn: Callable, *args) -> Any:
+        with self._gate.first_audio():
+            return _no_grad_call(fn, *args)
 
     def _model(self, name: str) -> RuntimeModel:
         if name not in self.models:
@@ -148,20 +205,23 @@ class LocalRuntime(ModelRuntime):
             self._states[key] = state
 
 
-async def _run_slices(pool: ThreadPoolExecutor, background: ThreadPoolExecutor, slices: Generator) -> Any:
-    """Drive a generator that yields between slices of work, one task per slice (the first on `pool`, the rest on
-    `background`); its return value.
+async def _run_slices(
+    submit_first: Callable[..., Future], background: ThreadPoolExecutor, slices: Generator
+) -> Any:
+    """Drive a generator that yields between slices of work, one task per slice (the first by `submit_first`, the
+    rest on `background`); its return value.
 
     Cancelled (or failed), the slice already running finishes, then the generator is closed (its later slices never
     run) on a thread of its own, as `infer_stream` closes its responses."""
     step: Future | None = None
+    submit = submit_first
     try:
         while True:
-            step = pool.submit(_no_grad_call, _next_slice, slices)
+            step = submit(_next_slice, slices)
             finished, value = await asyncio.wrap_future(step)
             if finished:
                 return value
-            pool = background
+            submit = functools.partial(background.submit, _no_grad_call)
     except BaseException:
         await asyncio.to_thread(_close_after, step, slices)
         raise

@@ -14,6 +14,9 @@ it a stream cannot know its last response until another one comes. Responses are
 Errors: the model's `InvalidInput` and `UnknownSequence` come back as themselves (model.py tags the message with
 the class), and so does Triton's own rejection of a request on a sequence it does not know. Other request errors
 that Triton reports (shape or dtype against config.pbtxt) are `InvalidInput`; the rest is `TritonRequestError`.
+
+`steady` / `steady_after` (steady work after a reply's first audio) are not sent: Triton's sequence batcher runs a
+sequence's requests in order and has no priority levels, so Triton orders the work by its own scheduler.
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ class TritonRuntime(ModelRuntime):
         self._channel = grpc.aio.insecure_channel(url, options=limits)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
-    async def infer(self, model: str, inputs: TensorMap, sequence: Sequence | None = None) -> TensorMap:
+    async def infer(
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: bool = False
+    ) -> TensorMap:
         if model not in self.stateful_models:
             return await self._unary(model, inputs)
         responses = [outputs async for outputs in self._stream(model, inputs, self._require(model, sequence), False)]
@@ -69,7 +74,7 @@ class TritonRuntime(ModelRuntime):
         return responses[0]
 
     async def infer_stream(
-        self, model: str, inputs: TensorMap, sequence: Sequence | None = None
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
     ) -> AsyncIterator[TensorMap]:
         if model not in self.stateful_models:
             yield await self._unary(model, inputs)

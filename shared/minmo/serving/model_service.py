@@ -80,7 +80,7 @@ async def start_model_service(
 
         runtime = await open_runtime(
             server.runtime, cfg, list(service.models), checkpoint, server.triton_url, batch, on_batch,
-            placement=server.placement,
+            placement=server.placement, steady_wait_s=server.steady_wait_ms / 1000,
         )
     host.on_stop(runtime.close)
     parts = ServiceParts(cfg, runtime, SessionLimiter(server.max_sessions), telemetry)
