@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 
 from minmo.reliability.harness import TurnOutcome
-from minmo.reliability.runs import _silence_after
+from minmo.reliability.runs import _failed_over_waits, _silence_after
 
 
-def _reply(arrivals: list[tuple[float, float]], input_done_at: float = 0.0) -> TurnOutcome:
-    """A reply whose chunks of `duration` seconds arrived at `at`."""
-    turn = TurnOutcome(None, 0, input_done_at=input_done_at)
+def _reply(
+    arrivals: list[tuple[float, float]], input_done_at: float = 0.0, failovers: tuple[str, ...] = ()
+) -> TurnOutcome:
+    """A reply whose chunks of `duration` seconds arrived at `at` (and whose LatencyReport named `failovers`)."""
+    turn = TurnOutcome(None, 0, input_done_at=input_done_at, failovers=list(failovers))
     for at, duration in arrivals:
         turn.arrived(at, duration)
     return turn
@@ -39,3 +41,15 @@ def test_only_replies_playing_at_the_kill_count_for_its_silence():
         _reply([(9.0, 1.0)], input_done_at=8.5),  # asked for after the kill
     ]
     assert _silence_after(turns, killed_at=4.5) == (pytest.approx(2.0), 1)
+
+
+def test_the_turns_a_kill_hit_are_those_whose_report_names_the_component():
+    turns = [
+        _reply([(4.0, 1.0), (7.0, 1.0)], input_done_at=3.5, failovers=("vocoder",)),  # next chunk 2.5 s after
+        _reply([(5.0, 1.0)], input_done_at=3.0, failovers=("vocoder",)),  # 0.5 s
+        _reply([(4.6, 1.0)], input_done_at=3.0),  # not hit: on the replica that lived
+        _reply([(4.8, 1.0)], input_done_at=3.0, failovers=("llm",)),  # another hop's failover
+    ]
+    hit, p50, longest = _failed_over_waits(turns, "vocoder", killed_at=4.5)
+    assert hit == 2 and p50 == pytest.approx(1.5) and longest == pytest.approx(2.5)
+    assert _failed_over_waits(turns, "encoder", killed_at=4.5)[0] == 0

@@ -47,5 +47,7 @@ async def test_an_encoder_replica_lost_mid_utterance_is_replayed_and_the_turn_is
     assert starts and starts == sorted(starts)
     (other,) = [host for host in stack.hosts["encoder"] if host is not serving]
     assert other.active_sessions() == 1, "the session's encoder stream now lives on the other replica"
+    (report,) = [event.latency_report for event in events if _is_latency(event)]
+    assert list(report.failovers) == ["encoder"], "the turn's LatencyReport names the hop that failed over"
     call.cancel()
     assert duplex.active_sessions() <= 1

@@ -74,6 +74,8 @@ async def test_an_llm_replica_lost_mid_reply_is_continued_on_another_and_the_tur
     assert not any(event.HasField("error") for event in events)
     (other,) = [host for host in stack.hosts["llm"] if host is not serving]
     assert other.active_sessions() == 1, "the session's llm stream now lives on the other replica"
+    (report,) = [event.latency_report for event in events if _is_latency(event)]
+    assert list(report.failovers) == ["llm"], "the turn's LatencyReport names the hop that failed over"
     streamed, final = _reply(events)
     assert any(_is_assistant_piece(event) for event in after), "the reply went on after the loss"
     assert streamed == final and final, "the client got every piece once, in order"

@@ -57,6 +57,8 @@ async def test_a_speech_hop_lost_while_the_reply_plays_continues_from_the_log(st
     reopened = [match.groups() for match in map(REOPENED.search, caplog.messages) if match]
     assert [hop for hop, _, _ in reopened] == [component], caplog.messages
     assert int(reopened[0][2]) > 0, "the hop was lost mid-reply, with speech tokens already logged"
+    (report,) = [event.latency_report for event in events if _is_latency(event)]
+    assert list(report.failovers) == [component], "the turn's LatencyReport names the hop that failed over"
 
     audio = [event.audio_output for event in events if _is_audio(event)]
     samples = [pcm16_to_float(chunk.audio).size for chunk in audio]

@@ -93,6 +93,7 @@ ENCODER_LOST = "the speech encoder became unavailable during this turn; please s
 LLM_LOST = "the language model is unavailable; please retry this turn"
 STORE_LOST = "the session store is unavailable; please retry this turn"
 EVENT_STALL_S = 10.0  # a client event still being handled after this long is logged with where it waits
+ENCODER_HOP = "encoder"  # a LatencyReport's name for a failover of the encoder stream
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Conversation:
         self.turns = TurnPolicy(predictor_mode=False)  # replaced with the session's once its config is known
         self.audio_input: AudioInput | None = None
         self.encoder = EncoderLink(peers.encoder, self._on_embeddings, self._on_flush_done, self._on_encoder_lost)
+        self.encoder_failovers_reported = 0  # the encoder stream's failovers already told in a LatencyReport
         self.llm = LlmLink(peers.llm, self._on_predictor, self._on_user_transcript, self._on_context_trimmed)
         self.timings: TurnTimings | None = None
         self.response: Response | None = None  # the last response started (the policy says if it still generates)
@@ -678,6 +680,11 @@ class Conversation:
             log.warning("session %s: state %s not stored: %s", self.session_id, state, error)
 
     def _report(self, response: Response) -> conversation_pb2.LatencyReport:
+        """The turn's LatencyReport; the encoder's failovers since the last report (the encoder stream is the
+        session's, so they happened while the user spoke this turn) go before the reply's own."""
+        new_encoder_failovers = self.encoder.failovers - self.encoder_failovers_reported
+        self.encoder_failovers_reported = self.encoder.failovers
+        response.timings.failovers[:0] = [ENCODER_HOP] * new_encoder_failovers
         return response.timings.report(response.turn_id, self.trace.trace_id if self.trace is not None else "")
 
     async def _report_error(self, code: grpc.StatusCode, message: str, turn_id: str = "") -> None:

@@ -67,6 +67,7 @@ class LlmFailover:
                 )
                 continue
             self.failovers += 1
+            response.timings.failovers.append("llm")
             log.warning(
                 "session %s turn %s: %s; continuing the reply after its %d tokens on another replica",
                 self.session_id,

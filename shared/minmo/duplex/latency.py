@@ -34,9 +34,10 @@ class TurnTimings:
     first_pcm: float | None = None
     vocoder_first_chunk_compute_ms: float | None = None
     first_audio_sent: float | None = None
+    failovers: list[str] = field(default_factory=list)  # hops reopened on another replica during the turn, in order
 
     def report(self, turn_id: str, trace_id: str = "") -> conversation_pb2.LatencyReport:
-        report = conversation_pb2.LatencyReport(turn_id=turn_id, trace_id=trace_id)
+        report = conversation_pb2.LatencyReport(turn_id=turn_id, trace_id=trace_id, failovers=self.failovers)
         _set(report, "duplex_decision_ms", _between(self.end_of_speech, self.generate_sent))
         _set(report, "encoder_ms", self.encoder_flush_ms)
         first_token = self.token_times[0] if self.token_times else None

@@ -326,6 +326,7 @@ class SpeechHops:
                 log.warning("%s failover attempt failed: %s", hop.name, _describe(reopen_error))
                 continue
             self.failovers += 1
+            self.timings.failovers.append(hop.name)
             log.warning(
                 "%s stream lost (%s); reopened on another replica after %d text positions and %d speech tokens",
                 hop.name,

@@ -166,6 +166,7 @@ class TurnOutcome:
     audio_at: list[float] = field(default_factory=list)  # every audio chunk of the reply arrived
     playback_end: float = 0.0  # a speaker playing the reply in real time as it arrives finishes it
     silences: list[tuple[float, float]] = field(default_factory=list)  # (from, to): that speaker ran dry mid-reply
+    failovers: list[str] = field(default_factory=list)  # the hops reopened on another replica (LatencyReport)
 
     def waited_after(self, moment: float) -> float | None:
         """How long the user waited for this reply's audio after `moment`, or after they finished the turn when that
@@ -245,6 +246,7 @@ class ProbeSession:
                 report = event.latency_report
                 result.first_audio_ms = report.first_audio_ms if report.HasField("first_audio_ms") else None
                 result.ended_at = time.monotonic()
+                result.failovers = list(report.failovers)
                 self.turns.append(result)
                 return
 

@@ -9,7 +9,8 @@ faults: `sessions` concurrent sessions (spoken and typed turns, each reply liste
 next turn, as a person does) on two replicas of every model service; one replica of each component is killed with
 SIGKILL in turn (then restarted), then Redis (AOF, fsync always) -> sessions lost, turns failed per kill, each
 session's wait for audio after each kill (p50, max; `_waited_after`) beside the same wait at moments without a kill
-(`BASELINE_BEFORE_S` before each kill: what the load alone costs), the longest silence heard within
+(`BASELINE_BEFORE_S` before each kill: what the load alone costs), the same wait on the turns the kill hit (their
+LatencyReport lists the component among its `failovers`), the longest silence heard within
 `BASELINE_BEFORE_S` on replies playing at a kill and at those moments (a speaker that ran dry; pacing keeps audio
 ahead of playback, which covers a short failover), the longest wait for
 a completed turn after each kill, session records lost across the Redis kill, history entries lost (a turn the
@@ -211,6 +212,7 @@ class FaultFigures:
     failed_by_kill: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float] = field(default_factory=dict)  # kill -> the longest wait for a completed turn
     first_audio_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # kill -> (p50, max) over sessions
+    failed_over: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # kill -> (turns, p50, max wait)
     baseline_wait_s: tuple[float, float] = (NAN, NAN)  # the same wait at moments without a kill: (p50, max)
     silence_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # kill -> (max silence heard, replies)
     baseline_silence_s: tuple[float, int] = (NAN, 0)  # the same at moments without a kill
@@ -252,6 +254,14 @@ def _silence_after(turns: list[TurnOutcome], killed_at: float) -> tuple[float, i
     playing = [turn for turn in turns if turn.audio_at and turn.audio_at[0] < killed_at < turn.playback_end]
     heard = (turn.silence_heard(killed_at, killed_at + BASELINE_BEFORE_S) for turn in playing)
     return max(heard, default=0.0), len(playing)
+
+
+def _failed_over_waits(turns: list[TurnOutcome], component: str, killed_at: float) -> tuple[int, float, float]:
+    """The turns the kill hit (their LatencyReport says `component` failed over) and their wait for audio after the
+    kill (`TurnOutcome.waited_after`): (turns, p50, max)."""
+    hit = [turn for turn in turns if component in turn.failovers]
+    waits = [waited for turn in hit if (waited := turn.waited_after(killed_at)) is not None]
+    return (len(hit), *_p50_max(waits))
 
 
 def _waited_after(probe: ProbeSession, killed_at: float) -> float | None:
@@ -298,6 +308,7 @@ async def _faults(stack: ProcessStack, sessions: int) -> FaultFigures:
         figures.recovery_s[component] = max(waits, default=float("nan"))
         delays = [delay for probe in probes if (delay := _waited_after(probe, killed_at)) is not None]
         figures.first_audio_s[component] = _p50_max(delays)
+        figures.failed_over[component] = _failed_over_waits(window, component, killed_at)
         figures.silence_s[component] = _silence_after(turns, killed_at)
     calm = [moment - BASELINE_BEFORE_S for moment in kills.values()]
     calm_silences = [_silence_after(turns, moment) for moment in calm]
@@ -347,6 +358,9 @@ def print_faults(figures: FaultFigures, console: Console) -> None:
         p50, longest = figures.first_audio_s[component]
         first_audio = f"{p50:.2f} / {longest:.2f}"
         table.add_row(f"kill -9 {component}: wait for audio after the kill, p50 / max over sessions (s)", first_audio)
+        hit, p50, longest = figures.failed_over[component]
+        label = f"kill -9 {component}: the {hit} turns that failed over: wait for audio after the kill, p50 / max (s)"
+        table.add_row(label, f"{p50:.2f} / {longest:.2f}")
         silence, playing = figures.silence_s[component]
         heard = f"kill -9 {component}: longest silence within {BASELINE_BEFORE_S:.0f} s, {playing} replies playing (s)"
         table.add_row(heard, f"{silence:.2f}")

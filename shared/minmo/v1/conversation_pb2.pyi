@@ -232,7 +232,7 @@ class AudioOutput(_message.Message):
     def __init__(self, turn_id: _Optional[str] = ..., audio: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., start_ms: _Optional[int] = ...) -> None: ...
 
 class LatencyReport(_message.Message):
-    __slots__ = ("turn_id", "trace_id", "duplex_decision_ms", "encoder_ms", "llm_first_token_ms", "llm_five_tokens_ms", "voicelm_first_tokens_ms", "vocoder_first_chunk_ms", "first_audio_ms", "network_ms", "queue_ms", "hops")
+    __slots__ = ("turn_id", "trace_id", "duplex_decision_ms", "encoder_ms", "llm_first_token_ms", "llm_five_tokens_ms", "voicelm_first_tokens_ms", "vocoder_first_chunk_ms", "first_audio_ms", "network_ms", "queue_ms", "hops", "failovers")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLEX_DECISION_MS_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +245,7 @@ class LatencyReport(_message.Message):
     NETWORK_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     trace_id: str
     duplex_decision_ms: float
@@ -257,7 +258,8 @@ class LatencyReport(_message.Message):
     network_ms: float
     queue_ms: float
     hops: _containers.RepeatedCompositeFieldContainer[_common_pb2.HopLatency]
-    def __init__(self, turn_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., duplex_decision_ms: _Optional[float] = ..., encoder_ms: _Optional[float] = ..., llm_first_token_ms: _Optional[float] = ..., llm_five_tokens_ms: _Optional[float] = ..., voicelm_first_tokens_ms: _Optional[float] = ..., vocoder_first_chunk_ms: _Optional[float] = ..., first_audio_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_common_pb2.HopLatency, _Mapping]]] = ...) -> None: ...
+    failovers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, turn_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., duplex_decision_ms: _Optional[float] = ..., encoder_ms: _Optional[float] = ..., llm_first_token_ms: _Optional[float] = ..., llm_five_tokens_ms: _Optional[float] = ..., voicelm_first_tokens_ms: _Optional[float] = ..., vocoder_first_chunk_ms: _Optional[float] = ..., first_audio_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_common_pb2.HopLatency, _Mapping]]] = ..., failovers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "retryable", "session_id", "turn_id")
