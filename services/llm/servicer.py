@@ -53,9 +53,10 @@ import grpc
 import torch
 
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.config import SPEECH_BLOCK, SPEECH_TOKEN_RATE_HZ, TEXT_BLOCK
 from minmo.model.detokenizer import IncrementalDetokenizer
 from minmo.model.tokenizer import Tokenizer
-from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence
+from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence
 from minmo.runtime.llm_model import (
     OP_APPEND_AUDIO,
     OP_APPEND_TEXT_TURN,
@@ -79,6 +80,7 @@ QUEUED_JOBS = 256  # requests read ahead of the worker; past it the reader waits
 QUEUED_RESPONSES = 1024  # responses the caller has not read yet; past it the worker waits, then the session fails
 PAUSE_LIMIT_S = 2.0  # longest a response waits for its ResumeGeneration (GenerateResponse.pause_after_tokens)
 FIVE_TOKENS = 5  # ResponseEnd.five_tokens_ms: the paper's latency budget counts 5 text tokens per speech block
+SECONDS_PER_TEXT_TOKEN = SPEECH_BLOCK / TEXT_BLOCK / SPEECH_TOKEN_RATE_HZ  # a text token's share of a reply's speech
 log = logging.getLogger("minmo.llm")
 
 Job = Callable[[], Awaitable[None]]
@@ -193,6 +195,12 @@ class _Generation:
     detokenizer: IncrementalDetokenizer | None = None  # set when the generation starts: this session's tokenizer
     first_token_ms: float = 0.0
     five_tokens_ms: float = 0.0
+    lead: PlaybackLead = field(default_factory=lambda: PlaybackLead(SECONDS_PER_TEXT_TOKEN))
+
+    def steady(self) -> bool:
+        """Whether the next token is steady work: past the tokens the first audio needs (the caller's pause point),
+        with the reply ahead of its listener (a text token is about 0.12 s of speech: 5 positions per 15 tokens)."""
+        return self.generated_here >= self.pause_after_tokens and self.lead.steady()
 
     @property
     def generated_here(self) -> int:
@@ -524,10 +532,7 @@ class _Session:
         wanted = generation.max_tokens - len(generation.prefix)
         inputs = {"max_tokens": torch.tensor([max(1, min(wanted, room))]), **self.sampling}
         generate = {"op": torch.tensor([OP_GENERATE]), **inputs}
-        # the tokens after those the first audio needs (the caller's pause point) are steady work: the runtime runs
-        # other sessions' first audio before them
-        steady_after = generation.pause_after_tokens or None
-        stream = self.runtime.infer_stream(MODEL, generate, self._sequence(), steady_after=steady_after)
+        stream = self.runtime.infer_stream(MODEL, generate, self._sequence(), steady=generation.steady)
         async with contextlib.aclosing(stream) as tokens:
             async for outputs in tokens:
                 self.position = int(outputs["position"][0])
@@ -553,6 +558,7 @@ class _Session:
             index=len(generation.token_ids) - 1,
         )
         await self.out.put(llm_pb2.LlmResponse(text_token=token))
+        generation.lead.produced(1)
         count = generation.generated_here
         if count == 1:
             generation.first_token_ms = _ms_since(generation.received)

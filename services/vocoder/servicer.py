@@ -20,7 +20,7 @@ import torch
 from minmo.api.tensors import tensor_from_proto
 from minmo.audio.pcm import float_to_pcm16
 from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
-from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
+from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence, TensorMap
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
@@ -170,6 +170,7 @@ class _VocoderStream:
         self.compute_ms = 0.0
         self.first_tokens_at: float | None = None
         self.first_chunk_ms = 0.0
+        self.lead = PlaybackLead(1 / VOCODER_SAMPLE_RATE)  # how far this stream's audio is ahead of its listener
 
     async def vocode(self, ids: list[int], flush: bool) -> vocoder_pb2.VocodeResponse | None:
         """Run one token2wav chunk; a response only when samples came out (chunks complete every 25 tokens)."""
@@ -181,8 +182,9 @@ class _VocoderStream:
             turn_start = self.turn_start if not self.started else {}
             self.started = True  # from here on the runtime may hold state for it: `end` drops it
             inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **turn_start}
-            # after the stream's first audio, its chunks are steady work: pacing keeps them ahead of the listener
-            outputs = await self.runtime.infer(MODEL, inputs, sequence, steady=self.chunks > 0)
+            # after the stream's first audio, a chunk is steady work while the stream is ahead of its listener
+            steady = self.chunks > 0 and self.lead.steady()
+            outputs = await self.runtime.infer(MODEL, inputs, sequence, steady=steady)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         self.ended = flush  # a completed flush ended the sequence in the runtime
@@ -194,6 +196,7 @@ class _VocoderStream:
             return None
         if self.chunks == 0 and self.first_tokens_at is not None:
             self.first_chunk_ms = 1000 * (time.perf_counter() - self.first_tokens_at)
+        self.lead.produced(pcm.shape[0])
         start, self.samples = self.samples, self.samples + pcm.shape[0]
         self.chunks += 1
         return vocoder_pb2.VocodeResponse(

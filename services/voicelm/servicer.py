@@ -28,7 +28,7 @@ import torch
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.model.config import SPEECH_TOKEN_RATE_HZ
-from minmo.runtime.base import InvalidInput, ModelRuntime, Sequence, TensorMap
+from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence, TensorMap
 from minmo.runtime.llm_model import text_tensor
 from minmo.serving.read_ahead import ReadAhead
 from minmo.serving.server import SessionLimiter
@@ -213,8 +213,8 @@ class _Turn:
         self.first_tokens_ms = 0.0
         self.finished = False  # the model spoke the whole turn
         self.prefix_tokens = 0  # a failover's tokens, counted in `tokens` but made by another stream
-        self.first_tokens_at: float | None = None  # perf_counter() when this stream's first tokens came out
-        self.first_audio_tokens = first_audio_tokens  # this stream's tokens past these are steady work
+        self.first_audio_tokens = first_audio_tokens  # past these tokens, and ahead of the listener: steady work
+        self.lead = PlaybackLead(1 / SPEECH_TOKEN_RATE_HZ)  # this stream's tokens as audio, against real time
 
     async def start(self, sampling: TensorMap) -> None:
         """Open the sequence with the sampling settings and no positions yet (the model checks the settings); a
@@ -234,7 +234,7 @@ class _Turn:
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
         if text_end:
             inputs["max_tail_tokens"] = torch.tensor([TAIL_TOKENS_PER_CALL])
-        steady = self.tokens - self.prefix_tokens >= self.first_audio_tokens
+        steady = self.tokens - self.prefix_tokens >= self.first_audio_tokens and self.lead.steady()
         outputs = await self._infer(inputs, Sequence(self.sequence.id), steady)  # ended by the stream's end_sequence
         ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])
         self.positions += hidden.shape[0]
@@ -242,20 +242,16 @@ class _Turn:
             return []
         if not self.first_tokens_ms and self.first_positions_at is not None:
             self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
-        if self.first_tokens_at is None:
-            self.first_tokens_at = time.perf_counter()
+        self.lead.produced(ids.numel())
         first, self.tokens = self.tokens, self.tokens + ids.numel()
         messages = split_speech_tokens(ids.tolist(), first)
         return [voicelm_pb2.SynthesizeResponse(speech_tokens=message) for message in messages]
 
     async def pace(self, lead_s: float) -> None:
         """Wait until the audio this stream sent is at most `lead_s` ahead of real time (0: no pacing)."""
-        if lead_s <= 0 or self.first_tokens_at is None:
-            return
-        sent_s = (self.tokens - self.prefix_tokens) / SPEECH_TOKEN_RATE_HZ
-        ahead_s = sent_s - (time.perf_counter() - self.first_tokens_at) - lead_s
-        if ahead_s > 0:
-            await asyncio.sleep(ahead_s)
+        too_far_s = self.lead.ahead_s() - lead_s
+        if lead_s > 0 and too_far_s > 0:
+            await asyncio.sleep(too_far_s)
 
     def done(self) -> voicelm_pb2.SynthesizeResponse:
         return voicelm_pb2.SynthesizeResponse(

@@ -1,6 +1,7 @@
-"""Steady work (a reply's work after its first audio) gives way to first-audio work in the local runtime: it runs on
-the background pool's lower-priority threads, and waits, for a bounded time, while first-audio work runs in this
-process (real threads; a model that records where each step ran)."""
+"""Steady work (a reply's work after its first audio, while it is ahead of its listener) gives way to first-audio work
+in the local runtime: it runs on the background pool's lower-priority threads, and waits, for a bounded time, while
+first-audio work runs in this process (real threads; a model that records where each step ran). `PlaybackLead` says
+when a reply is ahead."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import torch
 
-from minmo.runtime.base import RuntimeModel, TensorMap
+from minmo.runtime.base import PlaybackLead, RuntimeModel, TensorMap
 from minmo.runtime.local import BACKGROUND_NICE, FirstAudioGate, LocalRuntime
 
 
@@ -57,7 +59,8 @@ def test_steady_calls_and_responses_run_at_a_lower_os_priority():
         try:
             await runtime.infer("recorder", _label(1))
             await runtime.infer("recorder", _label(2), steady=True)
-            stream = runtime.infer_stream("recorder", {"responses": torch.tensor([4])}, steady_after=2)
+            asked = iter([False, False, True, True, True])  # asked once before each step: 4 responses, then the end
+            stream = runtime.infer_stream("recorder", {"responses": torch.tensor([4])}, steady=asked.__next__)
             assert [int(outputs["index"][0]) async for outputs in stream] == [0, 1, 2, 3]
             everything = runtime.infer_stream("recorder", {"responses": torch.tensor([2])})
             assert len([outputs async for outputs in everything]) == 2
@@ -127,3 +130,14 @@ def test_the_gate_lets_steady_work_through_when_no_first_audio_work_runs():
         assert waiter.is_alive(), "it waits while first-audio work runs"
     waiter.join(5.0)
     assert not waiter.is_alive(), "and goes as soon as that work ends"
+
+
+def test_a_reply_is_steady_while_it_is_a_margin_ahead_of_its_listener():
+    lead = PlaybackLead(seconds_per_unit=0.04, margin_s=1.0)  # speech tokens at 25 Hz
+    assert not lead.steady(now=0.0) and lead.ahead_s(now=5.0) == 0.0, "nothing out yet: first-audio work"
+    lead.produced(30, now=10.0)  # 1.2 s of audio at once
+    assert lead.steady(now=10.1)
+    assert not lead.steady(now=10.3), "0.9 s ahead: under the margin"
+    lead.produced(50, now=10.3)  # 3.2 s in all
+    assert lead.ahead_s(now=11.0) == pytest.approx(2.2) and lead.steady(now=11.0)
+    assert not lead.steady(now=13.0), "a reply that falls behind (a loaded machine) is first-audio work again"

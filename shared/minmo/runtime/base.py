@@ -5,21 +5,25 @@ runs, keyed by a sequence (correlation) id that the caller opens with `start` an
 Triton's sequence batcher does — so a request carries only its new chunk, never the history (DESIGN.md §5).
 The caller's stream is the affinity; when it breaks, the caller replays what it logged on another replica.
 
-A request also says whether it is steady work: a reply's work after its first audio, which pacing keeps seconds
-ahead of the listener, so it can wait a moment while another session's first audio (the latency a user feels)
-is computed on the same CPUs. The local runtime orders its work by it; Triton leaves the order to its scheduler.
+A request also says whether it is steady work: a reply's work after its first audio while the reply is ahead of
+its listener by `STEADY_LEAD_S` or more (`PlaybackLead`), so it can wait a moment while another session's first
+audio (the latency a user feels) is computed on the same CPUs. A reply that falls behind (a loaded machine) is
+first-audio work again, so steady work is delayed, never starved. The local runtime orders its work by it; Triton
+leaves the order to its scheduler.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 TensorMap = dict[str, torch.Tensor]
+STEADY_LEAD_S = 1.0  # a reply stream at least this far ahead of real-time playback may wait for others' first audio
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,10 @@ class ModelRuntime(ABC):
 
     @abstractmethod
     def infer_stream(
-        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: Callable[[], bool] | None = None
     ) -> AsyncIterator[TensorMap]:
-        """Responses of a decoupled model; closing the iterator early cancels the rest. The responses after the first
-        `steady_after` are steady work (None: none is)."""
+        """Responses of a decoupled model; closing the iterator early cancels the rest. `steady` is asked before each
+        response is computed whether that is steady work (None: none is)."""
 
     @abstractmethod
     async def end_sequence(self, model: str, sequence_id: str) -> None:
@@ -80,3 +84,31 @@ class InvalidInput(ValueError):
 
 class UnknownSequence(KeyError):
     """A request named a sequence id that was never started here (or already ended)."""
+
+
+class PlaybackLead:
+    """How far a reply stream's output is ahead of a listener who plays it in real time from the stream's first
+    output: the slack that makes its next step steady work. `seconds_per_unit`: audio per unit of output (a sample,
+    a speech token, a text token's share of speech)."""
+
+    def __init__(self, seconds_per_unit: float, margin_s: float = STEADY_LEAD_S) -> None:
+        self.seconds_per_unit = seconds_per_unit
+        self.margin_s = margin_s
+        self.started_at: float | None = None
+        self.units = 0.0
+
+    def produced(self, units: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.started_at is None:
+            self.started_at = now
+        self.units += units
+
+    def ahead_s(self, now: float | None = None) -> float:
+        if self.started_at is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return self.units * self.seconds_per_unit - (now - self.started_at)
+
+    def steady(self, now: float | None = None) -> bool:
+        """Whether the stream is at least `margin_s` ahead of its listener."""
+        return self.ahead_s(now) >= self.margin_s

@@ -17,10 +17,11 @@ this process and in the other services on the same CPUs (the vocoder, the voice 
 stays bounded while it still uses the CPU they leave idle. Only the pool's own threads are niced: a kernel that torch
 spreads over its intra-op threads (large matrices) runs those at normal priority.
 
-Steady work (`steady` / `steady_after`: a reply's work after its first audio, which pacing keeps ahead of the listener)
-runs on that background pool too, so on shared CPUs every service's first-audio work goes first. Within this process
-it also waits, at most `steady_wait_s` per step, while first-audio work is running (`FirstAudioGate`): two Python
-threads of one process share the GIL whatever their OS priority, and a tiny model's step is mostly Python.
+Steady work (`steady`: a reply's work after its first audio while it is ahead of its listener, `PlaybackLead`) runs
+on that background pool too, so on shared CPUs every service's first-audio work goes first. Within this process it
+also waits, at most `steady_wait_s` per step, while first-audio work is running (`FirstAudioGate`): two Python
+threads of one process share the GIL whatever their OS priority, and a tiny model's step is mostly Python. A reply
+that loses its lead so is first-audio work again.
 With batching on, the steps of a batching model run in the batcher's order, whatever their kind.
 """
 
@@ -42,7 +43,7 @@ from minmo.runtime.batching import BatchSettings, StepBatcher
 
 _DONE = object()
 BACKGROUND_NICE = 10  # nice levels below the compute pool for the rest of a long prefill (~1/10 of the CPU share)
-STEADY_WAIT_S = 0.25  # the longest a steady step waits for this process's first-audio work (pacing keeps ~3 s ahead)
+STEADY_WAIT_S = 0.1  # the longest a steady step waits for this process's first-audio work (it is >= 1 s ahead)
 
 
 class FirstAudioGate:
@@ -116,15 +117,13 @@ class LocalRuntime(ModelRuntime):
         return outputs
 
     async def infer_stream(
-        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: Callable[[], bool] | None = None
     ) -> AsyncIterator[TensorMap]:
         handler = self._model(model)
         responses = handler.execute_stream(inputs, self._state_for(handler, sequence))
-        produced = 0
 
         def next_step() -> Future:
-            steady = steady_after is not None and produced >= steady_after
-            return self._submit(handler, True, steady, next, responses, _DONE)
+            return self._submit(handler, True, steady is not None and steady(), next, responses, _DONE)
 
         step: Future | None = next_step()
         try:
@@ -132,7 +131,6 @@ class LocalRuntime(ModelRuntime):
                 item = await asyncio.wrap_future(step)
                 if item is _DONE:
                     break
-                produced += 1
                 # The next step computes while the caller handles this one (sends it on): one step ahead at most.
                 step = next_step()
                 outputs, new_state = item

@@ -15,7 +15,7 @@ Errors: the model's `InvalidInput` and `UnknownSequence` come back as themselves
 the class), and so does Triton's own rejection of a request on a sequence it does not know. Other request errors
 that Triton reports (shape or dtype against config.pbtxt) are `InvalidInput`; the rest is `TritonRequestError`.
 
-`steady` / `steady_after` (steady work after a reply's first audio) are not sent: Triton's sequence batcher runs a
+`steady` (a reply's steady work after its first audio) is not sent: Triton's sequence batcher runs a
 sequence's requests in order and has no priority levels, so Triton orders the work by its own scheduler.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import torch
@@ -74,7 +74,7 @@ class TritonRuntime(ModelRuntime):
         return responses[0]
 
     async def infer_stream(
-        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady_after: int | None = None
+        self, model: str, inputs: TensorMap, sequence: Sequence | None = None, steady: Callable[[], bool] | None = None
     ) -> AsyncIterator[TensorMap]:
         if model not in self.stateful_models:
             yield await self._unary(model, inputs)

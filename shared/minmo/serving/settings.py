@@ -131,7 +131,7 @@ class ServerSettings:
     MINMO_MAX_SESSIONS is the replica's capacity in session slots: set it to what `minmo load --find-capacity`
     measured for this component on this machine kind (past it, new streams get RESOURCE_EXHAUSTED; the autoscaler
     scales on active sessions / capacity). MINMO_BATCH_MAX_SIZE (1: off) and MINMO_BATCH_WINDOW_MS: the local
-    runtime's batching across sessions (model services). MINMO_STEADY_WAIT_MS (default 250; 0: no wait): the longest
+    runtime's batching across sessions (model services). MINMO_STEADY_WAIT_MS (default 100; 0: no wait): the longest
     a reply's steady work (after its first audio) waits, per step, while another session's first-audio work runs in
     this process (local runtime; `minmo.runtime.local`)."""
 
@@ -152,7 +152,7 @@ class ServerSettings:
     placement: Placement = CPU_FLOAT32
     slow_client_s: float = 5.0
     torch_threads: int = 0
-    steady_wait_ms: float = 250.0
+    steady_wait_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if self.steady_wait_ms < 0:
@@ -181,7 +181,7 @@ class ServerSettings:
             placement=placement_from_env(environ),
             slow_client_s=env_float("MINMO_SLOW_CLIENT_S", 5.0, environ),
             torch_threads=env_int("MINMO_TORCH_THREADS", 0, environ),
-            steady_wait_ms=env_float("MINMO_STEADY_WAIT_MS", 250.0, environ),
+            steady_wait_ms=env_float("MINMO_STEADY_WAIT_MS", 100.0, environ),
         )
 
 
