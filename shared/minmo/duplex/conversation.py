@@ -680,10 +680,10 @@ class Conversation:
             log.warning("session %s: state %s not stored: %s", self.session_id, state, error)
 
     def _report(self, response: Response) -> conversation_pb2.LatencyReport:
-        """The turn's LatencyReport; the encoder's failovers since the last report (the encoder stream is the
-        session's, so they happened while the user spoke this turn) go before the reply's own."""
-        new_encoder_failovers = self.encoder.failovers - self.encoder_failovers_reported
-        self.encoder_failovers_reported = self.encoder.failovers
+        """The turn's LatencyReport; the encoder's failovers since the last report that replayed an utterance (the
+        encoder stream is the session's: one that broke between turns cost no turn) go before the reply's own."""
+        new_encoder_failovers = self.encoder.utterance_failovers - self.encoder_failovers_reported
+        self.encoder_failovers_reported = self.encoder.utterance_failovers
         response.timings.failovers[:0] = [ENCODER_HOP] * new_encoder_failovers
         return response.timings.report(response.turn_id, self.trace.trace_id if self.trace is not None else "")
 

@@ -229,6 +229,7 @@ class EncoderLink(_Link):
         self.position = 0  # embeddings delivered so far (the next one's position)
         self.log = UtteranceLog()
         self.failovers = 0  # streams rebuilt on another replica
+        self.utterance_failovers = 0  # those that replayed an utterance in progress (a user turn's LatencyReport)
         self.session_id = ""
         self._lock = asyncio.Lock()  # one writer or one failover at a time: the log and the call change together
 
@@ -279,6 +280,7 @@ class EncoderLink(_Link):
                 continue
             self.call = call
             self.failovers += 1
+            self.utterance_failovers += bool(self.log.requests)
             self.reader = asyncio.create_task(self._read(call), name=f"encoder-reader-{self.session_id}")
             log.warning(
                 "session %s: encoder stream lost (%s); replayed the utterance on another replica",
