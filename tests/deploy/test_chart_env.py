@@ -27,7 +27,7 @@ OTEL_SDK = frozenset(name for name in dir(otel_variables) if name.startswith("OT
 # section 2).
 NOT_APPLICABLE = {
     "duplex": {"MINMO_RUNTIME", "MINMO_TRITON_URL", "MINMO_BATCH_MAX_SIZE", "MINMO_BATCH_WINDOW_MS"}
-    | {"MINMO_DEVICE", "MINMO_DTYPE", "MINMO_TORCH_THREADS"}
+    | {"MINMO_DEVICE", "MINMO_DTYPE", "MINMO_TORCH_THREADS", "MINMO_STEADY_WAIT_MS"}
 }
 
 

@@ -187,6 +187,7 @@ grpc:
 {{- $_ := set $env "MINMO_DTYPE" $root.Values.model.dtype }}
 {{- $_ := set $env "MINMO_DEVICE" (ternary "cuda" "cpu" (gt (int $c.gpus) 0)) }}
 {{- $_ := set $env "MINMO_TORCH_THREADS" (include "minmo.torchThreads" $c) }}
+{{- $_ := set $env "MINMO_STEADY_WAIT_MS" $root.Values.model.steadyWaitMs }}
 {{- if $root.Values.triton.enabled }}
 {{- $_ := set $env "MINMO_RUNTIME" "triton" }}
 {{- $_ := set $env "MINMO_TRITON_URL" (printf "%s-triton:%v" (include "minmo.fullname" $root) $root.Values.triton.grpcPort) }}
