@@ -21,8 +21,8 @@ Steady work (`steady`: a reply's work after its first audio while it is ahead of
 on that background pool too, so on shared CPUs every service's first-audio work goes first. Within this process it
 also waits, at most `steady_wait_s` per step, while first-audio work is running (`FirstAudioGate`): two Python
 threads of one process share the GIL whatever their OS priority, and a tiny model's step is mostly Python. A reply
-that loses its lead so is first-audio work again.
-With batching on, the steps of a batching model run in the batcher's order, whatever their kind.
+that falls behind its listener is first-audio work again. With batching on, the steps of a batching model run in the
+batcher's order, whatever their kind.
 """
 
 from __future__ import annotations
