@@ -200,7 +200,7 @@ class _Generation:
     def steady(self) -> bool:
         """Whether the next token is steady work: past the tokens the first audio needs (the caller's pause point),
         with the reply ahead of its listener (a text token is about 0.12 s of speech: 5 positions per 15 tokens)."""
-        return self.generated_here >= self.pause_after_tokens and self.lead.steady()
+        return self.generated_here >= self.pause_after_tokens and self.lead.steady(self.generated_here)
 
     @property
     def generated_here(self) -> int:
@@ -558,7 +558,7 @@ class _Session:
             index=len(generation.token_ids) - 1,
         )
         await self.out.put(llm_pb2.LlmResponse(text_token=token))
-        generation.lead.produced(1)
+        generation.lead.start()
         count = generation.generated_here
         if count == 1:
             generation.first_token_ms = _ms_since(generation.received)

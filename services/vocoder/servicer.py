@@ -183,7 +183,7 @@ class _VocoderStream:
             self.started = True  # from here on the runtime may hold state for it: `end` drops it
             inputs = {"tokens": torch.tensor(ids, dtype=torch.int64), "flush": torch.tensor([flush]), **turn_start}
             # after the stream's first audio, a chunk is steady work while the stream is ahead of its listener
-            steady = self.chunks > 0 and self.lead.steady()
+            steady = self.chunks > 0 and self.lead.steady(self.samples - self.first_sample)
             outputs = await self.runtime.infer(MODEL, inputs, sequence, steady=steady)
         except InvalidInput as error:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -196,7 +196,7 @@ class _VocoderStream:
             return None
         if self.chunks == 0 and self.first_tokens_at is not None:
             self.first_chunk_ms = 1000 * (time.perf_counter() - self.first_tokens_at)
-        self.lead.produced(pcm.shape[0])
+        self.lead.start()
         start, self.samples = self.samples, self.samples + pcm.shape[0]
         self.chunks += 1
         return vocoder_pb2.VocodeResponse(

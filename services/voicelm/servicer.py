@@ -71,8 +71,8 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         telemetry: Telemetry,
         first_audio_tokens: int,
     ) -> None:
-        """`first_audio_tokens`: speech tokens that make a turn's first audio; the calls after them are steady work
-        (pacing keeps them ahead of the listener), which the runtime runs after other sessions' first audio."""
+        """`first_audio_tokens`: speech tokens that make a turn's first audio; the calls after them, while the stream is
+        ahead of its listener, are steady work, which the runtime runs after other sessions' first audio."""
         self.runtime = runtime
         self.limiter = limiter
         self.llm_dim = llm_dim
@@ -234,7 +234,8 @@ class _Turn:
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
         if text_end:
             inputs["max_tail_tokens"] = torch.tensor([TAIL_TOKENS_PER_CALL])
-        steady = self.tokens - self.prefix_tokens >= self.first_audio_tokens and self.lead.steady()
+        made = self.tokens - self.prefix_tokens  # this stream's own tokens (a failover's prefix came before it)
+        steady = made >= self.first_audio_tokens and self.lead.steady(made)
         outputs = await self._infer(inputs, Sequence(self.sequence.id), steady)  # ended by the stream's end_sequence
         ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])
         self.positions += hidden.shape[0]
@@ -242,14 +243,14 @@ class _Turn:
             return []
         if not self.first_tokens_ms and self.first_positions_at is not None:
             self.first_tokens_ms = 1000 * (time.perf_counter() - self.first_positions_at)
-        self.lead.produced(ids.numel())
+        self.lead.start()
         first, self.tokens = self.tokens, self.tokens + ids.numel()
         messages = split_speech_tokens(ids.tolist(), first)
         return [voicelm_pb2.SynthesizeResponse(speech_tokens=message) for message in messages]
 
     async def pace(self, lead_s: float) -> None:
         """Wait until the audio this stream sent is at most `lead_s` ahead of real time (0: no pacing)."""
-        too_far_s = self.lead.ahead_s() - lead_s
+        too_far_s = self.lead.ahead_s(self.tokens - self.prefix_tokens) - lead_s
         if lead_s > 0 and too_far_s > 0:
             await asyncio.sleep(too_far_s)
 

@@ -134,10 +134,10 @@ def test_the_gate_lets_steady_work_through_when_no_first_audio_work_runs():
 
 def test_a_reply_is_steady_while_it_is_a_margin_ahead_of_its_listener():
     lead = PlaybackLead(seconds_per_unit=0.04, margin_s=1.0)  # speech tokens at 25 Hz
-    assert not lead.steady(now=0.0) and lead.ahead_s(now=5.0) == 0.0, "nothing out yet: first-audio work"
-    lead.produced(30, now=10.0)  # 1.2 s of audio at once
-    assert lead.steady(now=10.1)
-    assert not lead.steady(now=10.3), "0.9 s ahead: under the margin"
-    lead.produced(50, now=10.3)  # 3.2 s in all
-    assert lead.ahead_s(now=11.0) == pytest.approx(2.2) and lead.steady(now=11.0)
-    assert not lead.steady(now=13.0), "a reply that falls behind (a loaded machine) is first-audio work again"
+    assert not lead.steady(0, now=0.0) and lead.ahead_s(0, now=5.0) == 0.0, "nothing out yet: first-audio work"
+    lead.start(now=10.0)  # 30 tokens (1.2 s of audio) came out at once
+    assert lead.steady(30, now=10.1)
+    assert not lead.steady(30, now=10.3), "0.9 s ahead: under the margin"
+    lead.start(now=10.3)  # 80 tokens (3.2 s) in all by then; the clock runs from the first output
+    assert lead.ahead_s(80, now=11.0) == pytest.approx(2.2) and lead.steady(80, now=11.0)
+    assert not lead.steady(80, now=13.0), "a reply that falls behind (a loaded machine) is first-audio work again"

@@ -88,27 +88,25 @@ class UnknownSequence(KeyError):
 
 class PlaybackLead:
     """How far a reply stream's output is ahead of a listener who plays it in real time from the stream's first
-    output: the slack that makes its next step steady work. `seconds_per_unit`: audio per unit of output (a sample,
-    a speech token, a text token's share of speech)."""
+    output: the slack that makes its next step steady work. The caller counts the output (`units`: samples, speech
+    tokens, text tokens) and says when the first came out; `seconds_per_unit` is the audio one unit stands for."""
 
     def __init__(self, seconds_per_unit: float, margin_s: float = STEADY_LEAD_S) -> None:
         self.seconds_per_unit = seconds_per_unit
         self.margin_s = margin_s
         self.started_at: float | None = None
-        self.units = 0.0
 
-    def produced(self, units: float, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def start(self, now: float | None = None) -> None:
+        """The stream's first output came out (later calls change nothing): the listener's clock starts."""
         if self.started_at is None:
-            self.started_at = now
-        self.units += units
+            self.started_at = time.monotonic() if now is None else now
 
-    def ahead_s(self, now: float | None = None) -> float:
+    def ahead_s(self, units: float, now: float | None = None) -> float:
         if self.started_at is None:
             return 0.0
         now = time.monotonic() if now is None else now
-        return self.units * self.seconds_per_unit - (now - self.started_at)
+        return units * self.seconds_per_unit - (now - self.started_at)
 
-    def steady(self, now: float | None = None) -> bool:
-        """Whether the stream is at least `margin_s` ahead of its listener."""
-        return self.ahead_s(now) >= self.margin_s
+    def steady(self, units: float, now: float | None = None) -> bool:
+        """Whether a stream that has put out `units` is at least `margin_s` ahead of its listener."""
+        return self.ahead_s(units, now) >= self.margin_s
