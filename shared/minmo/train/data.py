@@ -49,7 +49,7 @@ class DataConfig:
     shard_size: int = 250
     qa_share: float = 0.5  # share of training utterances that are questions to answer (the rest: ASR)
     max_answer_tokens: int = 48
-    augment_share: float = 0.5  # share of training utterances with random noise and gain
+    augment_share: float = 0.7  # share of training utterances with a random acoustic condition (voices.augment)
     engines: tuple[str, ...] = ("piper", "espeak", "flite")  # TTS engines to draw voices from
     answer_limit: int = -1  # answer only the first N prompts (-1: all); QA trains on answered questions only
     threads: int = 1  # torch threads: on a busy shared CPU one thread is several times faster than two

@@ -87,13 +87,55 @@ def synthesize(voice: Voice, text: str) -> np.ndarray:
     return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
 
 
-def augment(audio: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float] = (15.0, 40.0)) -> np.ndarray:
-    """Random gain and white noise at a random SNR: the generalisation SLAM-style models lack without it."""
+def augment(audio: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float] = (10.0, 40.0)) -> np.ndarray:
+    """A random acoustic condition: speed, room, channel, noise and gain, each drawn independently.
+
+    SLAM-style models trained on clean synthetic speech generalise poorly to new speakers, speeds, rooms and
+    noise (REFERENCE.md); real recordings differ from TTS in all of them at once, so each is drawn on its own.
+    """
+    if rng.random() < 0.5:
+        audio = perturb_speed(audio, float(rng.uniform(0.85, 1.15)))
+    if rng.random() < 0.4:
+        audio = reverberate(audio, rng, rt60_s=float(rng.uniform(0.15, 0.7)))
+    if rng.random() < 0.25:
+        audio = band_limit(audio, low_hz=float(rng.uniform(100, 400)), high_hz=float(rng.uniform(3000, 7000)))
     power = float(np.mean(audio**2)) + 1e-12
-    noise_power = power / 10 ** (rng.uniform(*snr_db) / 10)
-    noisy = audio + rng.normal(0.0, np.sqrt(noise_power), audio.shape).astype(np.float32)
-    gain = 10 ** (rng.uniform(-6.0, 3.0) / 20)
-    return np.clip(noisy * gain, -1.0, 1.0).astype(np.float32)
+    noise = coloured_noise(len(audio), rng, exponent=float(rng.choice((0.0, 1.0, 2.0))))
+    noise *= np.sqrt(power / 10 ** (rng.uniform(*snr_db) / 10) / (float(np.mean(noise**2)) + 1e-12))
+    gain = 10 ** (rng.uniform(-9.0, 3.0) / 20)
+    return np.clip((audio + noise) * gain, -1.0, 1.0).astype(np.float32)
+
+
+def perturb_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Kaldi's speed perturbation: resampling changes tempo and pitch together (`factor` > 1 is faster)."""
+    return soxr.resample(audio, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32)
+
+
+def reverberate(audio: np.ndarray, rng: np.random.Generator, rt60_s: float) -> np.ndarray:
+    """A synthetic room: the direct sound plus exponentially decaying noise reaching -60 dB at `rt60_s`, scaled
+    back to the dry level so loudness stays comparable."""
+    length = int(rt60_s * SAMPLE_RATE)
+    decay = np.exp(-6.9 * np.arange(length) / length)  # ln(1000) = 6.9: -60 dB at the end
+    impulse = rng.normal(0.0, 1.0, length) * decay * float(rng.uniform(0.1, 0.4))
+    impulse[0] = 1.0
+    wet = np.convolve(audio, impulse)[: len(audio)]
+    return (wet * np.sqrt(np.mean(audio**2) / (np.mean(wet**2) + 1e-12))).astype(np.float32)
+
+
+def band_limit(audio: np.ndarray, low_hz: float, high_hz: float) -> np.ndarray:
+    """A cheap microphone or phone line: only `low_hz`..`high_hz` pass (a brick-wall filter in the spectrum)."""
+    spectrum = np.fft.rfft(audio)
+    frequencies = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
+    spectrum[(frequencies < low_hz) | (frequencies > high_hz)] = 0
+    return np.fft.irfft(spectrum, len(audio)).astype(np.float32)
+
+
+def coloured_noise(length: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Noise with power falling as 1/f^exponent: 0 white (hiss), 1 pink (fans, crowds), 2 brown (rumble)."""
+    spectrum = np.fft.rfft(rng.normal(0.0, 1.0, length))
+    frequencies = np.fft.rfftfreq(length)
+    frequencies[0] = frequencies[1] if length > 2 else 1.0
+    return np.fft.irfft(spectrum / frequencies ** (exponent / 2), length).astype(np.float32)
 
 
 @functools.cache
