@@ -82,6 +82,21 @@ def test_interrupted_run_resumes_to_the_same_weights(data: Path, tmp_path: Path)
     assert not torch.equal(base, merged), "the trained LoRA adapters are folded into the served LLM"
 
 
+def test_a_new_run_starts_from_an_exported_one(data: Path, tmp_path: Path):
+    first = _cfg(data, tmp_path / "first", phases=(Phase("projector", 2, ("projector",), 3e-3),
+                                                   Phase("lora", 2, ("projector", "lora"), 3e-3)))
+    train(first)
+    exported = load_file(str(tmp_path / "first" / "export" / "speech_encoder.safetensors"))
+    no_steps = _cfg(data, tmp_path / "second", init=str(tmp_path / "first" / "export"),
+                    phases=(Phase("lora", 0, ("projector", "lora"), 3e-3),))
+    train(no_steps)
+    continued = load_file(str(tmp_path / "second" / "checkpoint" / "trainable.safetensors"))
+    for name, tensor in exported.items():
+        torch.testing.assert_close(continued[name], tensor, atol=0, rtol=0, msg=name)
+    first_lora = load_file(str(tmp_path / "first" / "export" / "llm_lora.safetensors"))
+    assert first_lora and all(torch.equal(continued[f"llm.model.{k}"], v) for k, v in first_lora.items())
+
+
 def test_two_processes_with_torchrun_gloo(data: Path, tmp_path: Path):
     config = tmp_path / "ddp.toml"
     config.write_text(

@@ -86,6 +86,7 @@ class Stage1Config:
     seed: int = 0
     max_target_tokens: int = 64
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many steps in one run; 0: run to the end
+    init: str = ""  # a folder of trained weights (a run's export/, a shipped checkpoint) a new run starts from
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Stage1Config:
@@ -275,6 +276,8 @@ def train(cfg: Stage1Config) -> Path:
     if any("lora" in phase.train for phase in cfg.phases):
         add_lora(model, cfg)
     progress = _load_progress(out, model)
+    if cfg.init and progress["global_step"] == 0:
+        load_trained(model, Path(cfg.init))
     examples = make_examples(model, list(read_split(cfg.data, "train")), cfg.max_target_tokens)
     assert examples, f"no training shards in {cfg.data}: run `minmo data build` first"
     if rank == 0:
@@ -363,6 +366,19 @@ def export_weights(model: SpeechToText, cfg: Stage1Config, folder: Path, trained
     if "lora" in trained and lora:
         save_file(lora, str(folder / LORA_FILE))
         (folder / LORA_CONFIG_FILE).write_text(json.dumps({"rank": cfg.lora_rank, "alpha": cfg.lora_alpha}))
+
+
+def load_trained(model: SpeechToText, folder: Path) -> None:
+    """Start from the weights `export_weights` wrote to `folder` (continuing a shipped model with new data or
+    phases); a LoRA there loads only when this run has one."""
+    state = load_file(str(folder / "speech_encoder.safetensors"))
+    if (folder / LORA_FILE).is_file() and any("lora_" in name for name, _ in model.named_parameters()):
+        state |= {f"llm.model.{k}": v for k, v in load_file(str(folder / LORA_FILE)).items()}
+    own = model.state_dict()
+    unknown = [name for name in state if name not in own]
+    assert not unknown, f"{folder} has weights this model lacks: {unknown[:5]}"
+    model.load_state_dict({name: value.to(own[name].dtype) for name, value in state.items()}, strict=False)
+    print(f"stage 1 starts from {folder} ({len(state)} tensors)")
 
 
 def _save(out: Path, model: SpeechToText, optimizer, progress: dict, phase_index: int, cfg: Stage1Config) -> None:
