@@ -118,7 +118,8 @@ def reverberate(audio: np.ndarray, rng: np.random.Generator, rt60_s: float) -> n
     decay = np.exp(-6.9 * np.arange(length) / length)  # ln(1000) = 6.9: -60 dB at the end
     impulse = rng.normal(0.0, 1.0, length) * decay * float(rng.uniform(0.1, 0.4))
     impulse[0] = 1.0
-    wet = np.convolve(audio, impulse)[: len(audio)]
+    size = len(audio) + length - 1  # convolution through the spectrum: a long room response in milliseconds
+    wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(impulse, size), size)[: len(audio)]
     return (wet * np.sqrt(np.mean(audio**2) / (np.mean(wet**2) + 1e-12))).astype(np.float32)
 
 
