@@ -270,8 +270,19 @@ class Dialogue:
     def append_audio(self, state: DialogueState, embeddings: torch.Tensor) -> tuple[torch.Tensor, DialogueState]:
         """One chunk of user audio embeddings (1, T, D) -> duplex class probabilities (4,) and the new state.
 
-        Opens a user turn first if none is open. The predictor reads the LLM's hidden states of the audio only.
+        Opens a user turn first if none is open. The predictor reads the LLM's hidden states of the audio only, of
+        this user turn only: a new turn starts it afresh, as the simulated turns of its training data do (stage 4).
         """
+        opening = not state.user_turn_open
+        hidden, state = self.listen(state, embeddings)
+        predictor_state = self.predictor.init_state() if opening else state.predictor
+        probs, predictor_state = self.predictor.step(hidden, predictor_state)
+        return probs[0], dataclasses.replace(state, predictor=predictor_state)
+
+    @torch.no_grad()
+    def listen(self, state: DialogueState, embeddings: torch.Tensor) -> tuple[torch.Tensor, DialogueState]:
+        """`append_audio` without the predictor: the LLM's last hidden states at the audio's positions (1, T, D),
+        what the predictor reads (and what its training data records), and the new state."""
         self._require_idle(state, "append audio")
         assert embeddings.dim() == 3 and embeddings.shape[0] == 1 and embeddings.shape[1] > 0, (
             f"audio embeddings must be (1, T>0, D), got {tuple(embeddings.shape)}"
@@ -280,11 +291,9 @@ class Dialogue:
         opening = self._embed([] if state.user_turn_open else self.format.user_prefix)
         inputs = torch.cat([opening, embeddings.to(opening)], dim=1)  # (1, P + T, D) on the LLM's device and dtype
         output, llm_state = self.llm.step(inputs, state.llm)
-        probs, predictor_state = self.predictor.step(output.hidden[:, -length:], state.predictor)
-        return probs[0], dataclasses.replace(
+        return output.hidden[:, -length:], dataclasses.replace(
             state,
             llm=llm_state,
-            predictor=predictor_state,
             user_turn_start=state.user_turn_start if state.user_turn_open else state.position,
             user_turn_inputs=[*state.user_turn_inputs, inputs],
         )

@@ -189,3 +189,57 @@ def eval_voice(
     from minmo.train.voice_eval import evaluate_voice, print_voice_report
 
     print_voice_report(evaluate_voice(config, checkpoint, limit, judge, seed), out)
+
+
+@data_app.command("duplex")
+def data_duplex(
+    model: Annotated[str, typer.Option(help="model preset or JSON (its speech encoder and LLM)")] = "nano",
+    checkpoint: Annotated[str | None, typer.Option(help="trained weights folder (default: the preset's own)")] = None,
+    answers: Annotated[str, typer.Option(help="`minmo data build`'s answers.jsonl (the assistant's replies)")] = (
+        "data/nano/answers.jsonl"
+    ),
+    out: Annotated[Path, typer.Option(file_okay=False, help="output folder (resumes what is there)")] = Path(
+        "data/nano-duplex"
+    ),
+    train_moments: Annotated[int, typer.Option(min=0, help="simulated user turns for training")] = 1600,
+    eval_moments: Annotated[int, typer.Option(min=0, help="simulated user turns on held-out voices")] = 240,
+    shard_size: Annotated[int, typer.Option(min=1, help="turns per shard")] = 200,
+) -> None:
+    """Simulated turn-taking moments (complete, paused, backchannel, barge-in) as the LLM hears them (stage 4)."""
+    from minmo.train.duplex_data import DuplexDataConfig, build
+
+    cfg = DuplexDataConfig(model=model, checkpoint=checkpoint, answers=answers, out=str(out),
+                           train_moments=train_moments, eval_moments=eval_moments, shard_size=shard_size)
+    typer.echo(f"data in {build(cfg)}")
+
+
+@train_app.command("stage4")
+def train_stage4(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="TOML file (configs/train/*.toml)")],
+    data: Annotated[str | None, typer.Option(help="override the config's data folder")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
+) -> None:
+    """Duplex: the full-duplex predictor alone, on `minmo data duplex`'s simulated turns; resumes a run folder."""
+    import dataclasses
+
+    from minmo.train.stage4 import Stage4Config, train
+
+    cfg = Stage4Config.from_toml(config)
+    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
+    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@eval_app.command("duplex")
+def eval_duplex(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="trained weights folder (default: the preset's own)")
+    ] = None,
+    data: Annotated[str, typer.Option(help="`minmo data duplex` folder with an `eval` split")] = "data/nano-duplex",
+    limit: Annotated[int, typer.Option(min=1, help="simulated user turns")] = 240,
+    out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,
+) -> None:
+    """Turn-taking and barge-in F1 of the duplex predictor, and how often a backchannel would interrupt."""
+    from minmo.train.stage4 import evaluate
+
+    evaluate(config, checkpoint, data, limit, out)
