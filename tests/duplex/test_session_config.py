@@ -24,7 +24,9 @@ def test_zero_values_take_the_server_defaults() -> None:
     config = parse(input_sample_rate_hz=16000)
     assert config.output_sample_rate_hz == DEFAULT_OUTPUT_RATE == VOCODER_SAMPLE_RATE_HZ
     assert config.turn_detection == DEFAULTS
-    assert config.mode == "MODE_UNSPECIFIED" and not config.predictor_mode
+    assert config.mode == "MODE_UNSPECIFIED" and config.predictor_mode, "the predictor decides once trained"
+    assert not parse(input_sample_rate_hz=16000, turn_detection=conversation_pb2.TurnDetection(
+        mode=Mode.SERVER_VAD)).predictor_mode
 
 
 def test_client_values_are_kept() -> None:

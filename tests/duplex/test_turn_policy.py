@@ -44,6 +44,10 @@ GENERATED = [*GENERATING, ResponseEnded("r1")]  # its audio may still play
 TRAINED = [LlmOpened(predictor_trained=True)]
 PREDICTOR_SPEAKING = [*TRAINED, *SPEAKING]
 PREDICTOR_FLUSHING = [*PREDICTOR_SPEAKING, Predicted("u1", respond=HIGH, backchannel=LOW)]
+# full duplex: a trained predictor decides, the reply r1 was generated and its audio plays, the user speaks over it
+PLAYING = [*TRAINED, *GENERATED]
+OVER_PLAYBACK = [*PLAYING, UserSpeechStarted("u2", audio_playing=True), UserSpeechAudio(300.0)]
+OVER_PLAYBACK_FLUSHED = [*OVER_PLAYBACK, UserSpeechStopped(), Flushed("u2", 4.0)]
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,114 @@ ROWS = [
         LlmOpened(predictor_trained=False),
         [],
         {"predictor_decides": False},
+        predictor_mode=True,
+    ),
+    # --- full duplex: the LLM listens while the reply plays --------------------------------------------------------
+    Row(
+        "with a trained predictor deciding, speech over a playing reply does not interrupt it",
+        PLAYING,
+        UserSpeechStarted("u2", audio_playing=True),
+        [OpenUserTurn("u2", 0.0)],
+        {"playing": "r1", "user_turn": "u2"},
+        predictor_mode=True,
+    ),
+    Row(
+        "speech still interrupts a reply whose text generates (the LLM cannot listen then)",
+        [*TRAINED, *GENERATING],
+        UserSpeechStarted("u2", audio_playing=True),
+        [Interrupt("r1", generating=True), OpenUserTurn("u2", 0.0)],
+        predictor_mode=True,
+    ),
+    Row(
+        "with the reply's text done and its speech still being made, speech does not interrupt",
+        [*TRAINED, *GENERATING],
+        UserSpeechStarted("u2", audio_playing=True, llm_listening=True),
+        [OpenUserTurn("u2", 0.0)],
+        {"generating": "r1", "playing": "r1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "stop speaking while the reply's speech is still being made cancels it and answers",
+        [*TRAINED, *GENERATING, UserSpeechStarted("u2", audio_playing=True, llm_listening=True),
+         UserSpeechAudio(300.0), UserSpeechStopped(), Flushed("u2", 4.0)],
+        Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=True),
+        [Interrupt("r1", generating=True), AnswerSpoken("u2", 300.0, 4.0)],
+        {"generating": None, "playing": None},
+        predictor_mode=True,
+    ),
+    Row(
+        "in VAD mode speech interrupts even when the LLM could listen",
+        GENERATING,
+        UserSpeechStarted("u2", audio_playing=True, llm_listening=True),
+        [Interrupt("r1", generating=True), OpenUserTurn("u2", 0.0)],
+    ),
+    Row(
+        "a backchannel over the reply is shown and the reply goes on",
+        OVER_PLAYBACK_FLUSHED,
+        Predicted("u2", respond=LOW, backchannel=HIGH, stop_speaking=LOW, audio_playing=True),
+        [ShowBackchannel("u2")],
+        {"playing": "r1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "stop speaking after the end of speech interrupts and answers the flushed turn",
+        OVER_PLAYBACK_FLUSHED,
+        Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=True),
+        [Interrupt("r1", generating=False), AnswerSpoken("u2", 300.0, 4.0)],
+        {"playing": None, "answered": "u2"},
+        predictor_mode=True,
+    ),
+    Row(
+        "stop speaking mid-speech interrupts; the end of speech then answers",
+        OVER_PLAYBACK,
+        Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=True),
+        [Interrupt("r1", generating=False)],
+        {"answer_at_end": True, "respond_on_flush": False},
+        predictor_mode=True,
+    ),
+    Row(
+        "after a barge-in the end of speech asks for the flush that answers",
+        [*OVER_PLAYBACK, Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=True)],
+        UserSpeechStopped(),
+        [FlushEncoder("u2", required=True)],
+        {"respond_on_flush": True},
+        predictor_mode=True,
+    ),
+    Row(
+        "stop speaking once the reply played out interrupts nothing",
+        OVER_PLAYBACK_FLUSHED,
+        Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=False),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "respond after the flush came answers at once (an encoder that emits at the end of speech)",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5)],
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [AnswerSpoken("u1", 400.0, 2.5)],
+        {"answered": "u1", "respond_on_flush": False},
+        predictor_mode=True,
+    ),
+    Row(
+        "a turn is answered once",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), Predicted("u1", respond=HIGH, backchannel=LOW)],
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "keep listening at a pause leaves the turn open",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5)],
+        Predicted("u1", respond=LOW, backchannel=LOW),
+        [],
+        {"answered": None, "user_turn": "u1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "a new request over the playing reply takes the turn",
+        OVER_PLAYBACK_FLUSHED,
+        Predicted("u2", respond=HIGH, backchannel=LOW, stop_speaking=LOW, audio_playing=True),
+        [Interrupt("r1", generating=False), AnswerSpoken("u2", 300.0, 4.0)],
         predictor_mode=True,
     ),
     # --- response bookkeeping ------------------------------------------------------------------------------------

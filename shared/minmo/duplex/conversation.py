@@ -5,7 +5,8 @@ a synchronous state machine that owns every rule of turn taking; this module exe
 messages. Client audio goes through VAD + turn detection (`AudioInput`); only speech goes to the encoder, whose
 embeddings go to the LLM, whose predictor signals (or, untrained, the VAD's end of speech) decide when to
 respond. A response (`Response`) streams text tokens to voicelm, speech tokens to the vocoder and PCM to the
-client. While its audio is still playing, user speech interrupts it: the downstream calls are cancelled, the
+client. While its audio is still playing, user speech interrupts it (with a trained predictor deciding, the LLM
+listens instead and its `stop_speaking` interrupts, a backchannel does not): the downstream calls are cancelled, the
 client learns how much it heard, and `History` keeps only the words actually heard, in Redis and in the LLM
 context together. The session's settings are one typed `SessionConfig`, checked when the session starts.
 
@@ -140,6 +141,8 @@ class Conversation:
         self.vad = vad
         self.telemetry = telemetry
         self.trace: TurnTrace | None = None  # the user turn being heard or answered
+        self.response_trace: TurnTrace | None = None  # the answered turn's, while its response runs (a user turn
+        # heard over the reply's audio has its own `trace` meanwhile)
         self.schedule = VoiceSchedule()
         self.outbox = client_outbox(slow_client_s)  # bounded: a client that stops reading fails its own session
         self.session_id = ""
@@ -354,7 +357,9 @@ class Conversation:
         actions = await asyncio.to_thread(self.audio_input.process, samples)
         for action, following in itertools.pairwise([*actions, None]):
             if isinstance(action, SpeechStarted):
-                started = UserSpeechStarted(_new_turn_id(), self._audio_playing(), action.event.audio_ms)
+                started = UserSpeechStarted(
+                    _new_turn_id(), self._audio_playing(), action.event.audio_ms, self._llm_listening()
+                )
                 await self._apply(self.turns.handle(started))
             elif isinstance(action, SpeechAudio) and isinstance(following, SpeechStopped):
                 self.turns.handle(UserSpeechAudio(_duration_ms(action)))
@@ -420,7 +425,10 @@ class Conversation:
             await self.llm.write(llm_pb2.LlmRequest(audio_input=request))
 
     async def _on_predictor(self, signal: llm_pb2.PredictorSignal) -> None:
-        await self._apply(self.turns.handle(Predicted(signal.turn_id, signal.respond, signal.backchannel)))
+        predicted = Predicted(
+            signal.turn_id, signal.respond, signal.backchannel, signal.stop_speaking, self._audio_playing()
+        )
+        await self._apply(self.turns.handle(predicted))
 
     async def _on_user_transcript(self, transcript: llm_pb2.UserTranscript) -> None:
         """The LLM transcribed a spoken user turn (after its reply): tell the client, complete the history."""
@@ -492,7 +500,7 @@ class Conversation:
 
     def _begin_trace(self, turn_id: str, parent: Mapping[str, str] | None = None) -> TurnTrace:
         """A new user turn's trace; a turn still open (heard, never answered) ends first."""
-        if self.trace is not None:
+        if self.trace is not None and self.trace is not self.response_trace:
             self.trace.abandon("unanswered")
         self.trace = TurnTrace(self.telemetry, self.session_id, turn_id, parent)
         return self.trace
@@ -508,14 +516,18 @@ class Conversation:
         outcome: str = "ok",
         failure: tuple[grpc.StatusCode, str] | None = None,
     ) -> None:
-        if self.trace is not None:
-            self.trace.finish(response, report, outcome, failure)
-            self.trace = None
+        trace = self.response_trace
+        if trace is not None:
+            trace.finish(response, report, outcome, failure)
+            self.response_trace = None
+            if self.trace is trace:
+                self.trace = None
 
     async def _start_response(self, timings: TurnTimings, instruction: str | None = None) -> None:
         speech = not self.config.text_only
         turn_id = _new_turn_id()
         trace = self.trace or self._begin_trace(turn_id)
+        self.response_trace = trace
         response = Response(
             session_id=self.session_id,
             turn_id=turn_id,
@@ -597,6 +609,10 @@ class Conversation:
     def _generating(self) -> Response | None:
         response = self.response
         return response if response is not None and self.turns.generating == response.turn_id else None
+
+    def _llm_listening(self) -> bool:
+        """No reply text is being generated: the LLM takes user audio now (the reply's speech may go on)."""
+        return self.response is None or self.response.text_done or self._generating() is None
 
     def _audio_playing(self) -> bool:
         """The last response's audio is still playing at the client (by the time since its first audio)."""
@@ -685,7 +701,8 @@ class Conversation:
         new_encoder_failovers = self.encoder.utterance_failovers - self.encoder_failovers_reported
         self.encoder_failovers_reported = self.encoder.utterance_failovers
         response.timings.failovers[:0] = [ENCODER_HOP] * new_encoder_failovers
-        return response.timings.report(response.turn_id, self.trace.trace_id if self.trace is not None else "")
+        trace = self.response_trace or self.trace
+        return response.timings.report(response.turn_id, trace.trace_id if trace is not None else "")
 
     async def _report_error(self, code: grpc.StatusCode, message: str, turn_id: str = "") -> None:
         self.telemetry.metrics.errors.labels(code=code.name).inc()
@@ -704,9 +721,9 @@ class Conversation:
                 await self.response_task
         if (generating := self._generating()) is not None:
             await generating.cancel()
-        if self.trace is not None:
-            self.trace.abandon("cancelled")
-            self.trace = None
+        for trace in {id(t): t for t in (self.trace, self.response_trace) if t is not None}.values():
+            trace.abandon("cancelled")
+        self.trace = self.response_trace = None
         await self.encoder.close()
         await self.llm.close()
 

@@ -88,6 +88,7 @@ class Response:
     audio_samples_sent: int = 0  # at VOCODER_RATE
     end_reason: str = "EOS"  # ResponseEnd.Reason name
     ended: bool = False  # its terminal RESPONSE_DONE was sent
+    text_done: bool = False  # the LLM's ResponseEnd came: the LLM is free to listen while the speech goes on
     failovers: int = 0  # times the speech hops were reopened on another replica
     _hops: SpeechHops | None = None  # the voicelm and vocoder calls (speech sessions)
     _queue: asyncio.Queue | None = None  # the turn's messages from the LLM stream (a new one after an llm failover)
@@ -210,6 +211,7 @@ class Response:
                 self._queue = await self.resume_llm(self, message)
                 continue
             if isinstance(message, llm_pb2.ResponseEnd):
+                self.text_done = True
                 self.end_reason = llm_pb2.ResponseEnd.Reason.Name(message.reason)
                 self.timings.llm_first_token_compute_ms = message.first_token_ms or None
                 return

@@ -24,6 +24,7 @@ from minmo.v1 import common_pb2, conversation_pb2
 OUTPUT_RATES = (8000, 16000, 24000, 48000)  # Hz the front door resamples the vocoder's audio to
 DEFAULT_OUTPUT_RATE = VOCODER_SAMPLE_RATE_HZ  # output_sample_rate_hz 0: the vocoder's own rate, no resampling
 PREDICTOR_MODE = "PREDICTOR"
+DEFAULT_MODE = "MODE_UNSPECIFIED"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class SessionConfig:
 
     @property
     def predictor_mode(self) -> bool:
-        """The client asked the LLM's duplex predictor to decide turns (it does once the model's is trained)."""
-        return self.mode == PREDICTOR_MODE
+        """The LLM's duplex predictor decides turns once the model's is trained: when the client asked for it, and by
+        default (MODE_UNSPECIFIED, the API's documented default); SERVER_VAD keeps the VAD deciding."""
+        return self.mode in (PREDICTOR_MODE, DEFAULT_MODE)
 
     def input_format(self) -> common_pb2.AudioFormat:
         return audio_format(self.input_sample_rate_hz)

@@ -8,9 +8,14 @@ back in order. The policy owns every rule of turn taking and does no I/O, so eac
 
 - user speech (or a typed turn, or cancel_response) interrupts the assistant while its response generates or its
   audio still plays; a response already played out is left alone;
+- full duplex (DESIGN.md §7): when a trained predictor decides, user speech while the reply's audio plays (its
+  text generated) does not interrupt: the LLM listens, and the predictor's `stop_speaking` interrupts (the turn is
+  then answered at the end of speech), its `backchannel` ("uh-huh") lets the reply go on. While the reply's text
+  still generates the LLM cannot listen, so speech interrupts as in VAD mode;
 - a spoken turn is answered once the encoder has flushed it: the end of speech asks for that flush when the VAD
   decides turns, the predictor's `respond` asks for it (even before the VAD's end of speech) when a trained
-  predictor decides;
+  predictor decides, or answers at once when the flush already came (an encoder that emits at the end of
+  speech, like nano's Whisper, gives the predictor the turn only then);
 - a backchannel from the predictor is shown to the client and never starts or stops a response;
 - a flush nobody asked for, or one arriving while a response generates, is ignored;
 - a spoken turn whose encoder is lost before its flush fails (its audio never reached the history);
@@ -41,11 +46,13 @@ class LlmOpened:
 @dataclass(frozen=True)
 class UserSpeechStarted:
     """The VAD confirmed user speech; `turn_id` names the new user turn, `input_offset_ms` where in the input it
-    started."""
+    started; `llm_listening`: no reply text is being generated (the LLM can take the user's audio now, while the
+    last reply's speech may still be synthesised and played)."""
 
     turn_id: str
     audio_playing: bool
     input_offset_ms: float = 0.0
+    llm_listening: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,14 @@ class EncoderLost:
 
 @dataclass(frozen=True)
 class Predicted:
-    """A duplex predictor signal from the LLM for `turn_id` (probabilities in [0, 1])."""
+    """A duplex predictor signal from the LLM for `turn_id` (probabilities in [0, 1]); `audio_playing` as for
+    UserSpeechStarted (a `stop_speaking` interrupts only a reply still playing)."""
 
     turn_id: str
     respond: float
     backchannel: float
+    stop_speaking: float = 0.0
+    audio_playing: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,10 @@ class TurnPolicy:
         self.user_turn: str | None = None  # the spoken user turn last heard
         self.user_audio_ms = 0.0  # its speech audio so far
         self.respond_on_flush = False  # a flush was asked for to answer the user turn
+        self.speech_ended = False  # the VAD heard the end of the user turn's speech
+        self.flush_ms: float | None = None  # the user turn's flush came (its encoder compute time); None: not yet
+        self.answer_at_end = False  # a barge-in: answer this turn at the end of speech, whoever decides
+        self.answered: str | None = None  # the user turn an AnswerSpoken was given for (answered once)
         self.generating: str | None = None  # turn id of the response generating
         self.playing: str | None = None  # the last response not interrupted: generating, or its audio may play
 
@@ -225,14 +239,17 @@ class TurnPolicy:
                 self.predictor_trained = trained
                 return []
             case UserSpeechStarted(turn_id=turn_id, audio_playing=playing, input_offset_ms=offset):
-                decisions = self._interrupt(playing)
+                listening = self.predictor_decides and (self.generating is None or event.llm_listening)
+                decisions = [] if listening else self._interrupt(playing)
                 self.user_turn, self.user_audio_ms, self.respond_on_flush = turn_id, 0.0, False
+                self.speech_ended, self.flush_ms, self.answer_at_end = False, None, False
                 return [*decisions, OpenUserTurn(turn_id, offset)]
             case UserSpeechAudio(duration_ms=duration_ms):
                 self.user_audio_ms += duration_ms
                 return []
             case UserSpeechStopped():
-                self.respond_on_flush = self.respond_on_flush or not self.predictor_decides
+                self.speech_ended = True
+                self.respond_on_flush = self.respond_on_flush or not self.predictor_decides or self.answer_at_end
                 return [FlushEncoder(self.user_turn, required=True)]
             case FlushLost():
                 self.respond_on_flush = False
@@ -245,9 +262,11 @@ class TurnPolicy:
             case Predicted():
                 return self._predicted(event)
             case Flushed(turn_id=turn_id, compute_ms=compute_ms):
+                if turn_id == self.user_turn:
+                    self.flush_ms = compute_ms
                 if not self.respond_on_flush or self.generating is not None:
                     return []
-                self.respond_on_flush = False
+                self.respond_on_flush, self.answered = False, turn_id
                 return [AnswerSpoken(turn_id, self.user_audio_ms, compute_ms)]
             case TextTyped(turn_id=turn_id, text=text, audio_playing=playing, trace_parent=parent):
                 return [*self._interrupt(playing), AnswerTyped(turn_id, text, parent, event.voice_instruction)]
@@ -274,9 +293,25 @@ class TurnPolicy:
         if not self.predictor_decides:
             return []
         decisions: list[Decision] = []
+        if signal.stop_speaking > RESPOND_THRESHOLD and (interrupt := self._interrupt(signal.audio_playing)):
+            decisions += interrupt  # barge-in: the user takes the turn
+            self.answer_at_end = True
+            if self.speech_ended:
+                decisions += self._answer(signal.turn_id)
+            return decisions
         if signal.backchannel > RESPOND_THRESHOLD:
             decisions.append(ShowBackchannel(signal.turn_id))
         if signal.respond > RESPOND_THRESHOLD and self.generating is None and not self.respond_on_flush:
-            self.respond_on_flush = True
-            decisions.append(FlushEncoder(signal.turn_id, required=False))
+            decisions += self._interrupt(signal.audio_playing)  # a new request over the reply takes the turn too
+            decisions += self._answer(signal.turn_id)
         return decisions
+
+    def _answer(self, turn_id: str) -> list[Decision]:
+        """Answer the user turn: at once when its flush already came, else once the flush asked for here comes."""
+        if self.generating is not None or self.respond_on_flush or self.answered == turn_id:
+            return []
+        if self.flush_ms is not None and turn_id == self.user_turn:
+            self.answered = turn_id
+            return [AnswerSpoken(turn_id, self.user_audio_ms, self.flush_ms)]
+        self.respond_on_flush = True
+        return [FlushEncoder(turn_id, required=False)]

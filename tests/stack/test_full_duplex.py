@@ -1,0 +1,94 @@
+"""Full duplex through the five services: with a trained predictor the LLM keeps listening while the reply plays,
+and the predictor's decision, not the VAD, says whether the user's speech interrupts it.
+
+The predictor's weights are real (the `tiny` DuplexPredictor, saved where the llm service loads trained weights)
+but set to one decision whatever it hears, so each test knows what the predictor says: a backchannel must let the
+reply go on; a stop-speaking must interrupt it and answer the user's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from minmo.audio.synthetic import utterance
+from minmo.model.config import load_config
+from minmo.model.duplex_predictor import DuplexPredictor
+from minmo.v1 import conversation_pb2
+
+from .conftest import MODEL_SERVICES
+from .test_conversation import TurnType, _audio_events, _config, _events_until, _text, _turn_types
+
+
+def _predictor_that_says(decision: str, folder: Path) -> Path:
+    """A trained-predictor checkpoint whose output is `decision` for any input (a large bias on that class)."""
+    cfg = load_config("tiny").duplex_predictor
+    predictor = DuplexPredictor(cfg)
+    with torch.no_grad():
+        predictor.classifier.weight.zero_()
+        predictor.classifier.bias.fill_(-10.0)
+        predictor.classifier.bias[cfg.classes.index(decision)] = 10.0
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in predictor.state_dict().items()}
+    save_file(weights, str(folder / "duplex_predictor.safetensors"))
+    return folder
+
+
+async def _stack_with_predictor(stack, decision: str, folder: Path):
+    checkpoint = str(_predictor_that_says(decision, folder))
+    for name in MODEL_SERVICES:
+        await stack.start_model_service(name, **({"MINMO_CHECKPOINT": checkpoint} if name == "llm" else {}))
+    await stack.start_duplex(MINMO_MAX_RESPONSE_TOKENS="12")  # the text is done soon after the first audio
+    return stack
+
+
+async def _reply_playing(call) -> None:
+    """Ask a typed question and wait until its reply's audio plays and its text (12 tokens) is long done."""
+    await call.write(_text("hello there"))
+    await _events_until(call, lambda e: e.HasField("audio_output"))
+    await asyncio.sleep(1.0)
+
+
+async def test_a_backchannel_over_the_reply_lets_it_go_on(stack, tmp_path: Path):
+    await _stack_with_predictor(stack, "backchannel", tmp_path / "ckpt")
+    _channel, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    await call.read()  # session_started
+    await _reply_playing(call)
+    for event in _audio_events(utterance(seed=4, lead_s=0.0, speech_s=0.8, tail_s=1.0)):
+        await call.write(event)
+    events = await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type in (TurnType.RESPONSE_DONE,
+                                                                           TurnType.RESPONSE_INTERRUPTED),
+        timeout_s=120,
+    )
+    types = _turn_types(events)
+    assert TurnType.USER_SPEECH_STARTED in types and TurnType.BACKCHANNEL in types
+    assert types[-1] == TurnType.RESPONSE_DONE, f"the reply went on to its end: {types}"
+    assert events[-1].turn_event.end_reason != conversation_pb2.TurnEvent.EndReason.INTERRUPTED
+    call.cancel()
+
+
+async def test_stop_speaking_over_the_reply_interrupts_it_and_answers(stack, tmp_path: Path):
+    await _stack_with_predictor(stack, "stop_speaking", tmp_path / "ckpt")
+    _channel, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    await call.read()
+    await _reply_playing(call)
+    for event in _audio_events(utterance(seed=5, lead_s=0.0, speech_s=1.0, tail_s=1.0)):
+        await call.write(event)
+    events = await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type == TurnType.RESPONSE_STARTED, timeout_s=120
+    )
+    types = _turn_types(events)
+    assert TurnType.RESPONSE_INTERRUPTED in types, f"the predictor's stop interrupted the reply: {types}"
+    assert types.index(TurnType.USER_SPEECH_STARTED) < types.index(TurnType.RESPONSE_INTERRUPTED), (
+        "the user's speech alone did not interrupt; the predictor's decision did"
+    )
+    assert types[-1] == TurnType.RESPONSE_STARTED, "the barge-in turn is answered"
+    call.cancel()
