@@ -197,9 +197,17 @@ ROWS = [
         predictor_mode=True,
     ),
     Row(
-        "respond while a response generates is ignored",
-        [*TRAINED, *GENERATING],
-        Predicted("u1", respond=HIGH, backchannel=LOW),
+        "a late signal for the turn already answered is ignored",
+        [*PREDICTOR_FLUSHING, UserSpeechStopped(), Flushed("u1", 2.0), ResponseStarted("r1")],
+        Predicted("u1", respond=HIGH, backchannel=LOW, stop_speaking=HIGH, audio_playing=True),
+        [],
+        {"generating": "r1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "a signal for an earlier user turn is ignored",
+        [*PREDICTOR_SPEAKING, UserSpeechStarted("u2", audio_playing=False)],
+        Predicted("u1", respond=HIGH, backchannel=HIGH),
         [],
         predictor_mode=True,
     ),
@@ -327,10 +335,10 @@ ROWS = [
         predictor_mode=True,
     ),
     Row(
-        "stop speaking once the reply played out interrupts nothing",
+        "stop speaking once the reply played out answers the turn (the user took the floor)",
         OVER_PLAYBACK_FLUSHED,
         Predicted("u2", respond=LOW, backchannel=LOW, stop_speaking=HIGH, audio_playing=False),
-        [],
+        [AnswerSpoken("u2", 300.0, 4.0)],
         predictor_mode=True,
     ),
     Row(

@@ -9,9 +9,10 @@ back in order. The policy owns every rule of turn taking and does no I/O, so eac
 - user speech (or a typed turn, or cancel_response) interrupts the assistant while its response generates or its
   audio still plays; a response already played out is left alone;
 - full duplex (DESIGN.md §7): when a trained predictor decides, user speech while the reply's audio plays (its
-  text generated) does not interrupt: the LLM listens, and the predictor's `stop_speaking` interrupts (the turn is
-  then answered at the end of speech), its `backchannel` ("uh-huh") lets the reply go on. While the reply's text
-  still generates the LLM cannot listen, so speech interrupts as in VAD mode;
+  text generated) does not interrupt: the LLM listens, and the predictor's `stop_speaking` or `respond` gives the
+  user the turn (the reply stops; the turn is answered at its end of speech), its `backchannel` ("uh-huh") lets
+  the reply go on. While the reply's text still generates the LLM cannot listen, so speech interrupts as in VAD
+  mode;
 - a spoken turn is answered once the encoder has flushed it: the end of speech asks for that flush when the VAD
   decides turns, the predictor's `respond` asks for it (even before the VAD's end of speech) when a trained
   predictor decides, or answers at once when the flush already came (an encoder that emits at the end of
@@ -290,20 +291,18 @@ class TurnPolicy:
         return [Interrupt(turn_id, generating)]
 
     def _predicted(self, signal: Predicted) -> list[Decision]:
-        if not self.predictor_decides:
+        """The trained predictor's decision on the user turn being heard (a late one for a turn already answered, or
+        for an earlier turn, is ignored). `stop_speaking` and `respond` both give the user the turn: a reply still
+        generating or playing stops, and the turn is answered at its end of speech (at once when that came)."""
+        if not self.predictor_decides or signal.turn_id != self.user_turn or self.answered == signal.turn_id:
             return []
-        decisions: list[Decision] = []
-        if signal.stop_speaking > RESPOND_THRESHOLD and (interrupt := self._interrupt(signal.audio_playing)):
-            decisions += interrupt  # barge-in: the user takes the turn
+        if signal.stop_speaking > RESPOND_THRESHOLD:
             self.answer_at_end = True
-            if self.speech_ended:
-                decisions += self._answer(signal.turn_id)
-            return decisions
-        if signal.backchannel > RESPOND_THRESHOLD:
-            decisions.append(ShowBackchannel(signal.turn_id))
-        if signal.respond > RESPOND_THRESHOLD and self.generating is None and not self.respond_on_flush:
-            decisions += self._interrupt(signal.audio_playing)  # a new request over the reply takes the turn too
-            decisions += self._answer(signal.turn_id)
+            decisions = self._interrupt(signal.audio_playing)
+            return decisions + (self._answer(signal.turn_id) if self.speech_ended else [])
+        decisions = [ShowBackchannel(signal.turn_id)] if signal.backchannel > RESPOND_THRESHOLD else []
+        if signal.respond > RESPOND_THRESHOLD and not self.respond_on_flush:
+            decisions += [*self._interrupt(signal.audio_playing), *self._answer(signal.turn_id)]
         return decisions
 
     def _answer(self, turn_id: str) -> list[Decision]:

@@ -336,6 +336,8 @@ def _nano() -> MinMoConfig:
             input_dim=512, output_dim=llm.hidden_size, num_layers=2, num_heads=4, ffn_dim=2 * llm.hidden_size,
             downsample=4,
         ),
+        # wider than tiny's: at 32 it confused barge-ins with backchannels on held-out voices (`minmo eval duplex`)
+        duplex_predictor=DuplexPredictorConfig(llm_dim=llm.hidden_size, dim=128, num_heads=4, ffn_dim=256),
     )
 
 

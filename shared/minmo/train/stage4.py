@@ -9,8 +9,10 @@ Checkpoints resume (minmo.train.runner); `export/duplex_predictor.safetensors` i
 its presence is what tells duplex that the predictor is trained (`predictor_is_trained`).
 
 `evaluate` runs the served path (`DuplexPredictor.step` per segment, fresh state per turn) on held-out voices and
-reports per-class precision/recall/F1, turn taking (respond vs keep listening at a segment's end), barge-in (stop
-speaking vs a backchannel while the reply plays), and how often a backchannel would interrupt the reply.
+reports per-class precision/recall/F1 and the decisions duplex acts on: turn taking (the user is done: the predictor
+gives them the turn, vs a pause mid-sentence: keep listening), barge-in (the user interrupts the playing reply: give
+them the turn, vs a backchannel: let it go on), and how often a backchannel would interrupt the reply. Decisions are
+made per segment (one encoder flush): the paper's K = 5 chunk tolerance is for an encoder that streams chunks.
 """
 
 from __future__ import annotations
@@ -129,14 +131,18 @@ def evaluate(config: str, checkpoint: str | None, data: str, limit: int, out: Pa
     report = {"segments": len(pairs), "classes": {}}
     for index, name in enumerate(CLASSES):
         report["classes"][name] = _f1([(t == index, p == index) for t, p, _ in pairs])
+    # decisions as duplex acts on them (minmo.duplex.turn_policy): respond and stop_speaking both give the user the
+    # turn (a playing reply stops, the turn is answered); a question after the reply and one over it have the same
+    # LLM context, so those two classes are one decision
     respond, keep = CLASSES.index("respond"), CLASSES.index("keep_listening")
     stop, backchannel = CLASSES.index("stop_speaking"), CLASSES.index("backchannel")
-    turn_taking = [(t == respond, p == respond) for t, p, _ in pairs if t in (respond, keep)]
-    barge_in = [(t == stop, p == stop) for t, p, _ in pairs if t in (stop, backchannel)]
+    takes_turn = (respond, stop)
+    turn_taking = [(t == respond, p in takes_turn) for t, p, _ in pairs if t in (respond, keep)]
+    barge_in = [(t == stop, p in takes_turn) for t, p, _ in pairs if t in (stop, backchannel)]
     backchannels = [p for t, p, _ in pairs if t == backchannel]
     report["turn_taking"] = _f1(turn_taking)
     report["barge_in"] = _f1(barge_in)
-    report["backchannel_interrupts"] = sum(p in (stop, respond) for p in backchannels) / max(1, len(backchannels))
+    report["backchannel_interrupts"] = sum(p in takes_turn for p in backchannels) / max(1, len(backchannels))
     report["accuracy"] = sum(t == p for t, p, _ in pairs) / len(pairs)
     _print(report)
     if out is not None:
@@ -161,8 +167,8 @@ def _print(report: dict) -> None:
     for column in ("decision", "precision", "recall", "F1", "support"):
         table.add_column(column)
     rows = {**{f"class {k}": v for k, v in report["classes"].items()},
-            "turn taking (respond vs keep listening)": report["turn_taking"],
-            "barge-in (stop vs backchannel)": report["barge_in"]}
+            "turn taking: user done -> takes the turn": report["turn_taking"],
+            "barge-in: over the reply -> takes the turn": report["barge_in"]}
     for name, scores in rows.items():
         table.add_row(name, *(str(scores[k]) for k in ("precision", "recall", "f1", "support")))
     console = Console()
