@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from minmo.duplex.turn_policy import (
+    PATIENCE_MS,
     RESPOND_THRESHOLD,
     AnswerSpoken,
     AnswerTyped,
@@ -22,6 +23,7 @@ from minmo.duplex.turn_policy import (
     Interrupt,
     LlmOpened,
     OpenUserTurn,
+    PatienceOver,
     Predicted,
     ResponseEnded,
     ResponseStarted,
@@ -31,6 +33,7 @@ from minmo.duplex.turn_policy import (
     UserSpeechAudio,
     UserSpeechStarted,
     UserSpeechStopped,
+    WaitForMore,
 )
 
 HIGH = RESPOND_THRESHOLD + 0.1
@@ -369,6 +372,50 @@ ROWS = [
         OVER_PLAYBACK_FLUSHED,
         Predicted("u2", respond=HIGH, backchannel=LOW, stop_speaking=LOW, audio_playing=True),
         [Interrupt("r1", generating=False), AnswerSpoken("u2", 300.0, 4.0)],
+        predictor_mode=True,
+    ),
+    # --- patience: a turn the predictor left open is answered after the user's silence ---------------------------
+    Row(
+        "with the predictor deciding, a flush that answers nothing starts the wait",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped()],
+        Flushed("u1", 2.5),
+        [WaitForMore("u1", PATIENCE_MS)],
+        predictor_mode=True,
+    ),
+    Row(
+        "the wait's end answers a turn the predictor kept listening to",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), Predicted("u1", respond=LOW, backchannel=LOW)],
+        PatienceOver("u1", audio_playing=False),
+        [AnswerSpoken("u1", 400.0, 2.5)],
+        {"answered": "u1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "the wait's end after a backchannel answers nothing",
+        [*OVER_PLAYBACK_FLUSHED, Predicted("u2", respond=LOW, backchannel=HIGH)],
+        PatienceOver("u2", audio_playing=False),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "the wait's end while a reply still plays answers nothing",
+        OVER_PLAYBACK_FLUSHED,
+        PatienceOver("u2", audio_playing=True),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "the wait's end for an answered turn does nothing",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), Predicted("u1", respond=HIGH, backchannel=LOW)],
+        PatienceOver("u1", audio_playing=False),
+        [],
+        predictor_mode=True,
+    ),
+    Row(
+        "the user speaking again makes the earlier wait moot",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), UserSpeechStarted("u2", audio_playing=False)],
+        PatienceOver("u1", audio_playing=False),
+        [],
         predictor_mode=True,
     ),
     # --- response bookkeeping ------------------------------------------------------------------------------------

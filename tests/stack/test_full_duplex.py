@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from minmo.audio.synthetic import utterance
+from minmo.duplex.turn_policy import PATIENCE_MS
 from minmo.model.config import load_config
 from minmo.model.duplex_predictor import DuplexPredictor
 from minmo.v1 import conversation_pb2
@@ -91,4 +92,24 @@ async def test_stop_speaking_over_the_reply_interrupts_it_and_answers(stack, tmp
         "the user's speech alone did not interrupt; the predictor's decision did"
     )
     assert types[-1] == TurnType.RESPONSE_STARTED, "the barge-in turn is answered"
+    call.cancel()
+
+
+async def test_a_turn_the_predictor_keeps_listening_to_is_answered_after_the_users_silence(stack, tmp_path: Path):
+    await _stack_with_predictor(stack, "keep_listening", tmp_path / "ckpt")
+    _channel, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    await call.read()
+    for event in _audio_events(utterance(seed=6, speech_s=1.0, tail_s=1.0)):
+        await call.write(event)
+    stopped = await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type == TurnType.USER_SPEECH_STOPPED
+    )
+    assert TurnType.RESPONSE_STARTED not in _turn_types(stopped)
+    waited = asyncio.get_running_loop().time()
+    await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type == TurnType.RESPONSE_STARTED, timeout_s=60
+    )
+    assert asyncio.get_running_loop().time() - waited >= PATIENCE_MS / 1000 * 0.9, "answered after the wait"
     call.cancel()

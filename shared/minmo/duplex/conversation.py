@@ -57,6 +57,7 @@ from minmo.duplex.turn_policy import (
     Interrupt,
     LlmOpened,
     OpenUserTurn,
+    PatienceOver,
     Predicted,
     ResponseEnded,
     ResponseStarted,
@@ -66,6 +67,7 @@ from minmo.duplex.turn_policy import (
     UserSpeechAudio,
     UserSpeechStarted,
     UserSpeechStopped,
+    WaitForMore,
 )
 from minmo.duplex.turn_trace import TurnTrace
 from minmo.duplex.voice_control import session_conditioning
@@ -157,6 +159,7 @@ class Conversation:
         self.timings: TurnTimings | None = None
         self.response: Response | None = None  # the last response started (the policy says if it still generates)
         self.response_task: asyncio.Task | None = None
+        self.patience: asyncio.Task | None = None  # the wait before a turn the predictor left open is answered
         self.llm_failover: LlmFailover | None = None  # set once the session exists
         self.played_ms: dict[str, float] = {}
         self.utterance_tail: np.ndarray | None = None  # the ended utterance's last samples, sent with its flush
@@ -230,6 +233,19 @@ class Conversation:
                     await self._answer_typed(decision)
                 case FailSpokenTurn(turn_id=turn_id):
                     await self._fail_turn(turn_id, grpc.StatusCode.UNAVAILABLE, ENCODER_LOST, store=False)
+                case WaitForMore(turn_id=turn_id, ms=ms):
+                    self._wait_for_more(turn_id, ms)
+
+    def _wait_for_more(self, turn_id: str, ms: float) -> None:
+        """PatienceOver(`turn_id`) for the policy after `ms`; one wait at a time (a newer turn's replaces it)."""
+        if self.patience is not None:
+            self.patience.cancel()
+
+        async def wait() -> None:
+            await asyncio.sleep(ms / 1000)
+            await self._apply(self.turns.handle(PatienceOver(turn_id, self._audio_playing())))
+
+        self.patience = asyncio.create_task(wait(), name=f"patience-{turn_id}")
 
     # --- session set-up -------------------------------------------------------------------------
 
@@ -715,6 +731,8 @@ class Conversation:
         )
 
     async def _shutdown(self) -> None:
+        if self.patience is not None:
+            self.patience.cancel()
         if self.response_task is not None and not self.response_task.done():
             self.response_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

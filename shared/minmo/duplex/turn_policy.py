@@ -18,6 +18,8 @@ back in order. The policy owns every rule of turn taking and does no I/O, so eac
   predictor decides, or answers at once when the flush already came (an encoder that emits at the end of
   speech, like nano's Whisper, gives the predictor the turn only then);
 - a backchannel from the predictor is shown to the client and never starts or stops a response;
+- a flushed turn the trained predictor neither answered nor called a backchannel is answered after PATIENCE_MS of
+  the user's silence (a predictor that wrongly keeps listening must not leave the user waiting);
 - a flush nobody asked for, or one arriving while a response generates, is ignored;
 - a spoken turn whose encoder is lost before its flush fails (its audio never reached the history);
 - a typed turn is answered at once.
@@ -32,6 +34,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 RESPOND_THRESHOLD = 0.5  # predictor probability above which `respond` / `backchannel` counts
+# After a flushed user turn the predictor neither answered nor called a backchannel, how long the user may stay
+# silent before the turn is answered anyway: a predictor that wrongly keeps listening must not leave the user waiting.
+PATIENCE_MS = 2000.0
 
 
 # --- events: what happened -----------------------------------------------------------------------------------
@@ -119,6 +124,14 @@ class CancelRequested:
 
 
 @dataclass(frozen=True)
+class PatienceOver:
+    """The wait asked for by `WaitForMore` ended (`audio_playing` as for UserSpeechStarted)."""
+
+    turn_id: str
+    audio_playing: bool
+
+
+@dataclass(frozen=True)
 class ResponseStarted:
     turn_id: str
 
@@ -143,6 +156,7 @@ Event = (
     | CancelRequested
     | ResponseStarted
     | ResponseEnded
+    | PatienceOver
 )
 
 
@@ -207,7 +221,24 @@ class FailSpokenTurn:
     turn_id: str
 
 
-Decision = Interrupt | OpenUserTurn | FlushEncoder | ShowBackchannel | AnswerSpoken | AnswerTyped | FailSpokenTurn
+@dataclass(frozen=True)
+class WaitForMore:
+    """Send PatienceOver(`turn_id`) after `ms` (the flushed turn is answered then if nothing else decided)."""
+
+    turn_id: str
+    ms: float
+
+
+Decision = (
+    Interrupt
+    | OpenUserTurn
+    | FlushEncoder
+    | ShowBackchannel
+    | AnswerSpoken
+    | AnswerTyped
+    | FailSpokenTurn
+    | WaitForMore
+)
 
 
 # --- the policy ----------------------------------------------------------------------------------------------
@@ -227,6 +258,7 @@ class TurnPolicy:
         self.flush_ms: float | None = None  # the user turn's flush came (its encoder compute time); None: not yet
         self.answer_at_end = False  # a barge-in: answer this turn at the end of speech, whoever decides
         self.answered: str | None = None  # the user turn an AnswerSpoken was given for (answered once)
+        self.backchannel_turn: str | None = None  # the user turn the predictor called a backchannel
         self.generating: str | None = None  # turn id of the response generating
         self.playing: str | None = None  # the last response not interrupted: generating, or its audio may play
 
@@ -266,7 +298,8 @@ class TurnPolicy:
                 if turn_id == self.user_turn:
                     self.flush_ms = compute_ms
                 if not self.respond_on_flush or self.generating is not None:
-                    return []
+                    waiting = self.predictor_decides and turn_id == self.user_turn and self.answered != turn_id
+                    return [WaitForMore(turn_id, PATIENCE_MS)] if waiting and not self.respond_on_flush else []
                 self.respond_on_flush, self.answered = False, turn_id
                 return [AnswerSpoken(turn_id, self.user_audio_ms, compute_ms)]
             case TextTyped(turn_id=turn_id, text=text, audio_playing=playing, trace_parent=parent):
@@ -276,6 +309,11 @@ class TurnPolicy:
             case ResponseStarted(turn_id=turn_id):
                 self.generating = self.playing = turn_id
                 return []
+            case PatienceOver(turn_id=turn_id, audio_playing=playing):
+                decided = self.answered == turn_id or self.backchannel_turn == turn_id
+                if turn_id != self.user_turn or decided or playing or self.generating is not None:
+                    return []
+                return self._answer(turn_id)
             case ResponseEnded(turn_id=turn_id):
                 if self.generating == turn_id:
                     self.generating = None
@@ -300,7 +338,10 @@ class TurnPolicy:
             self.answer_at_end = True
             decisions = self._interrupt(signal.audio_playing)
             return decisions + (self._answer(signal.turn_id) if self.speech_ended else [])
-        decisions = [ShowBackchannel(signal.turn_id)] if signal.backchannel > RESPOND_THRESHOLD else []
+        decisions: list[Decision] = []
+        if signal.backchannel > RESPOND_THRESHOLD:
+            self.backchannel_turn = signal.turn_id
+            decisions.append(ShowBackchannel(signal.turn_id))
         if signal.respond > RESPOND_THRESHOLD and not self.respond_on_flush:
             decisions += [*self._interrupt(signal.audio_playing), *self._answer(signal.turn_id)]
         return decisions
