@@ -46,6 +46,15 @@ async def _stack_with_predictor(stack, decision: str, folder: Path):
     return stack
 
 
+async def _session(stack):
+    """A new session with the default turn detection (the trained predictor decides); its SessionStarted read."""
+    _channel, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config())
+    await call.read()
+    return call
+
+
 async def _reply_playing(call) -> None:
     """Ask a typed question and wait until its reply's audio plays and its text (12 tokens) is long done."""
     await call.write(_text("hello there"))
@@ -55,10 +64,7 @@ async def _reply_playing(call) -> None:
 
 async def test_a_backchannel_over_the_reply_lets_it_go_on(stack, tmp_path: Path):
     await _stack_with_predictor(stack, "backchannel", tmp_path / "ckpt")
-    _channel, stub = stack.conversation()
-    call = stub.Converse()
-    await call.write(_config())
-    await call.read()  # session_started
+    call = await _session(stack)
     await _reply_playing(call)
     for event in _audio_events(utterance(seed=4, lead_s=0.0, speech_s=0.8, tail_s=1.0)):
         await call.write(event)
@@ -76,10 +82,7 @@ async def test_a_backchannel_over_the_reply_lets_it_go_on(stack, tmp_path: Path)
 
 async def test_stop_speaking_over_the_reply_interrupts_it_and_answers(stack, tmp_path: Path):
     await _stack_with_predictor(stack, "stop_speaking", tmp_path / "ckpt")
-    _channel, stub = stack.conversation()
-    call = stub.Converse()
-    await call.write(_config())
-    await call.read()
+    call = await _session(stack)
     await _reply_playing(call)
     for event in _audio_events(utterance(seed=5, lead_s=0.0, speech_s=1.0, tail_s=1.0)):
         await call.write(event)
@@ -97,10 +100,7 @@ async def test_stop_speaking_over_the_reply_interrupts_it_and_answers(stack, tmp
 
 async def test_a_turn_the_predictor_keeps_listening_to_is_answered_after_the_users_silence(stack, tmp_path: Path):
     await _stack_with_predictor(stack, "keep_listening", tmp_path / "ckpt")
-    _channel, stub = stack.conversation()
-    call = stub.Converse()
-    await call.write(_config())
-    await call.read()
+    call = await _session(stack)
     for event in _audio_events(utterance(seed=6, speech_s=1.0, tail_s=1.0)):
         await call.write(event)
     stopped = await _events_until(

@@ -739,8 +739,10 @@ class Conversation:
                 await self.response_task
         if (generating := self._generating()) is not None:
             await generating.cancel()
-        for trace in {id(t): t for t in (self.trace, self.response_trace) if t is not None}.values():
-            trace.abandon("cancelled")
+        if self.response_trace is not None:
+            self.response_trace.abandon("cancelled")
+        if self.trace is not None and self.trace is not self.response_trace:
+            self.trace.abandon("cancelled")
         self.trace = self.response_trace = None
         await self.encoder.close()
         await self.llm.close()

@@ -297,9 +297,11 @@ class TurnPolicy:
             case Flushed(turn_id=turn_id, compute_ms=compute_ms):
                 if turn_id == self.user_turn:
                     self.flush_ms = compute_ms
-                if not self.respond_on_flush or self.generating is not None:
-                    waiting = self.predictor_decides and turn_id == self.user_turn and self.answered != turn_id
-                    return [WaitForMore(turn_id, PATIENCE_MS)] if waiting and not self.respond_on_flush else []
+                if self.respond_on_flush and self.generating is not None:
+                    return []
+                if not self.respond_on_flush:  # the predictor (if it decides) has not answered: wait for it, a while
+                    left_open = self.predictor_decides and turn_id == self.user_turn and self.answered != turn_id
+                    return [WaitForMore(turn_id, PATIENCE_MS)] if left_open else []
                 self.respond_on_flush, self.answered = False, turn_id
                 return [AnswerSpoken(turn_id, self.user_audio_ms, compute_ms)]
             case TextTyped(turn_id=turn_id, text=text, audio_playing=playing, trace_parent=parent):

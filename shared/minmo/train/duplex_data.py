@@ -154,17 +154,10 @@ class Listener:
     """The served speech encoder and LLM: a moment's segments -> the LLM hidden states at their audio positions."""
 
     def __init__(self, model: str, checkpoint: str | None) -> None:
-        from minmo.model.build import build_component
-        from minmo.model.config import load_config
-        from minmo.model.dialogue import Dialogue
-        from minmo.model.tokenizer import load_tokenizer
+        from minmo.train.evaluate import SpokenModel
 
-        cfg = load_config(model)
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint)
-        self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint), build_component(cfg, "duplex_predictor", checkpoint),
-            load_tokenizer(cfg.llm),
-        )
+        served = SpokenModel(model, checkpoint)
+        self.speech_encoder, self.dialogue = served.speech_encoder, served.dialogue
         self.voices = {v.id: v for v in (*TRAIN_VOICES, *HELD_OUT_VOICES)}
 
     @torch.no_grad()

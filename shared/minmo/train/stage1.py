@@ -374,10 +374,8 @@ def load_trained(model: SpeechToText, folder: Path) -> None:
     state = load_file(str(folder / "speech_encoder.safetensors"))
     if (folder / LORA_FILE).is_file() and any("lora_" in name for name, _ in model.named_parameters()):
         state |= {f"llm.model.{k}": v for k, v in load_file(str(folder / LORA_FILE)).items()}
-    own = model.state_dict()
-    unknown = [name for name in state if name not in own]
+    _, unknown = model.load_state_dict(state, strict=False)  # copies cast the stored float16 to the model's dtype
     assert not unknown, f"{folder} has weights this model lacks: {unknown[:5]}"
-    model.load_state_dict({name: value.to(own[name].dtype) for name, value in state.items()}, strict=False)
     print(f"stage 1 starts from {folder} ({len(state)} tensors)")
 
 
@@ -453,7 +451,8 @@ def plot_losses(progress: dict, cfg: Stage1Config, path: Path) -> None:
     axes.set_xlabel("step")
     axes.set_ylabel("loss (lm: reply cross-entropy; ctc: per token)")
     axes.set_title(f"stage 1 ({cfg.model})")
-    axes.legend()
+    if progress["losses"]:  # a run that took no step yet has no curve to name
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     pyplot.close(figure)

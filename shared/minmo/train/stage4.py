@@ -81,7 +81,7 @@ def train(cfg: Stage4Config) -> Path:
 
     settings = RunSettings(out, "stage 4 (duplex predictor)", cfg.warmup_steps, cfg.checkpoint_every,
                            cfg.stop_after_steps, cfg.seed)
-    (out / "config.json").parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     run_phases(predictor, cfg.phases, settings, lambda phase: list(predictor.parameters()), step_loss, export)
     return out
