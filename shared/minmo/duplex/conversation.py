@@ -95,6 +95,7 @@ LLM_END_REASONS = {"LENGTH": EndReason.MAX_TOKENS}  # ResponseEnd.Reason name ->
 ENCODER_LOST = "the speech encoder became unavailable during this turn; please say it again"
 LLM_LOST = "the language model is unavailable; please retry this turn"
 STORE_LOST = "the session store is unavailable; please retry this turn"
+TURN_DEFECT = "the reply failed on an internal error (logged by the duplex service); please retry this turn"
 EVENT_STALL_S = 10.0  # a client event still being handled after this long is logged with where it waits
 ENCODER_HOP = "encoder"  # a LatencyReport's name for a failover of the encoder stream
 
@@ -578,6 +579,11 @@ class Conversation:
             log.warning("session %s turn %s: %s", self.session_id, response.turn_id, error)
             if not response.ended:
                 await self._fail_turn(response.turn_id, grpc.StatusCode.UNAVAILABLE, STORE_LOST, response, store=False)
+        except Exception:  # a defect, not a lost peer: the session goes on, this turn says it failed
+            log.exception("session %s turn %s failed", self.session_id, response.turn_id)
+            self.turns.handle(ResponseEnded(response.turn_id))
+            if not response.ended:
+                await self._fail_turn(response.turn_id, grpc.StatusCode.INTERNAL, TURN_DEFECT, response)
 
     async def _complete_response(self, response: Response) -> None:
         try:

@@ -290,8 +290,10 @@ class SpeechHops:
                     config.CopyFrom(self.configs[VOCODER])
                     config.resume_at_sample = self.samples_out
                     await call.write(vocoder_pb2.VocodeRequest(config=config))
-            except HOP_ERRORS:
+            except HOP_ERRORS as error:
                 call.cancel()
+                if isinstance(error, asyncio.InvalidStateError):  # the replica ended the call as it opened
+                    raise LinkLost(f"the {hop.name} call ended as it opened") from error
                 raise
         read = self._read_voicelm if hop is self.voicelm else self._read_vocoder
         hop.reader = asyncio.create_task(read(call), name=f"{hop.name}-reader")
