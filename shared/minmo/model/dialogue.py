@@ -39,6 +39,7 @@ _OTHER_PLACEHOLDER = "\u2063MINMO-EARLIER\u2063"
 # ByteTokenizer markup: its two structural ids as private-use characters, so its template renders to text.
 _BYTE_BOS = "\ue000"
 _BYTE_EOS = "\ue001"
+LOOP_UNIT_TOKENS = 3  # a transcript ending in a unit of at least this many tokens said twice is a loop (looped_tail)
 
 
 class _TextTemplate(Protocol):
@@ -162,8 +163,22 @@ def _split(rendered: str, what: str) -> tuple[str, str]:
     return head, tail
 
 
+def looped_tail(ids: list[int], shortest: int = LOOP_UNIT_TOKENS) -> int:
+    """The length of a unit of at least `shortest` tokens that `ids` ends with twice in a row (0: none).
+
+    Greedy decoding of a small speech-text LLM can fall into a loop it never leaves ("what is it that is it that
+    is it that ..."), as Whisper's decoder does; speech itself seldom says a phrase of several tokens twice in a
+    row. `transcribe` stops at the second copy and drops it.
+    """
+    for unit in range(shortest, len(ids) // 2 + 1):
+        if ids[-unit:] == ids[-2 * unit : -unit]:
+            return unit
+    return 0
+
+
 # The instruction of the paper's speech-to-text task, placed inside the user's spoken turn.
 TRANSCRIBE_INSTRUCTION = "Transcribe the speech above, word for word."
+
 
 @dataclass
 class DialogueState(StreamState):
@@ -390,6 +405,9 @@ class Dialogue:
             if step.is_end:
                 break
             ids.append(step.token_id)
+            if repeat := looped_tail(ids):
+                del ids[-repeat:]
+                break
         return ids, dataclasses.replace(state, spoken_turn=None)
 
     def drop_response(self, state: DialogueState) -> DialogueState:

@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue
+from minmo.model.dialogue import Dialogue
 from minmo.train.data import read_split
 
 NO_CHECKPOINT = "none"
@@ -139,6 +139,15 @@ class SpokenModel:
         return self._generate(self.dialogue.begin_response(state, instruction), max_tokens)
 
     @torch.no_grad()
+    def transcribe(self, audio: np.ndarray, max_tokens: int = 48) -> str:
+        """The user transcript the llm service sends after a spoken turn (`Dialogue.transcribe`)."""
+        embeddings = self.speech_encoder(torch.from_numpy(audio))  # (1, N, D)
+        state = self.dialogue.start("")
+        _, state = self.dialogue.append_audio(state, embeddings)
+        ids, _ = self.dialogue.transcribe(self.dialogue.begin_response(state), max_tokens)
+        return self.dialogue.tokenizer.decode(ids).strip()
+
+    @torch.no_grad()
     def reply_typed(self, text: str, max_tokens: int = 48) -> str:
         state = self.dialogue.start("")
         state = self.dialogue.append_text_turn(state, "user", text)
@@ -189,8 +198,7 @@ def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: i
     for item, audio in tqdm(cases, desc=f"eval {task}", unit="utt"):
         started = time.perf_counter()
         if task == "asr":
-            sample = Sample(item.id, f"held-out voice {item.voice.split(':')[1]}", item.text,
-                            model.reply(audio, TRANSCRIBE_INSTRUCTION))
+            sample = Sample(item.id, f"held-out voice {item.voice.split(':')[1]}", item.text, model.transcribe(audio))
         else:
             ours = model.reply(audio)
             typed = model.reply_typed(item.text)
@@ -203,7 +211,7 @@ def evaluate(task: str, config: str, checkpoint: str | None, data: str, limit: i
         report.samples.append(sample)
     if real and task == "asr":
         for name, audio, text in tqdm(real_speech(), desc="eval asr (real speech)", unit="utt"):
-            sample = Sample(name, "real recorded speech", text, model.reply(audio, TRANSCRIBE_INSTRUCTION, 96))
+            sample = Sample(name, "real recorded speech", text, model.transcribe(audio, 96))
             if referee is not None:
                 sample.judge = referee.transcribe(audio)
             report.samples.append(sample)
