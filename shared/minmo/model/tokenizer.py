@@ -12,6 +12,7 @@ from typing import Protocol
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from minmo.model import gguf_cache
 from minmo.model.config import LLMConfig
 from minmo.model.llm import resolve_path
 
@@ -105,5 +106,5 @@ def load_tokenizer(cfg: LLMConfig) -> Tokenizer:
         raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}: expected bytes or hf")
     path = resolve_path(cfg.path)
     if cfg.source == "gguf":
-        return HFTokenizer(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+        return HFTokenizer(gguf_cache.load_tokenizer(path))
     return HFTokenizer(AutoTokenizer.from_pretrained(path))

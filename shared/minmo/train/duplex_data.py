@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from minmo.train import texts
+from minmo.train.evaluate import SpokenModel
 from minmo.train.voices import HELD_OUT_VOICES, TRAIN_VOICES, augment, available, synthesize
 
 CLASSES = ("keep_listening", "respond", "stop_speaking", "backchannel")  # DuplexPredictorConfig.classes
@@ -95,7 +96,7 @@ def build(cfg: DuplexDataConfig) -> Path:
         missing = [(n, shard) for n, shard in enumerate(shards) if not shard_path(out, split, n).is_file()]
         if not missing:
             continue
-        listener = listener or Listener(cfg.model, cfg.checkpoint)
+        listener = listener or Listener(SpokenModel(cfg.model, cfg.checkpoint))
         done = len(moments) - sum(len(shard) for _, shard in missing)
         with tqdm(total=len(moments), initial=done, desc=f"{split} moments", unit="moment") as bar:
             for number, shard in missing:
@@ -153,10 +154,7 @@ def _pause(sentence: str, rng: random.Random) -> tuple[str, str]:
 class Listener:
     """The served speech encoder and LLM: a moment's segments -> the LLM hidden states at their audio positions."""
 
-    def __init__(self, model: str, checkpoint: str | None) -> None:
-        from minmo.train.evaluate import SpokenModel
-
-        served = SpokenModel(model, checkpoint)
+    def __init__(self, served: SpokenModel) -> None:
         self.speech_encoder, self.dialogue = served.speech_encoder, served.dialogue
         self.voices = {v.id: v for v in (*TRAIN_VOICES, *HELD_OUT_VOICES)}
 
