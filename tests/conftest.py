@@ -5,7 +5,10 @@ flushing a database another test may be using.
 
 Every stack a test starts (in process, or `minmo up` and other subprocesses, which inherit the environment) runs
 unpaced, MINMO_AUDIO_LEAD_MS=0: tiny's replies are 19 s of audio, and paced they would take that long to arrive.
-tests/stack/test_pacing.py sets its own lead.
+Its replies are also capped at 12 text tokens (MINMO_MAX_RESPONSE_TOKENS; tiny's own cap is 24): tiny's random
+voice LM never says END_OF_SPEECH, so a reply's audio runs to the schedule's bound, 20 speech tokens per text token,
+and half the tokens is half the voicelm and vocoder work of every turn a test takes (still ~10 s of audio, longer
+than any barge-in or failover a test makes). Tests that need another length or lead set their own.
 """
 
 import uuid
@@ -18,9 +21,10 @@ from minmo.session.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="session", autouse=True)
-def unpaced_stacks() -> Iterator[None]:
+def short_unpaced_replies() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MINMO_AUDIO_LEAD_MS", "0")
+        patch.setenv("MINMO_MAX_RESPONSE_TOKENS", "12")
         yield
 
 

@@ -12,12 +12,11 @@ import time
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from minmo.model import gguf_cache
 from minmo.model.config import load_config
 from minmo.model.llm import LLM, LLMState, build_llm, next_token, resolve_path
-from minmo.model.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 
 ATOL = 1e-4
 PARAMS_8B = 7.6e9
@@ -146,9 +145,9 @@ def test_nano_llm_answers_and_its_converted_cache_is_the_same_model(tmp_path, mo
     monkeypatch.setenv("MINMO_CACHE_DIR", str(tmp_path))
     cfg = load_config("nano").llm
     gguf = resolve_path(cfg.path)
-    assert gguf_cache.converted_folder(gguf) is None
+    assert gguf_cache.converted_folder(gguf, "model") is None
     from_file = build_llm(cfg)
-    assert gguf_cache.converted_folder(gguf) is not None
+    assert gguf_cache.converted_folder(gguf, "model") is not None
     start = time.perf_counter()
     cached = build_llm(cfg)
     print(f"nano's LLM from the converted cache in {time.perf_counter() - start:.1f} s")
@@ -157,14 +156,18 @@ def test_nano_llm_answers_and_its_converted_cache_is_the_same_model(tmp_path, mo
     where = {"_name_or_path": None, "quantization_config": None}  # where it was read from, and how
     assert cached.model.config.to_dict() | where == from_file.model.config.to_dict() | where
 
+    assert gguf_cache.converted_folder(gguf, "tokenizer") is None
+    file_tokenizer = load_tokenizer(cfg)  # read from the file, and converted
     tokenizer = load_tokenizer(cfg)
-    file_tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    assert gguf_cache.converted_folder(gguf, "tokenizer") is not None
     conversation = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is the capital of France? Ça va, naïve café 🙂"},
     ]
     assert tokenizer.chat_prompt(conversation) == file_tokenizer.chat_prompt(conversation)
     assert tokenizer.eos_token_ids == file_tokenizer.eos_token_ids
+    ids = tokenizer.chat_prompt(conversation)
+    assert tokenizer.decode(ids) == file_tokenizer.decode(ids)
     prompt = tokenizer.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
     start = time.perf_counter()
     answer_ids = cached.generate_text(prompt, max_new_tokens=24, eos_token_ids=tokenizer.eos_token_ids)

@@ -49,3 +49,13 @@ def running_triton(cfg: MinMoConfig, root: Path, port: int | None = None) -> Ite
     server = LocalTritonServer(repository, port or free_port(), log_path=log_path, exit_timeout_s=EXIT_TIMEOUT_S)
     with server as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
+    """One server on tiny's repository for every Triton test: starting one takes ~40 s on 2 cores. A test that
+    restarts it leaves it running."""
+    from minmo.model.config import load_config
+
+    with running_triton(load_config("tiny"), tmp_path_factory.mktemp("triton")) as running:
+        yield running

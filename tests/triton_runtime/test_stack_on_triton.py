@@ -4,26 +4,17 @@ that costs at most the turn in flight."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from stack.conftest import InProcessStack
 from stack.test_conversation import _audio_events, _config, _events_until, _is_latency, _text, _turn_types
 
 from minmo.audio.synthetic import utterance
-from minmo.model.config import load_config
 from minmo.triton.server import LocalTritonServer
 from minmo.v1 import conversation_pb2
 
-from .conftest import running_triton
-
 TurnType = conversation_pb2.TurnEvent.Type
-
-
-@pytest.fixture(scope="module")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
-    with running_triton(load_config("tiny"), tmp_path_factory.mktemp("triton-stack")) as running:
-        yield running
 
 
 @pytest.fixture

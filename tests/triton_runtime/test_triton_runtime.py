@@ -1,11 +1,11 @@
 """TritonRuntime against a real tritonserver (the nvidia-pytriton wheel's) serving the exported `tiny` repository.
 
 Every model's Triton outputs must equal the in-process runtime's for the same requests, because model.py builds
-the same `RuntimeModel` with the same seeded weights. One server serves the whole module.
+the same `RuntimeModel` with the same seeded weights. One server (`conftest.triton_server`) serves every Triton test.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import torch
@@ -27,8 +27,6 @@ from minmo.runtime.llm_model import (
 from minmo.runtime.triton import TritonRuntime
 from minmo.triton.server import LocalTritonServer
 
-from .conftest import running_triton
-
 CHUNK_SAMPLES = 5120  # 0.32 s at 16 kHz
 CONCURRENT_REQUESTS = 24
 
@@ -39,19 +37,13 @@ def cfg() -> MinMoConfig:
 
 
 @pytest.fixture(scope="module")
-def server(cfg: MinMoConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
-    with running_triton(cfg, tmp_path_factory.mktemp("triton")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def local(cfg: MinMoConfig) -> ModelRuntime:
     return build_local_runtime(cfg, ["encoder", "token2wav", "voice_lm", "llm"])
 
 
 @pytest.fixture
-async def triton(server: LocalTritonServer) -> AsyncIterator[TritonRuntime]:
-    runtime = TritonRuntime(server.url)
+async def triton(triton_server: LocalTritonServer) -> AsyncIterator[TritonRuntime]:
+    runtime = TritonRuntime(triton_server.url)
     try:
         yield runtime
     finally:
@@ -179,11 +171,11 @@ async def test_closing_a_generate_stream_cancels_it_and_keeps_the_sequence(
     await triton.end_sequence("llm", sequence_id)
 
 
-async def test_concurrent_sequences_are_batched(triton: TritonRuntime, server: LocalTritonServer) -> None:
+async def test_concurrent_sequences_are_batched(triton: TritonRuntime, triton_server: LocalTritonServer) -> None:
     pcm = torch.zeros(CHUNK_SAMPLES)
     streams = [Sequence(f"batched-{index}", start=True, end=True) for index in range(CONCURRENT_REQUESTS)]
     await asyncio.gather(*(triton.infer("encoder", {"pcm": pcm}, stream) for stream in streams))
-    async with tritonclient.grpc.aio.InferenceServerClient(server.url) as client:
+    async with tritonclient.grpc.aio.InferenceServerClient(triton_server.url) as client:
         stats = await client.get_inference_statistics("encoder", as_json=True)
     batch_sizes = {int(entry["batch_size"]) for entry in stats["model_stats"][0]["batch_stats"]}
     assert max(batch_sizes) > 1, f"executed batch sizes {sorted(batch_sizes)}"
@@ -224,7 +216,7 @@ async def _executions_batched(server: LocalTritonServer, model: str) -> int:
 
 
 async def test_concurrent_streams_at_different_positions_run_batched_and_match_local(
-    triton: TritonRuntime, local: ModelRuntime, server: LocalTritonServer, cfg: MinMoConfig
+    triton: TritonRuntime, local: ModelRuntime, triton_server: LocalTritonServer, cfg: MinMoConfig
 ) -> None:
     """Encoder streams and token2wav turns at different points, their chunks sent at once: the requests one
     `execute` gets run as one batched forward (`execute_batch`), each answering as the local runtime does alone; a
@@ -232,7 +224,7 @@ async def test_concurrent_streams_at_different_positions_run_batched_and_match_l
     generator = torch.Generator().manual_seed(5)
     audio = [0.1 * torch.randn(CHUNK_SAMPLES * (2 + head), generator=generator) for head in range(3)]
     turns = [torch.randint(0, cfg.flow.speech_vocab, (15 * (2 + head),), generator=generator) for head in range(3)]
-    before = {model: await _executions_batched(server, model) for model in ("encoder", "token2wav")}
+    before = {model: await _executions_batched(triton_server, model) for model in ("encoder", "token2wav")}
 
     async def both(runtime: ModelRuntime, model: str, inputs: TensorMap, sequence: Sequence) -> list[TensorMap]:
         return [await runtime.infer(model, inputs, sequence), await local.infer(model, inputs, sequence)]
@@ -260,4 +252,5 @@ async def test_concurrent_streams_at_different_positions_run_batched_and_match_l
         await local.end_sequence("encoder", f"encoder-ahead-{head}")
         await local.end_sequence("token2wav", f"token2wav-ahead-{head}")
     for model in ("encoder", "token2wav"):
-        assert await _executions_batched(server, model) > before[model], f"no {model} execute got several requests"
+        executions = await _executions_batched(triton_server, model)
+        assert executions > before[model], f"no {model} execute got several requests"
