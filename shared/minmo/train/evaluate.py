@@ -133,20 +133,20 @@ class SpokenModel:
         )
 
     @torch.no_grad()
-    def reply(self, audio: np.ndarray, instruction: str = "", max_tokens: int = 48) -> str:
-        embeddings = self.speech_encoder(torch.from_numpy(audio))  # (1, N, D)
-        state = self.dialogue.start("")
-        _, state = self.dialogue.append_audio(state, embeddings)
-        return self._generate(self.dialogue.begin_response(state, instruction), max_tokens)
+    def reply(self, audio: np.ndarray, max_tokens: int = 48) -> str:
+        return self._generate(self.dialogue.begin_response(self._spoken_turn(audio)), max_tokens)
 
     @torch.no_grad()
     def transcribe(self, audio: np.ndarray, max_tokens: int = 48) -> str:
         """The user transcript the llm service sends after a spoken turn (`Dialogue.transcribe`)."""
-        embeddings = self.speech_encoder(torch.from_numpy(audio))  # (1, N, D)
-        state = self.dialogue.start("")
-        _, state = self.dialogue.append_audio(state, embeddings)
-        ids, _ = self.dialogue.transcribe(self.dialogue.begin_response(state), max_tokens)
+        ids, _ = self.dialogue.transcribe(self.dialogue.begin_response(self._spoken_turn(audio)), max_tokens)
         return self.dialogue.tokenizer.decode(ids).strip()
+
+    def _spoken_turn(self, audio: np.ndarray):
+        """A new conversation holding `audio` as its open user turn (one encoder flush)."""
+        embeddings = self.speech_encoder(torch.from_numpy(audio))  # (1, N, D)
+        _, state = self.dialogue.append_audio(self.dialogue.start(""), embeddings)
+        return state
 
     @torch.no_grad()
     def reply_typed(self, text: str, max_tokens: int = 48) -> str:
