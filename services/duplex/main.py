@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from minmo.audio.turn_detection import TurnDetectionConfig
 from minmo.audio.vad import SileroVad, StreamingVad
 from minmo.duplex.conversation import DuplexPolicy, Peers
-from minmo.duplex.limits import InputLimits
+from minmo.duplex.limits import MAX_SILENCE_MS, InputLimits
 from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
@@ -40,7 +40,8 @@ class DuplexSettings:
     MINMO_SESSION_TTL_S, MINMO_MAX_CHUNK_MS, MINMO_MAX_RESPONSE_TOKENS (0: the model config's),
     MINMO_TURN_TIMEOUT_S (deadline of a response's voicelm and vocoder calls), MINMO_AUDIO_LEAD_MS (how far the
     vocoder and voicelm may work ahead of the client's real-time playback; 0: no pacing, every reply made at once),
-    MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS. Input limits
+    MINMO_VAD_THRESHOLD, MINMO_SILENCE_MS, MINMO_PREFIX_PADDING_MS, MINMO_MIN_SPEECH_MS, MINMO_PREDICTOR_SILENCE_MS
+    (the silence that ends a segment when the model's trained predictor decides turns). Input limits
     (characters): MINMO_MAX_TEXT_CHARS, MINMO_MAX_SYSTEM_PROMPT_CHARS, MINMO_MAX_INSTRUCTION_CHARS.
     MINMO_API_KEYS_FILE: the hashed API keys clients must present (unset: no key needed; minmo.serving.auth); each
     key's session quota holds across replicas (counted in Redis, minmo.session.quota).
@@ -59,6 +60,7 @@ class DuplexSettings:
     turn_timeout_s: float
     audio_lead_s: float
     turn_detection: TurnDetectionConfig
+    predictor_silence_ms: float
     limits: InputLimits
     api_keys_file: str | None
     voice_prompt_models: str | None = None
@@ -85,6 +87,7 @@ class DuplexSettings:
                 silence_duration_ms=env_float("MINMO_SILENCE_MS", 500),
                 min_speech_duration_ms=env_float("MINMO_MIN_SPEECH_MS", 100),
             ),
+            predictor_silence_ms=_predictor_silence_ms(env_float("MINMO_PREDICTOR_SILENCE_MS", 200)),
             limits=InputLimits(
                 max_text_chars=env_int("MINMO_MAX_TEXT_CHARS", InputLimits.max_text_chars),
                 max_system_prompt_chars=env_int("MINMO_MAX_SYSTEM_PROMPT_CHARS", InputLimits.max_system_prompt_chars),
@@ -100,6 +103,12 @@ def _audio_lead_s(lead_ms: float) -> float:
     if lead_ms != 0 and lead_ms < MIN_AUDIO_LEAD_MS:
         raise SettingsError(f"MINMO_AUDIO_LEAD_MS={lead_ms:g}: use 0 (no pacing) or at least {MIN_AUDIO_LEAD_MS}")
     return lead_ms / 1000
+
+
+def _predictor_silence_ms(silence_ms: float) -> float:
+    if not 0 <= silence_ms <= MAX_SILENCE_MS:
+        raise SettingsError(f"MINMO_PREDICTOR_SILENCE_MS={silence_ms:g}: use 0 to {MAX_SILENCE_MS}")
+    return silence_ms
 
 
 async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> ServiceHost:
@@ -130,6 +139,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         turn_timeout_s=settings.turn_timeout_s,
         audio_lead_s=settings.audio_lead_s,
         turn_detection=settings.turn_detection,
+        predictor_silence_ms=settings.predictor_silence_ms,
         limits=settings.limits,
         voice_prompt_models=VoicePromptModels(settings.voice_prompt_models) if settings.voice_prompt_models else None,
         first_audio_positions=first_audio_positions(load_config(settings.server.model_config)),

@@ -104,8 +104,25 @@ def test_the_stored_record_resumes_to_the_same_config() -> None:
         "threshold",
         "silence_ms",
         "prefix_padding_ms",
-    }, "the Redis form stays what earlier replicas stored"
+        "server_silence",
+    }, "the Redis form is what earlier replicas stored, and whether the client left the silence to the server"
     assert SessionConfig.resumed(record, conversation_pb2.ResumeSession(), DEFAULTS) == config
+    del record["server_silence"]
+    assert not SessionConfig.resumed(record, conversation_pb2.ResumeSession(), DEFAULTS).server_silence, (
+        "a record stored before the field keeps the silence it holds"
+    )
+
+
+def test_a_trained_predictor_ends_segments_after_a_shorter_silence_unless_the_client_set_one() -> None:
+    config = parse(input_sample_rate_hz=16000)
+    assert config.endpointing(True, 200).turn_detection == TurnDetectionConfig(
+        threshold=0.5, prefix_padding_ms=300, silence_duration_ms=200, min_speech_duration_ms=80
+    )
+    assert config.endpointing(False, 200) == config, "the VAD decides: it must wait out a pause mid-sentence"
+    chosen = parse(input_sample_rate_hz=16000, turn_detection=conversation_pb2.TurnDetection(silence_ms=700))
+    assert chosen.endpointing(True, 200) == chosen, "a silence the client asked for is kept"
+    resumed = SessionConfig.resumed(config.to_record(), conversation_pb2.ResumeSession(), DEFAULTS)
+    assert resumed.endpointing(True, 200).turn_detection.silence_duration_ms == 200, "a resumed session too"
 
 
 def test_a_resume_may_change_the_rates_within_the_supported_ones() -> None:

@@ -113,3 +113,28 @@ async def test_a_turn_the_predictor_keeps_listening_to_is_answered_after_the_use
     )
     assert asyncio.get_running_loop().time() - waited >= PATIENCE_MS / 1000 * 0.9, "answered after the wait"
     call.cancel()
+
+
+async def _speech_stopped_after(stack, mode) -> tuple[int, int]:
+    """One spoken turn (speech ends 1.5 s into the input) in a session of `mode`: the silence in effect, and how long
+    after the speech's end USER_SPEECH_STOPPED came, in input audio ms."""
+    _channel, stub = stack.conversation()
+    call = stub.Converse()
+    await call.write(_config(turn_detection=conversation_pb2.TurnDetection(mode=mode)))
+    started = (await call.read()).session_started
+    for event in _audio_events(utterance(seed=7, lead_s=0.5, speech_s=1.0, tail_s=1.0)):
+        await call.write(event)
+    events = await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type == TurnType.USER_SPEECH_STOPPED
+    )
+    call.cancel()
+    return started.turn_detection.silence_ms, events[-1].turn_event.input_offset_ms - 1500
+
+
+async def test_a_trained_predictor_ends_the_users_turn_after_a_shorter_silence_than_the_vad(stack, tmp_path: Path):
+    await _stack_with_predictor(stack, "respond", tmp_path / "ckpt")
+    Mode = conversation_pb2.TurnDetection.Mode
+    predictor_silence, predictor_stop = await _speech_stopped_after(stack, Mode.PREDICTOR)
+    vad_silence, vad_stop = await _speech_stopped_after(stack, Mode.SERVER_VAD)
+    assert (predictor_silence, vad_silence) == (200, 500), "SessionStarted says which silence is in effect"
+    assert 200 <= predictor_stop < 400 and 500 <= vad_stop < 700, (predictor_stop, vad_stop)

@@ -109,6 +109,7 @@ class DuplexPolicy:
     max_response_tokens: int = 64
     turn_timeout_s: float = 300.0  # deadline of a response's downstream calls
     turn_detection: TurnDetectionConfig = field(default_factory=TurnDetectionConfig)
+    predictor_silence_ms: float = 200.0  # the silence that ends a segment when a trained predictor decides
     limits: InputLimits = field(default_factory=InputLimits)
     voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
     first_audio_positions: int = 0  # text positions that complete the first audio chunk (0: no hold; response.py)
@@ -278,7 +279,6 @@ class Conversation:
         )
         self.llm_failover = LlmFailover(self.llm, self.history.rebuild_llm, self.session_id)
         self.turns = TurnPolicy(config.predictor_mode)
-        self.audio_input = AudioInput(self.vad, TurnDetector(config.turn_detection), config.input_sample_rate_hz)
         self.voice = config.voice
         self.voice_conditioning = await session_conditioning(self.voice, self.policy.voice_prompt_models)
         try:
@@ -289,6 +289,10 @@ class Conversation:
                 self.telemetry.metrics.errors.labels(code=refusal.code.name).inc()
                 await self.store.end(self.session_id, self.epoch)
             raise
+        # the LLM has said whether its predictor is trained: that decides how soon a silence ends a segment
+        self.config = config.endpointing(self.turns.predictor_decides, self.policy.predictor_silence_ms)
+        detector = TurnDetector(self.config.turn_detection)
+        self.audio_input = AudioInput(self.vad, detector, config.input_sample_rate_hz)
         await self.emit(self._session_started(token, resumed, len(turns)))
 
     async def _resume(self, resume: conversation_pb2.ResumeSession):

@@ -9,7 +9,7 @@ dict, so a session stored by an older replica still resumes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -38,6 +38,7 @@ class SessionConfig:
     text_only: bool
     mode: str  # conversation_pb2.TurnDetection.Mode name
     turn_detection: TurnDetectionConfig  # the client's values, the server's defaults where it sent 0
+    server_silence: bool = False  # the client left silence_ms to the server (see `endpointing`)
 
     @classmethod
     def from_proto(
@@ -63,6 +64,7 @@ class SessionConfig:
                 detection.prefix_padding_ms or defaults.prefix_padding_ms,
                 defaults,
             ),
+            server_silence=detection.silence_ms == 0,
         )
 
     @classmethod
@@ -84,6 +86,7 @@ class SessionConfig:
             turn_detection=turn_detection(
                 record["threshold"], record["silence_ms"], record["prefix_padding_ms"], defaults
             ),
+            server_silence=record.get("server_silence", False),  # records stored before it: the value they hold
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -98,6 +101,7 @@ class SessionConfig:
             "threshold": self.turn_detection.threshold,
             "silence_ms": self.turn_detection.silence_duration_ms,
             "prefix_padding_ms": self.turn_detection.prefix_padding_ms,
+            "server_silence": self.server_silence,
         }
 
     @property
@@ -109,6 +113,16 @@ class SessionConfig:
         """The LLM's duplex predictor decides turns once the model's is trained: when the client asked for it, and by
         default (MODE_UNSPECIFIED, the API's documented default); SERVER_VAD keeps the VAD deciding."""
         return self.mode in (PREDICTOR_MODE, DEFAULT_MODE)
+
+    def endpointing(self, predictor_decides: bool, predictor_silence_ms: float) -> SessionConfig:
+        """The config with the silence that ends a speech segment in effect. The VAD alone must wait out a pause
+        that may be mid-sentence, so it ends the turn after the server's `silence_duration_ms` (500 ms, as
+        OpenAI's server_vad). A trained predictor hears whether the user is done, so a session it decides for
+        ends the segment after `predictor_silence_ms`: the predictor answers at once or keeps listening, and the
+        turn is taken sooner. A silence the client set is kept in both modes."""
+        if not (predictor_decides and self.server_silence):
+            return self
+        return replace(self, turn_detection=replace(self.turn_detection, silence_duration_ms=predictor_silence_ms))
 
     def input_format(self) -> common_pb2.AudioFormat:
         return audio_format(self.input_sample_rate_hz)

@@ -130,7 +130,7 @@ class _Reply:
         self.audio_ms += duration_ms
 
 
-class _Microphone:
+class Microphone:
     """Sends 100 ms of audio every 100 ms for as long as the session lasts: queued speech, else noise."""
 
     def __init__(self, call: grpc.aio.StreamStreamCall, rng: np.random.Generator) -> None:
@@ -198,7 +198,7 @@ class SimulatedUser:
         async with grpc.aio.insecure_channel(self.server) as channel:
             call = conversation_pb2_grpc.ConversationStub(channel).Converse()
             reader = asyncio.create_task(self._read(call))
-            microphone = _Microphone(call, np.random.default_rng(self.scenario.seed + self.index))
+            microphone = Microphone(call, np.random.default_rng(self.scenario.seed + self.index))
             mic_task: asyncio.Task | None = None
             try:
                 config = conversation_pb2.SessionConfig(
@@ -231,7 +231,7 @@ class SimulatedUser:
                 call.cancel()
         return record
 
-    async def _converse(self, call: grpc.aio.StreamStreamCall, microphone: _Microphone, record: SessionRecord) -> None:
+    async def _converse(self, call: grpc.aio.StreamStreamCall, microphone: Microphone, record: SessionRecord) -> None:
         previous: _Reply | None = None
         for index in range(self.scenario.turns):
             typed = self.random.random() < self.scenario.typed_share

@@ -243,3 +243,23 @@ def eval_duplex(
     from minmo.train.stage4 import evaluate
 
     evaluate(config, checkpoint, data, limit, out)
+
+
+@eval_app.command("turn-taking")
+def eval_turn_taking(
+    target: Annotated[str, typer.Option(help="the stack's Conversation address (host:port)")] = "127.0.0.1:50051",
+    trials: Annotated[int, typer.Option(min=2, help="spoken turns, each said in both modes (half paused)")] = 20,
+    seed: Annotated[int, typer.Option(help="which voices, sentences and pauses")] = 0,
+    out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,
+) -> None:
+    """How soon a running stack takes the turn after the user's speech ends, and how often it cuts in at a pause,
+    with the VAD deciding and with the trained predictor deciding (`minmo up --config nano`, then this)."""
+    import asyncio
+    import json
+
+    from minmo.load.turn_taking import evaluate, print_summary, summarise
+
+    summary = summarise(asyncio.run(evaluate(target, trials, seed)))
+    print_summary(summary)
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=2))

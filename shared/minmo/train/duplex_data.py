@@ -130,7 +130,7 @@ def plan(cfg: DuplexDataConfig, split: str, count: int, answers: dict[str, str])
         if kind == "complete":
             segments, labels, history = (rng.choice(said),), ("respond",), earlier
         elif kind == "paused":
-            segments = _pause(rng.choice([s for s in said if len(s.split()) >= 4]), rng)
+            segments = cut_at_pause(rng.choice([s for s in said if len(s.split()) >= 4]), rng)
             labels, history = ("keep_listening", "respond"), earlier
         elif kind == "backchannel":
             segments, labels, history = (rng.choice(BACKCHANNELS),), ("backchannel",), exchange
@@ -143,7 +143,7 @@ def plan(cfg: DuplexDataConfig, split: str, count: int, answers: dict[str, str])
     return moments
 
 
-def _pause(sentence: str, rng: random.Random) -> tuple[str, str]:
+def cut_at_pause(sentence: str, rng: random.Random) -> tuple[str, str]:
     """The sentence cut at a word boundary: at least two words before the pause and one after it; the first part
     loses its punctuation, as a speaker who is not done does not end the sentence."""
     words = sentence.split()
