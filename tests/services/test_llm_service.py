@@ -24,7 +24,7 @@ from minmo.model.dialogue import TRANSCRIBE_INSTRUCTION, Dialogue, DialogueState
 from minmo.model.tokenizer import ByteTokenizer, load_tokenizer
 from minmo.runtime.factory import build_local_runtime
 from minmo.services.llm.main import LlmSettings, start
-from minmo.services.llm.servicer import QUEUED_RESPONSES
+from minmo.services.llm.servicer import QUEUED_RESPONSES, predictor_is_trained
 from minmo.serving.settings import ServerSettings
 from minmo.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
@@ -302,6 +302,15 @@ async def test_session_ready_reports_the_prefilled_context(llm_service, dialogue
     assert ready.session_id == "s1" and ready.context_tokens == dialogue.start(SYSTEM, HISTORY).position
     assert not ready.predictor_trained, "no checkpoint: duplex must fall back to VAD endpointing"
     await call.done_writing()
+
+
+def test_the_predictor_is_trained_where_its_weights_load_from(tmp_path) -> None:
+    tiny, nano = load_config("tiny"), load_config("nano")
+    assert predictor_is_trained(None, nano), "nano's shipped checkpoint (its preset's own) has the trained predictor"
+    assert not predictor_is_trained(None, tiny), "tiny has no checkpoint: random weights"
+    assert not predictor_is_trained(str(tmp_path), nano), "a checkpoint without the predictor's weights"
+    (tmp_path / "duplex_predictor.safetensors").write_bytes(b"")
+    assert predictor_is_trained(str(tmp_path), tiny)
 
 
 async def test_history_rebuilds_the_context_of_live_turns(llm_service):
