@@ -187,15 +187,15 @@ def _percentiles(values: list[float | None]) -> dict[str, float | None]:
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title="turn taking: the user's speech ends -> RESPONSE_STARTED (client clock, ms)")
-    for column in ("mode", "silence", "finished p50 / p90", "first text p50", "after a pause p50", "cut in at a pause",
-                   "never taken"):
+    table = Table(title="turn taking: from the end of the user's speech on the wire (client clock, ms)")
+    for column in ("mode", "silence", "turn taken p50 / p90", "first reply text p50 / p90", "after a pause: taken p50",
+                   "cut in at a pause", "never taken"):
         table.add_column(column)
     for mode, row in summary.items():
-        finished, paused = row["taken_after_finished_ms"], row["taken_after_paused_ms"]
+        taken, text = row["taken_after_finished_ms"], row["first_text_after_finished_ms"]
         table.add_row(
-            mode, f"{row['silence_ms']} ms", f"{finished['p50']} / {finished['p90']}",
-            str(row["first_text_after_finished_ms"]["p50"]), str(paused["p50"]), f"{row['cut_in_at_pause']:.0%}",
+            mode, f"{row['silence_ms']} ms", f"{taken['p50']} / {taken['p90']}", f"{text['p50']} / {text['p90']}",
+            str(row["taken_after_paused_ms"]["p50"]), f"{row['cut_in_at_pause']:.0%}",
             f"{row['not_taken']} / {row['trials']}",
         )
     Console(width=160).print(table)

@@ -53,8 +53,8 @@ class DuplexDataConfig:
     checkpoint: str | None = None  # trained weights (default: the preset's own)
     answers: str = "data/nano/answers.jsonl"  # `minmo data build`'s typed answers: the assistant's replies
     out: str = "data/nano-duplex"
-    train_moments: int = 1600
-    eval_moments: int = 240
+    train_moments: int = 4800
+    eval_moments: int = 480
     shard_size: int = 200
     augment_share: float = 0.7
     engines: tuple[str, ...] = ("piper", "espeak", "flite")
