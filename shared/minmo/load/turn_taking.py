@@ -32,7 +32,7 @@ from minmo.load.user import NOISE_LEVEL, SAMPLE_RATE, Microphone, TurnType, Utte
 from minmo.train import texts
 from minmo.train.duplex_data import cut_at_pause
 from minmo.train.voices import HELD_OUT_VOICES, available, synthesize
-from minmo.v1 import conversation_pb2, conversation_pb2_grpc
+from minmo.v1 import common_pb2, conversation_pb2, conversation_pb2_grpc
 
 MODES = ("SERVER_VAD", "PREDICTOR")
 KINDS = ("finished", "paused")
@@ -142,9 +142,14 @@ async def _watch(call: grpc.aio.StreamStreamCall, end: asyncio.Future, result: T
             result.cut_in = True
         elif started and result.taken_ms is None:
             result.taken_ms = 1000 * (now - end.result())
-        elif event.HasField("transcript") and result.taken_ms is not None:
+        elif _assistant_text(event) and result.taken_ms is not None:
             result.first_text_ms = 1000 * (now - end.result())
             return
+
+
+def _assistant_text(event: conversation_pb2.ServerEvent) -> bool:
+    """The reply's text (the user's own transcript comes off the critical path, after the reply starts)."""
+    return event.HasField("transcript") and event.transcript.role == common_pb2.ROLE_ASSISTANT
 
 
 async def evaluate(target: str, trials: int, seed: int = 0) -> list[TrialResult]:
