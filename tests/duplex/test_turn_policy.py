@@ -51,6 +51,10 @@ PREDICTOR_FLUSHING = [*PREDICTOR_SPEAKING, Predicted("u1", respond=HIGH, backcha
 PLAYING = [*TRAINED, *GENERATED]
 OVER_PLAYBACK = [*PLAYING, UserSpeechStarted("u2", audio_playing=True), UserSpeechAudio(300.0)]
 OVER_PLAYBACK_FLUSHED = [*OVER_PLAYBACK, UserSpeechStopped(), Flushed("u2", 4.0)]
+# the predictor kept listening at the user's pause (the turn is flushed, open, and waits for more)
+KEPT_LISTENING = [
+    *PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), Predicted("u1", respond=LOW, backchannel=LOW)
+]
 
 
 @dataclass(frozen=True)
@@ -417,6 +421,56 @@ ROWS = [
         PatienceOver("u1", audio_playing=False),
         [],
         predictor_mode=True,
+    ),
+    # --- a turn the predictor kept listening to goes on: one id, its audio counted whole ----------------------------
+    Row(
+        "speech after the predictor kept listening goes on with the same user turn",
+        KEPT_LISTENING,
+        UserSpeechStarted("u2", audio_playing=False, input_offset_ms=900.0),
+        [OpenUserTurn("u1", 900.0, continued=True)],
+        {"user_turn": "u1", "user_audio_ms": 400.0, "speech_ended": False, "flush_ms": None},
+        predictor_mode=True,
+    ),
+    Row(
+        "the continued turn is answered whole",
+        [*KEPT_LISTENING, UserSpeechStarted("u2", audio_playing=False), UserSpeechAudio(300.0), UserSpeechStopped(),
+         Flushed("u1", 3.0)],
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [AnswerSpoken("u1", 700.0, 3.0)],
+        {"answered": "u1"},
+        predictor_mode=True,
+    ),
+    Row(
+        "speech after an answered turn opens a new one",
+        [*PREDICTOR_SPEAKING, UserSpeechStopped(), Flushed("u1", 2.5), Predicted("u1", respond=HIGH, backchannel=LOW),
+         ResponseStarted("r1"), ResponseEnded("r1")],
+        UserSpeechStarted("u2", audio_playing=False, input_offset_ms=900.0),
+        [OpenUserTurn("u2", 900.0)],
+        {"user_turn": "u2", "user_audio_ms": 0.0},
+        predictor_mode=True,
+    ),
+    Row(
+        "speech after any response since (a typed turn's) opens a new one",
+        [*KEPT_LISTENING, ResponseStarted("r1"), ResponseEnded("r1")],
+        UserSpeechStarted("u2", audio_playing=False, input_offset_ms=900.0),
+        [OpenUserTurn("u2", 900.0)],
+        {"user_turn": "u2", "user_audio_ms": 0.0},
+        predictor_mode=True,
+    ),
+    Row(
+        "speech after a backchannel opens a new one",
+        [*OVER_PLAYBACK_FLUSHED, Predicted("u2", respond=LOW, backchannel=HIGH)],
+        UserSpeechStarted("u3", audio_playing=True, input_offset_ms=900.0, llm_listening=True),
+        [OpenUserTurn("u3", 900.0)],
+        {"user_turn": "u3"},
+        predictor_mode=True,
+    ),
+    Row(
+        "with the VAD deciding every segment is a turn of its own",
+        [*VAD_ENDED, Flushed("u1", 3.0), ResponseStarted("r1"), ResponseEnded("r1")],
+        UserSpeechStarted("u2", audio_playing=False, input_offset_ms=900.0),
+        [OpenUserTurn("u2", 900.0)],
+        {"user_turn": "u2"},
     ),
     # --- response bookkeeping ------------------------------------------------------------------------------------
     Row("a response starts", [], ResponseStarted("r1"), [], {"generating": "r1", "playing": "r1"}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -138,3 +139,20 @@ async def test_a_trained_predictor_ends_the_users_turn_after_a_shorter_silence_t
     vad_silence, vad_stop = await _speech_stopped_after(stack, Mode.SERVER_VAD)
     assert (predictor_silence, vad_silence) == (200, 500), "SessionStarted says which silence is in effect"
     assert 200 <= predictor_stop < 400 and 500 <= vad_stop < 700, (predictor_stop, vad_stop)
+
+
+async def test_speech_after_the_predictor_kept_listening_goes_on_with_the_same_turn(stack, tmp_path: Path):
+    await _stack_with_predictor(stack, "keep_listening", tmp_path / "ckpt")
+    call = await _session(stack)
+    first = utterance(seed=8, lead_s=0.5, speech_s=0.8, tail_s=0.6)  # a pause longer than the 200 ms segment end
+    rest = utterance(seed=9, lead_s=0.0, speech_s=0.8, tail_s=1.0)
+    for event in _audio_events(np.concatenate([first, rest])):
+        await call.write(event)
+    events = await _events_until(
+        call, lambda e: e.HasField("turn_event") and e.turn_event.type == TurnType.RESPONSE_STARTED, timeout_s=60
+    )
+    heard = [e.turn_event for e in events if e.HasField("turn_event")]
+    started = [e.turn_id for e in heard if e.type == TurnType.USER_SPEECH_STARTED]
+    stopped = [e.turn_id for e in heard if e.type == TurnType.USER_SPEECH_STOPPED]
+    assert len(started) == 2 and len(set(started + stopped)) == 1, f"one user turn, spoken in two parts: {heard}"
+    call.cancel()

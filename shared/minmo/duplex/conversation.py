@@ -396,8 +396,12 @@ class Conversation:
                 await self._apply(self.turns.handle(UserSpeechStopped()))
 
     async def _open_user_turn(self, decision: OpenUserTurn) -> None:
+        """The user speaks: a wait for more of the last turn is over (its next flush starts another)."""
+        if self.patience is not None:
+            self.patience.cancel()
         await self._ensure_links()
-        self._begin_trace(decision.turn_id)
+        if not (decision.continued and self.trace is not None and self.trace.turn_id == decision.turn_id):
+            self._begin_trace(decision.turn_id)
         started = _turn_event(TurnType.USER_SPEECH_STARTED, decision.turn_id, input_offset_ms=decision.input_offset_ms)
         await self.emit(started)
         await self._set_state(SessionState.USER_SPEAKING)

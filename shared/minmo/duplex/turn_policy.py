@@ -19,7 +19,8 @@ back in order. The policy owns every rule of turn taking and does no I/O, so eac
   speech, like nano's Whisper, gives the predictor the turn only then);
 - a backchannel from the predictor is shown to the client and never starts or stops a response;
 - a flushed turn the trained predictor neither answered nor called a backchannel is answered after PATIENCE_MS of
-  the user's silence (a predictor that wrongly keeps listening must not leave the user waiting);
+  the user's silence (a predictor that wrongly keeps listening must not leave the user waiting); speech before then
+  goes on with the same user turn (its id, its audio count), as the LLM's user turn stays open;
 - a flush nobody asked for, or one arriving while a response generates, is ignored;
 - a spoken turn whose encoder is lost before its flush fails (its audio never reached the history);
 - a typed turn is answered at once.
@@ -173,10 +174,12 @@ class Interrupt:
 
 @dataclass(frozen=True)
 class OpenUserTurn:
-    """A spoken user turn begins: reopen lost streams, start its trace, tell the client."""
+    """A spoken user turn begins: reopen lost streams, start its trace, tell the client. `continued`: the user
+    speaks again in the turn the predictor kept listening to (same id, same trace)."""
 
     turn_id: str
     input_offset_ms: float
+    continued: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ class TurnPolicy:
         self.predictor_mode = predictor_mode
         self.predictor_trained = False
         self.user_turn: str | None = None  # the spoken user turn last heard
+        self.open_turn: str | None = None  # the user turn the LLM still holds open (no response started since)
         self.user_audio_ms = 0.0  # its speech audio so far
         self.respond_on_flush = False  # a flush was asked for to answer the user turn
         self.speech_ended = False  # the VAD heard the end of the user turn's speech
@@ -274,9 +278,13 @@ class TurnPolicy:
             case UserSpeechStarted(turn_id=turn_id, audio_playing=playing, input_offset_ms=offset):
                 listening = self.predictor_decides and (self.generating is None or event.llm_listening)
                 decisions = [] if listening else self._interrupt(playing)
-                self.user_turn, self.user_audio_ms, self.respond_on_flush = turn_id, 0.0, False
-                self.speech_ended, self.flush_ms, self.answer_at_end = False, None, False
-                return [*decisions, OpenUserTurn(turn_id, offset)]
+                continued = self._left_open()
+                if continued:  # the predictor kept listening at the pause: the user goes on with the same turn
+                    turn_id = self.user_turn
+                else:
+                    self.user_turn, self.user_audio_ms, self.open_turn = turn_id, 0.0, turn_id
+                self.respond_on_flush, self.speech_ended, self.flush_ms, self.answer_at_end = False, False, None, False
+                return [*decisions, OpenUserTurn(turn_id, offset, continued)]
             case UserSpeechAudio(duration_ms=duration_ms):
                 self.user_audio_ms += duration_ms
                 return []
@@ -310,10 +318,12 @@ class TurnPolicy:
                 return self._interrupt(playing)
             case ResponseStarted(turn_id=turn_id):
                 self.generating = self.playing = turn_id
+                self.open_turn = None  # the response closes the LLM's user turn, whatever it answers
                 return []
             case PatienceOver(turn_id=turn_id, audio_playing=playing):
                 decided = self.answered == turn_id or self.backchannel_turn == turn_id
-                if turn_id != self.user_turn or decided or playing or self.generating is not None:
+                speaking = not self.speech_ended  # the user went on with the turn: its next flush waits again
+                if turn_id != self.user_turn or decided or speaking or playing or self.generating is not None:
                     return []
                 return self._answer(turn_id)
             case ResponseEnded(turn_id=turn_id):
@@ -321,6 +331,19 @@ class TurnPolicy:
                     self.generating = None
                 return []
         raise TypeError(f"not a turn-policy event: {event!r}")
+
+    def _left_open(self) -> bool:
+        """The user turn heard last is still the LLM's open user turn: no response started since, and the trained
+        predictor neither answered it nor called it a backchannel (it kept listening at a pause)."""
+        return (
+            self.predictor_decides
+            and self.speech_ended
+            and self.open_turn is not None
+            and self.open_turn == self.user_turn
+            and self.answered != self.user_turn
+            and self.backchannel_turn != self.user_turn
+            and not self.respond_on_flush
+        )
 
     def _interrupt(self, audio_playing: bool) -> list[Decision]:
         """Barge-in or cancel: stop the last response while it generates or its audio plays."""
