@@ -201,7 +201,7 @@ def data_duplex(
     out: Annotated[Path, typer.Option(file_okay=False, help="output folder (resumes what is there)")] = Path(
         "data/nano-duplex"
     ),
-    train_moments: Annotated[int, typer.Option(min=0, help="simulated user turns for training")] = 4800,
+    train_moments: Annotated[int, typer.Option(min=0, help="simulated user turns for training")] = 9600,
     eval_moments: Annotated[int, typer.Option(min=0, help="simulated user turns on held-out voices")] = 480,
     shard_size: Annotated[int, typer.Option(min=1, help="turns per shard")] = 200,
 ) -> None:

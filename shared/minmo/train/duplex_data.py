@@ -53,7 +53,7 @@ class DuplexDataConfig:
     checkpoint: str | None = None  # trained weights (default: the preset's own)
     answers: str = "data/nano/answers.jsonl"  # `minmo data build`'s typed answers: the assistant's replies
     out: str = "data/nano-duplex"
-    train_moments: int = 4800
+    train_moments: int = 9600
     eval_moments: int = 480
     shard_size: int = 200
     augment_share: float = 0.7
