@@ -47,15 +47,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import torch
 
 from minmo.api.tensors import tensor_from_proto, tensor_to_proto
+from minmo.model.build import checkpoint_folder
 from minmo.model.config import SPEECH_BLOCK, SPEECH_TOKEN_RATE_HZ, TEXT_BLOCK, MinMoConfig
 from minmo.model.detokenizer import IncrementalDetokenizer
-from minmo.model.llm import resolve_path
 from minmo.model.tokenizer import Tokenizer
 from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence
 from minmo.runtime.llm_model import (
@@ -683,5 +682,5 @@ def _ms_since(started: float) -> float:
 def predictor_is_trained(checkpoint: str | None, cfg: MinMoConfig) -> bool:
     """Whether the duplex predictor loads trained weights (otherwise duplex falls back to VAD endpointing): from
     `checkpoint`, or with none given from the preset's own (nano's shipped weights), as `build_component` loads."""
-    folder = checkpoint or (resolve_path(cfg.checkpoint) if cfg.checkpoint else None)
-    return folder is not None and (Path(folder) / "duplex_predictor.safetensors").is_file()
+    folder = checkpoint_folder(cfg, checkpoint)
+    return folder is not None and (folder / "duplex_predictor.safetensors").is_file()

@@ -46,6 +46,14 @@ BUILDERS: dict[str, Callable[[MinMoConfig, str, torch.dtype], nn.Module]] = {
 PARTS: dict[str, dict[str, str]] = {"speech_encoder": {"voice_encoder": "voice_encoder"}}
 
 
+def checkpoint_folder(cfg: MinMoConfig, checkpoint: str | Path | None = None) -> Path | None:
+    """Where trained weights load from: the given folder, else the preset's own (nano's shipped weights), else none
+    (seeded random weights)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    return Path(resolve_path(cfg.checkpoint)) if cfg.checkpoint else None
+
+
 def build_component(
     cfg: MinMoConfig,
     name: str,
@@ -65,8 +73,7 @@ def build_component(
     device = device or placement.device
     with torch.device(device), _seeded(name):
         module = BUILDERS[name](cfg, device, placement.torch_dtype)
-    if checkpoint is None and cfg.checkpoint:
-        checkpoint = resolve_path(cfg.checkpoint)
+    checkpoint = checkpoint_folder(cfg, checkpoint)
     if checkpoint is not None and device != "meta":
         for part, attribute in PARTS.get(name, {}).items():
             load_checkpoint(getattr(module, attribute), Path(checkpoint) / f"{part}.safetensors")
