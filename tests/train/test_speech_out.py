@@ -27,13 +27,7 @@ from minmo.train.stage2 import train as train_stage2
 from minmo.train.tokenizer import EncoderFrames, TokenizerTrainConfig, load_tokenizer_from
 from minmo.train.tokenizer import train as train_tokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tokenizer_cfg(data: Path, out: Path, **changes) -> TokenizerTrainConfig:
-    cfg = TokenizerTrainConfig.from_toml(ROOT / "configs/train/tiny-tokenizer.toml")
-    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, dropout=0.0))
-    return dataclasses.replace(cfg, data=str(data), out=str(out), threads=1, **changes)
+from .conftest import ROOT, tokenizer_config
 
 
 def _ctc_loss(tokenizer: SpeechTokenizer, data: Path) -> float:
@@ -43,11 +37,6 @@ def _ctc_loss(tokenizer: SpeechTokenizer, data: Path) -> float:
     lengths = torch.tensor([frames_of(u).shape[0] for u in utterances])
     with torch.no_grad():
         return tokenizer.ctc_loss(frames, lengths, [character_ids(u.item.text) for u in utterances]).item()
-
-
-@pytest.fixture(scope="module")
-def tokenizer_run(data: Path, tmp_path_factory) -> Path:
-    return train_tokenizer(_tokenizer_cfg(data, tmp_path_factory.mktemp("tokenizer")))
 
 
 def test_fsq_codes_cover_the_codebook_and_round_trip():
@@ -61,7 +50,7 @@ def test_fsq_codes_cover_the_codebook_and_round_trip():
 
 
 def test_tokenizer_loss_goes_down_and_resumes(data: Path, tokenizer_run: Path, tmp_path: Path):
-    cfg = _tokenizer_cfg(data, tmp_path)
+    cfg = tokenizer_config(data, tmp_path)
     before = _ctc_loss(SpeechTokenizer(cfg.tokenizer), data)
     trained = load_tokenizer_from(tokenizer_run / "export")
     assert _ctc_loss(trained, data) < before - 0.1
@@ -72,23 +61,6 @@ def test_tokenizer_loss_goes_down_and_resumes(data: Path, tokenizer_run: Path, t
     resumed = load_tokenizer_from(tmp_path / "export").state_dict()
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(resumed[name], value, msg=f"{name} differs after resuming")
-
-
-@pytest.fixture(scope="module")
-def model_json(tmp_path_factory) -> str:
-    """tiny with a 1:1 interleave: its byte tokenizer has a text token per character, faster than 5:15 speaks."""
-    tiny = load_config("tiny")
-    path = tmp_path_factory.mktemp("config") / "tiny-1to1.json"
-    voice = dataclasses.replace(tiny.voice_token_lm, text_block=1, speech_block=1)
-    path.write_text(dataclasses.replace(tiny, voice_token_lm=voice).to_json())
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def speech_data(data: Path, tokenizer_run: Path, model_json: str, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("speech")
-    return build(SpeechOutDataConfig(model=model_json, data=str(data), tokenizer=str(tokenizer_run / "export"),
-                                     out=str(out), limit=6, shard_size=4, max_reply_tokens=200))
 
 
 def test_spoken_replies_hold_tokens_mel_and_llm_states(data: Path, speech_data: Path, model_json: str):

@@ -110,6 +110,7 @@ def data_speech_out(
     model: Annotated[str, typer.Option(help="model preset or JSON (its LLM, encoder, vocoder)")] = "nano",
     data: Annotated[str, typer.Option(help="stage-1 data folder whose texts become spoken replies")] = "data/nano",
     tokenizer: Annotated[str, typer.Option(help="`minmo train tokenizer` export")] = "runs/nano-tokenizer/export",
+    checkpoint: Annotated[str, typer.Option(help="the LLM as stage 1 left it, e.g. with LoRA (\"\": preset's)")] = "",
     out: Annotated[Path, typer.Option(file_okay=False, help="output folder (resumes what is there)")] = Path(
         "data/nano-speech"
     ),
@@ -121,8 +122,8 @@ def data_speech_out(
     """The assistant's replies spoken in its voice: speech tokens, mel, and the LLM states that say them."""
     from minmo.train.speech_out_data import SpeechOutDataConfig, build
 
-    cfg = SpeechOutDataConfig(model=model, data=data, tokenizer=tokenizer, out=str(out), limit=limit,
-                              shard_size=shard_size, generated=generated, split=split)
+    cfg = SpeechOutDataConfig(model=model, data=data, tokenizer=tokenizer, checkpoint=checkpoint, out=str(out),
+                              limit=limit, shard_size=shard_size, generated=generated, split=split)
     typer.echo(f"data in {build(cfg)}")
 
 
@@ -140,6 +141,88 @@ def train_stage2(
     cfg = Stage2Config.from_toml(config)
     overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
     typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@data_app.command("speech-to-speech")
+def data_speech_to_speech(
+    model: Annotated[str, typer.Option(help="model preset or JSON (its encoder, LLM, vocoder)")] = "nano",
+    data: Annotated[str, typer.Option(help="stage-1 data folder: its spoken questions")] = "data/nano",
+    speech: Annotated[str, typer.Option(help="stage-2 data folder: replies already spoken (\"\": none)")] = (
+        "data/nano-speech"
+    ),
+    tokenizer: Annotated[str, typer.Option(help="`minmo train tokenizer` export (speaks what --speech lacks)")] = (
+        "runs/nano-tokenizer/export"
+    ),
+    checkpoint: Annotated[str, typer.Option(help="trained speech encoder + LLM (\"\": the preset's own)")] = "",
+    out: Annotated[Path, typer.Option(file_okay=False, help="output folder (resumes what is there)")] = Path(
+        "data/nano-s2s"
+    ),
+    limit: Annotated[int, typer.Option(help="first N spoken questions only (-1: all)")] = -1,
+    shard_size: Annotated[int, typer.Option(min=1, help="turns per shard")] = 200,
+) -> None:
+    """Stage 3's data: the LLM's states after each spoken question, with the reply's speech tokens and mel."""
+    from minmo.train.speech_to_speech_data import SpeechToSpeechDataConfig, build
+
+    cfg = SpeechToSpeechDataConfig(model=model, data=data, speech=speech, tokenizer=tokenizer, checkpoint=checkpoint,
+                                   out=str(out), limit=limit, shard_size=shard_size)
+    typer.echo(f"data in {build(cfg)}")
+
+
+@train_app.command("stage3")
+def train_stage3(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="TOML file (configs/train/*.toml)")],
+    data: Annotated[str | None, typer.Option(help="override the config's data folder")] = None,
+    out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
+) -> None:
+    """Speech→speech: output projector + voice-token LM on spoken turns, from stage 2's export; resumes."""
+    import dataclasses
+
+    from minmo.train.stage2 import Stage2Config
+    from minmo.train.stage3 import train
+
+    cfg = Stage2Config.from_toml(config)
+    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
+    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+
+
+@train_app.command("recipe")
+def train_recipe(
+    config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="recipe TOML (configs/train/)")],
+    from_step: Annotated[int, typer.Option(min=1, help="skip the steps before this one (1-based)")] = 1,
+    dry_run: Annotated[bool, typer.Option(help="print the command lines only")] = False,
+) -> None:
+    """The whole recipe: its minmo commands in order (data, the four stages, evaluations); reruns resume."""
+    import shlex
+
+    from minmo.train.recipe import Recipe, StepFailed, check, command_line, run
+
+    recipe = Recipe.from_toml(config)
+    try:
+        check(recipe)
+    except ValueError as bad:
+        typer.echo(f"{config}: {bad}", err=True)
+        raise typer.Exit(2) from None
+    if dry_run:
+        for number, step in enumerate(recipe.steps, start=1):
+            typer.echo(f"{number}. {shlex.join(command_line(step, recipe.processes))}")
+        return
+    try:
+        run(recipe, from_step, echo=typer.echo)
+    except StepFailed as failed:
+        typer.echo(str(failed), err=True)
+        raise typer.Exit(1) from None
+
+
+@train_app.command("checkpoint")
+def train_checkpoint(
+    sources: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="export folders, in order")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="the checkpoint folder to fill")],
+) -> None:
+    """One checkpoint folder from the stages' exports (a later folder's file replaces an earlier one's)."""
+    from minmo.train.recipe import assemble
+
+    for file in assemble(out, list(sources)):
+        typer.echo(f"{file} ({file.stat().st_size / 1e6:.1f} MB)")
 
 
 @eval_app.command("tts")

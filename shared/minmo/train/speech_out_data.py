@@ -37,6 +37,7 @@ class SpeechOutDataConfig:
     model: str = "nano"
     data: str = "data/nano"  # stage-1 data folder: where the texts come from
     tokenizer: str = "runs/nano-tokenizer/export"  # `minmo train tokenizer`'s export folder
+    checkpoint: str = ""  # the LLM as stage 1 left it (its LoRA, if it trained one); "" = the preset's own
     out: str = "data/nano-speech"
     limit: int = -1  # first N pairs only (-1: all)
     shard_size: int = 100
@@ -87,7 +88,7 @@ for the voice to say) are left out."""
         from minmo.model.tokenizer import load_tokenizer
 
         model_cfg = load_config(cfg.model)
-        llm, tokenizer = build_component(model_cfg, "llm"), load_tokenizer(model_cfg.llm)
+        llm, tokenizer = build_component(model_cfg, "llm", cfg.checkpoint or None), load_tokenizer(model_cfg.llm)
         with path.open("a") as sink, tqdm(total=len(prompts), initial=len(prompts) - len(todo),
                                           desc="replies (text LLM)", unit="reply") as bar:
             for start in range(0, len(todo), ANSWER_BATCH):
@@ -112,10 +113,10 @@ def build(cfg: SpeechOutDataConfig) -> Path:
         pairs += generated_pairs(cfg, out / f"generated-{cfg.split}.jsonl")
     pairs = list(dict.fromkeys(pairs))[: None if cfg.limit < 0 else cfg.limit]
     shards = [pairs[i : i + cfg.shard_size] for i in range(0, len(pairs), cfg.shard_size)]
-    missing = [(n, shard) for n, shard in enumerate(shards) if not _shard_path(out, n).is_file()]
+    missing = [(number, shards[number]) for number in missing_shards(out, len(shards))]
     if not missing:
         return out
-    speaker = ReplySpeaker(load_config(cfg.model), cfg.tokenizer)
+    speaker = ReplySpeaker(load_config(cfg.model), cfg.tokenizer, cfg.checkpoint)
     done = len(pairs) - sum(len(shard) for _, shard in missing)
     with tqdm(total=len(pairs), initial=done, desc="spoken replies", unit="reply") as bar:
         for number, shard in missing:
@@ -128,17 +129,28 @@ def build(cfg: SpeechOutDataConfig) -> Path:
                     continue
                 tensors |= {f"{key}.{name}": value for name, value in example.items()}
                 rows.append({"id": key, "prompt": prompt, "reply": reply})
-            path = _shard_path(out, number)
-            path.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-            save_file(tensors, str(path.with_suffix(".partial")))
-            path.with_suffix(".partial").rename(path)
+            write_shard(out, number, rows, tensors)
     return out
+
+
+def write_shard(out: Path, number: int, rows: list[dict], tensors: dict[str, torch.Tensor]) -> None:
+    """Shard `number` of `out`: its rows (id, prompt, reply) and tensors (`{id}.{name}`), the safetensors file
+    written whole and renamed last, so a shard that exists is complete."""
+    path = _shard_path(out, number)
+    path.with_suffix(".jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    save_file(tensors, str(path.with_suffix(".partial")))
+    path.with_suffix(".partial").rename(path)
+
+
+def missing_shards(out: Path, count: int) -> list[int]:
+    """Numbers of the shards of `out` not yet written, of `count`."""
+    return [number for number in range(count) if not _shard_path(out, number).is_file()]
 
 
 class ReplySpeaker:
     """Speaks a reply in the assistant's voice and computes every tensor of its shard row."""
 
-    def __init__(self, model_cfg: MinMoConfig, tokenizer_folder: str) -> None:
+    def __init__(self, model_cfg: MinMoConfig, tokenizer_folder: str, checkpoint: str = "") -> None:
         from minmo.model.build import build_component
         from minmo.model.speech_encoder import build_front_end, build_voice_encoder
         from minmo.model.tokenizer import load_tokenizer
@@ -148,7 +160,7 @@ class ReplySpeaker:
         self.front_end = build_front_end(model_cfg)
         self.encoder = build_voice_encoder(model_cfg).eval()
         self.speech_tokenizer = load_tokenizer_from(tokenizer_folder)
-        self.llm = build_component(model_cfg, "llm")
+        self.llm = build_component(model_cfg, "llm", checkpoint or None)
         self.text_tokenizer = load_tokenizer(model_cfg.llm)
 
     @torch.no_grad()
@@ -156,15 +168,19 @@ class ReplySpeaker:
         reply_ids = self.text_tokenizer.encode(reply)
         if not reply_ids or len(reply_ids) > max_reply_tokens:
             return None
-        audio, rate = speak(reply)
-        tokens = self.tokens_of(soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32))
-        mel = target_mel(self.cfg, audio, rate, tokens.shape[0])
+        tokens, mel = self.speak(reply)
         prompt_ids = self.text_tokenizer.chat_prompt([{"role": "user", "content": prompt}])
         ids = torch.tensor([prompt_ids + reply_ids])
         hidden = self.llm.model.get_decoder()(input_ids=ids).last_hidden_state[0]
         hidden = hidden[len(prompt_ids) - 1 : ids.shape[1] - 1]  # the positions that emit the reply's tokens
         embed = self.llm.embed(torch.tensor([reply_ids]))[0]
         return {"tokens": tokens.to(torch.int32), "mel": mel.half(), "hidden": hidden.half(), "embed": embed.half()}
+
+    def speak(self, reply: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`reply` in the assistant's voice: its 25 Hz speech tokens (N,) and the flow's target mel (mels, 2N)."""
+        audio, rate = speak(reply)
+        tokens = self.tokens_of(soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32))
+        return tokens, target_mel(self.cfg, audio, rate, tokens.shape[0])
 
     def tokens_of(self, audio16k: np.ndarray) -> torch.Tensor:
         mel = self.front_end.forward(torch.from_numpy(audio16k))

@@ -47,6 +47,7 @@ PARTS = ("projector", "voice_lm", "flow")
 class Stage2Config:
     model: str = "nano"
     data: str = "data/nano-speech"
+    also_data: tuple[str, ...] = ()  # more reply folders drawn from with `data` (stage 3: stage 2's typed turns too)
     out: str = "runs/nano-stage2"
     phases: tuple[Phase, ...] = (
         Phase("projector", 200, ("projector",), 1e-3),
@@ -67,6 +68,8 @@ class Stage2Config:
         raw = tomllib.loads(Path(path).read_text())
         if "phases" in raw:
             raw["phases"] = tuple(Phase.from_toml(p) for p in raw["phases"])
+        if "also_data" in raw:
+            raw["also_data"] = tuple(raw["also_data"])
         return cls(**raw)
 
 
@@ -156,8 +159,9 @@ def voice_lm_loss(model: str, weights: str | Path, data: str | Path, limit: int,
     return sum(speech_out.lm_loss(batch).item() * len(batch) for batch in batches) / len(replies)
 
 
-def train(cfg: Stage2Config) -> Path:
-    """Train (or resume) stage 2, in one process or several under torchrun; returns the run folder."""
+def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
+    """Train (or resume) stage 2 (or stage 3, the same trainer on spoken turns), in one process or several under
+    torchrun; returns the run folder."""
     rank, world = init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -166,14 +170,14 @@ def train(cfg: Stage2Config) -> Path:
     model_cfg = load_config(cfg.model)
     model = SpeechOut(model_cfg)
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
-    replies = [r for r in read_replies(cfg.data) if usable(r, schedule)]
+    replies = [r for folder in (cfg.data, *cfg.also_data) for r in read_replies(folder) if usable(r, schedule)]
     assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
     if cfg.init:
         model.load_exported(cfg.init)  # a resumed run's checkpoint then replaces these
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        print(f"stage 2: {len(replies)} spoken replies, {world} process(es), run folder {out}")
+        print(f"{stage}: {len(replies)} spoken replies, {world} process(es), run folder {out}")
 
     def step_loss(phase: Phase, step: int, rank: int) -> torch.Tensor:
         rng = random.Random(f"{cfg.seed}:{phase.name}:{step}" + (f":{rank}" if rank else ""))
@@ -185,7 +189,7 @@ def train(cfg: Stage2Config) -> Path:
             loss = loss + model.flow_loss(batch, cfg.flow_crop_tokens, rng, cfg.flow_prior_weight)
         return loss
 
-    settings = RunSettings(out, f"stage 2 ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
+    settings = RunSettings(out, f"{stage} ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
                            cfg.seed)
     run_phases(model, cfg.phases, settings, lambda phase: model.parts(phase.train), step_loss,
                lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}"))
