@@ -3,9 +3,10 @@ The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequ
 so do a failover's prefix_speech_tokens: the turn's text positions are then sent again from the start, and only the
 speech tokens after the prefix come out.
 
-After TextEnd the model speaks the rest of the turn in parts of TAIL_TOKENS_PER_CALL tokens, each its own runtime
-call sent on as it comes: a long tail neither holds a compute thread from other turns' steps for its whole length
-nor keeps its first tokens back until its last is made. With SynthesizeConfig.audio_lead_ms the parts are paced:
+After TextEnd the model speaks the rest of the turn in parts (`interleave.tail_part_tokens`: the tokens a short
+reply still needs for its first audio, then TAIL_TOKENS_PER_CALL at a time), each its own runtime call sent on as it
+comes: a long tail neither holds a compute thread from other turns' steps for its whole length nor keeps its first
+tokens back until its last is made. With SynthesizeConfig.audio_lead_ms the parts are paced:
 each waits until the audio already sent is less than the lead ahead of real time (from the stream's first tokens).
 
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
@@ -28,6 +29,7 @@ import torch
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.model.config import SPEECH_TOKEN_RATE_HZ
+from minmo.model.interleave import tail_part_tokens
 from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence, TensorMap
 from minmo.runtime.llm_model import text_tensor
 from minmo.serving.read_ahead import ReadAhead
@@ -36,7 +38,6 @@ from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
 
 MODEL = "voice_lm"
-TAIL_TOKENS_PER_CALL = 50  # 2 s of speech per runtime call after TextEnd
 MAX_AUDIO_LEAD_MS = 60_000
 INT64_WRAP = 1 << 64  # a uint64 seed travels to the model as the int64 with the same bits
 
@@ -232,9 +233,9 @@ class _Turn:
         if self.first_positions_at is None and not text_end:
             self.first_positions_at = time.perf_counter()
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
-        if text_end:
-            inputs["max_tail_tokens"] = torch.tensor([TAIL_TOKENS_PER_CALL])
         made = self.tokens - self.prefix_tokens  # this stream's own tokens (a failover's prefix came before it)
+        if text_end:
+            inputs["max_tail_tokens"] = torch.tensor([tail_part_tokens(made, self.first_audio_tokens)])
         steady = made >= self.first_audio_tokens and self.lead.steady(made)
         outputs = await self._infer(inputs, Sequence(self.sequence.id), steady)  # ended by the stream's end_sequence
         ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])

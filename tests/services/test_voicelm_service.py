@@ -17,11 +17,18 @@ from minmo.api.speech_tokens import SPEECH_TOKENS_PER_MESSAGE
 from minmo.api.tensors import tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
-from minmo.model.interleave import RasSampler, Sampler, greedy_sampler, init_schedule_state, synthesize_step
+from minmo.model.interleave import (
+    TAIL_TOKENS_PER_CALL,
+    RasSampler,
+    Sampler,
+    first_audio_tokens,
+    greedy_sampler,
+    init_schedule_state,
+    synthesize_step,
+)
 from minmo.runtime.local import LocalRuntime
 from minmo.runtime.voicelm_model import VoiceLmModel
 from minmo.services.voicelm.main import VoiceLmSettings, start
-from minmo.services.voicelm.servicer import TAIL_TOKENS_PER_CALL
 from minmo.serving.settings import ServerSettings
 from minmo.v1 import common_pb2, voicelm_pb2, voicelm_pb2_grpc
 
@@ -355,7 +362,7 @@ async def test_a_paced_tail_stays_within_the_lead_of_real_time(voicelm, offline)
     """audio_lead_ms: each part of the tail waits until what was sent is less than the lead ahead of real time."""
     stub, _, _ = voicelm
     hidden, token_embedding = _llm_states(length=3)  # no block: the whole turn is tail, 60 tokens at the bound
-    lead_s = 1.0
+    lead_s = 0.5  # below the first part's audio (the first audio's tokens), so the second part waits
     requests = _turn(hidden, token_embedding, 3, **GREEDY)
     requests[0].config.audio_lead_ms = round(lead_s * 1000)
     arrivals = await _timed_tokens(requests, stub)
@@ -364,4 +371,16 @@ async def test_a_paced_tail_stays_within_the_lead_of_real_time(voicelm, offline)
     for arrived, ids in arrivals:
         assert sent / SPEED_HZ - (arrived - first_at) <= lead_s + 0.05, "a part went out more than the lead ahead"
         sent += len(ids)
-    assert len(arrivals) >= 2 and arrivals[-1][0] - first_at >= TAIL_TOKENS_PER_CALL / SPEED_HZ - lead_s - 0.05
+    assert len(arrivals) >= 2 and arrivals[-1][0] - first_at >= len(arrivals[0][1]) / SPEED_HZ - lead_s - 0.05
+
+
+async def test_a_short_replys_first_tail_part_is_its_first_audio(voicelm, offline):
+    """A reply too short for a voice block has no audio at TextEnd: the tail's first part is the first audio's tokens
+    alone (token2wav's first chunk and lookahead), so the vocoder starts on those, not on 2 s of speech."""
+    stub, _, _ = voicelm
+    hidden, token_embedding = _llm_states(length=3)
+    arrivals = await _timed_tokens(_turn(hidden, token_embedding, 3, **GREEDY), stub)
+    assert [token for _, ids in arrivals for token in ids] == offline(hidden, token_embedding)
+    first = first_audio_tokens(load_config("tiny"))
+    sizes = [len(ids) for _, ids in arrivals]
+    assert sizes[0] == first and len(sizes) >= 2 and max(sizes[1:]) <= TAIL_TOKENS_PER_CALL, sizes

@@ -326,6 +326,20 @@ def first_audio_tokens(cfg: MinMoConfig) -> int:
     return cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
 
 
+TAIL_TOKENS_PER_CALL = 50  # 2 s of speech per call after the text ends
+
+
+def tail_part_tokens(made: int, first_audio: int) -> int:
+    """How many speech tokens the next part of the tail may make (`synthesize_step`'s `max_tail_tokens`), when
+    `made` tokens of the turn exist and `first_audio` make its first audio (`first_audio_tokens`).
+
+    A short reply (fewer text positions than `first_audio_positions`) has no audio when its text ends; its first
+    tail part stops at the first audio's tokens, so token2wav's first chunk waits for those alone, not for 2 s of
+    speech and their vocoding. Later parts are `TAIL_TOKENS_PER_CALL` long."""
+    still_silent = first_audio - made
+    return still_silent if still_silent > 0 else TAIL_TOKENS_PER_CALL
+
+
 def first_audio_positions(cfg: MinMoConfig) -> int:
     """Text positions whose speech tokens complete token2wav's first chunk."""
     return VoiceSchedule.from_config(cfg.voice_token_lm).positions_for_tokens(first_audio_tokens(cfg))

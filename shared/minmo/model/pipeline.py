@@ -19,7 +19,14 @@ import torch
 from minmo.model.build import build_component
 from minmo.model.config import MinMoConfig
 from minmo.model.dialogue import Dialogue, DialogueState
-from minmo.model.interleave import Sampler, greedy_sampler, init_schedule_state, synthesize_step
+from minmo.model.interleave import (
+    Sampler,
+    first_audio_tokens,
+    greedy_sampler,
+    init_schedule_state,
+    synthesize_step,
+    tail_part_tokens,
+)
 from minmo.model.placement import CPU_FLOAT32, Placement, to_host
 from minmo.model.tokenizer import load_tokenizer
 
@@ -127,8 +134,12 @@ class MinMoPipeline:
             vocode(speech_tokens, last=False)
         self.dialogue.finish_response(state)
         empty = self.placement.to_model(torch.zeros(1, 0, self.voice_lm.cfg.dim))
-        speech_tokens, schedule = synthesize_step(self.voice_lm, empty, True, schedule, sampler)
-        vocode(speech_tokens, last=True)
+        first_audio = first_audio_tokens(self.cfg)
+        while not schedule.finished:  # the tail in the voicelm service's parts: a short reply's first audio first
+            part = tail_part_tokens(len(result.speech_tokens), first_audio)
+            speech_tokens, schedule = synthesize_step(self.voice_lm, empty, True, schedule, sampler,
+                                                      max_tail_tokens=part)
+            vocode(speech_tokens, last=schedule.finished)
         result.text = self.dialogue.tokenizer.decode(result.text_token_ids)
         result.pcm = torch.cat(pieces) if pieces else torch.zeros(0)
         result.done_s = time.monotonic()
