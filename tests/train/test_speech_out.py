@@ -20,6 +20,7 @@ from minmo.model.interleave import VoiceSchedule
 from minmo.model.speech_tokenizer import SpeechTokenizer, character_ids
 from minmo.train import texts
 from minmo.train.data import read_split
+from minmo.train.recipe import assemble
 from minmo.train.speech_out_data import SpeechOutDataConfig, build, read_replies, reply_pairs
 from minmo.train.stage1 import Phase
 from minmo.train.stage2 import SpeechOut, Stage2Config, export_weights, usable, voice_lm_loss
@@ -135,6 +136,23 @@ def test_stage2_loss_goes_down_resumes_and_exports(speech_data: Path, tmp_path: 
     second = load_file(str(tmp_path / "resumed" / "checkpoint" / "weights.safetensors"))
     for name, value in first.items():
         torch.testing.assert_close(second[name], value, msg=f"{name} differs after resuming")
+
+
+def test_runs_export_what_they_trained_and_separate_parts_go_together(speech_data: Path, tmp_path: Path,
+                                                                       model_json: str):
+    """No seeded random weights in an export: a voice-LM run and a flow run (e.g. one per core) each export their
+    own parts, and `minmo train checkpoint` puts them together into a complete speech-out folder."""
+    cfg = _stage2_cfg(speech_data, tmp_path / "voice", model_json)
+    voice = dataclasses.replace(cfg, phases=(Phase("voice-lm", 2, ("projector", "voice_lm"), 3e-3),))
+    flow = dataclasses.replace(cfg, out=str(tmp_path / "flow"), phases=(Phase("flow", 2, ("flow",), 3e-3),))
+    for run in (voice, flow):
+        train_stage2(run)
+    exported = {run: sorted(p.stem for p in (tmp_path / run / "export").glob("*.safetensors"))
+                for run in ("voice", "flow")}
+    assert exported == {"voice": ["output_projector", "voice_token_lm"], "flow": ["token2wav"]}
+    assemble(tmp_path / "speech-out", [tmp_path / "voice" / "export", tmp_path / "flow" / "export"])
+    together = SpeechOut(load_config(model_json))
+    assert together.load_exported(tmp_path / "speech-out") == {"output_projector", "voice_token_lm", "token2wav"}
 
 
 def _torchrun(config: Path, stage: str) -> subprocess.CompletedProcess:

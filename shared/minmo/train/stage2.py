@@ -41,6 +41,7 @@ from minmo.train.speech_out_data import SpokenReply, read_replies
 from minmo.train.stage1 import Phase, init_distributed
 
 PARTS = ("projector", "voice_lm", "flow")
+FILES = {"projector": "output_projector", "voice_lm": "voice_token_lm", "flow": "token2wav"}  # export file of a part
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,18 @@ class SpeechOut(nn.Module):
         logits = self.voice_token_lm.head(hidden[predicted])
         return F.cross_entropy(logits.float(), target[predicted])
 
-    def load_exported(self, folder: str | Path) -> None:
-        """Start from exported weights (`export_weights`' layout, float16 widened to the parameters' dtype)."""
+    def load_exported(self, folder: str | Path, required: bool = True) -> set[str]:
+        """Start from exported weights (`export_weights`' layout, float16 widened to the parameters' dtype); returns
+        the file names loaded. With `required` off, a part the folder lacks keeps its seeded weights."""
+        loaded = set()
         for name, module, prefix in self.exported():
-            state = load_file(str(Path(folder) / f"{name}.safetensors"))
+            path = Path(folder) / f"{name}.safetensors"
+            if not path.is_file() and not required:
+                continue
+            state = load_file(str(path))
             module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
+            loaded.add(name)
+        return loaded
 
     def exported(self) -> tuple[tuple[str, nn.Module, str], ...]:
         """(file name, module, key prefix in the file) of every exported part; token2wav holds the flow only."""
@@ -172,8 +180,8 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
     replies = [r for folder in (cfg.data, *cfg.also_data) for r in read_replies(folder) if usable(r, schedule)]
     assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
-    if cfg.init:
-        model.load_exported(cfg.init)  # a resumed run's checkpoint then replaces these
+    carried = model.load_exported(cfg.init, required=False) if cfg.init else set()  # a resume then replaces them
+    trained = {FILES[part] for phase in cfg.phases for part in phase.train}
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -192,18 +200,22 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     settings = RunSettings(out, f"{stage} ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
                            cfg.seed)
     run_phases(model, cfg.phases, settings, lambda phase: model.parts(phase.train), step_loss,
-               lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}"))
+               lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}",
+                                      trained | carried))
     if world > 1:
         dist.destroy_process_group()
     return out
 
 
-def export_weights(model: SpeechOut, folder: Path, run: str) -> None:
+def export_weights(model: SpeechOut, folder: Path, run: str, names: set[str] | None = None) -> None:
     """float16 weights where `build_component(cfg, name, checkpoint=folder)` finds them; token2wav: the flow only
-    (the vocoder is pretrained)."""
+    (the vocoder is pretrained). `names`: only these files (a run exports what it trained or carried over from
+    `init`, never seeded random weights, so `minmo train checkpoint` can put runs of separate parts together)."""
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"dtype": "float16 (trained in float32)", "run": run}
     for name, module, prefix in model.exported():
+        if names is not None and name not in names:
+            continue
         state = {f"{prefix}{k}": v.detach().half().contiguous() for k, v in module.state_dict().items()
                  if v.is_floating_point()}
         save_file(state, str(folder / f"{name}.safetensors"), metadata=metadata)
