@@ -142,7 +142,7 @@ def convert(
 
 @app.command("up")
 def up(
-    config: Annotated[str, typer.Option(help="model preset (tiny, nano, minmo-8b) or JSON file")] = "tiny",
+    config: Annotated[str, typer.Option(help="model preset (nano, tiny, minmo-8b) or JSON file")] = "nano",
     port: Annotated[int, typer.Option(help="port of the public Conversation API; services use the next four")] = 50051,
     runtime: Annotated[str, typer.Option(help="model runtime: local (PyTorch in each service) or triton")] = "local",
     triton_grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (started here unless one answers)")] = 8001,
