@@ -13,6 +13,14 @@ train_app = typer.Typer(help="Train MinMo's stages (configs in files; torchrun f
 eval_app = typer.Typer(help="Evaluate a model; prints a table and writes JSON.", no_args_is_help=True)
 
 
+def _overridden(cfg, data: str | None, out: str | None):
+    """A trainer's config with the command line's --data and --out where given."""
+    import dataclasses
+
+    given = {"data": data, "out": out}
+    return dataclasses.replace(cfg, **{key: value for key, value in given.items() if value is not None})
+
+
 @data_app.command("build")
 def data_build(
     model: Annotated[str, typer.Option(help="model preset or JSON (its LLM answers, its encoder features)")] = "nano",
@@ -47,13 +55,9 @@ def train_stage1(
 
     Several processes: `torchrun --nproc-per-node N -m minmo.cli train stage1 --config FILE`.
     """
-    import dataclasses
-
     from minmo.train.stage1 import Stage1Config, train
 
-    cfg = Stage1Config.from_toml(config)
-    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
-    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+    typer.echo(f"run folder {train(_overridden(Stage1Config.from_toml(config), data, out))}")
 
 
 @eval_app.command("asr")
@@ -96,13 +100,9 @@ def train_tokenizer(
     out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
 ) -> None:
     """Supervised semantic speech tokenizer: FSQ (8 dims x 3 levels) inside a CTC ASR model; resumes a run folder."""
-    import dataclasses
-
     from minmo.train.tokenizer import TokenizerTrainConfig, train
 
-    cfg = TokenizerTrainConfig.from_toml(config)
-    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
-    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+    typer.echo(f"run folder {train(_overridden(TokenizerTrainConfig.from_toml(config), data, out))}")
 
 
 @data_app.command("speech-out")
@@ -134,13 +134,9 @@ def train_stage2(
     out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
 ) -> None:
     """Text→speech: output projector, then + voice-token LM, and token2wav's flow; resumes a run folder."""
-    import dataclasses
-
     from minmo.train.stage2 import Stage2Config, train
 
-    cfg = Stage2Config.from_toml(config)
-    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
-    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+    typer.echo(f"run folder {train(_overridden(Stage2Config.from_toml(config), data, out))}")
 
 
 @data_app.command("speech-to-speech")
@@ -175,14 +171,10 @@ def train_stage3(
     out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
 ) -> None:
     """Speech→speech: output projector + voice-token LM on spoken turns, from stage 2's export; resumes."""
-    import dataclasses
-
     from minmo.train.stage2 import Stage2Config
     from minmo.train.stage3 import train
 
-    cfg = Stage2Config.from_toml(config)
-    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
-    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+    typer.echo(f"run folder {train(_overridden(Stage2Config.from_toml(config), data, out))}")
 
 
 @train_app.command("recipe")
@@ -303,13 +295,9 @@ def train_stage4(
     out: Annotated[str | None, typer.Option(help="override the config's run folder")] = None,
 ) -> None:
     """Duplex: the full-duplex predictor alone, on `minmo data duplex`'s simulated turns; resumes a run folder."""
-    import dataclasses
-
     from minmo.train.stage4 import Stage4Config, train
 
-    cfg = Stage4Config.from_toml(config)
-    overrides = {key: value for key, value in (("data", data), ("out", out)) if value is not None}
-    typer.echo(f"run folder {train(dataclasses.replace(cfg, **overrides))}")
+    typer.echo(f"run folder {train(_overridden(Stage4Config.from_toml(config), data, out))}")
 
 
 @eval_app.command("duplex")
