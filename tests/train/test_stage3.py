@@ -13,7 +13,7 @@ from minmo.model.build import build_component
 from minmo.model.config import load_config
 from minmo.model.dialogue import Dialogue
 from minmo.model.tokenizer import load_tokenizer
-from minmo.train.speech_out_data import read_replies
+from minmo.train.speech_out_data import read_replies, write_shard
 from minmo.train.speech_to_speech_data import SpeechToSpeechDataConfig, SpokenTurns, build, spoken_questions
 from minmo.train.stage1 import Phase
 from minmo.train.stage2 import SpeechOut, Stage2Config
@@ -68,6 +68,9 @@ def test_replies_stage_two_spoke_are_reused_and_missing_ones_spoken(data: Path, 
                                                  tokenizer=str(tokenizer_run / "export"), out=str(tmp_path)))
     row = turns(as_stage2, max_reply_tokens=200)
     assert torch.equal(row["tokens"].long(), spoken[as_stage2.item.target].tokens)
+    again = turns(as_stage2, max_reply_tokens=200)  # two questions with one reply, in one shard
+    write_shard(tmp_path, 0, [{"id": f"q{n}", "prompt": "", "reply": ""} for n in range(2)],
+                {f"q{n}.{name}": value for n, tensors in enumerate((row, again)) for name, value in tensors.items()})
     assert turn.reply not in spoken, "the tiny data's QA replies are not among stage 2's six"
     assert turn.tokens.shape[0] > 0, "so it was spoken by the builder itself"
 

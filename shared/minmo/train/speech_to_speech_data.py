@@ -103,7 +103,9 @@ class SpokenTurns:
         tokens, mel = self.reply_speech(utterance.item.target)
         hidden = self.reply_states(self.question_embeddings(utterance), reply_ids)
         embed = self.dialogue.llm.embed(torch.tensor([reply_ids]))[0]
-        return {"tokens": tokens.to(torch.int32), "mel": mel.half(), "hidden": hidden.half(), "embed": embed.half()}
+        # copies: the same reply answers many questions, and a shard file holds no tensors that share memory
+        return {"tokens": tokens.to(torch.int32), "mel": mel.half().clone(), "hidden": hidden.half(),
+                "embed": embed.half()}
 
     def question_embeddings(self, utterance: Utterance) -> torch.Tensor:
         """The speech encoder's output (1, N, D) for the question: the shard's cached frozen-encoder frames when it
