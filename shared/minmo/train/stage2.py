@@ -159,7 +159,9 @@ def voice_lm_loss(model: str, weights: str | Path, data: str | Path, limit: int,
     whole-turn evaluation."""
     cfg = load_config(model)
     speech_out = SpeechOut(cfg).eval()
-    speech_out.load_exported(weights)
+    loaded = speech_out.load_exported(weights, required=False)  # the flow may be in another run's export
+    missing = {"output_projector", "voice_token_lm"} - loaded
+    assert not missing, f"{weights} lacks {sorted(missing)}: the voice LM's loss needs both"
     schedule = VoiceSchedule.from_config(cfg.voice_token_lm)
     replies = [r for r in read_replies(data) if usable(r, schedule)][:limit]
     assert replies, f"no usable spoken replies in {data}: run `minmo data speech-out` first"
