@@ -188,6 +188,8 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     if rank == 0:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         print(f"{stage}: {len(replies)} spoken replies, {world} process(es), run folder {out}")
+        if cfg.init:
+            print(f"from {cfg.init}: {', '.join(sorted(carried)) or 'nothing (no exported weights there: seeded)'}")
 
     def step_loss(phase: Phase, step: int, rank: int) -> torch.Tensor:
         rng = random.Random(f"{cfg.seed}:{phase.name}:{step}" + (f":{rank}" if rank else ""))
