@@ -70,6 +70,8 @@ def test_a_checkpoint_takes_the_later_export_of_a_file(tmp_path: Path):
     files = assemble(tmp_path / "out", [tmp_path / "stage2", tmp_path / "stage3"])
     assert [f.name for f in files] == ["token2wav.safetensors", "voice_token_lm.safetensors"]
     assert (tmp_path / "out" / "voice_token_lm.safetensors").read_bytes() == b"new"
+    with pytest.raises(ValueError, match="the checkpoint folder itself"):
+        assemble(tmp_path / "out", [tmp_path / "out"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no exported weights"):
         assemble(tmp_path / "out", [tmp_path / "empty"])

@@ -101,6 +101,8 @@ def assemble(out: str | Path, sources: list[str | Path]) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for source in map(Path, sources):
+        if source.resolve() == out.resolve():
+            raise ValueError(f"{source} is the checkpoint folder itself: name the exports to copy into it")
         files = sorted([*source.glob("*.safetensors"), *source.glob("*.json")])
         if not files:
             raise FileNotFoundError(f"{source} holds no exported weights (*.safetensors): did its step run?")
