@@ -70,6 +70,10 @@ def test_a_checkpoint_takes_the_later_export_of_a_file(tmp_path: Path):
     files = assemble(tmp_path / "out", [tmp_path / "stage2", tmp_path / "stage3"])
     assert [f.name for f in files] == ["token2wav.safetensors", "voice_token_lm.safetensors"]
     assert (tmp_path / "out" / "voice_token_lm.safetensors").read_bytes() == b"new"
+    only = assemble(tmp_path / "flow-only", [tmp_path / "stage2"], only={"token2wav"})
+    assert [f.name for f in only] == ["token2wav.safetensors"]
+    with pytest.raises(FileNotFoundError, match="holds no exported weights of \\['lora'\\]"):
+        assemble(tmp_path / "none", [tmp_path / "stage2"], only={"lora"})
     with pytest.raises(ValueError, match="the checkpoint folder itself"):
         assemble(tmp_path / "out", [tmp_path / "out"])
     (tmp_path / "empty").mkdir()

@@ -153,6 +153,8 @@ def test_runs_export_what_they_trained_and_separate_parts_go_together(speech_dat
     assemble(tmp_path / "speech-out", [tmp_path / "voice" / "export", tmp_path / "flow" / "export"])
     together = SpeechOut(load_config(model_json))
     assert together.load_exported(tmp_path / "speech-out") == {"output_projector", "voice_token_lm", "token2wav"}
+    with pytest.raises(FileNotFoundError, match=r"init folder .* does not exist"):
+        train_stage2(dataclasses.replace(flow, out=str(tmp_path / "typo"), init=str(tmp_path / "no-such-export")))
 
 
 def _torchrun(config: Path, stage: str) -> subprocess.CompletedProcess:

@@ -209,11 +209,12 @@ def train_recipe(
 def train_checkpoint(
     sources: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="export folders, in order")],
     out: Annotated[Path, typer.Option(file_okay=False, help="the checkpoint folder to fill")],
+    only: Annotated[list[str] | None, typer.Option(help="just these parts, e.g. token2wav (repeatable)")] = None,
 ) -> None:
     """One checkpoint folder from the stages' exports (a later folder's file replaces an earlier one's)."""
     from minmo.train.recipe import assemble
 
-    for file in assemble(out, list(sources)):
+    for file in assemble(out, list(sources), set(only) if only else None):
         typer.echo(f"{file} ({file.stat().st_size / 1e6:.1f} MB)")
 
 

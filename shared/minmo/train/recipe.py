@@ -94,18 +94,20 @@ class StepFailed(RuntimeError):
         self.number = number
 
 
-def assemble(out: str | Path, sources: list[str | Path]) -> list[Path]:
+def assemble(out: str | Path, sources: list[str | Path], only: set[str] | None = None) -> list[Path]:
     """Copy the weights (`*.safetensors` and the speech tokenizer's `*.json`) of `sources`, in order, into `out`: a
-    later source's file replaces an earlier one's of the same name (e.g. stage 3's voice LM over stage 2's). Returns
-    the files of `out`."""
+    later source's file replaces an earlier one's of the same name (e.g. stage 3's voice LM over stage 2's). `only`:
+    just the files of these parts (file stems, e.g. {"token2wav"}). Returns the files of `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for source in map(Path, sources):
         if source.resolve() == out.resolve():
             raise ValueError(f"{source} is the checkpoint folder itself: name the exports to copy into it")
-        files = sorted([*source.glob("*.safetensors"), *source.glob("*.json")])
+        files = sorted(file for file in [*source.glob("*.safetensors"), *source.glob("*.json")]
+                       if only is None or file.stem in only)
         if not files:
-            raise FileNotFoundError(f"{source} holds no exported weights (*.safetensors): did its step run?")
+            wanted = f" of {sorted(only)}" if only else ""
+            raise FileNotFoundError(f"{source} holds no exported weights{wanted} (*.safetensors): did its step run?")
         for file in files:
             shutil.copy2(file, out / file.name)
     return sorted(out.iterdir())

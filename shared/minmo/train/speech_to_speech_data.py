@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from minmo.model.config import load_config
 from minmo.train.data import Utterance, read_split
-from minmo.train.speech_out_data import SpokenReply, missing_shards, read_replies, write_shard
+from minmo.train.speech_out_data import missing_shards, read_replies, write_shard
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,10 @@ class SpokenTurns:
             build_component(model_cfg, "duplex_predictor", checkpoint),
             load_tokenizer(model_cfg.llm),
         )
-        self.spoken: dict[str, SpokenReply] = {r.reply: r for r in read_replies(cfg.speech)} if cfg.speech else {}
+        # reply text -> (speech tokens, mel); the stage-2 rows' LLM states are not kept
+        self.spoken: dict[str, tuple[torch.Tensor, torch.Tensor]] = (
+            {r.reply: (r.tokens, r.mel) for r in read_replies(cfg.speech)} if cfg.speech else {}
+        )
         self._speaker = None
 
     @torch.no_grad()
@@ -135,6 +138,5 @@ class SpokenTurns:
             if self._speaker is None:
                 self._speaker = ReplySpeaker(load_config(self.cfg.model), self.cfg.tokenizer, self.cfg.checkpoint)
             tokens, mel = self._speaker.speak(reply)
-            self.spoken[reply] = SpokenReply("", reply, tokens.long(), mel.half(), torch.empty(0), torch.empty(0))
-        row = self.spoken[reply]
-        return row.tokens, row.mel
+            self.spoken[reply] = tokens.long(), mel.half()
+        return self.spoken[reply]

@@ -40,8 +40,8 @@ from minmo.train.runner import RunSettings, run_phases
 from minmo.train.speech_out_data import SpokenReply, read_replies
 from minmo.train.stage1 import Phase, init_distributed
 
-PARTS = ("projector", "voice_lm", "flow")
 FILES = {"projector": "output_projector", "voice_lm": "voice_token_lm", "flow": "token2wav"}  # export file of a part
+PARTS = tuple(FILES)
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,8 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
     replies = [r for folder in (cfg.data, *cfg.also_data) for r in read_replies(folder) if usable(r, schedule)]
     assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
+    if cfg.init and not Path(cfg.init).is_dir():
+        raise FileNotFoundError(f"init folder {cfg.init} does not exist")
     carried = model.load_exported(cfg.init, required=False) if cfg.init else set()  # a resume then replaces them
     trained = {FILES[part] for phase in cfg.phases for part in phase.train}
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +191,7 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         print(f"{stage}: {len(replies)} spoken replies, {world} process(es), run folder {out}")
         if cfg.init:
-            print(f"from {cfg.init}: {', '.join(sorted(carried)) or 'nothing (no exported weights there: seeded)'}")
+            print(f"from {cfg.init}: {', '.join(sorted(carried)) or 'nothing (no exported weights there)'}")
 
     def step_loss(phase: Phase, step: int, rank: int) -> torch.Tensor:
         rng = random.Random(f"{cfg.seed}:{phase.name}:{step}" + (f":{rank}" if rank else ""))
