@@ -157,6 +157,24 @@ def test_runs_export_what_they_trained_and_separate_parts_go_together(speech_dat
         train_stage2(dataclasses.replace(flow, out=str(tmp_path / "typo"), init=str(tmp_path / "no-such-export")))
 
 
+def test_held_out_replies_pick_the_exported_step_and_input_dropout_trains_only(speech_data: Path, tmp_path: Path,
+                                                                              model_json: str):
+    cfg = dataclasses.replace(_stage2_cfg(speech_data, tmp_path / "run", model_json), heldout_data=str(speech_data),
+                              heldout_limit=4, lm_input_dropout=0.2,
+                              phases=(Phase("voice-lm", 6, ("projector", "voice_lm"), 3e-3),))
+    train_stage2(cfg)
+    measured = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())["validation"]
+    assert [step for step, _ in measured] == [2, 4, 6]
+    best = min(value for _, value in measured)
+    exported = voice_lm_loss(model_json, tmp_path / "run" / "export", speech_data, limit=4)
+    assert exported == pytest.approx(best, rel=1e-2), "export/ holds the step with the lowest held-out loss"
+    model = SpeechOut(load_config(model_json))
+    replies = read_replies(speech_data)[:2]
+    assert model.eval().lm_loss(replies, 0.5).item() == model.lm_loss(replies).item(), "no dropout in eval mode"
+    torch.manual_seed(0)
+    assert model.train().lm_loss(replies, 0.5).item() != model.eval().lm_loss(replies).item()
+
+
 def _torchrun(config: Path, stage: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "minmo.cli", "train", stage, "--config", str(config)]

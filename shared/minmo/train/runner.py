@@ -2,9 +2,12 @@
 
 Each run folder holds `checkpoint/` (the module's weights and AdamW's state as safetensors, and a progress
 JSON with every loss), rewritten every `checkpoint_every` steps and at each phase's end, `loss.png`, and
-whatever the `export` callback writes. Started again on the same folder, a run continues at the step it
-stopped at, with the same batches and random draws (the torch seed of a step is a function of the run's seed
-and the step), so an interrupted run ends with the weights of an uninterrupted one.
+whatever the `export` callback writes. With a `validate` callback (a held-out loss) every checkpoint also
+measures it, and the export is rewritten only when it is the lowest so far: `export/` holds the step that
+generalised best, not the last one, for a small model that starts to learn its training data by heart.
+Started again on the same folder, a run continues at the step it stopped at, with the same batches and
+random draws (the torch seed of a step is a function of the run's seed and the step), so an interrupted run
+ends with the weights of an uninterrupted one.
 
 Under torchrun (WORLD_SIZE > 1; gloo on the CPU, NCCL on GPUs) every process draws its own batch of
 `batch_size` (the step's loss function is told the process's rank), DistributedDataParallel averages the
@@ -36,6 +39,7 @@ class RunSettings:
     checkpoint_every: int = 50
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many steps in one run; 0: run to the end
     seed: int = 0
+    validate: Callable[[], float] | None = None  # held-out loss (lower is better), measured at every checkpoint
 
 
 # (phase, step within the phase, process rank) -> loss of that process's batch at that step
@@ -70,7 +74,7 @@ def run_phases(
 
     def save(optimizer) -> None:
         if rank == 0:
-            _save(out, model, optimizer, progress, phases, settings.title, export)
+            _save(out, model, optimizer, progress, phases, settings, export)
 
     for index, phase in enumerate(phases):
         if index < progress["phase"]:
@@ -119,7 +123,8 @@ def run_phases(
     return progress
 
 
-def _save(out: Path, model: nn.Module, optimizer, progress: dict, phases, title: str, export) -> None:
+def _save(out: Path, model: nn.Module, optimizer, progress: dict, phases, settings: RunSettings, export) -> None:
+    improved = _validate(model, progress, settings.validate)
     folder = out / "checkpoint"
     folder.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors.partial"))
@@ -127,8 +132,28 @@ def _save(out: Path, model: nn.Module, optimizer, progress: dict, phases, title:
     (folder / "progress.json.partial").write_text(json.dumps(progress))
     for name in ("weights.safetensors", "optimizer.safetensors", "progress.json"):
         (folder / f"{name}.partial").rename(folder / name)
-    export()
-    plot(progress, phases, title, out / "loss.png")
+    if improved:
+        export()
+    plot(progress, phases, settings.title, out / "loss.png")
+
+
+def _validate(model: nn.Module, progress: dict, validate: Callable[[], float] | None) -> bool:
+    """Measure the held-out loss at this step (eval mode, no gradients); True when there is nothing to measure or
+    it is the lowest so far, i.e. when the export should be rewritten."""
+    if validate is None:
+        return True
+    history = progress.setdefault("validation", [])
+    if history and history[-1][0] == progress["global_step"]:
+        return False  # already measured (and exported if best) at this step: a phase ended on a checkpoint step
+    model.eval()
+    with torch.no_grad():
+        value = validate()
+    model.train()
+    best = min((v for _, v in history), default=float("inf"))
+    history.append([progress["global_step"], value])
+    verdict = "exported" if value < best else f"export kept (best {best:.4f})"
+    tqdm.write(f"step {progress['global_step']}: held-out loss {value:.4f}, {verdict}")
+    return value < best
 
 
 def _load(out: Path, model: nn.Module) -> dict:
@@ -165,6 +190,9 @@ def plot(progress: dict, phases: tuple[Phase, ...], title: str, path: Path) -> N
         smooth = [sum(values[max(0, i - window) : i + 1]) / (i + 1 - max(0, i - window)) for i in range(len(values))]
         axes.plot(steps, values, alpha=0.3)
         axes.plot(steps, smooth, label=phase.name)
+    if progress.get("validation"):
+        steps, values = zip(*progress["validation"], strict=True)
+        axes.plot(steps, values, "ko-", markersize=3, label="held-out")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)

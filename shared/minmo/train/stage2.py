@@ -10,6 +10,9 @@ summed over what a phase trains (their parameters never overlap):
   tokens of the tokens → mel pairs, with its streaming chunk masks, plus `flow_prior_weight` × Matcha-TTS's
   prior loss on the encoder's `mu` (0: CosyVoice 2's objective alone).
 A run may start from exported weights (`init`), e.g. to continue the flow alone after a joint run.
+Against a voice LM that learns its few thousand replies by heart: `lm_input_dropout` (dropout on the LM's input
+vectors, training only) and `heldout_data` (replies about unseen topics, `minmo data speech-out --split heldout`):
+their voice-LM loss is measured at every checkpoint and `export/` keeps the step where it was lowest.
 The LLM is frozen (its states come from the data) and the vocoder is pretrained. Checkpoints resume
 (minmo.train.runner); `export/` holds output_projector / voice_token_lm / token2wav safetensors in float16,
 the layout `build_component(checkpoint=...)` loads (token2wav: the flow only).
@@ -57,6 +60,9 @@ class Stage2Config:
     batch_size: int = 8
     flow_crop_tokens: int = 50  # 2 s crops for the flow (its chunk masks make longer contexts unnecessary)
     flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's `mu` (FlowMatching.training_loss)
+    lm_input_dropout: float = 0.0  # dropout on the voice LM's input vectors (semantic and speech), training only
+    heldout_data: str = ""  # replies the run never trains on: their voice-LM loss picks the exported step
+    heldout_limit: int = 60  # usable held-out replies measured (the first ones)
     init: str = ""  # exported weights a new run starts from (e.g. the shipped nano checkpoint); "" = seeded random
     warmup_steps: int = 20
     checkpoint_every: int = 25
@@ -89,15 +95,16 @@ class SpeechOut(nn.Module):
         assert not unknown, f"unknown trainable parts {sorted(unknown)}: expected a subset of {PARTS}"
         return [p for name in names for p in modules[name].parameters()]
 
-    def lm_loss(self, batch: list[SpokenReply]) -> torch.Tensor:
-        """Speech-token cross-entropy over the interleaved streams of `batch` (right-padded)."""
+    def lm_loss(self, batch: list[SpokenReply], input_dropout: float = 0.0) -> torch.Tensor:
+        """Speech-token cross-entropy over the interleaved streams of `batch` (right-padded); `input_dropout` zeroes
+        input vector elements at random while the module trains."""
         streams, targets = [], []
         for reply in batch:
             semantic = self.output_projector(reply.hidden.float()[None], reply.embed.float()[None])
             inputs, target = teacher_forcing_inputs(self.voice_token_lm, semantic, reply.tokens.tolist())
             streams.append(inputs[0])
             targets.append(target[0])
-        inputs = pad_sequence(streams, batch_first=True)
+        inputs = F.dropout(pad_sequence(streams, batch_first=True), input_dropout, self.training)
         target = pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)
         lengths = torch.tensor([s.shape[0] for s in streams])
         attention = (torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).long()
@@ -162,9 +169,20 @@ def voice_lm_loss(model: str, weights: str | Path, data: str | Path, limit: int,
     loaded = speech_out.load_exported(weights, required=False)  # the flow may be in another run's export
     missing = {"output_projector", "voice_token_lm"} - loaded
     assert not missing, f"{weights} lacks {sorted(missing)}: the voice LM's loss needs both"
-    schedule = VoiceSchedule.from_config(cfg.voice_token_lm)
-    replies = [r for r in read_replies(data) if usable(r, schedule)][:limit]
+    replies = usable_replies(data, VoiceSchedule.from_config(cfg.voice_token_lm), limit)
+    return mean_lm_loss(speech_out, replies, batch_size)
+
+
+def usable_replies(data: str | Path, schedule: VoiceSchedule, limit: int = -1) -> list[SpokenReply]:
+    """The first `limit` (-1: all) usable replies of a speech-out folder; an empty folder is an error."""
+    replies = [r for r in read_replies(data) if usable(r, schedule)][: None if limit < 0 else limit]
     assert replies, f"no usable spoken replies in {data}: run `minmo data speech-out` first"
+    return replies
+
+
+@torch.no_grad()
+def mean_lm_loss(speech_out: SpeechOut, replies: list[SpokenReply], batch_size: int = 8) -> float:
+    """Voice-LM cross-entropy over `replies`, averaged over batches weighted by their size."""
     batches = [replies[i : i + batch_size] for i in range(0, len(replies), batch_size)]
     return sum(speech_out.lm_loss(batch).item() * len(batch) for batch in batches) / len(replies)
 
@@ -180,8 +198,9 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     model_cfg = load_config(cfg.model)
     model = SpeechOut(model_cfg)
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
-    replies = [r for folder in (cfg.data, *cfg.also_data) for r in read_replies(folder) if usable(r, schedule)]
-    assert replies, f"no usable spoken replies in {cfg.data}: run `minmo data speech-out` first"
+    replies = [r for folder in (cfg.data, *cfg.also_data) for r in usable_replies(folder, schedule)]
+    trains_lm = any({"projector", "voice_lm"} & set(phase.train) for phase in cfg.phases)
+    heldout = usable_replies(cfg.heldout_data, schedule, cfg.heldout_limit) if cfg.heldout_data and trains_lm else []
     if cfg.init and not Path(cfg.init).is_dir():
         raise FileNotFoundError(f"init folder {cfg.init} does not exist")
     carried = model.load_exported(cfg.init, required=False) if cfg.init else set()  # a resume then replaces them
@@ -189,7 +208,8 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        print(f"{stage}: {len(replies)} spoken replies, {world} process(es), run folder {out}")
+        print(f"{stage}: {len(replies)} spoken replies, {world} process(es), run folder {out}"
+              + (f"; export kept at the lowest voice-LM loss on {len(heldout)} held-out replies" if heldout else ""))
         if cfg.init:
             print(f"from {cfg.init}: {', '.join(sorted(carried)) or 'nothing (no exported weights there)'}")
 
@@ -198,13 +218,13 @@ def train(cfg: Stage2Config, stage: str = "stage 2") -> Path:
         batch = [replies[i] for i in rng.sample(range(len(replies)), min(cfg.batch_size, len(replies)))]
         loss = torch.zeros(())
         if {"projector", "voice_lm"} & set(phase.train):
-            loss = loss + model.lm_loss(batch)
+            loss = loss + model.lm_loss(batch, cfg.lm_input_dropout)
         if "flow" in phase.train:
             loss = loss + model.flow_loss(batch, cfg.flow_crop_tokens, rng, cfg.flow_prior_weight)
         return loss
 
     settings = RunSettings(out, f"{stage} ({cfg.model})", cfg.warmup_steps, cfg.checkpoint_every, cfg.stop_after_steps,
-                           cfg.seed)
+                           cfg.seed, validate=(lambda: mean_lm_loss(model, heldout)) if heldout else None)
     run_phases(model, cfg.phases, settings, lambda phase: model.parts(phase.train), step_loss,
                lambda: export_weights(model, out / "export", f"{cfg.out}: {', '.join(p.name for p in cfg.phases)}",
                                       trained | carried))
