@@ -14,10 +14,11 @@ model, not of a training shortcut.
 
 - tts: the whole spoken turn (`MinMoPipeline.run_turn`, the services' streaming steps in one process) on the
   held-out voices' spoken questions: the judge transcribes our spoken reply and its WER against the reply's
-  text says whether the voice is understood; first audio is the time from the end of the user's speech to
-  the first PCM. With stage-2 data (`--speech-data`), the flow + vocoder alone are judged too, on the
-  tokenizer's tokens of the assistant's recorded replies (what token2wav can do with perfect tokens), and
-  the vocoder alone on those recordings' mel (the ceiling the vocoder sets).
+  text says whether the voice is understood, DNSMOS P.835's OVRL (`minmo.train.dnsmos`) how it sounds; first
+  audio is the time from the end of the user's speech to the first PCM. With stage-2 data (`--speech-data`),
+  the flow + vocoder alone are judged too, on the tokenizer's tokens of the assistant's recorded replies (what
+  token2wav can do with perfect tokens), and the vocoder alone on those recordings' mel (the ceiling the vocoder
+  sets).
 
 Results are grouped: held-out voices (split `eval`) and, for qa, whether the fact was held out of training
 too; `--real` adds real recorded speech (Debian's pocketsphinx-testdata: LibriVox excerpts and short
@@ -64,6 +65,7 @@ class Sample:
     typed_correct: bool | None = None  # qa: the typed question's reply does
     seconds: float = 0.0
     first_audio_ms: float | None = None  # tts: end of the user's speech -> first PCM of the reply
+    dnsmos_ovrl: float | None = None  # tts: DNSMOS P.835 overall quality of the audio (1-5)
 
 
 @dataclass
@@ -237,13 +239,19 @@ def evaluate_tts(config: str, checkpoint: str | None, data: str, limit: int, spe
     cfg = load_config(config)
     if checkpoint == NO_CHECKPOINT:
         cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
+    from minmo.train.dnsmos import DNSMOS
+
     pipeline = MinMoPipeline(cfg, checkpoint)
-    referee = Judge()
+    referee, quality = Judge(), DNSMOS()
     report = Report("tts", config, checkpoint or "")
     chunk = SAMPLE_RATE * 16 // 100  # 160 ms of the user's audio per streaming step
 
-    def judged(pcm: torch.Tensor, rate: int) -> str:
-        return referee.transcribe(soxr.resample(pcm.float().numpy(), rate, SAMPLE_RATE).astype(np.float32))
+    def judge(sample: Sample, pcm: torch.Tensor, rate: int) -> Sample:
+        """The judge's transcript and DNSMOS of `pcm` (nothing to hear: an empty transcript, no score)."""
+        if pcm.numel():
+            audio = np.clip(soxr.resample(pcm.float().numpy(), rate, SAMPLE_RATE), -1.0, 1.0).astype(np.float32)
+            sample.judge, sample.dnsmos_ovrl = referee.transcribe(audio), quality(audio).ovrl
+        return sample
 
     utterances = [u for u in read_split(data, "eval") if u.item.task == "qa"][:limit]
     for utterance in tqdm(utterances, desc="eval tts (spoken turns)", unit="turn"):
@@ -251,9 +259,9 @@ def evaluate_tts(config: str, checkpoint: str | None, data: str, limit: int, spe
         sampler = RasSampler(generator=torch.Generator().manual_seed(seed))
         started = time.perf_counter()
         result = pipeline.run_turn(audio.split(chunk), sampler=sampler)
-        sample = Sample(utterance.item.id, "spoken reply to a held-out voice", result.text.strip(), result.text.strip(),
-                        first_audio_ms=result.first_audio_ms)
-        sample.judge = judged(result.pcm, result.sample_rate) if result.pcm.numel() else ""
+        text = result.text.strip()
+        sample = judge(Sample(utterance.item.id, "spoken reply to a held-out voice", text, text,
+                              first_audio_ms=result.first_audio_ms), result.pcm, result.sample_rate)
         sample.seconds = round(time.perf_counter() - started, 2)
         report.samples.append(sample)
     if speech_data:
@@ -264,12 +272,12 @@ def evaluate_tts(config: str, checkpoint: str | None, data: str, limit: int, spe
         for index, reply in enumerate(tqdm(read_replies(speech_data)[:limit], desc="eval tts (token2wav)")):
             with torch.no_grad():
                 pcm = token2wav(reply.tokens[None])[0]
-            report.samples.append(Sample(f"reply-{index}", "token2wav on the tokenizer's tokens", reply.reply,
-                                         reply.reply, judge=judged(pcm, token2wav.sample_rate)))
+            report.samples.append(judge(Sample(f"reply-{index}", "token2wav on the tokenizer's tokens", reply.reply,
+                                               reply.reply), pcm, token2wav.sample_rate))
             if isinstance(token2wav.hift, HiFiGAN):
                 pcm = token2wav.hift(reply.mel.float()[None])[0]
-                report.samples.append(Sample(f"reply-{index}", "vocoder on the recording's mel (ceiling)",
-                                             reply.reply, reply.reply, judge=judged(pcm, token2wav.sample_rate)))
+                report.samples.append(judge(Sample(f"reply-{index}", "vocoder on the recording's mel (ceiling)",
+                                                   reply.reply, reply.reply), pcm, token2wav.sample_rate))
     report.groups = _summarise(report)
     return report
 
@@ -298,6 +306,9 @@ def _summarise(report: Report) -> dict[str, dict[str, float]]:
         if report.task == "tts":
             row["judge_wer"] = _wer([s.reference for s in samples], [s.judge for s in samples])
             latencies = [s.first_audio_ms for s in samples if s.first_audio_ms is not None]
+            scores = [s.dnsmos_ovrl for s in samples if s.dnsmos_ovrl is not None]
+            if scores:
+                row["dnsmos_ovrl"] = float(np.mean(scores))
             if latencies:
                 row["first_audio_p50_ms"] = float(np.percentile(latencies, 50))
                 row["first_audio_p90_ms"] = float(np.percentile(latencies, 90))
