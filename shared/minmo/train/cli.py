@@ -231,7 +231,8 @@ def eval_tts(
     limit: Annotated[int, typer.Option(min=1, help="spoken turns (and recorded replies)")] = 20,
     out: Annotated[Path | None, typer.Option(dir_okay=False, help="write the JSON report here")] = None,
 ) -> None:
-    """Whisper's transcript of our spoken replies against their text (WER), and the first-audio time."""
+    """Whisper's transcript of our spoken replies against their text (WER), their DNSMOS OVRL, and the first-audio
+    time."""
     from minmo.train.evaluate import evaluate_tts, print_report
 
     print_report(evaluate_tts(config, checkpoint, data, limit, speech_data), out)
