@@ -61,6 +61,19 @@ def test_chunked_equals_offline(model: FlowMatching, cfg: FlowMatchingConfig, si
     torch.testing.assert_close(_stream(model, tokens, sizes, model.init_state(2)), offline, **TOLERANCE)
 
 
+def test_a_lower_noise_scale_streams_exactly_and_changes_the_mel(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
+    """nano's temperature: the same weights start the Euler steps from scaled noise, chunked still equals offline."""
+    import dataclasses
+
+    cooler = _model(dataclasses.replace(cfg, noise_scale=0.5))
+    cooler.load_state_dict(model.state_dict())
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        offline, default = cooler(tokens), model(tokens)
+    assert not torch.allclose(offline, default, atol=1e-3)
+    torch.testing.assert_close(_stream(cooler, tokens, [7, 30, 2, 36], cooler.init_state(2)), offline, **TOLERANCE)
+
+
 @torch.no_grad()
 def test_frames_are_emitted_once_chunk_and_lookahead_arrived(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
     tokens = _tokens(cfg, batch=1)

@@ -160,6 +160,9 @@ class FlowMatchingConfig:
     decoder_head_dim: int = 64
     n_timesteps: int = 10
     cfg_rate: float = 0.7
+    # scale of the initial noise (Matcha-TTS's temperature; 1.0 is CosyVoice 2): below 1 a small, undertrained flow
+    # lands nearer the mean mel, clearer and less noisy
+    noise_scale: float = 1.0
     max_mel_frames: int = 15000  # length of the fixed noise buffer (5 minutes at 50 Hz)
 
 

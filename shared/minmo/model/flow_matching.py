@@ -14,7 +14,8 @@ Layout (the published CosyVoice2-0.5B sizes in brackets; `minmo convert --from c
   shift) followed by `decoder_blocks` [4] Transformer blocks (8 heads of 64); input is x_t, mu, the
   speaker (192 -> 80 by `speaker_affine`) and the prompt mel, stacked to 320 channels.
 - 10 Euler steps on the cosine schedule with classifier-free guidance (0.7); the initial noise is a fixed
-  buffer indexed by absolute mel frame (torch seed 0, as CosyVoice 2's `rand_noise`).
+  buffer indexed by absolute mel frame (torch seed 0, as CosyVoice 2's `rand_noise`), times `noise_scale`
+  (1.0 in CosyVoice 2; Matcha-TTS's temperature, which `nano` lowers).
 
 Attention is block-causal: positions are grouped in chunks and a position sees its own chunk and every
 earlier one (CosyVoice 2's static chunk masks, unlimited left context). The chunks are the voice prompt
@@ -542,7 +543,7 @@ class FlowMatching(nn.Module):
         batch, _, frames = mu.shape
         assert frames <= cfg.max_mel_frames, f"{frames} mel frames exceed the noise buffer ({cfg.max_mel_frames})"
         speaker = self.speaker_affine(F.normalize(speaker.to(mu.dtype), dim=1))
-        x = self.noise[:, :frames].to(mu.dtype).expand(batch, -1, -1)
+        x = (cfg.noise_scale * self.noise[:, :frames]).to(mu.dtype).expand(batch, -1, -1)
         # classifier-free guidance: the conditioned and the unconditioned velocity in one batch
         mu2, speaker2, cond2 = (torch.cat([c, torch.zeros_like(c)]) for c in (mu, speaker, cond))
         mask2 = mask if mask.dim() == 2 else torch.cat([mask, mask])
