@@ -17,7 +17,7 @@ from minmo.model.tokenizer import load_tokenizer
 from minmo.train.speech_out_data import read_replies, write_shard
 from minmo.train.speech_to_speech_data import SpeechToSpeechDataConfig, SpokenTurns, build, spoken_questions
 from minmo.train.stage1 import Phase
-from minmo.train.stage2 import SpeechOut, Stage2Config, usable
+from minmo.train.stage2 import SpeechOut, Stage2Config, usable_replies
 from minmo.train.stage2 import train as train_stage2
 from minmo.train.stage3 import train as train_stage3
 
@@ -87,8 +87,7 @@ def test_stage3_trains_the_voice_decoder_from_stage2_and_keeps_the_flow(speech_d
                               out=str(tmp_path / "s3"), init=str(tmp_path / "s2" / "export"), threads=1)
     model_cfg = load_config(model_json)
     schedule = VoiceSchedule.from_config(model_cfg.voice_token_lm)
-    turns = [turn for turn in read_replies(s2s_data) if usable(turn, schedule)]  # what the trainer learns from
-    assert turns, "no spoken turn whose speech fills its voice blocks"
+    turns = usable_replies(s2s_data, schedule)  # what the trainer learns from
     start = SpeechOut(model_cfg)
     start.load_exported(tmp_path / "s2" / "export")
     with torch.no_grad():

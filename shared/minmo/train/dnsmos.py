@@ -60,8 +60,7 @@ class DNSMOS:
         while audio.size < window:
             audio = np.concatenate([audio, audio])
         hops = int(np.floor(audio.size / SAMPLE_RATE) - WINDOW_SECONDS) + 1
-        windows = [audio[i * SAMPLE_RATE : i * SAMPLE_RATE + window] for i in range(hops)]
-        windows = np.stack([w for w in windows if w.size == window])
+        windows = np.stack([audio[i * SAMPLE_RATE : i * SAMPLE_RATE + window] for i in range(hops)])  # all full
         raw = self.session.run(None, {"input_1": windows})[0]  # (windows, 3): sig, bak, ovrl
         mapped = {name: float(np.mean(np.polyval(FITS[name], raw[:, column])))
                   for column, name in enumerate(("sig", "bak", "ovrl"))}

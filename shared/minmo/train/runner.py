@@ -144,7 +144,7 @@ def _validate(model: nn.Module, progress: dict, validate: Callable[[], float] | 
         return True
     history = progress.setdefault("validation", [])
     if history and history[-1][0] == progress["global_step"]:
-        return False  # already measured (and exported if best) at this step: a phase ended on a checkpoint step
+        return False  # measured (and exported if best) at this step already: a stop that fell on a checkpoint
     model.eval()
     with torch.no_grad():
         value = validate()
