@@ -343,7 +343,7 @@ def bench_decode(
     tokens: Annotated[int, typer.Option(min=1, help="decode steps timed per run")] = 64,
     repeats: Annotated[int, typer.Option(min=1, help="runs per context and path (the median is reported)")] = 3,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (as MINMO_DTYPE)")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto (as MINMO_DTYPE)")] = "auto",
 ) -> None:
     """One session's LLM decode tokens/s: the in-place KV cache vs concatenating it per token, in one run."""
     from minmo.bench.decode import run_decode_bench
@@ -365,7 +365,7 @@ def bench_first_audio(
     sessions: Annotated[str, typer.Option(help="concurrent sessions per level, comma-separated")] = "1,8",
     runs: Annotated[int, typer.Option(min=1, help="responses per session and level")] = 3,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (as MINMO_DTYPE)")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto (as MINMO_DTYPE)")] = "auto",
     as_json: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="also write the numbers here")] = None,
 ) -> None:
     """Decision to respond -> first audio (llm -> voice LM -> token2wav in process), p50/p95 per session count."""
@@ -425,7 +425,7 @@ def triton_export(
     kind: Annotated[str, typer.Option(help="instance kind: cpu or gpu")] = "cpu",
     instances: Annotated[int, typer.Option(min=1, help="instances per model (per GPU with --kind gpu)")] = 1,
     checkpoint: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trained weights")] = None,
-    dtype: Annotated[str, typer.Option(help="the models' float type: float32, bfloat16 or float16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="the models' float type: float32, bfloat16, float16 or auto")] = "auto",
 ) -> None:
     """Write a Triton model repository: config.pbtxt + python-backend model.py per runtime model. With --kind gpu
     each instance builds its model on the GPU Triton gives it, in --dtype."""

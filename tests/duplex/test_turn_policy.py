@@ -432,6 +432,14 @@ ROWS = [
         predictor_mode=True,
     ),
     Row(
+        "a respond that comes while the user speaks again (it judged the audio before the pause) waits for the end",
+        [*KEPT_LISTENING, UserSpeechStarted("u2", audio_playing=False), UserSpeechAudio(300.0)],
+        Predicted("u1", respond=HIGH, backchannel=LOW),
+        [],
+        {"answered": None, "respond_on_flush": False},
+        predictor_mode=True,
+    ),
+    Row(
         "the continued turn is answered whole",
         [*KEPT_LISTENING, UserSpeechStarted("u2", audio_playing=False), UserSpeechAudio(300.0), UserSpeechStopped(),
          Flushed("u1", 3.0)],

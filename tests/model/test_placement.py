@@ -39,8 +39,8 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = BF16
         ({"MINMO_DEVICE": "gpu"}, "use cpu, cuda or cuda:N"),
         ({"MINMO_DEVICE": "cpu:1"}, "use cpu, cuda or cuda:N"),
         ({"MINMO_DEVICE": "cuda:x"}, "use cpu, cuda or cuda:N"),
-        ({"MINMO_DTYPE": "fp8"}, "use one of float32, bfloat16, float16"),
-        ({"MINMO_DTYPE": "half"}, "use one of float32, bfloat16, float16"),
+        ({"MINMO_DTYPE": "fp8"}, "use one of float32, bfloat16, float16, auto"),
+        ({"MINMO_DTYPE": "half"}, "use one of float32, bfloat16, float16, auto"),
     ],
 )
 def test_bad_values_fail_at_start_with_the_variable_named(variables: dict[str, str], message: str) -> None:
@@ -54,10 +54,26 @@ def test_cuda_without_a_gpu_says_so() -> None:
         ServerSettings.from_env(50051, environ={"MINMO_DEVICE": "cuda"})
 
 
-def test_settings_default_to_cpu_float32_and_read_both_variables() -> None:
-    assert ServerSettings.from_env(50051, environ={}).placement == Placement("cpu", "float32")
+def test_settings_default_to_cpu_auto_and_read_both_variables() -> None:
+    assert ServerSettings.from_env(50051, environ={}).placement == Placement("cpu", "auto")
     settings = ServerSettings.from_env(50051, environ={"MINMO_DEVICE": "cpu", "MINMO_DTYPE": "bfloat16"})
     assert settings.placement.torch_dtype == torch.bfloat16
+
+
+def test_auto_is_bfloat16_only_for_the_presets_listed_models_on_native_hardware(monkeypatch) -> None:
+    """nano lists its LLM and encoder: bfloat16 where the CPU has AVX512-BF16 or AMX, float32 where it would be
+    emulated; its other models, and every model of a preset that lists none (tiny), stay float32. An explicit dtype
+    is kept."""
+    nano, auto = load_config("nano"), Placement("cpu", "auto")
+    with pytest.raises(PlacementError, match="settled per model"):
+        auto.to_model(torch.zeros(1))
+    for native in (True, False):
+        monkeypatch.setattr("minmo.model.placement.native_bfloat16", lambda device, native=native: native)
+        for model in ("llm", "encoder"):
+            assert auto.for_model(nano, model).dtype == ("bfloat16" if native else "float32")
+        assert {auto.for_model(nano, model).dtype for model in ("voice_lm", "token2wav")} == {"float32"}
+        assert auto.for_model(CFG, "llm").dtype == "float32"
+        assert Placement("cpu", "float16").for_model(nano, "llm").dtype == "float16"
 
 
 def test_place_keeps_the_vocoder_in_float32() -> None:

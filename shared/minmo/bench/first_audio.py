@@ -27,6 +27,7 @@ from minmo.runtime.llm_model import OP_APPEND_AUDIO, OP_BEGIN_RESPONSE, OP_GENER
 
 PROMPT = "You are a helpful voice assistant. Answer in one short sentence."
 MAX_TOKENS = 40  # enough text for the first speech chunk at any schedule
+MODELS = ("llm", "voice_lm", "token2wav")  # the runtime models on the way from the decision to the first audio
 
 
 @dataclass
@@ -103,7 +104,7 @@ def run_first_audio_bench(
         # random weights come without a tokenizer (minmo-8b): the byte tokenizer stands in for the chat markup
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, tokenizer="bytes"))
     batching = BatchSettings(max_size=max(levels), window_ms=2.0) if max(levels) > 1 else None
-    runtime = build_local_runtime(cfg, ["llm", "voice_lm", "token2wav"], batching=batching, placement=placement)
+    runtime = build_local_runtime(cfg, list(MODELS), batching=batching, placement=placement)
 
     async def measure() -> list[FirstAudioLevel]:
         try:
@@ -121,7 +122,7 @@ def levels_as_json(levels: list[FirstAudioLevel], config: str, placement: Placem
     return {
         "config": config,
         "device": placement.device,
-        "dtype": placement.dtype,
+        "dtype": {model: placement.for_model(load_config(config), model).dtype for model in MODELS},
         "levels": [
             {**asdict(level), "p50_ms": level.percentile(0.5), "p95_ms": level.percentile(0.95)} for level in levels
         ],

@@ -259,6 +259,7 @@ class TurnPolicy:
         self.user_audio_ms = 0.0  # its speech audio so far
         self.respond_on_flush = False  # a flush was asked for to answer the user turn
         self.speech_ended = False  # the VAD heard the end of the user turn's speech
+        self.resumed = False  # the user speaks again in a turn the predictor kept listening to (after a pause)
         self.flush_ms: float | None = None  # the user turn's flush came (its encoder compute time); None: not yet
         self.answer_at_end = False  # a barge-in: answer this turn at the end of speech, whoever decides
         self.answered: str | None = None  # the user turn an AnswerSpoken was given for (answered once)
@@ -284,6 +285,7 @@ class TurnPolicy:
                 else:
                     self.user_turn, self.user_audio_ms, self.open_turn = turn_id, 0.0, turn_id
                 self.respond_on_flush, self.speech_ended, self.flush_ms, self.answer_at_end = False, False, None, False
+                self.resumed = continued
                 return [*decisions, OpenUserTurn(turn_id, offset, continued)]
             case UserSpeechAudio(duration_ms=duration_ms):
                 self.user_audio_ms += duration_ms
@@ -367,9 +369,16 @@ class TurnPolicy:
         if signal.backchannel > RESPOND_THRESHOLD:
             self.backchannel_turn = signal.turn_id
             decisions.append(ShowBackchannel(signal.turn_id))
-        if signal.respond > RESPOND_THRESHOLD and not self.respond_on_flush:
+        if signal.respond > RESPOND_THRESHOLD and not self.respond_on_flush and not self._speaking_again():
             decisions += [*self._interrupt(signal.audio_playing), *self._answer(signal.turn_id)]
         return decisions
+
+    def _speaking_again(self) -> bool:
+        """The user went on after a pause the predictor listened through, and is still speaking. A `respond` now is
+        stale where the encoder emits at the end of speech (nano's Whisper): it judged the audio before the pause, and
+        answering it would start a reply over the rest of the sentence, whose audio then has no answer. That speech's
+        end asks the predictor again, on the whole turn."""
+        return self.resumed and not self.speech_ended
 
     def _answer(self, turn_id: str) -> list[Decision]:
         """Answer the user turn: at once when its flush already came, else once the flush asked for here comes."""

@@ -305,8 +305,10 @@ class Dialogue:
         length = embeddings.shape[1]
         opening = self._embed([] if state.user_turn_open else self.format.user_prefix)
         inputs = torch.cat([opening, embeddings.to(opening)], dim=1)  # (1, P + T, D) on the LLM's device and dtype
-        output, llm_state = self.llm.step(inputs, state.llm)
-        return output.hidden[:, -length:], dataclasses.replace(
+        # the decoder alone: listening reads no logits, and the LM head over the vocabulary at every audio position
+        # was 13% of the prefill (SmolLM2's 49,152 x 576)
+        hidden, llm_state = decoder_step(self.llm.model.get_decoder(), inputs, state.llm)
+        return hidden[:, -length:], dataclasses.replace(
             state,
             llm=llm_state,
             user_turn_start=state.user_turn_start if state.user_turn_open else state.position,

@@ -64,16 +64,19 @@ class MinMoPipeline:
 
     def __init__(self, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32) -> None:
         self.cfg = cfg
-        self.placement = placement
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=placement)
+        # each component where its service would build it (MINMO_DTYPE=auto settles the dtype per runtime model)
+        llm, self.placement = placement.for_model(cfg, "llm"), placement.for_model(cfg, "voice_lm")
+        encoder = placement.for_model(cfg, "encoder")
+        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=encoder)
         self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint, placement=placement),
-            build_component(cfg, "duplex_predictor", checkpoint, placement=placement),
+            build_component(cfg, "llm", checkpoint, placement=llm),
+            build_component(cfg, "duplex_predictor", checkpoint, placement=llm),
             load_tokenizer(cfg.llm),
         )
-        self.output_projector = build_component(cfg, "output_projector", checkpoint, placement=placement)
-        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=placement)
-        self.token2wav = build_component(cfg, "token2wav", checkpoint, placement=placement)
+        self.output_projector = build_component(cfg, "output_projector", checkpoint, placement=self.placement)
+        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=self.placement)
+        token2wav = placement.for_model(cfg, "token2wav")
+        self.token2wav = build_component(cfg, "token2wav", checkpoint, placement=token2wav)
 
     @torch.no_grad()
     def run_turn(
@@ -129,7 +132,9 @@ class MinMoPipeline:
                 break
             result.first_token_s = result.first_token_s or time.monotonic()
             result.text_token_ids.append(step.token_id)
-            semantic = self.output_projector(step.hidden[:, None], step.token_embedding[:, None])  # (1, 1, dim)
+            # the LLM's outputs as the voicelm service receives them: float32 on the wire, then in the voice LM's dtype
+            hidden, embedding = (self.placement.to_model(to_host(t)) for t in (step.hidden, step.token_embedding))
+            semantic = self.output_projector(hidden[:, None], embedding[:, None])  # (1, 1, dim)
             speech_tokens, schedule = synthesize_step(self.voice_lm, semantic, False, schedule, sampler)
             vocode(speech_tokens, last=False)
         self.dialogue.finish_response(state)

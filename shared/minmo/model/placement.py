@@ -1,5 +1,11 @@
 """Where a model runs and in which float type: MINMO_DEVICE (cpu, cuda, cuda:N) and MINMO_DTYPE (float32,
-bfloat16, float16).
+bfloat16, float16, or auto).
+
+`auto` leaves the choice to the preset: the models it lists in `MinMoConfig.bfloat16_models` run in bfloat16 on a
+device that multiplies bfloat16 natively (a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or AMX), everything else
+in float32. Half the bytes per weight is half the memory traffic of a decode step, and those units do the
+arithmetic at twice the float32 rate; on a CPU without them bfloat16 is emulated and slower than float32, so `auto`
+stays float32 there.
 
 A component is built on its device and its floating-point weights cast to the dtype. Callers keep talking
 float32 on the CPU: a runtime model moves its inputs in with `to_model` and its outputs back with `to_host`,
@@ -8,12 +14,17 @@ so the tensor contracts of the services and of Triton do not change with the pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from minmo.model.config import MinMoConfig
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO_DTYPE = "auto"  # the preset's choice per model (`Placement.for_model`)
 DEVICE_KINDS = ("cpu", "cuda")
 
 
@@ -23,14 +34,15 @@ class PlacementError(ValueError):
 
 @dataclass(frozen=True)
 class Placement:
-    """A device string ("cpu", "cuda", "cuda:1") and a dtype name (a key of DTYPES); checked on creation."""
+    """A device string ("cpu", "cuda", "cuda:1") and a dtype name (a key of DTYPES, or AUTO_DTYPE until
+    `for_model` settles it); checked on creation."""
 
     device: str = "cpu"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise PlacementError(f"MINMO_DTYPE={self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.dtype not in (*DTYPES, AUTO_DTYPE):
+            raise PlacementError(f"MINMO_DTYPE={self.dtype!r}: use one of {', '.join((*DTYPES, AUTO_DTYPE))}")
         kind, _, index = self.device.partition(":")
         if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "cpu" and index):
             raise PlacementError(f"MINMO_DEVICE={self.device!r}: use cpu, cuda or cuda:N")
@@ -48,7 +60,17 @@ class Placement:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype == AUTO_DTYPE:
+            raise PlacementError("MINMO_DTYPE=auto is settled per model: use Placement.for_model first")
         return DTYPES[self.dtype]
+
+    def for_model(self, cfg: MinMoConfig, model: str) -> Placement:
+        """This placement for runtime model `model` (llm, voice_lm, token2wav, encoder) of `cfg`: `auto` becomes
+        bfloat16 where the preset lists the model and the device multiplies bfloat16 natively, else float32."""
+        if self.dtype != AUTO_DTYPE:
+            return self
+        fast = model in cfg.bfloat16_models and native_bfloat16(self.torch_device)
+        return replace(self, dtype="bfloat16" if fast else "float32")
 
     def place(self, module: nn.Module) -> nn.Module:
         """The module on this device with its floating-point parameters and buffers in this dtype, except inside
@@ -66,6 +88,14 @@ class Placement:
 
 
 CPU_FLOAT32 = Placement()
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX (what oneDNN's bfloat16 kernels use)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def to_host(tensor: torch.Tensor) -> torch.Tensor:

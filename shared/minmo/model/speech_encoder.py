@@ -72,7 +72,7 @@ class SpeechEncoder(nn.Module):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """Offline: a whole utterance at once (with the streaming masks)."""
-        feats = self.fbank.forward(pcm).unsqueeze(0)  # (1, F, mel)
+        feats = self._to_encoder(self.fbank.forward(pcm))  # (1, F, mel)
         return self.input_projector(self.voice_encoder(feats))
 
     def init_state(self, batch: int = 1) -> SpeechEncoderState:

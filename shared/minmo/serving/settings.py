@@ -119,10 +119,11 @@ class ServerSettings:
     MINMO_REFLECTION (1: serve gRPC reflection; default 0), MINMO_SLOW_CLIENT_S (how long a stream's writer may be
     held up by a caller that does not read before that session fails with RESOURCE_EXHAUSTED; default 5),
     MINMO_DEVICE (cpu, cuda, cuda:N; default cpu) and
-    MINMO_DTYPE (float32, bfloat16, float16; default float32): where a model service builds its models and in which
-    float type (`Placement`; a value this machine cannot run fails at start), MINMO_TORCH_THREADS (torch's CPU
-    threads in this process; 0, the default: torch's own choice, one per core it sees), the TLS variables of
-    `TlsSettings` and the telemetry variables of `TelemetrySettings`.
+    MINMO_DTYPE (float32, bfloat16, float16, or auto, the default: bfloat16 for the models the preset lists in
+    `bfloat16_models` where the device multiplies it natively, else float32): where a model service builds its
+    models and in which float type (`Placement`; a value this machine cannot run fails at start),
+    MINMO_TORCH_THREADS (torch's CPU threads in this process; 0, the default: torch's own choice, one per core it
+    sees), the TLS variables of `TlsSettings` and the telemetry variables of `TelemetrySettings`.
 
     MINMO_TORCH_THREADS matters wherever several service processes share cores (or a pod's CPU limit is below the
     node's core count, which is what torch sees): each process's OpenMP threads then spin waiting for one another,
@@ -188,6 +189,6 @@ class ServerSettings:
 def placement_from_env(environ: Mapping[str, str] | None = None) -> Placement:
     """MINMO_DEVICE and MINMO_DTYPE, checked against this machine (no CUDA device: a clear error at start)."""
     try:
-        return Placement(env_str("MINMO_DEVICE", "cpu", environ), env_str("MINMO_DTYPE", "float32", environ))
+        return Placement(env_str("MINMO_DEVICE", "cpu", environ), env_str("MINMO_DTYPE", "auto", environ))
     except PlacementError as error:
         raise SettingsError(str(error)) from None

@@ -44,6 +44,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from minmo.model.dialogue import Dialogue
+from minmo.model.placement import AUTO_DTYPE, Placement
 from minmo.train.data import read_split
 
 NO_CHECKPOINT = "none"
@@ -117,6 +118,10 @@ class Judge:
         return " ".join(segment.text.strip() for segment in segments)
 
 
+# Where the services build the models by default (MINMO_DTYPE=auto): the evaluation scores what is served.
+SERVED = Placement(dtype=AUTO_DTYPE)
+
+
 class SpokenModel:
     """The model as served: speech encoder + dialogue, greedy replies to one spoken user turn."""
 
@@ -129,10 +134,12 @@ class SpokenModel:
         if checkpoint == NO_CHECKPOINT:  # the untrained baseline: seeded random weights for what training changes
             cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
         self.cfg = cfg
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint)
+        encoder = SERVED.for_model(cfg, "encoder")
+        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=encoder)
+        llm = SERVED.for_model(cfg, "llm")  # as the llm service builds it (MINMO_DTYPE's default)
         self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint),
-            build_component(cfg, "duplex_predictor", checkpoint),
+            build_component(cfg, "llm", checkpoint, placement=llm),
+            build_component(cfg, "duplex_predictor", checkpoint, placement=llm),
             load_tokenizer(cfg.llm),
         )
 
@@ -241,7 +248,7 @@ def evaluate_tts(config: str, checkpoint: str | None, data: str, limit: int, spe
         cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
     from minmo.train.dnsmos import DNSMOS
 
-    pipeline = MinMoPipeline(cfg, checkpoint)
+    pipeline = MinMoPipeline(cfg, checkpoint, SERVED)
     referee, quality = Judge(), DNSMOS()
     report = Report("tts", config, checkpoint or "")
     chunk = SAMPLE_RATE * 16 // 100  # 160 ms of the user's audio per streaming step

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minmo.model.config import MinMoConfig
-from minmo.model.placement import DTYPES
+from minmo.model.placement import AUTO_DTYPE, DTYPES
 from minmo.triton.spec import (
     CONTROL_CORRID,
     CONTROL_END,
@@ -51,7 +51,7 @@ class ExportOptions:
     # Instance kind, cpu or gpu. KIND_GPU makes Triton place `instances` per visible GPU and hand model.py the
     # device id, on which the instance builds its model (`minmo.triton.backend.instance_device`).
     kind: str = "cpu"
-    dtype: str = "float32"  # the models' float type (MINMO_DTYPE), written as the minmo_dtype parameter
+    dtype: str = "auto"  # the models' float type (MINMO_DTYPE), written as the minmo_dtype parameter
     instances: int = 1  # model instances (stub processes) per model, per GPU with kind gpu
     max_batch_size: int = 16  # most requests one execute() gets; stateless and stateful alike
     max_queue_delay_us: int = 500  # how long a stateless request may wait for others to batch with
@@ -67,8 +67,8 @@ def export_repository(
     options = options or ExportOptions()
     if options.kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {options.kind!r}")
-    if options.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {options.dtype!r}")
+    if options.dtype not in (*DTYPES, AUTO_DTYPE):
+        raise ValueError(f"dtype must be one of {sorted((*DTYPES, AUTO_DTYPE))}, got {options.dtype!r}")
     specs = model_specs(cfg)
     unknown = sorted(set(models or []) - set(specs))
     if unknown:
