@@ -398,7 +398,7 @@ def config_from_dict(raw: dict) -> MinMoConfig:
         if key not in sections:
             raise ValueError(f"unknown config section {key!r}")
         section_type = sections[key].default_factory if isinstance(value, dict) else None
-        kwargs[key] = _section(section_type, value) if section_type else value
+        kwargs[key] = _section(section_type, value) if section_type else _tuplify(value)
     return MinMoConfig(**kwargs)
 
 
