@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from minmo.audio.synthetic import utterance
+from minmo.model.build import build_component
 from minmo.model.config import load_config
 from minmo.model.pipeline import MinMoPipeline
 from minmo.model.placement import Placement, PlacementError
@@ -61,9 +62,9 @@ def test_settings_default_to_cpu_auto_and_read_both_variables() -> None:
 
 
 def test_auto_is_bfloat16_only_for_the_presets_listed_models_on_native_hardware(monkeypatch) -> None:
-    """nano lists its LLM and encoder: bfloat16 where the CPU has AVX512-BF16 or AMX, float32 where it would be
-    emulated; its other models, and every model of a preset that lists none (tiny), stay float32. An explicit dtype
-    is kept."""
+    """nano lists its LLM, encoder and vocoder: bfloat16 where the CPU has AVX512-BF16 or AMX (the vocoder under
+    autocast, its weights float32), float32 where it would be emulated; its other models, and every model of a preset
+    that lists none (tiny), stay float32. An explicit dtype is kept (and the vocoder computes in float32)."""
     nano, auto = load_config("nano"), Placement("cpu", "auto")
     with pytest.raises(PlacementError, match="settled per model"):
         auto.to_model(torch.zeros(1))
@@ -74,6 +75,10 @@ def test_auto_is_bfloat16_only_for_the_presets_listed_models_on_native_hardware(
         assert {auto.for_model(nano, model).dtype for model in ("voice_lm", "token2wav")} == {"float32"}
         assert auto.for_model(CFG, "llm").dtype == "float32"
         assert Placement("cpu", "float16").for_model(nano, "llm").dtype == "float16"
+        vocoder = build_component(nano, "token2wav", placement=auto).hift  # weights float32, autocast where native
+        assert vocoder.autocast_dtype == (torch.bfloat16 if native else None)
+        assert {p.dtype for p in vocoder.parameters()} == {torch.float32}
+    assert build_component(nano, "token2wav", placement=Placement("cpu", "float32")).hift.autocast_dtype is None
 
 
 def test_place_keeps_the_vocoder_in_float32() -> None:

@@ -59,8 +59,7 @@ def _synchronize(llm: LLM) -> None:
 def run_decode_bench(
     config: str, contexts: list[int], tokens: int, repeats: int = 3, placement: Placement | None = None
 ) -> list[DecodeLevel]:
-    cfg = load_config(config)
-    llm = build_component(cfg, "llm", placement=(placement or Placement()).for_model(cfg, "llm"))
+    llm = build_component(load_config(config), "llm", placement=placement or Placement())
     warm = _prefill(llm, 8)
     for in_place in (False, True):
         _tokens_per_s(llm, warm, 4, in_place)

@@ -22,7 +22,7 @@ from minmo.model.config import MinMoConfig
 from minmo.model.duplex_predictor import DuplexPredictor
 from minmo.model.llm import build_llm, resolve_path
 from minmo.model.output_projector import OutputProjector
-from minmo.model.placement import CPU_FLOAT32, Placement
+from minmo.model.placement import AUTO_DTYPE, CPU_FLOAT32, Placement
 from minmo.model.speech_encoder import SpeechEncoder
 from minmo.model.token2wav import Token2Wav
 from minmo.model.voice_token_lm import VoiceTokenLM
@@ -39,6 +39,17 @@ BUILDERS: dict[str, Callable[[MinMoConfig, str, torch.dtype], nn.Module]] = {
     "output_projector": lambda cfg, device, dtype: OutputProjector(cfg.output_projector),
     "voice_token_lm": lambda cfg, device, dtype: VoiceTokenLM(cfg.voice_token_lm),
     "token2wav": lambda cfg, device, dtype: Token2Wav.from_config(cfg),
+}
+
+# The runtime model each component is served in: MINMO_DTYPE=auto settles the dtype per runtime model
+# (`Placement.for_model`, from the preset's `bfloat16_models`).
+SERVED_IN = {
+    "speech_encoder": "encoder",
+    "llm": "llm",
+    "duplex_predictor": "llm",
+    "output_projector": "voice_lm",
+    "voice_token_lm": "voice_lm",
+    "token2wav": "token2wav",
 }
 
 # Parts of a component that public weights provide on their own (`minmo convert`): <part>.safetensors is loaded
@@ -62,12 +73,16 @@ def build_component(
     placement: Placement = CPU_FLOAT32,
 ) -> nn.Module:
     """Component `name` in eval mode: seeded random weights, then the checkpoint's if it has them, on the
-    placement's device in its dtype. `device="meta"` builds an empty shell for counting parameters.
+    placement's device in its dtype (`auto`: the dtype of the runtime model that serves the component; token2wav's
+    HiFi-GAN then computes under bfloat16 autocast where the preset lists "vocoder"). `device="meta"` builds an
+    empty shell for counting parameters.
 
     Random weights are drawn on the device they live on, so a CUDA build holds other random numbers than a CPU
     build of the same seed; every process of one placement agrees, which is what the services need."""
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
+    vocoder_in_bfloat16 = placement.dtype == AUTO_DTYPE and placement.for_model(cfg, "vocoder").dtype == "bfloat16"
+    placement = placement.for_model(cfg, SERVED_IN[name])
     if name == "llm" and cfg.llm.source == "hf" and not cfg.llm.path and checkpoint is not None:
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
     device = device or placement.device
@@ -82,6 +97,8 @@ def build_component(
             merge_lora(module, Path(checkpoint))
     if device != "meta":
         module = placement.place(module)
+    if name == "token2wav" and vocoder_in_bfloat16:
+        module.compute_vocoder_in(torch.bfloat16)
     return module.eval()
 
 

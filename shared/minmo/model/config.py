@@ -245,8 +245,9 @@ class MinMoConfig:
     # used when no checkpoint is given (MINMO_CHECKPOINT). Empty: seeded random weights.
     checkpoint: str = ""
     # runtime models (llm, voice_lm, token2wav, encoder) that MINMO_DTYPE=auto, the default, runs in bfloat16 on a
-    # device that multiplies it natively (`Placement.for_model`); measured per preset, since not every model keeps
-    # its quality in bfloat16. Empty: float32 everywhere.
+    # device that multiplies it natively (`Placement.for_model`), and "vocoder": token2wav's HiFi-GAN computes under
+    # bfloat16 autocast there; measured per preset, since not every model keeps its quality in bfloat16. Empty:
+    # float32 everywhere.
     bfloat16_models: tuple[str, ...] = ()
 
     def to_json(self) -> str:
@@ -351,9 +352,10 @@ def _nano() -> MinMoConfig:
         duplex_predictor=DuplexPredictorConfig(llm_dim=llm.hidden_size, dim=128, num_heads=4, ffn_dim=256),
         # SmolLM2 and the Whisper encoder in bfloat16 (on a CPU with AVX512-BF16 or AMX): an LLM decode step 63 -> 43
         # ms, the spoken turn's prefill 2.7x faster, a 2.2 s utterance encoded in 31 instead of 87 ms; on 40
-        # held-out-voice questions the same spoken-QA score (9 right, typed 29) and ASR WER (0.30). The flow is slower
-        # in bfloat16 (56 -> 79 ms a chunk) and stays float32, as does the vocoder (README "First audio")
-        bfloat16_models=("llm", "encoder"),
+        # held-out-voice questions the same spoken-QA score (9 right, typed 29) and ASR WER (0.30). HiFi-GAN computes
+        # under bfloat16 autocast (its first window 194 -> 131 ms, re-synthesised speech judged the same); the flow is
+        # slower in bfloat16 (56 -> 79 ms a chunk) and stays float32 (README "First audio")
+        bfloat16_models=("llm", "encoder", "vocoder"),
     )
 
 

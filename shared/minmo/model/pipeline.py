@@ -64,19 +64,17 @@ class MinMoPipeline:
 
     def __init__(self, cfg: MinMoConfig, checkpoint: str | None = None, placement: Placement = CPU_FLOAT32) -> None:
         self.cfg = cfg
-        # each component where its service would build it (MINMO_DTYPE=auto settles the dtype per runtime model)
-        llm, self.placement = placement.for_model(cfg, "llm"), placement.for_model(cfg, "voice_lm")
-        encoder = placement.for_model(cfg, "encoder")
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=encoder)
+        # each component as its service builds it (MINMO_DTYPE=auto settles the dtype per runtime model)
+        self.voice_placement = placement.for_model(cfg, "voice_lm")  # where the voice LM's inputs go
+        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=placement)
         self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint, placement=llm),
-            build_component(cfg, "duplex_predictor", checkpoint, placement=llm),
+            build_component(cfg, "llm", checkpoint, placement=placement),
+            build_component(cfg, "duplex_predictor", checkpoint, placement=placement),
             load_tokenizer(cfg.llm),
         )
-        self.output_projector = build_component(cfg, "output_projector", checkpoint, placement=self.placement)
-        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=self.placement)
-        token2wav = placement.for_model(cfg, "token2wav")
-        self.token2wav = build_component(cfg, "token2wav", checkpoint, placement=token2wav)
+        self.output_projector = build_component(cfg, "output_projector", checkpoint, placement=placement)
+        self.voice_lm = build_component(cfg, "voice_token_lm", checkpoint, placement=placement)
+        self.token2wav = build_component(cfg, "token2wav", checkpoint, placement=placement)
 
     @torch.no_grad()
     def run_turn(
@@ -113,7 +111,7 @@ class MinMoPipeline:
         def vocode(speech_tokens: list[int], last: bool) -> None:
             nonlocal vocoder
             result.speech_tokens += speech_tokens
-            tokens = torch.tensor([speech_tokens], dtype=torch.long, device=self.placement.torch_device)
+            tokens = torch.tensor([speech_tokens], dtype=torch.long, device=self.voice_placement.torch_device)
             pcm, vocoder = self.token2wav.step(tokens, vocoder)
             if last:
                 tail, vocoder = self.token2wav.flush(vocoder)
@@ -133,12 +131,12 @@ class MinMoPipeline:
             result.first_token_s = result.first_token_s or time.monotonic()
             result.text_token_ids.append(step.token_id)
             # the LLM's outputs as the voicelm service receives them: float32 on the wire, then in the voice LM's dtype
-            hidden, embedding = (self.placement.to_model(to_host(t)) for t in (step.hidden, step.token_embedding))
+            hidden, embedding = (self.voice_placement.to_model(to_host(t)) for t in (step.hidden, step.token_embedding))
             semantic = self.output_projector(hidden[:, None], embedding[:, None])  # (1, 1, dim)
             speech_tokens, schedule = synthesize_step(self.voice_lm, semantic, False, schedule, sampler)
             vocode(speech_tokens, last=False)
         self.dialogue.finish_response(state)
-        empty = self.placement.to_model(torch.zeros(1, 0, self.voice_lm.cfg.dim))
+        empty = self.voice_placement.to_model(torch.zeros(1, 0, self.voice_lm.cfg.dim))
         first_audio = first_audio_tokens(self.cfg)
         while not schedule.finished:  # the tail in the voicelm service's parts: a short reply's first audio first
             part = tail_part_tokens(len(result.speech_tokens), first_audio)

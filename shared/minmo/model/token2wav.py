@@ -49,6 +49,13 @@ class Token2Wav(nn.Module):
         self.pretrained_prefixes = ("hift.",)
         self.samples_per_token = vocoder_cfg.samples_per_frame * flow_cfg.token_mel_ratio
 
+    def compute_vocoder_in(self, dtype: torch.dtype) -> None:
+        """Let the vocoder compute under autocast to `dtype`, its weights staying float32 (`keeps_float32`). Only
+        HiFi-GAN can: HiFT's sine source and iSTFT need float32 (and float64 phases)."""
+        if not isinstance(self.hift, HiFiGAN):
+            raise ValueError("only the HiFi-GAN vocoder computes in another dtype; HiFT stays float32")
+        self.hift.autocast_dtype = dtype
+
     @classmethod
     def from_config(cls, cfg: MinMoConfig) -> Token2Wav:
         if cfg.vocoder not in ("hift", "hifigan"):

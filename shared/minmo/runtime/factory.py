@@ -40,7 +40,7 @@ def build_local_runtime(
 ) -> ModelRuntime:
     """An in-process runtime serving `models` (names from MODEL_FACTORIES), batching across sessions if asked;
     `steady_wait_s`: the longest a steady step waits for first-audio work (`LocalRuntime`)."""
-    built = [MODEL_FACTORIES[name](cfg, checkpoint, placement.for_model(cfg, name)) for name in models]
+    built = [MODEL_FACTORIES[name](cfg, checkpoint, placement) for name in models]
     return LocalRuntime(built, workers=workers, batching=batching, on_batch=on_batch, steady_wait_s=steady_wait_s)
 
 

@@ -134,12 +134,10 @@ class SpokenModel:
         if checkpoint == NO_CHECKPOINT:  # the untrained baseline: seeded random weights for what training changes
             cfg, checkpoint = dataclasses.replace(cfg, checkpoint=""), None
         self.cfg = cfg
-        encoder = SERVED.for_model(cfg, "encoder")
-        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=encoder)
-        llm = SERVED.for_model(cfg, "llm")  # as the llm service builds it (MINMO_DTYPE's default)
+        self.speech_encoder = build_component(cfg, "speech_encoder", checkpoint, placement=SERVED)
         self.dialogue = Dialogue(
-            build_component(cfg, "llm", checkpoint, placement=llm),
-            build_component(cfg, "duplex_predictor", checkpoint, placement=llm),
+            build_component(cfg, "llm", checkpoint, placement=SERVED),
+            build_component(cfg, "duplex_predictor", checkpoint, placement=SERVED),
             load_tokenizer(cfg.llm),
         )
 

@@ -68,7 +68,7 @@ def load_model(model_config: dict[str, Any], model_dir: Path, device: str = "cpu
     cfg = load_config(str(config_path))
     spec = model_specs(cfg)[name]
     check_model_config(model_config, spec)
-    placement = Placement(device, params.get(PARAM_DTYPE) or "float32").for_model(cfg, name)
+    placement = Placement(device, params.get(PARAM_DTYPE) or "float32")
     return LoadedModel(MODEL_FACTORIES[name](cfg, params.get(PARAM_CHECKPOINT) or None, placement), spec, cfg)
 
 
