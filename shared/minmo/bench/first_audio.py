@@ -119,10 +119,11 @@ def run_first_audio_bench(
 
 
 def levels_as_json(levels: list[FirstAudioLevel], config: str, placement: Placement) -> dict:
+    cfg = load_config(config)
     return {
         "config": config,
         "device": placement.device,
-        "dtype": {model: placement.for_model(load_config(config), model).dtype for model in MODELS},
+        "dtype": {model: placement.for_model(cfg, model).dtype for model in MODELS},
         "levels": [
             {**asdict(level), "p50_ms": level.percentile(0.5), "p95_ms": level.percentile(0.95)} for level in levels
         ],

@@ -22,7 +22,7 @@ from minmo.model.config import MinMoConfig
 from minmo.model.duplex_predictor import DuplexPredictor
 from minmo.model.llm import build_llm, resolve_path
 from minmo.model.output_projector import OutputProjector
-from minmo.model.placement import AUTO_DTYPE, CPU_FLOAT32, Placement
+from minmo.model.placement import CPU_FLOAT32, Placement
 from minmo.model.speech_encoder import SpeechEncoder
 from minmo.model.token2wav import Token2Wav
 from minmo.model.voice_token_lm import VoiceTokenLM
@@ -81,8 +81,7 @@ def build_component(
     build of the same seed; every process of one placement agrees, which is what the services need."""
     if name not in BUILDERS:
         raise KeyError(f"unknown component {name!r}; known: {sorted(BUILDERS)}")
-    vocoder_in_bfloat16 = placement.dtype == AUTO_DTYPE and placement.for_model(cfg, "vocoder").dtype == "bfloat16"
-    placement = placement.for_model(cfg, SERVED_IN[name])
+    requested, placement = placement, placement.for_model(cfg, SERVED_IN[name])
     if name == "llm" and cfg.llm.source == "hf" and not cfg.llm.path and checkpoint is not None:
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=str(Path(checkpoint) / "llm")))
     device = device or placement.device
@@ -97,7 +96,7 @@ def build_component(
             merge_lora(module, Path(checkpoint))
     if device != "meta":
         module = placement.place(module)
-    if name == "token2wav" and vocoder_in_bfloat16:
+    if name == "token2wav" and requested.autocasts_vocoder(cfg):
         module.compute_vocoder_in(torch.bfloat16)
     return module.eval()
 

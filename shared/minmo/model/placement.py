@@ -65,12 +65,18 @@ class Placement:
         return DTYPES[self.dtype]
 
     def for_model(self, cfg: MinMoConfig, model: str) -> Placement:
-        """This placement for runtime model `model` (llm, voice_lm, token2wav, encoder) of `cfg`: `auto` becomes
-        bfloat16 where the preset lists the model and the device multiplies bfloat16 natively, else float32."""
+        """This placement for runtime model `model` (llm, voice_lm, token2wav, encoder; or "vocoder", token2wav's
+        autocast) of `cfg`: `auto` becomes bfloat16 where the preset lists the model and the device multiplies bfloat16
+        natively, else float32."""
         if self.dtype != AUTO_DTYPE:
             return self
         fast = model in cfg.bfloat16_models and native_bfloat16(self.torch_device)
         return replace(self, dtype="bfloat16" if fast else "float32")
+
+    def autocasts_vocoder(self, cfg: MinMoConfig) -> bool:
+        """Whether token2wav's vocoder computes under bfloat16 autocast: only with `auto` (an explicit dtype keeps its
+        float32 vocoder), where the preset lists "vocoder" and the device multiplies bfloat16 natively."""
+        return self.dtype == AUTO_DTYPE and self.for_model(cfg, "vocoder").dtype == "bfloat16"
 
     def place(self, module: nn.Module) -> nn.Module:
         """The module on this device with its floating-point parameters and buffers in this dtype, except inside
