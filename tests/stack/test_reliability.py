@@ -9,6 +9,7 @@ import asyncio
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from minmo.audio.synthetic import utterance
 from minmo.duplex.limits import InputLimits
@@ -21,6 +22,17 @@ TurnType = conversation_pb2.TurnEvent.Type
 EndReason = conversation_pb2.TurnEvent.EndReason
 ANSWERED = (EndReason.COMPLETED, EndReason.MAX_TOKENS)  # the reply was sent in full (tiny's often hit the cap)
 INT32_MAX = 2**31 - 1
+
+
+async def _until_duplex_serves(stack, timeout_s: float = 30.0) -> None:
+    """Wait until duplex reports SERVING: its peer watch reaches every peer over the channels its turns use, so a
+    restarted peer is reachable again (a fixed sleep lost to the channel's growing reconnect backoff on a busy
+    machine)."""
+    channel, _ = stack.conversation()
+    health, serving = health_pb2_grpc.HealthStub(channel), health_pb2.HealthCheckResponse.SERVING
+    async with asyncio.timeout(timeout_s):
+        while (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status != serving:
+            await asyncio.sleep(0.2)
 
 
 def _detection(**fields) -> conversation_pb2.ClientEvent:
@@ -132,7 +144,7 @@ async def test_with_no_replica_left_the_turn_fails_once_and_the_next_turn_works(
     assert len(errors) == 1 and errors[0].retryable and "Error" not in errors[0].message, errors
 
     await stack.start_model_service("voicelm", MINMO_PORT=str(voicelm.port))
-    await asyncio.sleep(2)  # the channel's reconnect backoff
+    await _until_duplex_serves(stack)  # its channel to voicelm reconnected (after backoff): its peer watch says so
     await call.write(_text("and again"))  # the llm must not still be generating the failed turn
     events = await _events_until(call, _is_latency, timeout_s=120)
     done = [event.turn_event for event in events if event.turn_event.type == TurnType.RESPONSE_DONE]
