@@ -359,6 +359,26 @@ def bench_decode(
     print_decode_bench(levels, config, tokens, f"{device} {dtype}")
 
 
+@bench_app.command("flow")
+def bench_flow(
+    config: Annotated[str, typer.Option(help="model preset or JSON file")] = "nano",
+    chunks: Annotated[int, typer.Option(min=2, help="chunks of the turn (the first + lookahead, then 25 tokens)")] = 20,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (as MINMO_DEVICE)")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto (as MINMO_DTYPE)")] = "auto",
+) -> None:
+    """token2wav's flow per chunk by its place in the turn: with its cache vs recomputing the turn so far (CosyVoice
+    2's way), in one run."""
+    from minmo.bench.flow import run_flow_bench
+    from minmo.bench.report import print_flow_bench
+    from minmo.model.placement import Placement, PlacementError
+
+    try:
+        placement = Placement(device, dtype)
+    except PlacementError as error:
+        raise typer.BadParameter(str(error)) from None
+    print_flow_bench(run_flow_bench(config, chunks, placement), config, f"{device} {dtype}")
+
+
 @bench_app.command("first-audio")
 def bench_first_audio(
     config: Annotated[str, typer.Option(help="model preset or JSON file")] = "tiny",

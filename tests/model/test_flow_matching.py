@@ -1,6 +1,7 @@
 """Flow matching: chunked == offline for any chunking (also with a voice prompt), frames emitted exactly when
-their chunk (15 tokens, then 25) and its lookahead are in, full attention differs from chunked, state
-serialisation, training loss, and the CosyVoice2-0.5B parameter count. Equality with CosyVoice 2's own
+their chunk (15 tokens, then 25) and its lookahead are in, a cached chunk computes only its own frames and a
+cache past its budget is dropped (the stream then recomputes, still exact), full attention differs from chunked,
+state serialisation, training loss, and the CosyVoice2-0.5B parameter count. Equality with CosyVoice 2's own
 module is in tests/compat.
 
 Tolerance: float32, atol = rtol = 1e-5 (observed ~1e-6). Streaming does the same arithmetic as the
@@ -86,6 +87,48 @@ def test_frames_are_emitted_once_chunk_and_lookahead_arrived(model: FlowMatching
     assert mel.shape[2] == 2 * cfg.chunk_tokens * cfg.token_mel_ratio  # 15 + 25 + 25 = 65 of 75 final
     mel, _ = model.flush(state)
     assert mel.shape[2] == (TOKENS - cfg.first_chunk_tokens - 2 * cfg.chunk_tokens) * cfg.token_mel_ratio
+
+
+def _estimator_frames(model: FlowMatching, tokens: torch.Tensor, sizes: list[int]) -> int:
+    """Mel frames the estimator computed (summed over its calls) while streaming `tokens` in `sizes`."""
+    frames = []
+    hook = model.estimator.register_forward_hook(lambda _module, inputs, _output: frames.append(inputs[0].shape[2]))
+    try:
+        _stream(model, tokens, sizes, model.init_state(tokens.shape[0]))
+    finally:
+        hook.remove()
+    return sum(frames)
+
+
+def test_a_cached_chunk_computes_only_its_own_frames(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
+    """With its cache a stream's Euler steps run once over each frame, however late in the turn; recomputing
+    (CosyVoice 2's way, `stream_cache_mb = 0`) runs them over every frame so far at every chunk."""
+    import dataclasses
+
+    tokens, sizes = _tokens(cfg, batch=1), [15] * 5
+    once = cfg.n_timesteps * TOKENS * cfg.token_mel_ratio
+    assert _estimator_frames(model, tokens, sizes) == once
+    recomputing = _model(dataclasses.replace(cfg, stream_cache_mb=0))
+    recomputing.load_state_dict(model.state_dict())
+    assert recomputing.init_state().cache is None
+    assert _estimator_frames(recomputing, tokens, sizes) > 2 * once
+
+
+def test_past_its_budget_the_cache_is_dropped_and_the_stream_stays_exact(
+    model: FlowMatching, cfg: FlowMatchingConfig
+) -> None:
+    import dataclasses
+
+    bounded = _model(dataclasses.replace(cfg, stream_cache_mb=2.0))  # the first chunk's cache (two streams): 1.1 MB
+    bounded.load_state_dict(model.state_dict())
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        _, state = bounded.step(tokens[:, :18], bounded.init_state(2))
+        assert state.cache is not None and 0 < state.cache.nbytes() <= 2 * 2**20
+        _, state = bounded.step(tokens[:, 18:45], state)
+        assert state.cache is None
+        offline = model(tokens)
+    torch.testing.assert_close(_stream(bounded, tokens, [7, 30, 2, 36], bounded.init_state(2)), offline, **TOLERANCE)
 
 
 @torch.no_grad()

@@ -75,7 +75,10 @@ def test_encoder_steps_of_streams_at_different_positions_equal_their_unbatched_s
     assert len({state.voice_encoder.position for state in alone}) == len(audio), "the streams stay apart"
 
 
-def test_token2wav_steps_of_turns_at_different_positions_equal_their_unbatched_steps(token2wav):
+@pytest.mark.parametrize("cached_rows", [(0, 2), ()], ids=["cached-and-recomputing", "recomputing"])
+def test_token2wav_steps_of_turns_at_different_positions_equal_their_unbatched_steps(token2wav, cached_rows):
+    """Rows whose flow recomputes (no cache: `stream_cache_mb` 0 or outgrown) run as one padded batch; cached rows
+    run one by one (each computes only its own frames)."""
     cfg = token2wav.flow.cfg
     generator = torch.Generator().manual_seed(0)
     tokens = [torch.randint(0, cfg.speech_vocab, (1, 75), generator=generator) for _ in range(3)]
@@ -83,6 +86,8 @@ def test_token2wav_steps_of_turns_at_different_positions_equal_their_unbatched_s
     heads = (0, 15, 45)  # the first chunk still to come, one and two chunks emitted
     with torch.inference_mode():
         fresh = [token2wav.init_state(speaker=speaker if row == 2 else None) for row in range(len(tokens))]
+        for row, state in enumerate(fresh):
+            state.flow.cache = state.flow.cache if row in cached_rows else None
         alone = [token2wav.step(t[:, :head], state)[1] for t, head, state in zip(tokens, heads, fresh, strict=True)]
         together = [state.map_tensors(torch.clone) for state in alone]
         positions = list(heads)

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from minmo.bench.batch import BatchLevel
 from minmo.bench.decode import DecodeLevel
+from minmo.bench.flow import FlowBench
 from minmo.bench.runtime import CONCURRENT_CHUNKS, RuntimeBench
 from minmo.bench.state import HopState
 from minmo.bench.turn import BenchResult
@@ -100,6 +101,23 @@ def print_decode_bench(levels: list[DecodeLevel], config: str, tokens: int, plac
             f"{level.gain:.2f}x",
         )  # fmt: skip
     Console().print(table)
+
+
+def print_flow_bench(bench: FlowBench, config: str, placement: str) -> None:
+    console = Console()
+    table = Table(title=f"token2wav's flow per chunk by its place in the turn, config {config} on {placement} (ms)")
+    for column in ("chunk", "turn so far (s)", "cached", "recomputing", "recomputing / cached", "cache (MB)"):
+        table.add_column(column, justify="right")
+    for chunk in bench.chunks:
+        table.add_row(
+            str(chunk.index), f"{chunk.reply_s:.1f}", f"{chunk.cached_ms:.1f}", f"{chunk.recomputed_ms:.1f}",
+            f"{chunk.recomputed_ms / chunk.cached_ms:.2f}x", f"{chunk.cache_mb:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    cached, recomputed = bench.total_ms(cached=True), bench.total_ms(cached=False)
+    ratio = recomputed / cached
+    console.print(f"whole turn: cached {cached:.0f} ms, recomputing {recomputed:.0f} ms ([bold]{ratio:.2f}x[/bold])")
+    console.print(f"largest mel difference between the paths: {bench.max_difference:.1e}")
 
 
 def print_state_bench(hops: list[HopState], config: str) -> None:

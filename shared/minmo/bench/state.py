@@ -6,9 +6,11 @@ The states are real: the config's speech encoder (random weights, on the CPU) en
 speech, once with the old unlimited left context and once with the config's bounded one; token2wav's state is
 the turn's tokens (what the flow model keeps) with the HiFT state that its vocoder leaves after `seconds` of mel
 frames. The flow model itself never runs (at paper widths its Euler steps would take minutes on a CPU, and its
-state does not depend on its output). Per call in the old design, the blob crossed the hop twice (in the request
-and the response), was written once (`torch.save`) and read once (`torch.load`) by the model; now a call carries
-only its chunk in and its output out, and the state is not copied at all.
+state does not depend on its output), so its `FlowCache` is left out: the flow's state is the recomputing one
+(CosyVoice 2's; at paper widths the cache outgrows its default `stream_cache_mb` of 256 MB after about a second
+of reply, and the stream recomputes from then on). Per call in the old design, the blob crossed the hop twice (in
+the request and the response), was written once (`torch.save`) and read once (`torch.load`) by the model; now a
+call carries only its chunk in and its output out, and the state is not copied at all.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def token2wav_state(cfg: MinMoConfig, seconds: float) -> Token2WavState:
     flow = token2wav.flow.init_state()
     flow.tokens = torch.cat([flow.tokens, tokens], dim=1)
     flow.emitted = tokens.shape[1]
+    flow.cache = None  # recomputing from the tokens (module docstring)
     mel = torch.randn(1, cfg.hift.mel_bins, tokens.shape[1] * cfg.flow.token_mel_ratio)
     hift = token2wav.hift.init_state()
     frames_per_call = TOKEN_CALL * cfg.flow.token_mel_ratio

@@ -164,6 +164,10 @@ class FlowMatchingConfig:
     # lands nearer the mean mel, clearer and less noisy
     noise_scale: float = 1.0
     max_mel_frames: int = 15000  # length of the fixed noise buffer (5 minutes at 50 Hz)
+    # a stream's `FlowCache` (each chunk then computes only its own frames) is kept up to this size, then dropped:
+    # the stream recomputes every chunk from its tokens, as CosyVoice 2 does (0: always). ~80 KB per mel frame at
+    # nano's widths (256 MB: 64 s of reply), 4.6 MB at CosyVoice 2's (about 1 s: raise it where memory allows)
+    stream_cache_mb: float = 256.0
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,17 @@ the mel-rate layers use the same chunks at twice the length. With no prompt and 
 chunk_tokens` these are exactly CosyVoice 2's `streaming=True` masks; `forward(streaming=False)` is
 one chunk, its offline full attention.
 
-Streaming (`init_state` / `step` / `flush`) is exact, the way CosyVoice 2 streams: every operation looks
-only left, except the pre-lookahead conv and attention inside a chunk, so a chunk's mel frames are final
-once its tokens and the `lookahead_tokens` after it have arrived. Each `step` that completes a chunk
-recomputes the encoder and the Euler steps over all tokens so far (the earlier frames come out the same;
-cost grows with the turn, the state stays a few token ids) and emits the new frames. Chunked output
-equals offline up to float rounding (~1e-6): products over different lengths sum in different orders.
+Streaming (`init_state` / `step` / `flush`) is exact: every operation looks only left, except the
+pre-lookahead conv and attention inside a chunk, so a chunk's mel frames are final once its tokens and the
+`lookahead_tokens` after it have arrived, and the frames before it never change. CosyVoice 2 streams by
+recomputing the encoder and every Euler step over all tokens so far at each chunk, so a chunk costs more the
+longer the turn (quadratic over a reply: in `tiny` the 20th chunk took 13x the first). Here a stream keeps a
+`FlowCache` instead: each attention layer's keys and values and each causal convolution's last inputs, for the
+encoder and for each Euler step, so a chunk computes only its own frames and costs the same wherever it falls.
+The cache grows with the turn (per mel frame: keys and values of every estimator attention layer, for each Euler
+step, for the conditioned and unconditioned rows: ~80 KB at `nano`'s widths, 4.6 MB at CosyVoice 2's); past
+`stream_cache_mb` it is dropped and the stream recomputes as CosyVoice 2 does. Chunked output equals offline up to
+float rounding (~1e-6): products over different lengths sum in different orders.
 """
 
 from __future__ import annotations
@@ -58,12 +63,31 @@ PROMPT_MAX_FRACTION = 0.3  # training: the prompt prefix covers at most this fra
 
 
 @dataclass
+class FlowCache(StreamState):
+    """What a stream's earlier chunks left for the next one to attend to and convolve over, so that it computes
+    only its own frames: for every attention layer its keys and values (all positions so far), for every causal
+    convolution its last inputs, in the order the layers run. `estimator` holds one such list per Euler step (its
+    rows are the conditioned and the unconditioned stream, as `_solve` batches them). `tokens`: the token positions
+    computed, prompt included."""
+
+    tokens: int
+    encoder: list[torch.Tensor]
+    estimator: list[list[torch.Tensor]]
+
+    def nbytes(self) -> int:
+        tensors = [*self.encoder, *(entry for step in self.estimator for entry in step)]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+@dataclass
 class FlowMatchingState(StreamState):
     """Per-stream state of `FlowMatching`.
 
     speaker: (B, spk_embed_dim) speaker embedding. prompt_mel: (B, mel_bins, Np*ratio) mel of the voice
     prompt. tokens: (B, Np + n) the prompt tokens and every token received so far. emitted: tokens whose
-    mel frames were returned (not counting the prompt).
+    mel frames were returned (not counting the prompt). cache: the layers' context for the next chunk (None:
+    the stream recomputes every chunk from its tokens, as CosyVoice 2 does; also once the cache outgrew
+    `stream_cache_mb`).
     """
 
     speaker: torch.Tensor
@@ -71,6 +95,42 @@ class FlowMatchingState(StreamState):
     tokens: torch.Tensor
     prompt_tokens: int
     emitted: int
+    cache: FlowCache | None = None
+
+
+class LayerContext:
+    """Walks a `FlowCache` list during one forward over a chunk: each cached layer, in the order the layers run,
+    takes its entry from the earlier chunks (none on a stream's first) and leaves its updated entry in `entries`."""
+
+    def __init__(self, past: list[torch.Tensor]) -> None:
+        self.past = past
+        self.entries: list[torch.Tensor] = []
+
+    def _earlier(self) -> torch.Tensor | None:
+        index = len(self.entries)
+        return self.past[index] if index < len(self.past) else None
+
+    def extend(self, new: torch.Tensor, dim: int) -> torch.Tensor:
+        """Keys or values: the earlier positions' along `dim`, then the new ones."""
+        earlier = self._earlier()
+        every = new if earlier is None else torch.cat([earlier, new], dim=dim)
+        self.entries.append(every)
+        return every
+
+    def left_context(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """A causal convolution's input (B, C, T) with the `width` inputs before it in front (zeros on the first
+        chunk, as the offline pass pads)."""
+        earlier = self._earlier()
+        if earlier is None:
+            earlier = x.new_zeros(x.shape[0], x.shape[1], width)
+        padded = torch.cat([earlier, x], dim=2)
+        self.entries.append(padded[:, :, -width:].clone())  # a copy: a view would keep the whole chunk alive
+        return padded
+
+
+def causal_pad(x: torch.Tensor, width: int, context: LayerContext | None) -> torch.Tensor:
+    """x (B, C, T) with `width` frames in front: zeros offline, the earlier chunks' inputs when streaming."""
+    return F.pad(x, (width, 0)) if context is None else context.left_context(x, width)
 
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -88,11 +148,13 @@ def relative_position_encoding(offsets: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=2).flatten(1)
 
 
-def block_mask(blocks: torch.Tensor) -> torch.Tensor:
+def block_mask(blocks: torch.Tensor, earlier: int = 0) -> torch.Tensor:
     """Boolean (T, T) mask from each position's chunk index (T,): a query sees its chunk and earlier ones. Chunk
-    indices per stream (B, T) give one mask per stream, (B, 1, T, T) (the same for every head)."""
+    indices per stream (B, T) give one mask per stream, (B, 1, T, T) (the same for every head). `earlier`
+    positions of cached chunks before them (all in earlier chunks) add as many columns in front, all seen."""
     mask = blocks[..., None, :] <= blocks[..., :, None]
-    return mask if blocks.dim() == 1 else mask[:, None]
+    mask = mask if blocks.dim() == 1 else mask[:, None]
+    return F.pad(mask, (earlier, 0), value=True) if earlier else mask
 
 
 class RelativePositionAttention(nn.Module):
@@ -111,22 +173,26 @@ class RelativePositionAttention(nn.Module):
         self.content_bias = nn.Parameter(torch.zeros(heads, self.head_dim))
         self.position_bias = nn.Parameter(torch.zeros(heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C); mask: (T, T) bool. -> (B, T, C)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
+        """x: (B, T, C); mask: (T, S) bool over the S = E + T keys, the E earlier ones in `context` first.
+        -> (B, T, C)."""
         batch, length, dim = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(t.shape[0], -1, self.heads, self.head_dim)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)).transpose(1, 2), heads(self.value(x)).transpose(1, 2)
-        offsets = torch.arange(length - 1, -length, -1, device=x.device)  # i - j from T-1 down to -(T-1)
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if context is not None:
+            k, v = context.extend(k, dim=1), context.extend(v, dim=1)
+        k, v, keys = k.transpose(1, 2), v.transpose(1, 2), k.shape[1]
+        offsets = torch.arange(keys - 1, -length, -1, device=x.device)  # i - j from S-1 down to -(T-1)
         p = heads(self.position(relative_position_encoding(offsets, dim).to(x.dtype))[None]).transpose(1, 2)
-        content = (q + self.content_bias).transpose(1, 2) @ k.transpose(2, 3)  # (B, H, T, T)
-        by_offset = ((q + self.position_bias).transpose(1, 2) @ p.transpose(2, 3)).contiguous()  # (B, H, T, 2T-1)
-        # element (i, j) of the (T, T) result is by_offset[i, T-1 - i + j]: a strided view, no copy
+        content = (q + self.content_bias).transpose(1, 2) @ k.transpose(2, 3)  # (B, H, T, S)
+        by_offset = ((q + self.position_bias).transpose(1, 2) @ p.transpose(2, 3)).contiguous()  # (B, H, T, S+T-1)
+        # element (i, j) of the (T, S) result is by_offset[i, T-1 - i + j]: a strided view, no copy
         s0, s1, s2, s3 = by_offset.stride()
         position = by_offset.as_strided(
-            (batch, self.heads, length, length), (s0, s1, s2 - s3, s3), by_offset.storage_offset() + (length - 1) * s3
+            (batch, self.heads, length, keys), (s0, s1, s2 - s3, s3), by_offset.storage_offset() + (length - 1) * s3
         )
         scores = (content + position) / math.sqrt(self.head_dim)
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
@@ -145,8 +211,8 @@ class ConformerLayer(nn.Module):
         self.ffn_in = nn.Linear(dim, ffn_dim)
         self.ffn_out = nn.Linear(ffn_dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), mask, context)
         return x + self.ffn_out(F.silu(self.ffn_in(self.ffn_norm(x))))
 
 
@@ -174,13 +240,13 @@ class PreLookahead(nn.Module):
         self.ahead = nn.Conv1d(dim, dim, lookahead + 1)
         self.causal = nn.Conv1d(dim, dim, self.CAUSAL_KERNEL)
 
-    def forward(self, x: torch.Tensor, count: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, count: int, context: LayerContext | None = None) -> torch.Tensor:
         """x: (B, W, C) with W >= count, the first `count` positions and the lookahead after them (zeros where
         W falls short). -> (B, count, C)."""
         window = x[:, : count + self.lookahead].transpose(1, 2)
         h = F.pad(window, (0, count + self.lookahead - window.shape[2]))
         h = F.leaky_relu(self.ahead(h))
-        h = self.causal(F.pad(h, (self.CAUSAL_KERNEL - 1, 0)))
+        h = self.causal(causal_pad(h, self.CAUSAL_KERNEL - 1, context))
         return h.transpose(1, 2) + x[:, :count]
 
 
@@ -203,19 +269,27 @@ class TokenEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=INPUT_NORM_EPS)
         self.project = nn.Linear(cfg.dim, cfg.mel_bins)
 
-    def forward(self, embedded: torch.Tensor, count: int, blocks: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embedded: torch.Tensor,
+        count: int,
+        blocks: torch.Tensor,
+        context: LayerContext | None = None,
+        earlier: int = 0,
+    ) -> torch.Tensor:
         """embedded: (B, W, C) token embeddings, W >= count (the rest is lookahead); blocks: (count,) chunk
-        index per token, or (B, count) per stream. -> (B, mel_bins, count*ratio)."""
-        x = self.pre_lookahead(self.input(embedded), count)
-        mask = block_mask(blocks)
+        index per token, or (B, count) per stream. With `context` the tokens follow the `earlier` tokens of
+        the chunks it holds. -> (B, mel_bins, count*ratio)."""
+        x = self.pre_lookahead(self.input(embedded), count, context)
+        mask = block_mask(blocks, earlier)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, context)
         x = x.transpose(1, 2).repeat_interleave(self.ratio, dim=2)  # (B, C, count*ratio)
-        x = self.upsample(F.pad(x, (2 * self.ratio, 0))).transpose(1, 2)
+        x = self.upsample(causal_pad(x, 2 * self.ratio, context)).transpose(1, 2)
         x = self.up_input(x)
-        mask = block_mask(blocks.repeat_interleave(self.ratio, dim=-1))
+        mask = block_mask(blocks.repeat_interleave(self.ratio, dim=-1), earlier * self.ratio)
         for layer in self.up_layers:
-            x = layer(x, mask)
+            x = layer(x, mask, context)
         return self.project(self.norm(x)).transpose(1, 2)
 
 
@@ -227,8 +301,8 @@ class CausalConvNorm(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, ESTIMATOR_CONV_KERNEL)
         self.norm = nn.LayerNorm(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(F.pad(x, (ESTIMATOR_CONV_KERNEL - 1, 0)))
+    def forward(self, x: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
+        x = self.conv(causal_pad(x, ESTIMATOR_CONV_KERNEL - 1, context))
         return F.mish(self.norm(x.transpose(1, 2)).transpose(1, 2))
 
 
@@ -242,10 +316,10 @@ class ResnetBlock(nn.Module):
         self.block2 = CausalConvNorm(channels, channels)
         self.skip = nn.Conv1d(in_channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
         """x: (B, C_in, T); time: (B, time_dim)."""
-        h = self.block1(x) + self.time(F.mish(time))[:, :, None]
-        return self.block2(h) + self.skip(x)
+        h = self.block1(x, context) + self.time(F.mish(time))[:, :, None]
+        return self.block2(h, context) + self.skip(x)
 
 
 class TransformerBlock(nn.Module):
@@ -265,13 +339,16 @@ class TransformerBlock(nn.Module):
         self.ffn_in = nn.Linear(channels, ESTIMATOR_FFN_MULT * channels)
         self.ffn_out = nn.Linear(ESTIMATOR_FFN_MULT * channels, channels)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
+        """x: (B, T, C); mask: (T, S) over the S keys, the earlier chunks' (in `context`) first."""
         batch, length, _ = x.shape
         h = self.attention_norm(x)
         q, k, v = (
             proj(h).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
             for proj in (self.query, self.key, self.value)
         )
+        if context is not None:
+            k, v = context.extend(k, dim=2), context.extend(v, dim=2)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.out(attended.transpose(1, 2).reshape(batch, length, -1))
         return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
@@ -290,15 +367,17 @@ class UNetBlock(nn.Module):
         )
         self.conv = nn.Conv1d(channels, channels, ESTIMATOR_CONV_KERNEL) if closing_conv else None
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, time: torch.Tensor, mask: torch.Tensor, context: LayerContext | None = None
+    ) -> torch.Tensor:
         """x: (B, C_in, T) -> (B, C, T)."""
-        h = self.resnet(x, time).transpose(1, 2)
+        h = self.resnet(x, time, context).transpose(1, 2)
         for block in self.transformers:
-            h = block(h, mask)
+            h = block(h, mask, context)
         return h.transpose(1, 2)
 
-    def close(self, h: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(h, (ESTIMATOR_CONV_KERNEL - 1, 0)))
+    def close(self, h: torch.Tensor, context: LayerContext | None = None) -> torch.Tensor:
+        return self.conv(causal_pad(h, ESTIMATOR_CONV_KERNEL - 1, context))
 
 
 class Estimator(nn.Module):
@@ -324,16 +403,18 @@ class Estimator(nn.Module):
         cond: torch.Tensor,
         t: torch.Tensor,
         mask: torch.Tensor,
+        context: LayerContext | None = None,
     ) -> torch.Tensor:
-        """x, mu, cond: (B, M, T); speaker: (B, M); t: (B,) in [0, 1]; mask: (T, T) bool. -> (B, M, T)."""
+        """x, mu, cond: (B, M, T); speaker: (B, M); t: (B,) in [0, 1]; mask: (T, S) bool over the S keys (the
+        earlier chunks' in `context` first; S = T offline). -> (B, M, T)."""
         inputs = torch.cat([x, mu, speaker[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
         time = self.time_mlp(sinusoidal_embedding(t * TIME_SCALE, inputs.shape[1]).to(x.dtype))
-        skip = self.down(inputs, time, mask)
-        h = self.down.close(skip)
+        skip = self.down(inputs, time, mask, context)
+        h = self.down.close(skip, context)
         for block in self.mid:
-            h = block(h, time, mask)
-        h = self.up.close(self.up(torch.cat([h, skip], dim=1), time, mask))
-        return self.output(self.final(h))
+            h = block(h, time, mask, context)
+        h = self.up.close(self.up(torch.cat([h, skip], dim=1), time, mask, context), context)
+        return self.output(self.final(h, context))
 
 
 class FlowMatching(nn.Module):
@@ -383,7 +464,8 @@ class FlowMatching(nn.Module):
         assert prompt_mel.shape[2] == prompt_tokens.shape[1] * self.cfg.token_mel_ratio, (
             f"prompt mel has {prompt_mel.shape[2]} frames for {prompt_tokens.shape[1]} prompt tokens"
         )
-        return FlowMatchingState(speaker, prompt_mel, prompt_tokens.long(), prompt_tokens.shape[1], 0)
+        cache = FlowCache(0, [], [[] for _ in range(self.cfg.n_timesteps)]) if self.cfg.stream_cache_mb > 0 else None
+        return FlowMatchingState(speaker, prompt_mel, prompt_tokens.long(), prompt_tokens.shape[1], 0, cache)
 
     def step(self, tokens: torch.Tensor, state: FlowMatchingState) -> tuple[torch.Tensor, FlowMatchingState]:
         """tokens: (B, n), any n >= 0. Returns the mel frames (B, M, F) that became final, and the new state."""
@@ -465,6 +547,8 @@ class FlowMatching(nn.Module):
             new_state, ready, done = self._plan(new, state, final=False)
             if ready <= done:
                 results[row] = (state.prompt_mel.new_zeros(1, self.cfg.mel_bins, 0), new_state)
+            elif state.cache is not None:  # a cached chunk costs its own frames only: row by row, no padding
+                results[row] = self._advance(new, state, final=False)
             else:
                 todo.append((row, new_state, ready, done))
         if todo:
@@ -483,7 +567,9 @@ class FlowMatching(nn.Module):
         total = all_tokens.shape[1]
         ends = self.chunk_ends(state.prompt_tokens, total)
         ready = total if final else max([end for end in ends if end + cfg.lookahead_tokens <= total], default=0)
-        new_state = FlowMatchingState(state.speaker, state.prompt_mel, all_tokens, state.prompt_tokens, state.emitted)
+        new_state = FlowMatchingState(
+            state.speaker, state.prompt_mel, all_tokens, state.prompt_tokens, state.emitted, state.cache
+        )
         return new_state, ready, state.prompt_tokens + state.emitted
 
     def _advance(
@@ -494,7 +580,12 @@ class FlowMatching(nn.Module):
         if ready <= done:
             return state.prompt_mel.new_zeros(new_state.tokens.shape[0], self.cfg.mel_bins, 0), new_state
         blocks = self._blocks(state.prompt_tokens, ready).to(new_state.tokens.device)
-        mel = self._synthesise(new_state, ready, blocks)[:, :, done * self.cfg.token_mel_ratio :]
+        if new_state.cache is None:
+            mel = self._synthesise(new_state, ready, blocks)[:, :, done * self.cfg.token_mel_ratio :]
+        else:
+            first = new_state.cache.tokens  # the prompt's positions too, on a stream's first chunk
+            mel, new_state.cache = self._synthesise_cached(new_state, ready, blocks[first:])
+            mel = mel[:, :, (done - first) * self.cfg.token_mel_ratio :]
         new_state.emitted = ready - state.prompt_tokens
         return mel, new_state
 
@@ -505,6 +596,25 @@ class FlowMatching(nn.Module):
         mu = self.encoder(self.embedding(window), count, blocks)  # (B, M, T)
         cond = F.pad(state.prompt_mel.to(mu.dtype), (0, mu.shape[2] - state.prompt_mel.shape[2]))
         return self._solve(mu, state.speaker, cond, block_mask(blocks.repeat_interleave(self.cfg.token_mel_ratio)))
+
+    def _synthesise_cached(
+        self, state: FlowMatchingState, count: int, blocks: torch.Tensor
+    ) -> tuple[torch.Tensor, FlowCache | None]:
+        """Mel (B, M, (count - cache.tokens)*ratio) of the state's tokens from where its cache ends up to `count`,
+        attending to and convolving over the cached chunks; blocks: their chunk indices. Returns the cache that
+        ends at `count`, or None when that outgrew `stream_cache_mb` (the stream then recomputes)."""
+        cfg, cache = self.cfg, state.cache
+        first, ratio = cache.tokens, cfg.token_mel_ratio
+        window = state.tokens[:, first : count + cfg.lookahead_tokens]
+        encoder = LayerContext(cache.encoder)
+        mu = self.encoder(self.embedding(window), count - first, blocks, encoder, first)  # (B, M, T)
+        frames = slice(first * ratio, count * ratio)
+        cond = F.pad(state.prompt_mel.to(mu.dtype), (0, max(frames.stop - state.prompt_mel.shape[2], 0)))[:, :, frames]
+        steps = [LayerContext(past) for past in cache.estimator]
+        mask = block_mask(blocks.repeat_interleave(ratio), frames.start)
+        mel = self._solve(mu, state.speaker, cond, mask, frames.start, steps)
+        grown = FlowCache(count, encoder.entries, [step.entries for step in steps])
+        return mel, grown if grown.nbytes() <= cfg.stream_cache_mb * 2**20 else None
 
     def _synthesise_rows(self, states: list[FlowMatchingState], counts: list[int]) -> list[torch.Tensor]:
         """`_synthesise` of the first counts[b] tokens of each stream (not at its end: its lookahead tokens have
@@ -535,22 +645,31 @@ class FlowMatching(nn.Module):
         return [mel[row : row + 1, :, : count * cfg.token_mel_ratio] for row, count in enumerate(counts)]
 
     def _solve(
-        self, mu: torch.Tensor, speaker: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor
+        self,
+        mu: torch.Tensor,
+        speaker: torch.Tensor,
+        cond: torch.Tensor,
+        mask: torch.Tensor,
+        first_frame: int = 0,
+        steps: list[LayerContext] | None = None,
     ) -> torch.Tensor:
         """The Euler steps from the fixed noise: mu, cond (B, M, T); speaker (B, spk_embed_dim); mask (T, T) or
-        (B, 1, T, T). -> mel (B, M, T)."""
+        (B, 1, T, T). Streaming with a cache, the frames start at `first_frame` and each Euler step attends to
+        the earlier chunks through its own `steps` context (mask (T, first_frame + T)). -> mel (B, M, T)."""
         cfg = self.cfg
         batch, _, frames = mu.shape
-        assert frames <= cfg.max_mel_frames, f"{frames} mel frames exceed the noise buffer ({cfg.max_mel_frames})"
+        last = first_frame + frames
+        assert last <= cfg.max_mel_frames, f"{last} mel frames exceed the noise buffer ({cfg.max_mel_frames})"
         speaker = self.speaker_affine(F.normalize(speaker.to(mu.dtype), dim=1))
-        x = (cfg.noise_scale * self.noise[:, :frames]).to(mu.dtype).expand(batch, -1, -1)
+        x = (cfg.noise_scale * self.noise[:, first_frame:last]).to(mu.dtype).expand(batch, -1, -1)
         # classifier-free guidance: the conditioned and the unconditioned velocity in one batch
         mu2, speaker2, cond2 = (torch.cat([c, torch.zeros_like(c)]) for c in (mu, speaker, cond))
         mask2 = mask if mask.dim() == 2 else torch.cat([mask, mask])
         t_span = self.t_span.to(mu.dtype)
         for step in range(cfg.n_timesteps):
             t = t_span[step].expand(2 * batch)
-            velocity = self.estimator(torch.cat([x, x]), mu2, speaker2, cond2, t, mask2)
+            context = steps[step] if steps is not None else None
+            velocity = self.estimator(torch.cat([x, x]), mu2, speaker2, cond2, t, mask2, context)
             conditioned, unconditioned = velocity.split(batch)
             guided = (1 + cfg.cfg_rate) * conditioned - cfg.cfg_rate * unconditioned
             x = x + (t_span[step + 1] - t_span[step]) * guided
