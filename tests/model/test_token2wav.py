@@ -90,14 +90,21 @@ def test_a_resumed_stream_is_the_unbroken_streams_rest(
 
 
 def test_a_resumed_stream_passes_over_the_audio_the_listener_has(model: Token2Wav, cfg: MinMoConfig) -> None:
-    """The vocoder's generator is not run again on what is passed over: only the frames from a context window before
-    the resume point are vocoded, so resuming late in a turn costs about what a chunk costs."""
+    """Neither the vocoder's generator nor its harmonic source is run again on what is passed over (the source's
+    phase runs on per frame): only the frames from a context window before the resume point are made, so resuming
+    late in a turn costs about what a chunk costs."""
     tokens = _tokens(cfg)
-    calls: list[int] = []
-    hook = model.hift.conv_pre.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[2]))
+    frames_in, source_samples = [], []
+    hooks = [
+        model.hift.conv_pre.register_forward_hook(lambda _m, args, _o: frames_in.append(args[0].shape[2])),
+        model.hift.source.merge.register_forward_hook(lambda _m, args, _o: source_samples.append(args[0].shape[1])),
+    ]
     try:
         _stream(model, tokens, [75], resume_samples=60_000)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     frames = TOKENS * cfg.flow.token_mel_ratio
-    assert sum(calls) < frames - 60_000 // cfg.hift.samples_per_frame + 4 * model.hift.context_frames, calls
+    made = frames - 60_000 // cfg.hift.samples_per_frame + 4 * model.hift.context_frames
+    assert sum(frames_in) < made, frames_in
+    assert sum(source_samples) < made * cfg.hift.samples_per_frame, source_samples

@@ -177,26 +177,32 @@ class SourceModule(nn.Module):
         previous_centre: torch.Tensor | None,
         at_end: bool,
         noise: torch.Tensor,
+        made: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """f0: (B, T) Hz per frame; previous_centre: (B, H+1) phase in cycles at the centre of the frame before
-        (None at the start of the stream); at_end: the last frame is the stream's last; noise: (B, T·480, H+1)
-        standard normal. Returns the source (B, T·480) and the phase (B, T, H+1) at each frame's centre."""
+        (None at the start of the stream); at_end: the last frame is the stream's last; noise: (B, F·480, H+1)
+        standard normal for the F frames `made`. Returns the source (B, F·480) of the frames `made` (all by default)
+        and the phase (B, T, H+1) at every frame's centre. A frame's source needs only the phase at its own centre
+        and its neighbours', so passing over frames (`HiFT.skip`) runs the phase on through them, per frame, without
+        making their samples."""
         spf = self.samples_per_frame
         steps = torch.frac(f0.double()[:, :, None] * self.harmonics / self.sample_rate) * spf  # cycles per frame
         start = steps[:, :1] * 0 if previous_centre is None else previous_centre[:, None]
-        centres = start + torch.cumsum(steps, dim=1)  # (B, T, H+1)
-        before = torch.cat([centres[:, :1] if previous_centre is None else start, centres[:, :-1]], dim=1)
-        after = torch.cat([centres[:, 1:], centres[:, -1:] if at_end else centres[:, -1:] + steps[:, -1:]], dim=1)
+        every_centre = start + torch.cumsum(steps, dim=1)  # (B, T, H+1)
+        before = torch.cat([every_centre[:, :1] if previous_centre is None else start, every_centre[:, :-1]], dim=1)
+        last_step = every_centre[:, -1:] if at_end else every_centre[:, -1:] + steps[:, -1:]
+        after = torch.cat([every_centre[:, 1:], last_step], dim=1)
+        centres, before, after = (phase[:, made] for phase in (every_centre, before, after))
         offset = (torch.arange(spf, device=f0.device, dtype=torch.float64) + 0.5) / spf  # (spf,) in (0, 1)
         first_half = (offset < 0.5)[None, None, :, None]
         low = before[:, :, None] + (offset + 0.5)[None, None, :, None] * (centres - before)[:, :, None]
         high = centres[:, :, None] + (offset - 0.5)[None, None, :, None] * (after - centres)[:, :, None]
         phase = torch.where(first_half, low, high).flatten(1, 2)  # (B, S, H+1) cycles
         sines = SINE_AMP * torch.sin(2 * math.pi * torch.frac(phase)).to(f0.dtype)
-        voiced = (f0 > VOICED_THRESHOLD_HZ).to(f0.dtype).repeat_interleave(spf, dim=1)[:, :, None]
+        voiced = (f0[:, made] > VOICED_THRESHOLD_HZ).to(f0.dtype).repeat_interleave(spf, dim=1)[:, :, None]
         noise_amp = voiced * NOISE_STD + (1 - voiced) * (SINE_AMP / 3)
         waves = sines * voiced + noise_amp * noise.to(f0.dtype)
-        return torch.tanh(self.merge(waves))[:, :, 0], torch.frac(centres)
+        return torch.tanh(self.merge(waves))[:, :, 0], torch.frac(every_centre)
 
 
 class HiFT(nn.Module):
@@ -363,14 +369,20 @@ class HiFT(nn.Module):
         sizes = [mel.shape[0] for mel in mels]
         mel = torch.cat(mels)
         f0 = self.f0_predictor(mel)[:, offset:]
+        kept = max(end - self.context_frames, 0)  # the window's first frame the next window still needs
+        # decoding needs every new frame's source; passing over (`skip`), only the source the state keeps
+        made = slice(0, f0.shape[1]) if decode else slice(max(kept - offset, 0), end - offset)
         noise = torch.cat([
-            self._noise(size, state.emitted, f0.shape[1], mel.device) for size, state in zip(sizes, states, strict=True)
+            self._noise(size, state.emitted + made.start, made.stop - made.start, mel.device)
+            for size, state in zip(sizes, states, strict=True)
         ])  # fmt: skip
         previous = torch.cat([state.centre_phase for state in states]) if first.emitted else None
-        source, centres = self.source(f0, previous, final, noise)
-        source = torch.cat([torch.cat([state.source for state in states]), source], dim=1)
+        source, centres = self.source(f0, previous, final, noise, made)
+        earlier = torch.cat([state.source for state in states])
+        if made.start:  # the frames between the state's context and the kept ones are passed over: never made
+            earlier = earlier.new_zeros(earlier.shape[0], (offset + made.start) * spf)
+        source = torch.cat([earlier, source], dim=1)
         pcm = self.decode(mel, source)[:, offset * spf : end * spf] if decode else source[:, :0]
-        kept = max(end - self.context_frames, 0)  # the window's first frame the next window still needs
         splits = (tensor.split(sizes) for tensor in (pcm, mel, source, centres))
         rows = zip(*splits, states, ready, strict=True)
         return [
