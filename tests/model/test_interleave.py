@@ -177,3 +177,29 @@ def test_a_tail_spoken_in_parts_equals_the_tail_spoken_at_once(voice_lm: VoiceTo
         parts.append(tokens)
     assert [token for tokens in parts for token in tokens] == at_once
     assert state.speech_tokens == whole.speech_tokens and len(parts) >= len(at_once) // part
+
+
+@pytest.mark.parametrize("cut", [7, 15, 44, 61], ids=["in-block", "a-block", "mid-tail", "late-tail"])
+def test_forced_tokens_replay_in_runs_and_the_turn_goes_on_as_unbroken(voice_lm: VoiceTokenLM, cut: int) -> None:
+    """A failover's replay: the tokens a lost stream sent are fed a run per forward, not a decode step each, and the
+    seeded sampler still draws for them, so the tokens after them are the lost stream's."""
+    semantic = _semantic(voice_lm, 12)
+
+    def sampler() -> RasSampler:
+        return RasSampler(generator=torch.Generator().manual_seed(5))
+
+    with torch.no_grad():
+        whole, _ = synthesize_step(voice_lm, semantic, True, init_schedule_state(voice_lm), sampler())
+        assert len(whole) > cut + 5
+        forwards = []
+        step = voice_lm.step
+        voice_lm.step = lambda inputs, state: (forwards.append(inputs.shape[1]), step(inputs, state))[1]
+        try:
+            replayed, _ = synthesize_step(
+                voice_lm, semantic, True, init_schedule_state(voice_lm), sampler(), forced=whole[:cut]
+            )
+        finally:
+            del voice_lm.step
+    assert replayed == whole
+    after = len(whole) - cut  # decode steps after the replay, one per token
+    assert len(forwards) <= after + 6, forwards  # the replay: a few forwards (per block, the tail), not `cut`

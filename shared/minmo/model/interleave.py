@@ -192,10 +192,14 @@ def synthesize_step(
     sampler: Sampler = greedy_sampler,
     decode: DecodeStep | None = None,
     max_tail_tokens: int | None = None,
+    forced: Sequence[int] = (),
 ) -> tuple[list[int], ScheduleState]:
     """Feed newly arrived semantic vectors (1, N, dim) and emit the speech tokens the schedule allows.
 
-    `decode` runs the one-token steps between speech tokens (default: `voice_lm.step`).
+    `decode` runs the one-token steps between speech tokens (default: `voice_lm.step`). `forced`: the turn's
+    first speech tokens, already known (a failover replays the tokens the lost stream sent): they are emitted in
+    place of the sampler's draws (which are still drawn, so a seeded sampler goes on as the lost stream would), and
+    a run of them goes into the voice LM as one forward instead of one decode step each.
 
     Every completed block of 5 vectors yields exactly 15 tokens; with `text_finished`, the leftover vectors
     and TURN_OF_SPEECH are fed and tokens follow until END_OF_SPEECH or the safety bound. `max_tail_tokens`
@@ -217,7 +221,7 @@ def synthesize_step(
             state, fed_in_block=state.fed_in_block + take, text_positions=state.text_positions + take
         )
         if state.fed_in_block == schedule.text_block:
-            block, state = _generate(voice_lm, logits, state, sampler, schedule.speech_block, False, decode)
+            block, state = _generate(voice_lm, logits, state, sampler, schedule.speech_block, False, decode, forced)
             tokens += block
             state = dataclasses.replace(state, fed_in_block=0)
     if text_finished:
@@ -229,7 +233,7 @@ def synthesize_step(
             state = dataclasses.replace(state, tail_started=True)
         budget = schedule.max_speech_tokens(state.text_positions) - state.speech_tokens
         limit = budget if max_tail_tokens is None else min(budget, max_tail_tokens)
-        tail, state = _generate(voice_lm, logits, state, sampler, limit, True, decode)
+        tail, state = _generate(voice_lm, logits, state, sampler, limit, True, decode, forced)
         tokens += tail
         state = dataclasses.replace(state, finished=len(tail) < limit or limit == budget)
     return tokens, state
@@ -296,29 +300,49 @@ def _generate(
     limit: int,
     allow_eos: bool,
     decode: DecodeStep | None = None,
+    forced: Sequence[int] = (),
 ) -> tuple[list[int], ScheduleState]:
-    """Up to `limit` speech tokens from `logits` (V,) on; END_OF_SPEECH (only if allowed) stops early.
+    """Up to `limit` speech tokens from `logits` (V,) on; END_OF_SPEECH (only if allowed) stops early. Tokens of
+    the turn that `forced` already holds are taken from it (`synthesize_step`).
 
     The last token is left pending, not fed: it goes in with whatever the stream receives next.
     """
     tokens: list[int] = []
+    queued = [logits]  # logits of the next tokens, computed ahead where the tokens before them are known
     while len(tokens) < limit:
-        if tokens:
-            logits, state = _feed(voice_lm, None, state, decode)
+        if not queued:
+            known = list(forced[state.speech_tokens : state.speech_tokens + limit - len(tokens) - 1])
+            queued, state = _feed_known(voice_lm, known, state, decode)
+        logits = queued.pop(0)
         if not allow_eos:
             logits = logits.clone()
             logits[voice_lm.end_of_speech_id] = float("-inf")
         token = sampler(logits, state.recent_tokens)
+        if state.speech_tokens < len(forced):
+            token = forced[state.speech_tokens]
         if token == voice_lm.end_of_speech_id:
             break
         tokens.append(token)
         state = dataclasses.replace(
             state,
-            pending_token=token,
+            pending_token=token if not queued else NO_TOKEN,  # a queued row's token was fed with the run
             speech_tokens=state.speech_tokens + 1,
             recent_tokens=[*state.recent_tokens, token][-RECENT_WINDOW:],
         )
     return tokens, state
+
+
+def _feed_known(
+    voice_lm: VoiceTokenLM, known: list[int], state: ScheduleState, decode: DecodeStep | None
+) -> tuple[list[torch.Tensor], ScheduleState]:
+    """Feed the pending token and the `known` tokens after it: the logits (V,) after each, in order. With no known
+    token this is one decode step; with some, one forward over them all (a failover's replay)."""
+    if not known:
+        logits, state = _feed(voice_lm, None, state, decode)
+        return [logits], state
+    pending = voice_lm.embed_speech(_ids(voice_lm, [state.pending_token, *known]))
+    logits, voice = voice_lm.step(pending, state.voice)
+    return list(logits[0]), dataclasses.replace(state, voice=voice, pending_token=NO_TOKEN)
 
 
 def first_audio_tokens(cfg: MinMoConfig) -> int:

@@ -131,12 +131,13 @@ class VoiceLmModel(RuntimeModel):
         )  # (1, N, dim)
         generator = self._generator(state)
         before = state.schedule.speech_tokens
-        sampler = _forced(_sampler(state, generator), state.prefix, before)
+        sampler = _sampler(state, generator)
         decode = self._decode if self.batcher is not None else None
         with self.batcher.session() if self.batcher is not None else contextlib.nullcontext():
             tokens, schedule = synthesize_step(
-                self.voice_lm, semantic, text_end, state.schedule, sampler, decode, _max_tail_tokens(inputs)
-            )
+                self.voice_lm, semantic, text_end, state.schedule, sampler, decode, _max_tail_tokens(inputs),
+                forced=state.prefix,
+            )  # fmt: skip
         rng = state.rng if generator is None else generator.get_state()
         outputs = {
             "speech_tokens": torch.tensor(tokens[max(0, len(state.prefix) - before) :], dtype=torch.int64),  # (K,)
@@ -226,24 +227,6 @@ def _sampler(state: VoiceSynthesisState, generator: torch.Generator | None) -> S
         return ras(logits / temperature, recent)
 
     return tempered
-
-
-def _forced(sampler: Sampler, prefix: list[int], emitted: int) -> Sampler:
-    """`sampler`, but while the turn has fewer than len(`prefix`) tokens (`emitted` so far) the prefix's next token
-    is taken in place of the draw (teacher forcing a failover's replay)."""
-    if emitted >= len(prefix):
-        return sampler
-    index = emitted
-
-    def forced(logits: torch.Tensor, recent: Sequence[int]) -> int:
-        nonlocal index
-        token = sampler(logits, recent)
-        if index < len(prefix):
-            token = prefix[index]
-        index += 1
-        return token
-
-    return forced
 
 
 def _max_tail_tokens(inputs: TensorMap) -> int | None:
