@@ -170,13 +170,15 @@ async def test_sampling_is_reproducible_for_a_seed_however_positions_are_chunked
     assert one_by_one != other_seed
 
 
-async def test_a_turn_continued_after_its_prefix_tokens_gives_exactly_the_rest(voicelm):
+@pytest.mark.parametrize("from_end", [None, 20], ids=["mid-block", "mid-tail"])
+async def test_a_turn_continued_after_its_prefix_tokens_gives_exactly_the_rest(voicelm, from_end):
     """Failover: a new stream given the speech tokens a lost one sent, and every text position again, sends only the
-    tokens after them, numbered on, and they are the ones the lost stream would have sent (same seed)."""
+    tokens after them, numbered on, and they are the ones the lost stream would have sent (same seed); also when
+    the lost stream was far into the tail (the replay does not count against a tail call's bound)."""
     stub, _, _ = voicelm
     hidden, token_embedding = _llm_states()
     whole = await _synthesize(stub, _turn(hidden, token_embedding, 2, seed=7, **SAMPLED))
-    cut = SPEECH_BLOCK + 4  # mid-block: the lost stream had sent part of a block
+    cut = SPEECH_BLOCK + 4 if from_end is None else len(whole) - from_end  # mid-block: part of a block was sent
     requests = _turn(hidden, token_embedding, 2, seed=7, **SAMPLED)
     requests[0].config.prefix_speech_tokens.extend(whole[:cut])
     call = stub.Synthesize(iter(requests))

@@ -175,10 +175,13 @@ class RasSampler:
         return token
 
     def _nucleus(self, probs: torch.Tensor) -> int:
-        sorted_probs, order = probs.sort(descending=True)
+        # with top-k, only the k likeliest are ever kept: take them alone (a full sort and a draw over the whole
+        # vocabulary cost ~0.4 ms a token on a CPU core; the distribution drawn from is the same)
+        if 0 < self.top_k < probs.shape[-1]:
+            sorted_probs, order = probs.topk(self.top_k)
+        else:
+            sorted_probs, order = probs.sort(descending=True)
         keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p  # always keeps the top token
-        if self.top_k > 0:
-            keep[self.top_k :] = False
         choice = torch.multinomial(sorted_probs * keep, 1, generator=self.generator)
         return int(order[choice])
 

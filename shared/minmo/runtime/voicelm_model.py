@@ -68,9 +68,10 @@ class VoiceLmModel(RuntimeModel):
     while the positions are fed again (the sampler still draws, so a seeded turn goes on as it would have), and are
     not output; later these inputs are ignored.
     With `text_end`, optionally `max_tail_tokens` int64 (1,): speak at most that many tokens of the tail in this call
-    (0 or absent: all of it); `finished` stays false until the tail is spoken, and the next calls (`text_end`, no
-    positions) go on. Bounded calls let a replica interleave other turns' steps with a long tail (they return to the
-    runtime between parts) and let the first tail tokens go out before the rest are made.
+    (0 or absent: all of it), not counting prefix tokens replayed in it (they are not output); `finished` stays
+    false until the tail is spoken, and the next calls (`text_end`, no positions) go on. Bounded calls let a replica
+    interleave other turns' steps with a long tail (they return to the runtime between parts) and let the first tail
+    tokens go out before the rest are made.
     Outputs: `speech_tokens` int64 (K,): 15 per completed block of 5 positions, the rest after `text_end`;
     `finished` bool (1,): the turn's speech is complete (only after `text_end`).
     """
@@ -135,8 +136,8 @@ class VoiceLmModel(RuntimeModel):
         decode = self._decode if self.batcher is not None else None
         with self.batcher.session() if self.batcher is not None else contextlib.nullcontext():
             tokens, schedule = synthesize_step(
-                self.voice_lm, semantic, text_end, state.schedule, sampler, decode, _max_tail_tokens(inputs),
-                forced=state.prefix,
+                self.voice_lm, semantic, text_end, state.schedule, sampler, decode,
+                _max_tail_tokens(inputs, len(state.prefix) - before), forced=state.prefix,
             )  # fmt: skip
         rng = state.rng if generator is None else generator.get_state()
         outputs = {
@@ -229,13 +230,14 @@ def _sampler(state: VoiceSynthesisState, generator: torch.Generator | None) -> S
     return tempered
 
 
-def _max_tail_tokens(inputs: TensorMap) -> int | None:
+def _max_tail_tokens(inputs: TensorMap, replaying: int) -> int | None:
+    """The call's tail bound, plus the `replaying` prefix tokens still to replay (one forward, nothing output)."""
     if "max_tail_tokens" not in inputs:
         return None
     limit = int(_scalar(inputs, "max_tail_tokens", torch.int64))
     if limit < 0:
         raise InvalidInput(f"max_tail_tokens must be >= 0 (0: the whole tail), got {limit}")
-    return limit or None
+    return limit + max(replaying, 0) if limit else None
 
 
 def _scalar(inputs: TensorMap, name: str, dtype: torch.dtype) -> bool | int | float:
