@@ -19,13 +19,14 @@ import torch
 
 from minmo.api.tensors import tensor_from_proto
 from minmo.audio.pcm import float_to_pcm16
-from minmo.model.config import VOCODER_SAMPLE_RATE_HZ
+from minmo.model.config import SPEECH_TOKEN_RATE_HZ, VOCODER_SAMPLE_RATE_HZ
 from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence, TensorMap
 from minmo.serving.server import SessionLimiter
 from minmo.telemetry import HopSpan, Telemetry
 from minmo.v1 import common_pb2, vocoder_pb2, vocoder_pb2_grpc
 
 VOCODER_SAMPLE_RATE = VOCODER_SAMPLE_RATE_HZ
+SAMPLES_PER_TOKEN = VOCODER_SAMPLE_RATE_HZ // SPEECH_TOKEN_RATE_HZ
 MODEL = "token2wav"
 
 
@@ -151,7 +152,13 @@ def _resume_input(config: vocoder_pb2.VocodeConfig) -> TensorMap:
 class _VocoderStream:
     """One turn's token count, sample position, timings and its sequence in the runtime (which keeps the caches).
     The turn's start inputs (voice conditioning, a failover's resume point) go with the first chunk only: the
-    runtime's state carries them after that."""
+    runtime's state carries them after that.
+
+    A resumed stream (a failover) is sent every token of the turn again, in many messages at once, and must run the
+    flow over all of them before its first new audio. The tokens whose audio lies wholly before the resume point
+    are held and go to the model in one call with the first message that reaches past it: when several streams
+    fail over onto this replica together, each then rebuilds in one call, in turn, instead of all of them in
+    alternating pieces, each waiting for the others' rebuilds before its first audio."""
 
     def __init__(
         self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, turn_start: TensorMap, first_sample: int
@@ -171,12 +178,18 @@ class _VocoderStream:
         self.first_tokens_at: float | None = None
         self.first_chunk_ms = 0.0
         self.lead = PlaybackLead(1 / VOCODER_SAMPLE_RATE)  # how far this stream's audio is ahead of its listener
+        self.held: list[int] = []  # a resumed stream's tokens before its resume point, not yet run (class docstring)
 
     async def vocode(self, ids: list[int], flush: bool) -> vocoder_pb2.VocodeResponse | None:
         """Run one token2wav chunk; a response only when samples came out (chunks complete every 25 tokens)."""
         started = time.perf_counter()
         if self.first_tokens_at is None and ids:
             self.first_tokens_at = started
+        if not flush and (self.tokens + len(ids)) * SAMPLES_PER_TOKEN <= self.first_sample:
+            self.held += ids
+            self.tokens += len(ids)
+            return None
+        received, (ids, self.held) = len(ids), ([*self.held, *ids], [])
         try:
             sequence = Sequence(self.sequence_id, start=not self.started, end=flush)
             turn_start = self.turn_start if not self.started else {}
@@ -189,7 +202,7 @@ class _VocoderStream:
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         self.ended = flush  # a completed flush ended the sequence in the runtime
         compute_ms = 1000 * (time.perf_counter() - started)
-        self.tokens += len(ids)
+        self.tokens += received
         self.compute_ms += compute_ms
         pcm = outputs["pcm"]
         if pcm.shape[0] == 0:

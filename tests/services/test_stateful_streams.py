@@ -195,6 +195,28 @@ async def test_vocoder_bytes_per_call_stay_flat_over_a_long_turn(vocoder, cfg: M
     assert runtime.live_sequences("token2wav") == {}, "the flush ended the turn's sequence"
 
 
+async def test_a_resumed_vocoder_stream_rebuilds_in_one_call(vocoder, cfg: MinMoConfig) -> None:
+    """A failover's stream is sent the whole turn again: the tokens whose audio lies before its resume point go to
+    the model in one call, with the first block that reaches past it (streams failing over together then rebuild
+    in turn, not in alternating pieces); the blocks after it go one call each, and the audio starts at the point."""
+    stub, runtime, _ = vocoder
+    ids = _speech_tokens(cfg, TURN_TOKENS)
+    resume = 100 * 960 + 17  # blocks of 15 reach past it with the 7th (tokens 90-104)
+    config = _vocode_config()
+    config.config.resume_at_sample = resume
+    requests = [config, *(_tokens(ids[first : first + BLOCK], first) for first in range(0, TURN_TOKENS, BLOCK))]
+    requests.append(vocoder_pb2.VocodeRequest(flush=vocoder_pb2.Flush(total_tokens=TURN_TOKENS)))
+    responses = [response async for response in stub.Vocode(iter(requests))]
+
+    assert responses[0].pcm_chunk.start_sample == resume
+    assert responses[-1].vocode_done.total_samples == TURN_TOKENS * 960
+    calls = [inputs for inputs, _ in runtime.calls]
+    resume_input = 8  # the first call also carries `resume_samples` (int64)
+    assert calls[0] == 105 * 8 + 1 + resume_input, "every token up to the block past the resume point, in one call"
+    assert calls[1:-1] == [BLOCK * 8 + 1] * ((TURN_TOKENS - 105) // BLOCK), "then a call per block"
+    assert len(calls) == 1 + (TURN_TOKENS - 105) // BLOCK + 1, "and the flush"
+
+
 async def test_encoder_state_is_dropped_when_a_stream_is_cancelled_or_disconnects(encoder) -> None:
     stub, runtime, address = encoder
     call = stub.Encode()
