@@ -131,6 +131,32 @@ def test_past_its_budget_the_cache_is_dropped_and_the_stream_stays_exact(
     torch.testing.assert_close(_stream(bounded, tokens, [7, 30, 2, 36], bounded.init_state(2)), offline, **TOLERANCE)
 
 
+@pytest.mark.parametrize("cache_mb", [256.0, 2.0], ids=["cached", "cache-outgrown-mid-way"])
+def test_many_chunks_at_once_run_in_bounded_passes_and_equal_offline(
+    model: FlowMatching, cfg: FlowMatchingConfig, cache_mb: float
+) -> None:
+    """A failover's rebuild gets a whole turn at once: its passes attend from at most MAX_PASS_TOKENS positions each
+    (not the whole turn's square), and a cache outgrown mid-way hands the rest to the recomputing path."""
+    import dataclasses
+
+    from minmo.model.flow_matching import MAX_PASS_TOKENS
+
+    bounded = _model(dataclasses.replace(cfg, stream_cache_mb=cache_mb))
+    bounded.load_state_dict(model.state_dict())
+    tokens = _tokens(cfg, length=600, batch=1)
+    frames: list[int] = []
+    hook = bounded.estimator.register_forward_hook(lambda _m, inputs, _o: frames.append(inputs[0].shape[2]))
+    try:
+        with torch.no_grad():
+            streamed = _stream(bounded, tokens, [600], bounded.init_state())
+            offline = model(tokens)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(streamed, offline, **TOLERANCE)
+    if cache_mb > 100:
+        assert max(frames) <= MAX_PASS_TOKENS * cfg.token_mel_ratio, sorted(set(frames))
+
+
 @torch.no_grad()
 def test_full_attention_is_the_offline_mode(model: FlowMatching, cfg: FlowMatchingConfig) -> None:
     tokens = _tokens(cfg)

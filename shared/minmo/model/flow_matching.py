@@ -33,8 +33,10 @@ longer the turn (quadratic over a reply: in `tiny` the 20th chunk took 13x the f
 encoder and for each Euler step, so a chunk computes only its own frames and costs the same wherever it falls.
 The cache grows with the turn (per mel frame: keys and values of every estimator attention layer, for each Euler
 step, for the conditioned and unconditioned rows: ~80 KB at `nano`'s widths, 4.6 MB at CosyVoice 2's); past
-`stream_cache_mb` it is dropped and the stream recomputes as CosyVoice 2 does. Chunked output equals offline up to
-float rounding (~1e-6): products over different lengths sum in different orders.
+`stream_cache_mb` it is dropped and the stream recomputes as CosyVoice 2 does. Many chunks ready at once (a
+failover's vocoder is sent the whole turn again) run as passes of at most `MAX_PASS_TOKENS` through the cache, so
+no pass attends from the whole turn. Chunked output equals offline up to float rounding (~1e-6): products over
+different lengths sum in different orders.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ ESTIMATOR_FFN_MULT = 4
 UNCOND_PROB = 0.2  # training: drop every condition with this probability (for classifier-free guidance)
 PROMPT_PROB = 0.5  # training: give a mel prompt prefix with this probability
 PROMPT_MAX_FRACTION = 0.3  # training: the prompt prefix covers at most this fraction of the frames
+MAX_PASS_TOKENS = 250  # a cached pass covers at most this many tokens (10 s): its attention is this many x the turn
 
 
 @dataclass
@@ -580,14 +583,35 @@ class FlowMatching(nn.Module):
         if ready <= done:
             return state.prompt_mel.new_zeros(new_state.tokens.shape[0], self.cfg.mel_bins, 0), new_state
         blocks = self._blocks(state.prompt_tokens, ready).to(new_state.tokens.device)
-        if new_state.cache is None:
-            mel = self._synthesise(new_state, ready, blocks)[:, :, done * self.cfg.token_mel_ratio :]
-        else:
+        ratio, pieces = self.cfg.token_mel_ratio, []
+        for end in self._pass_ends(new_state, ready):  # many chunks at once (a failover's rebuild): a few per pass
             first = new_state.cache.tokens  # the prompt's positions too, on a stream's first chunk
-            mel, new_state.cache = self._synthesise_cached(new_state, ready, blocks[first:])
-            mel = mel[:, :, (done - first) * self.cfg.token_mel_ratio :]
+            mel, new_state.cache = self._synthesise_cached(new_state, end, blocks[first:end])
+            pieces.append(mel[:, :, max(done - first, 0) * ratio :])
+            if new_state.cache is None:  # outgrown: the rest as CosyVoice 2 does, from every token
+                done = end
+                break
+        if new_state.cache is None and done < ready:
+            pieces.append(self._synthesise(new_state, ready, blocks)[:, :, done * ratio :])
         new_state.emitted = ready - state.prompt_tokens
-        return mel, new_state
+        return torch.cat(pieces, dim=2), new_state
+
+    def _pass_ends(self, state: FlowMatchingState, ready: int) -> list[int]:
+        """Where the cached passes up to `ready` end: chunk ends at most `MAX_PASS_TOKENS` apart (one chunk at least),
+        so a pass attends from at most that many positions, however many chunks are ready at once; none without a
+        cache."""
+        if state.cache is None:
+            return []
+        ends, start = [], state.cache.tokens  # `start`: where the last pass in `ends` begins
+        for end in self.chunk_ends(state.prompt_tokens, ready):
+            if end <= state.cache.tokens:
+                continue
+            if ends and end - start <= MAX_PASS_TOKENS:
+                ends[-1] = end  # the chunk joins the last pass
+            else:
+                start = ends[-1] if ends else start
+                ends.append(end)
+        return ends
 
     def _synthesise(self, state: FlowMatchingState, count: int, blocks: torch.Tensor) -> torch.Tensor:
         """Mel (B, M, count*ratio) of the first `count` tokens of the state (prompt included), the tokens after
