@@ -39,11 +39,11 @@ def _predictor_that_says(decision: str, folder: Path) -> Path:
     return folder
 
 
-async def _stack_with_predictor(stack, decision: str, folder: Path):
+async def _stack_with_predictor(stack, decision: str, folder: Path, **duplex_env: str):
     checkpoint = str(_predictor_that_says(decision, folder))
     for name in MODEL_SERVICES:
         await stack.start_model_service(name, **({"MINMO_CHECKPOINT": checkpoint} if name == "llm" else {}))
-    await stack.start_duplex(MINMO_MAX_RESPONSE_TOKENS="12")  # the text is done soon after the first audio
+    await stack.start_duplex(MINMO_MAX_RESPONSE_TOKENS="12", **duplex_env)  # the text is done soon after first audio
     return stack
 
 
@@ -64,7 +64,9 @@ async def _reply_playing(call) -> None:
 
 
 async def test_a_backchannel_over_the_reply_lets_it_go_on(stack, tmp_path: Path):
-    await _stack_with_predictor(stack, "backchannel", tmp_path / "ckpt")
+    # paced as served (3 s ahead of playback): unpaced, tiny's 9.6 s reply is all vocoded within about a second, and
+    # its RESPONSE_DONE would come before the backchannel is heard
+    await _stack_with_predictor(stack, "backchannel", tmp_path / "ckpt", MINMO_AUDIO_LEAD_MS="3000")
     call = await _session(stack)
     await _reply_playing(call)
     for event in _audio_events(utterance(seed=4, lead_s=0.0, speech_s=0.8, tail_s=1.0)):
