@@ -507,7 +507,8 @@ class _Session:
 
     async def _transcribe(self, turn_id: str) -> None:
         started = time.perf_counter()
-        outputs = await self._infer(OP_TRANSCRIBE, {"max_tokens": torch.tensor([self.max_tokens])})
+        # Steady work: the reply it follows is still being voiced, and its audio goes first on these CPUs.
+        outputs = await self._infer(OP_TRANSCRIBE, {"max_tokens": torch.tensor([self.max_tokens])}, steady=True)
         text = bytes(outputs["transcript"].numpy()).decode("utf-8", errors="replace")
         spoken = [turn for turn in self.turns if turn[0] == common_pb2.ROLE_USER and not turn[1]]
         if spoken:
@@ -622,8 +623,10 @@ class _Session:
         else:
             log.info("session %s: turn %r was followed by other turns; it stays", self.sequence_id, turn_id)
 
-    async def _infer(self, op: int, inputs: dict[str, torch.Tensor], start: bool = False) -> dict[str, torch.Tensor]:
-        outputs = await self.runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, self._sequence(start))
+    async def _infer(
+        self, op: int, inputs: dict[str, torch.Tensor], start: bool = False, steady: bool = False
+    ) -> dict[str, torch.Tensor]:
+        outputs = await self.runtime.infer(MODEL, {"op": torch.tensor([op]), **inputs}, self._sequence(start), steady)
         self.position = int(outputs["position"][0])
         return outputs
 

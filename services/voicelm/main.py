@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from minmo.model.config import MinMoConfig
-from minmo.model.interleave import first_audio_tokens
+from minmo.model.interleave import TailParts
 from minmo.runtime.base import ModelRuntime, Sequence
 from minmo.services.voicelm.servicer import MODEL, SamplingDefaults, VoiceDecoderServicer
 from minmo.serving.model_service import ModelService, ServiceParts, run_model_service, start_model_service
@@ -77,7 +77,7 @@ async def start(settings: VoiceLmSettings, runtime: ModelRuntime | None = None) 
             settings.max_positions_per_message,
             SamplingDefaults(temperature=settings.temperature),
             parts.telemetry,
-            first_audio_tokens(parts.cfg),
+            TailParts.from_config(parts.cfg),
         )
 
     return await start_model_service(SERVICE, settings.server, settings.checkpoint, servicer, runtime)

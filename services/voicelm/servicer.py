@@ -3,10 +3,10 @@ The turn's voice instruction (SynthesizeConfig.voice_instruction) opens the sequ
 so do a failover's prefix_speech_tokens: the turn's text positions are then sent again from the start, and only the
 speech tokens after the prefix come out.
 
-After TextEnd the model speaks the rest of the turn in parts (`interleave.tail_part_tokens`: the tokens a short
-reply still needs for its first audio, then TAIL_TOKENS_PER_CALL at a time), each its own runtime call sent on as it
-comes: a long tail neither holds a compute thread from other turns' steps for its whole length nor keeps its first
-tokens back until its last is made. With SynthesizeConfig.audio_lead_ms the parts are paced:
+After TextEnd the model speaks the rest of the turn in parts (`interleave.TailParts`: the tokens a short reply
+still needs for its first audio, then one token2wav chunk at a time), each its own runtime call sent on as it comes:
+a long tail neither holds a compute thread from other turns' steps for its whole length nor keeps its first tokens
+back until its last is made. With SynthesizeConfig.audio_lead_ms the parts are paced:
 each waits until the audio already sent is less than the lead ahead of real time (from the stream's first tokens).
 
 The turn's voice-LM state lives in the runtime under a sequence id unique to the stream; whatever way the
@@ -29,7 +29,7 @@ import torch
 from minmo.api.speech_tokens import split_speech_tokens
 from minmo.api.tensors import tensor_from_proto
 from minmo.model.config import SPEECH_TOKEN_RATE_HZ
-from minmo.model.interleave import tail_part_tokens
+from minmo.model.interleave import TailParts
 from minmo.runtime.base import InvalidInput, ModelRuntime, PlaybackLead, Sequence, TensorMap
 from minmo.runtime.llm_model import text_tensor
 from minmo.serving.read_ahead import ReadAhead
@@ -70,17 +70,18 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         max_positions_per_message: int,
         sampling: SamplingDefaults,
         telemetry: Telemetry,
-        first_audio_tokens: int,
+        tail: TailParts,
     ) -> None:
-        """`first_audio_tokens`: speech tokens that make a turn's first audio; the calls after them, while the stream is
-        ahead of its listener, are steady work, which the runtime runs after other sessions' first audio."""
+        """`tail`: how the tail is cut into calls, and (`first_audio`) the speech tokens that make a turn's first
+        audio; the calls after them, while the stream is ahead of its listener, are steady work, which the runtime runs
+        after other sessions' first audio."""
         self.runtime = runtime
         self.limiter = limiter
         self.llm_dim = llm_dim
         self.max_positions_per_message = max_positions_per_message
         self.sampling = sampling
         self.telemetry = telemetry
-        self.first_audio_tokens = first_audio_tokens
+        self.tail = tail
 
     async def Synthesize(
         self, request_iterator: AsyncIterator[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
@@ -97,7 +98,7 @@ class VoiceDecoderServicer(voicelm_pb2_grpc.VoiceDecoderServicer):
         self, requests: ReadAhead[voicelm_pb2.SynthesizeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[voicelm_pb2.SynthesizeResponse]:
         config = await self._read_config(requests, context)
-        turn = _Turn(self.runtime, context, self.llm_dim, self.first_audio_tokens)
+        turn = _Turn(self.runtime, context, self.llm_dim, self.tail)
         ids = {"session_id": config.session_id, "turn_id": config.turn_id, "grpc_context": context}
         try:
             with self.telemetry.hop("voicelm.synthesize", config.trace_context, **ids) as hop:
@@ -201,7 +202,7 @@ class _Turn:
     """One stream's sequence in the runtime, its counts and its timings."""
 
     def __init__(
-        self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, llm_dim: int, first_audio_tokens: int
+        self, runtime: ModelRuntime, context: grpc.aio.ServicerContext, llm_dim: int, tail: TailParts
     ) -> None:
         self.runtime = runtime
         self.context = context
@@ -214,7 +215,7 @@ class _Turn:
         self.first_tokens_ms = 0.0
         self.finished = False  # the model spoke the whole turn
         self.prefix_tokens = 0  # a failover's tokens, counted in `tokens` but made by another stream
-        self.first_audio_tokens = first_audio_tokens  # past these tokens, and ahead of the listener: steady work
+        self.tail = tail  # past its first audio's tokens, and ahead of the listener: steady work
         self.lead = PlaybackLead(1 / SPEECH_TOKEN_RATE_HZ)  # this stream's tokens as audio, against real time
 
     async def start(self, sampling: TensorMap) -> None:
@@ -235,8 +236,8 @@ class _Turn:
         inputs = {"hidden": hidden, "token_embedding": token_embedding, "text_end": torch.tensor([text_end])}
         made = self.tokens - self.prefix_tokens  # this stream's own tokens (a failover's prefix came before it)
         if text_end:
-            inputs["max_tail_tokens"] = torch.tensor([tail_part_tokens(made, self.first_audio_tokens)])
-        steady = made >= self.first_audio_tokens and self.lead.steady(made)
+            inputs["max_tail_tokens"] = torch.tensor([self.tail.next_part(made)])
+        steady = made >= self.tail.first_audio and self.lead.steady(made)
         outputs = await self._infer(inputs, Sequence(self.sequence.id), steady)  # ended by the stream's end_sequence
         ids, self.finished = outputs["speech_tokens"], bool(outputs["finished"])
         self.positions += hidden.shape[0]

@@ -15,6 +15,7 @@ from minmo.model.interleave import (
     RasSampler,
     Sampler,
     ScheduleState,
+    TailParts,
     VoiceSchedule,
     greedy_sampler,
     init_schedule_state,
@@ -203,3 +204,16 @@ def test_forced_tokens_replay_in_runs_and_the_turn_goes_on_as_unbroken(voice_lm:
     assert replayed == whole
     after = len(whole) - cut  # decode steps after the replay, one per token
     assert len(forwards) <= after + 6, forwards  # the replay: a few forwards (per block, the tail), not `cut`
+
+
+def test_tail_parts_end_where_token2wavs_chunks_are_ready():
+    """A part ends at the first audio's tokens, then at each later chunk's end plus its lookahead."""
+    tail = TailParts(first_audio=15, chunk=25)
+    made, ends = 0, []
+    for _ in range(4):
+        made += tail.next_part(made)
+        ends.append(made)
+    assert ends == [15, 40, 65, 90]
+    assert tail.next_part(30) == 10  # the text's blocks left a chunk half made: the part completes it
+    cfg = load_config("nano")
+    assert TailParts.from_config(cfg) == TailParts(cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens, 25)

@@ -6,6 +6,7 @@ Every test also checks, on teardown, that the runtime holds no sequence state on
 """
 
 import asyncio
+import itertools
 import time
 
 import grpc
@@ -18,10 +19,9 @@ from minmo.api.tensors import tensor_to_proto
 from minmo.model.build import build_component
 from minmo.model.config import load_config
 from minmo.model.interleave import (
-    TAIL_TOKENS_PER_CALL,
     RasSampler,
     Sampler,
-    first_audio_tokens,
+    TailParts,
     greedy_sampler,
     init_schedule_state,
     synthesize_step,
@@ -347,17 +347,21 @@ async def _timed_tokens(call_requests, stub) -> list[tuple[float, list[int]]]:
     return arrivals
 
 
-async def test_the_tail_after_text_end_comes_in_bounded_parts_equal_to_offline(voicelm, offline):
-    """After TextEnd the rest of the turn is made TAIL_TOKENS_PER_CALL tokens per runtime call, each sent as made."""
+async def test_the_tail_after_text_end_comes_a_chunk_per_part_equal_to_offline(voicelm, offline):
+    """After TextEnd the rest of the turn is made one runtime call per token2wav chunk, each sent as made: every part
+    ends where a chunk has its tokens and lookahead (the first at the chunk the two blocks left unfinished)."""
     stub, _, _ = voicelm
     hidden, token_embedding = _llm_states()
     arrivals = await _timed_tokens(_turn(hidden, token_embedding, TEXT_LENGTH, **GREEDY), stub)
     tokens = [token for _, ids in arrivals for token in ids]
     assert tokens == offline(hidden, token_embedding)
-    blocks = TEXT_LENGTH // TEXT_BLOCK * SPEECH_BLOCK
-    tail_sizes = [len(ids) for _, ids in arrivals][1:]  # the first message holds the two blocks
-    assert len(tokens) - blocks > 2 * TAIL_TOKENS_PER_CALL, "a tail long enough to need several parts"
-    assert max(tail_sizes) <= TAIL_TOKENS_PER_CALL and len(tail_sizes) >= 3
+    tail = TailParts.from_config(CFG)
+    ends = [sum(len(ids) for _, ids in arrivals[: index + 1]) for index in range(len(arrivals))]
+    assert ends[0] == TEXT_LENGTH // TEXT_BLOCK * SPEECH_BLOCK  # the first message holds the two blocks
+    assert len(ends) >= 4, "a tail long enough to need several parts"
+    chunk_ready = {tail.first_audio + k * tail.chunk for k in range(len(tokens))}
+    assert all(end in chunk_ready for end in ends[1:-1]), ends  # the last part ends with the turn
+    assert all(later - earlier <= tail.chunk for earlier, later in itertools.pairwise(ends[1:])), ends
 
 
 async def test_a_paced_tail_stays_within_the_lead_of_real_time(voicelm, offline):
@@ -383,6 +387,6 @@ async def test_a_short_replys_first_tail_part_is_its_first_audio(voicelm, offlin
     hidden, token_embedding = _llm_states(length=3)
     arrivals = await _timed_tokens(_turn(hidden, token_embedding, 3, **GREEDY), stub)
     assert [token for _, ids in arrivals for token in ids] == offline(hidden, token_embedding)
-    first = first_audio_tokens(load_config("tiny"))
+    tail = TailParts.from_config(CFG)
     sizes = [len(ids) for _, ids in arrivals]
-    assert sizes[0] == first and len(sizes) >= 2 and max(sizes[1:]) <= TAIL_TOKENS_PER_CALL, sizes
+    assert sizes[0] == tail.first_audio and len(sizes) >= 2 and max(sizes[1:]) <= tail.chunk, sizes

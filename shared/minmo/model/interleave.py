@@ -353,18 +353,25 @@ def first_audio_tokens(cfg: MinMoConfig) -> int:
     return cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens
 
 
-TAIL_TOKENS_PER_CALL = 50  # 2 s of speech per call after the text ends
+@dataclass(frozen=True)
+class TailParts:
+    """Where the tail after the text's end is cut into calls (`synthesize_step`'s `max_tail_tokens`): at the points
+    where token2wav's chunks have their tokens and lookahead. Each part then completes one chunk and no more, so the
+    vocoder starts on a chunk as soon as the voice LM could have made it instead of waiting for a longer part: a
+    short reply's first part is its first audio's tokens alone, the parts after it a chunk long (1 s of speech)."""
 
+    first_audio: int  # speech tokens that complete token2wav's first chunk (`first_audio_tokens`)
+    chunk: int  # speech tokens in each chunk after the first
 
-def tail_part_tokens(made: int, first_audio: int) -> int:
-    """How many speech tokens the next part of the tail may make (`synthesize_step`'s `max_tail_tokens`), when
-    `made` tokens of the turn exist and `first_audio` make its first audio (`first_audio_tokens`).
+    @classmethod
+    def from_config(cls, cfg: MinMoConfig) -> TailParts:
+        return cls(first_audio_tokens(cfg), cfg.flow.chunk_tokens)
 
-    A short reply (fewer text positions than `first_audio_positions`) has no audio when its text ends; its first
-    tail part stops at the first audio's tokens, so token2wav's first chunk waits for those alone, not for 2 s of
-    speech and their vocoding. Later parts are `TAIL_TOKENS_PER_CALL` long."""
-    still_silent = first_audio - made
-    return still_silent if still_silent > 0 else TAIL_TOKENS_PER_CALL
+    def next_part(self, made: int) -> int:
+        """How many speech tokens the next part may make when `made` tokens of the turn exist."""
+        if made < self.first_audio:
+            return self.first_audio - made
+        return self.chunk - (made - self.first_audio) % self.chunk
 
 
 def first_audio_positions(cfg: MinMoConfig) -> int:

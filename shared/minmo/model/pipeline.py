@@ -21,11 +21,10 @@ from minmo.model.config import MinMoConfig
 from minmo.model.dialogue import Dialogue, DialogueState
 from minmo.model.interleave import (
     Sampler,
-    first_audio_tokens,
+    TailParts,
     greedy_sampler,
     init_schedule_state,
     synthesize_step,
-    tail_part_tokens,
 )
 from minmo.model.placement import CPU_FLOAT32, Placement, to_host
 from minmo.model.tokenizer import load_tokenizer
@@ -137,9 +136,9 @@ class MinMoPipeline:
             vocode(speech_tokens, last=False)
         self.dialogue.finish_response(state)
         empty = self.voice_placement.to_model(torch.zeros(1, 0, self.voice_lm.cfg.dim))
-        first_audio = first_audio_tokens(self.cfg)
+        tail = TailParts.from_config(self.cfg)
         while not schedule.finished:  # the tail in the voicelm service's parts: a short reply's first audio first
-            part = tail_part_tokens(len(result.speech_tokens), first_audio)
+            part = tail.next_part(len(result.speech_tokens))
             speech_tokens, schedule = synthesize_step(self.voice_lm, empty, True, schedule, sampler,
                                                       max_tail_tokens=part)
             vocode(speech_tokens, last=schedule.finished)
