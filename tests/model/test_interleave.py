@@ -216,4 +216,4 @@ def test_tail_parts_end_where_token2wavs_chunks_are_ready():
     assert ends == [15, 40, 65, 90]
     assert tail.next_part(30) == 10  # the text's blocks left a chunk half made: the part completes it
     cfg = load_config("nano")
-    assert TailParts.from_config(cfg) == TailParts(cfg.flow.first_chunk_tokens + cfg.flow.lookahead_tokens, 25)
+    assert TailParts.from_config(cfg) == TailParts(12 + 3, 15)
