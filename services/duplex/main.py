@@ -14,7 +14,7 @@ from minmo.duplex.limits import MAX_SILENCE_MS, InputLimits
 from minmo.duplex.links import Replicas
 from minmo.duplex.peer_health import PeerHealthWatch
 from minmo.model.config import load_config
-from minmo.model.interleave import first_audio_positions
+from minmo.model.interleave import first_audio_positions, first_audio_tokens
 from minmo.model.voice_prompt import VoicePromptModels
 from minmo.services.duplex.servicer import SERVICE_NAME, ConversationServicer, conversation_handler
 from minmo.serving.auth import ApiKeys
@@ -132,6 +132,7 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
     )
     for replicas in (peers.encoder, peers.llm, peers.voicelm, peers.vocoder):
         stack.push_async_callback(replicas.close)
+    model_config = load_config(settings.server.model_config)
     policy = DuplexPolicy(
         replica_id=settings.server.replica_id,
         max_chunk_ms=settings.max_chunk_ms,
@@ -142,7 +143,8 @@ async def start(settings: DuplexSettings, stack: contextlib.AsyncExitStack) -> S
         predictor_silence_ms=settings.predictor_silence_ms,
         limits=settings.limits,
         voice_prompt_models=VoicePromptModels(settings.voice_prompt_models) if settings.voice_prompt_models else None,
-        first_audio_positions=first_audio_positions(load_config(settings.server.model_config)),
+        first_audio_positions=first_audio_positions(model_config),
+        first_audio_tokens=first_audio_tokens(model_config),
     )
     vad = StreamingVad(SileroVad.from_pretrained())
     limiter = SessionLimiter(settings.server.max_sessions)

@@ -1,5 +1,6 @@
 """First audio first: duplex holds the text positions after those that complete token2wav's first chunk until the
-vocoder's first PCM is out, so voicelm does not run ahead on the CPUs the first chunk needs (duplex/response.py).
+vocoder has been sent that chunk's speech tokens, so voicelm does not run ahead on the CPUs those tokens need
+(duplex/response.py).
 
 The voicelm and vocoder serve through real runtimes whose calls are timed (a LocalRuntime that notes when each
 call starts and ends, then does the real work); the turn runs through the five services over real gRPC.
@@ -17,7 +18,7 @@ from minmo.audio.synthetic import utterance
 from minmo.client.chat import ChatRequest, run_chat
 from minmo.client.wav import InputAudio
 from minmo.model.config import load_config
-from minmo.model.interleave import first_audio_positions
+from minmo.model.interleave import first_audio_positions, first_audio_tokens
 from minmo.model.placement import CPU_FLOAT32
 from minmo.runtime.base import Sequence, TensorMap
 from minmo.runtime.factory import MODEL_FACTORIES
@@ -65,7 +66,7 @@ def test_the_first_chunk_needs_two_voice_blocks_on_tiny():
     assert first_audio_positions(load_config("tiny")) == 10  # 15 + 3 tokens: two blocks of 15, from 10 positions
 
 
-async def test_voicelm_runs_ahead_only_after_the_first_audio(stack):
+async def test_voicelm_runs_ahead_only_once_the_first_chunks_tokens_are_made(stack):
     calls: list[Call] = []
     await stack.start_model_service("encoder")
     await stack.start_model_service("llm")
@@ -77,14 +78,17 @@ async def test_voicelm_runs_ahead_only_after_the_first_audio(stack):
     result = await run_chat(stack.address("duplex"), request)
     assert result.problems() == []
 
-    first_pcm = min(c.ended for c in calls if c.model == "token2wav" and c.outputs["pcm"].shape[0])
-    held = first_audio_positions(load_config("tiny"))
-    positions, ahead = 0, []
+    cfg = load_config("tiny")
+    held, first_audio = first_audio_positions(cfg), first_audio_tokens(cfg)
+    positions, tokens, completing, ahead = 0, 0, None, []
     for call in sorted((c for c in calls if c.model == "voice_lm"), key=lambda c: c.started):
-        if positions >= held:  # a call after the positions that complete the first chunk
+        if completing is None:
+            positions += call.inputs["hidden"].shape[0]
+            tokens += call.outputs["speech_tokens"].numel()
+            if tokens >= first_audio:
+                completing = call
+                assert positions <= held, f"voicelm had {positions} positions before the first chunk's tokens"
+        elif call.inputs["hidden"].shape[0]:
             ahead.append(call)
-        positions += call.inputs["hidden"].shape[0]
-    assert positions > held, "the response must be longer than the first chunk's text for the test to say anything"
-    assert ahead and all(call.started >= first_pcm for call in ahead), (
-        f"voicelm ran ahead before the first audio: {[round(c.started - first_pcm, 4) for c in ahead]} s"
-    )
+    assert completing is not None and ahead, "the response must be longer than the first chunk's text"
+    assert all(call.started >= completing.ended for call in ahead)

@@ -113,6 +113,7 @@ class DuplexPolicy:
     limits: InputLimits = field(default_factory=InputLimits)
     voice_prompt_models: VoicePromptModels | None = None  # CosyVoice 2's prompt front end, when deployed
     first_audio_positions: int = 0  # text positions that complete the first audio chunk (0: no hold; response.py)
+    first_audio_tokens: int = 0  # their speech tokens: the hold ends once the vocoder has them
     audio_lead_s: float = 0.0  # pacing: the vocoder's lead over real-time playback (0: none; speech_hops.py)
 
 
@@ -564,6 +565,7 @@ class Conversation:
             instruction=self.voice.instruction if instruction is None else instruction,
             voice=self.voice_conditioning,
             first_audio_positions=self.policy.first_audio_positions,
+            first_audio_tokens=self.policy.first_audio_tokens,
             audio_lead_s=self.policy.audio_lead_s,
             max_tokens=self.policy.max_response_tokens,
             timings=timings,

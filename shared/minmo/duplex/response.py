@@ -16,12 +16,14 @@ When the llm stream breaks mid-reply, `resume_llm` (`minmo.duplex.failover`) con
 replica after the tokens it already has; the speech hops stay open and simply receive the rest of the text.
 
 First audio first: the text positions after the first `first_audio_positions` (those whose speech tokens complete
-token2wav's first chunk) go to voicelm only once the vocoder's first PCM is out. The in-process pipeline runs in
-that order by construction (one step at a time); here, without the hold, voicelm would race ahead through the rest
-of the turn (every later block, and at TextEnd the whole tail) on the CPUs the vocoder needs for the first chunk.
-The held positions are ahead of playback anyway: each block is 0.6 s of audio and takes a fraction of that.
-The LLM holds too: asked with `pause_after_tokens`, it stops after those positions' tokens and writes the rest of
-the reply (then the transcript of the user's turn) once told the first audio is out (`ResumeGeneration`).
+token2wav's first chunk) go to voicelm only once the vocoder has been sent that chunk's `first_audio_tokens`. The
+in-process pipeline runs in that order by construction (one step at a time); here, without the hold, voicelm would
+race ahead through the rest of the turn (every later block, and at TextEnd the whole tail) on the CPUs the first
+chunk's speech tokens need. The LLM holds too: asked with `pause_after_tokens`, it stops after those positions' tokens
+and writes the rest of the reply (then the transcript of the user's turn) once told the vocoder has them
+(`ResumeGeneration`). From then the LLM and voicelm work alongside the vocoder's first chunk: held until its PCM was
+out, as they were, they left the other core idle meanwhile, and nano's second chunk came ~0.8 s after a first one
+that plays 0.3 s (README, "A shorter second chunk").
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Response:
     voice: vocoder_pb2.VoiceConditioning | None = None  # the session's prompt voice for the flow; None: default
     resume_llm: ResumeLlm | None = None  # continues the reply on another llm replica; None: a lost llm fails it
     first_audio_positions: int = 0  # text positions that complete the first audio chunk; later ones wait for it
+    first_audio_tokens: int = 0  # speech tokens of the first audio chunk: the hold ends when the vocoder has them
     audio_lead_s: float = 0.0  # the vocoder works at most this far ahead of real-time playback (speech_hops.py)
     pieces: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # the reply's tokens so far (a failover's prefix)
@@ -93,7 +96,7 @@ class Response:
     _hops: SpeechHops | None = None  # the voicelm and vocoder calls (speech sessions)
     _queue: asyncio.Queue | None = None  # the turn's messages from the LLM stream (a new one after an llm failover)
     _resampler: StreamingResampler | None = None  # one for the whole response: the audio stays continuous
-    _first_audio: asyncio.Event = field(default_factory=asyncio.Event)  # the vocoder's first PCM (or its end)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)  # the first chunk's tokens reached the vocoder
 
     @property
     def audio_ms(self) -> float:
@@ -166,11 +169,13 @@ class Response:
         self._resampler = StreamingResampler(VOCODER_RATE, self.output_rate)
         self._hops = SpeechHops(
             self.voicelm, self.vocoder, synthesize, vocode, self.timings, self.timeout_s, self._audio_out,
-            self.audio_lead_s,
+            self.audio_lead_s, self.first_audio_tokens,
         )
+        release = asyncio.create_task(self._release_when_first_audio_sent(self._hops), name="first-audio-release")
         try:
             await self._hops.run(self._text_to_speech(self._hops))
         finally:
+            release.cancel()
             self.failovers = self._hops.failovers
             self.speech_tokens = len(self._hops.speech_tokens)
         return self.end_reason
@@ -188,14 +193,27 @@ class Response:
         await self._after_first_audio(len(hops.positions))
         await hops.end_text()
 
+    async def _release_when_first_audio_sent(self, hops: SpeechHops) -> None:
+        """End the first-audio hold once the vocoder has the first chunk's tokens."""
+        await hops.first_audio_sent.wait()
+        await self._release()
+
+    async def _release(self) -> None:
+        """End the hold: the LLM, paused after the tokens the first audio needed, writes the rest; held positions go."""
+        if not self._released.is_set():
+            self._released.set()
+            with contextlib.suppress(LinkLost):  # a lost llm is the token queue's concern (`_tokens`)
+                resume = llm_pb2.ResumeGeneration(turn_id=self.turn_id)
+                await self.llm.write(llm_pb2.LlmRequest(resume_generation=resume))
+
     async def _after_first_audio(self, positions_before: int) -> None:
-        """Hold a message to voicelm that `positions_before` text positions precede until the first PCM is out, when
-        those positions already complete the first audio chunk (module docstring). The limit also frees a turn whose
-        speech hop is being reopened or whose vocoder needs more tokens than expected."""
+        """Hold a message to voicelm that `positions_before` text positions precede until the hold ends, when those
+        positions already complete the first audio chunk (module docstring). The limit also frees a turn whose speech
+        hop is being reopened or whose vocoder needs more tokens than expected."""
         if self.first_audio_positions and positions_before >= self.first_audio_positions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_HOLD_LIMIT_S)
-            self._first_audio.set()
+                await asyncio.wait_for(self._released.wait(), FIRST_AUDIO_HOLD_LIMIT_S)
+            await self._release()
 
     async def _tokens(self):
         """The turn's TextTokens until ResponseEnd; a lost LLM stream is continued elsewhere (`resume_llm`) or
@@ -230,16 +248,8 @@ class Response:
         )
 
     async def _audio_out(self, pcm16: bytes, last: bool) -> None:
-        if not self._first_audio.is_set():
-            self._first_audio.set()
-            await self._resume_generation()
+        await self._release()  # the hold has ended by now, unless the first chunk needed fewer tokens than expected
         await self._send_audio(self._resampler, pcm16, last)
-
-    async def _resume_generation(self) -> None:
-        """The first audio is out: the LLM, paused after the tokens it needed, may write the rest of the reply."""
-        with contextlib.suppress(LinkLost):  # a lost llm is the token queue's concern (`_tokens`)
-            resume = llm_pb2.ResumeGeneration(turn_id=self.turn_id)
-            await self.llm.write(llm_pb2.LlmRequest(resume_generation=resume))
 
     async def _send_audio(self, resampler: StreamingResampler, pcm16: bytes, last: bool) -> None:
         samples = pcm16_to_float(pcm16) if pcm16 else np.zeros(0, dtype=np.float32)

@@ -81,11 +81,15 @@ class SpeechHops:
         timeout_s: float,
         on_pcm: Callable[[bytes, bool], Awaitable[None]],
         audio_lead_s: float = 0.0,
+        first_audio_tokens: int = 0,
     ) -> None:
         """`on_pcm(pcm16, last)` gets the turn's audio once, in order; `timeout_s` is the turn's deadline;
-        `audio_lead_s` paces the vocoder (module docstring; 0: no pacing)."""
+        `audio_lead_s` paces the vocoder (module docstring; 0: no pacing); `first_audio_sent` is set once the vocoder
+        was written `first_audio_tokens` speech tokens (those of token2wav's first chunk) or the turn's flush."""
         self.replicas = {VOICELM: voicelm, VOCODER: vocoder}
         self.audio_lead_s = audio_lead_s
+        self.first_audio_tokens = first_audio_tokens
+        self.first_audio_sent = asyncio.Event()
         self.configs = {VOICELM: synthesize, VOCODER: vocode}
         self.timings = timings
         self.timeout_s = timeout_s
@@ -171,6 +175,7 @@ class SpeechHops:
                     await call.write(voicelm_pb2.SynthesizeRequest(text_end=total))
                     await call.done_writing()
                     hop.ended = True
+                    self.first_audio_sent.set()
             except HOP_ERRORS as error:
                 self._report(hop, call, error)
 
@@ -211,6 +216,8 @@ class SpeechHops:
                     for part in split_speech_tokens(pending, hop.sent):
                         await call.write(vocoder_pb2.VocodeRequest(speech_tokens=part))
                     hop.sent += len(pending)
+                    if hop.sent >= self.first_audio_tokens:
+                        self.first_audio_sent.set()
                 if hop.sent < len(self.speech_tokens):
                     return paced[1]
                 if self.synthesis_done and not hop.ended:
@@ -218,6 +225,7 @@ class SpeechHops:
                     await call.write(vocoder_pb2.VocodeRequest(flush=flush))
                     await call.done_writing()
                     hop.ended = True
+                    self.first_audio_sent.set()
             except HOP_ERRORS as error:
                 self._report(hop, call, error)
             return 0.0
